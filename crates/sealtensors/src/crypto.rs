@@ -1,0 +1,281 @@
+//! The one place that runs crypto. Every primitive comes from aws-lc-rs,
+//! except Argon2id (SPEC §6.3), which aws-lc-rs does not offer.
+//!
+//! Labels: every derivation and every associated-data string starts with a
+//! domain-separation label from SPEC §4, so no value computed for one purpose
+//! can be replayed for another.
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::rand::{self, SecureRandom};
+use aws_lc_rs::{digest, hkdf, hmac};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// AEAD tag length for both ciphers (SPEC §5).
+pub const TAG_LEN: usize = 16;
+/// SHA-256 output length.
+pub const DIGEST_LEN: usize = 32;
+
+/// The AEAD used for tensor chunks (SPEC §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Cipher {
+    /// AES-256-GCM, the default.
+    #[default]
+    Aes256Gcm,
+    /// ChaCha20-Poly1305, for machines without AES instructions.
+    ChaCha20Poly1305,
+}
+
+impl Cipher {
+    /// The identifier written in the seal metadata.
+    pub fn id(self) -> &'static str {
+        match self {
+            Cipher::Aes256Gcm => "aes-256-gcm",
+            Cipher::ChaCha20Poly1305 => "chacha20-poly1305",
+        }
+    }
+    /// Parse an identifier.
+    pub fn from_id(s: &str) -> Option<Cipher> {
+        match s {
+            "aes-256-gcm" => Some(Cipher::Aes256Gcm),
+            "chacha20-poly1305" => Some(Cipher::ChaCha20Poly1305),
+            _ => None,
+        }
+    }
+    fn alg(self) -> &'static aead::Algorithm {
+        match self {
+            Cipher::Aes256Gcm => &aead::AES_256_GCM,
+            Cipher::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
+        }
+    }
+}
+
+impl std::str::FromStr for Cipher {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Cipher::from_id(s).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown cipher {s:?}; use aes-256-gcm or chacha20-poly1305"
+            ))
+        })
+    }
+}
+
+/// A 256-bit secret that is wiped on drop and never printed.
+pub struct Secret32(Zeroizing<[u8; 32]>);
+
+impl Secret32 {
+    /// Wrap bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Secret32(Zeroizing::new(b))
+    }
+    /// A fresh random secret.
+    pub fn random() -> Result<Self> {
+        let mut b = Zeroizing::new([0u8; 32]);
+        fill_random(&mut b[..])?;
+        Ok(Secret32(b))
+    }
+    /// The bytes.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl Clone for Secret32 {
+    fn clone(&self) -> Self {
+        Secret32(Zeroizing::new(*self.0))
+    }
+}
+
+impl std::fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret32(<redacted>)")
+    }
+}
+
+/// Fill with bytes from the system CSPRNG.
+pub fn fill_random(out: &mut [u8]) -> Result<()> {
+    rand::SystemRandom::new()
+        .fill(out)
+        .map_err(|_| Error::Crypto("the system random generator failed"))
+}
+
+/// Random array.
+pub fn random_array<const N: usize>() -> Result<[u8; N]> {
+    let mut a = [0u8; N];
+    fill_random(&mut a)?;
+    Ok(a)
+}
+
+struct Len32;
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
+}
+
+/// HKDF-SHA256 (RFC 5869) to 32 bytes.
+pub fn hkdf32(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> Result<Secret32> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    let okm = prk
+        .expand(info, Len32)
+        .map_err(|_| Error::Crypto("HKDF expand failed"))?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    okm.fill(&mut out[..])
+        .map_err(|_| Error::Crypto("HKDF fill failed"))?;
+    Ok(Secret32(out))
+}
+
+/// HMAC-SHA256 over the concatenation of `parts`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&k);
+    for p in parts {
+        ctx.update(p);
+    }
+    let tag = ctx.sign();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Constant-time HMAC-SHA256 check.
+pub fn hmac_sha256_verify(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut msg = Vec::new();
+    for p in parts {
+        msg.extend_from_slice(p);
+    }
+    hmac::verify(&k, &msg, expected).is_ok()
+}
+
+/// SHA-256.
+pub fn sha256(data: &[u8]) -> [u8; DIGEST_LEN] {
+    let d = digest::digest(&digest::SHA256, data);
+    let mut out = [0u8; DIGEST_LEN];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Constant-time equality.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// An AEAD key bound to one tensor (SPEC §5.2): each key encrypts exactly one
+/// tensor, and the nonce is the chunk index, so a nonce never repeats under a key.
+pub struct ChunkKey {
+    key: LessSafeKey,
+}
+
+impl ChunkKey {
+    /// Build from a derived tensor key.
+    pub fn new(cipher: Cipher, key: &Secret32) -> Result<Self> {
+        let k = UnboundKey::new(cipher.alg(), key.expose())
+            .map_err(|_| Error::Crypto("AEAD key setup failed"))?;
+        Ok(ChunkKey {
+            key: LessSafeKey::new(k),
+        })
+    }
+
+    /// Encrypt one chunk in place, returning its tag.
+    pub fn seal(&self, index: u64, aad: &[u8], in_out: &mut [u8]) -> Result<[u8; TAG_LEN]> {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(chunk_nonce(index), Aad::from(aad), in_out)
+            .map_err(|_| Error::Crypto("AEAD seal failed"))?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Decrypt one chunk in place; `false` when the tag does not verify (the
+    /// buffer then holds unspecified bytes and must be discarded).
+    pub fn open(&self, index: u64, aad: &[u8], tag: &[u8], in_out: &mut [u8]) -> bool {
+        self.key
+            .open_in_place_separate_tag(chunk_nonce(index), Aad::from(aad), tag, in_out)
+            .is_ok()
+    }
+}
+
+/// SPEC §5.3: the 96-bit nonce is 4 zero bytes then the chunk index, big-endian.
+fn chunk_nonce(index: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&index.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Wrap a 32-byte key under a single-use wrapping key (SPEC §6): AES-256-GCM,
+/// zero nonce (the wrapping key is fresh for every slot), output `ct || tag`.
+pub fn wrap_key(kek: &Secret32, aad: &[u8], key: &Secret32) -> Result<Vec<u8>> {
+    let k = LessSafeKey::new(
+        UnboundKey::new(&aead::AES_256_GCM, kek.expose())
+            .map_err(|_| Error::Crypto("AEAD key setup failed"))?,
+    );
+    let mut buf = key.expose().to_vec();
+    k.seal_in_place_append_tag(Nonce::assume_unique_for_key([0u8; 12]), Aad::from(aad), &mut buf)
+        .map_err(|_| Error::Crypto("key wrap failed"))?;
+    Ok(buf)
+}
+
+/// Unwrap; `None` when it does not authenticate.
+pub fn unwrap_key(kek: &Secret32, aad: &[u8], wrapped: &[u8]) -> Option<Secret32> {
+    if wrapped.len() != 32 + TAG_LEN {
+        return None;
+    }
+    let k = LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, kek.expose()).ok()?);
+    let mut buf = Zeroizing::new(wrapped.to_vec());
+    let pt = k
+        .open_in_place(Nonce::assume_unique_for_key([0u8; 12]), Aad::from(aad), &mut buf[..])
+        .ok()?;
+    let arr: [u8; 32] = pt.try_into().ok()?;
+    Some(Secret32::from_bytes(arr))
+}
+
+/// Ed25519 signature verification.
+pub fn ed25519_verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, public)
+        .verify(msg, sig)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_round_trip_and_binding() {
+        for c in [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305] {
+            let k = ChunkKey::new(c, &Secret32::random().unwrap()).unwrap();
+            let mut buf = b"hello world".to_vec();
+            let tag = k.seal(3, b"ad", &mut buf).unwrap();
+            assert_ne!(&buf, b"hello world");
+            let mut a = buf.clone();
+            assert!(k.open(3, b"ad", &tag, &mut a));
+            assert_eq!(&a, b"hello world");
+            let mut b = buf.clone();
+            assert!(!k.open(4, b"ad", &tag, &mut b), "wrong index must fail");
+            let mut b = buf.clone();
+            assert!(!k.open(3, b"ae", &tag, &mut b), "wrong aad must fail");
+        }
+    }
+
+    #[test]
+    fn wrap_rejects_wrong_kek_and_length() {
+        let kek = Secret32::random().unwrap();
+        let mk = Secret32::random().unwrap();
+        let w = wrap_key(&kek, b"x", &mk).unwrap();
+        assert_eq!(unwrap_key(&kek, b"x", &w).unwrap().expose(), mk.expose());
+        assert!(unwrap_key(&Secret32::random().unwrap(), b"x", &w).is_none());
+        assert!(unwrap_key(&kek, b"y", &w).is_none());
+        assert!(unwrap_key(&kek, b"x", &w[1..]).is_none());
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret32::from_bytes([7u8; 32]);
+        assert_eq!(format!("{s:?}"), "Secret32(<redacted>)");
+    }
+}

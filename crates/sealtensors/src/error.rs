@@ -1,0 +1,229 @@
+//! The one error type of the library.
+//!
+//! Crypto failures are deliberately coarse (a tag mismatch says which chunk of
+//! which tensor failed, never why); user mistakes are precise and each message
+//! ends with what to do next.
+
+use std::path::PathBuf;
+
+/// Every error the library returns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Context: the error happened while handling this file.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The file being read or written.
+        path: PathBuf,
+        /// What went wrong.
+        source: Box<Error>,
+    },
+
+    /// An operating-system I/O error.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    // ---- safetensors container -------------------------------------------------
+    /// The file does not follow the safetensors container layout.
+    #[error("not a valid safetensors file: {0}; check that the path names a .safetensors file and that it was copied completely")]
+    InvalidContainer(String),
+
+    /// A resource limit of SPEC §9 was exceeded.
+    #[error("limit exceeded: {what} is {got}, the most allowed is {max}; the file is malformed or hostile")]
+    LimitExceeded {
+        /// Which limit.
+        what: &'static str,
+        /// The value found.
+        got: u64,
+        /// The bound.
+        max: u64,
+    },
+
+    /// A tensor name that is not in the file.
+    #[error("tensor {0:?} is not in the file; list the tensors with `sealtensors inspect`")]
+    NoSuchTensor(String),
+
+    /// A byte range outside of a tensor.
+    #[error("tensor {name:?}: byte range {start}..{end} is outside its {len} bytes")]
+    RangeOutOfBounds {
+        /// Tensor name.
+        name: String,
+        /// Range start.
+        start: usize,
+        /// Range end.
+        end: usize,
+        /// Tensor length in bytes.
+        len: usize,
+    },
+
+    /// A caller buffer of the wrong size.
+    #[error("tensor {name:?}: the output buffer has {got} bytes but {expected} are needed")]
+    BufferSize {
+        /// Tensor name.
+        name: String,
+        /// Bytes needed.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+
+    // ---- seal metadata -------------------------------------------------------------
+    /// The seal metadata is present but malformed.
+    #[error("malformed seal metadata in {key:?}: {reason}; the file is corrupt or was tampered with")]
+    InvalidSealMetadata {
+        /// The reserved `__metadata__` key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The file was sealed with a format version this library does not know.
+    #[error("sealed with format version {0}, this sealtensors reads version 1 only; upgrade sealtensors")]
+    UnsupportedVersion(u64),
+
+    /// The file carries an access policy, which this build cannot evaluate.
+    #[error("the file carries an access policy, which this version of sealtensors cannot evaluate yet; refusing to open it (fail closed); upgrade sealtensors")]
+    PolicyUnsupported,
+
+    // ---- downgrade and trust ---------------------------------------------------------
+    /// The loader requires a sealed (encrypted) file and this one is not.
+    #[error("the file is {found}, but the loader requires an encrypted file; it may have been replaced or stripped of its seal, get the sealed file from the publisher")]
+    NotSealed {
+        /// What was found instead ("plain", "signed but not encrypted").
+        found: &'static str,
+    },
+
+    /// The loader requires a signature and the file has none.
+    #[error("the file is {found} and carries no signature, but the loader requires one{}; get the signed file from the publisher", if *trusted > 0 { " from a trusted signer" } else { "" })]
+    NotSigned {
+        /// What was found ("plain", "sealed").
+        found: &'static str,
+        /// How many signers the loader trusts.
+        trusted: usize,
+    },
+
+    /// The signature is by a key the loader does not trust.
+    #[error("the file is signed by {signer}, which is not among the {trusted} trusted signer(s); add it with --trust or SEALTENSORS_TRUST only if you trust its owner")]
+    UntrustedSigner {
+        /// The signer's public key as found in the file.
+        signer: String,
+        /// How many signers the loader trusts.
+        trusted: usize,
+    },
+
+    /// The header signature does not verify.
+    #[error("the header signature does not verify: the header was modified after signing; do not use this file")]
+    BadSignature,
+
+    /// The header MAC does not verify under the model key.
+    #[error("the header authentication code does not verify: the header was modified; do not use this file")]
+    BadHeaderMac,
+
+    /// The model expired.
+    #[error("the model expired at {expires} (unix seconds; now is {now}); ask the publisher for a current version")]
+    Expired {
+        /// Expiry, unix seconds.
+        expires: u64,
+        /// The loader's clock, unix seconds.
+        now: u64,
+    },
+
+    // ---- keys ---------------------------------------------------------------------------
+    /// None of the given identities opens any slot.
+    #[error("no key slot matches the identities given ({given} tried): the file has slots for {slots}; pass an identity (-i FILE) or set SEALTENSORS_IDENTITY")]
+    NoMatchingKey {
+        /// How many identities were tried.
+        given: usize,
+        /// A description of the slots.
+        slots: String,
+    },
+
+    /// A key file or key string could not be parsed.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+
+    /// A key derivation would need more work or memory than allowed.
+    #[error("a passphrase slot asks for {what} = {got}, above the limit {max}; the file is hostile or was made by a tool that does not follow SPEC §6.3")]
+    ExcessiveWork {
+        /// Which parameter.
+        what: &'static str,
+        /// Requested.
+        got: u64,
+        /// Allowed.
+        max: u64,
+    },
+
+    // ---- data -----------------------------------------------------------------------------
+    /// A chunk failed to authenticate.
+    #[error("tensor {name:?}: chunk {chunk} failed authentication: the data was modified, moved or truncated; do not use this file")]
+    ChunkAuthFailed {
+        /// Tensor name.
+        name: String,
+        /// Chunk index.
+        chunk: u64,
+    },
+
+    // ---- writing --------------------------------------------------------------------------
+    /// The seal options are inconsistent or incomplete.
+    #[error("cannot seal: {0}")]
+    Config(String),
+
+    /// The output exists and overwriting was not asked for.
+    #[error("{} already exists; choose another output or pass --force", .0.display())]
+    OutputExists(PathBuf),
+
+    /// The caller violated an API contract (wrong tensor order, too many bytes).
+    #[error("API misuse: {0}")]
+    ApiMisuse(String),
+
+    /// The system random generator or a primitive failed unexpectedly.
+    #[error("cryptographic backend failure: {0}")]
+    Crypto(&'static str),
+}
+
+impl Error {
+    /// The innermost error, without file context.
+    pub fn kind(&self) -> &Error {
+        match self {
+            Error::InFile { source, .. } => source.kind(),
+            e => e,
+        }
+    }
+
+    /// Attach the path of the file being handled.
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Error {
+        match self {
+            e @ Error::InFile { .. } => e,
+            e => Error::InFile {
+                path: path.into(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn container(msg: impl Into<String>) -> Error {
+        Error::InvalidContainer(msg.into())
+    }
+
+    pub(crate) fn seal_meta(key: &str, reason: impl Into<String>) -> Error {
+        Error::InvalidSealMetadata {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,101 @@
+//! Where loaders find keys (SPEC §10): explicit arguments first, then the
+//! environment, then the per-user configuration directory. Nothing is ever
+//! taken from the file being opened.
+
+use std::path::{Path, PathBuf};
+
+use super::{load_identity, load_verifying_key, Identity, VerifyingKey};
+use crate::error::{Error, Result};
+
+/// Colon-separated paths of identity files.
+pub const ENV_IDENTITY: &str = "SEALTENSORS_IDENTITY";
+/// Colon-separated trusted signers (paths or `ed25519:` strings).
+pub const ENV_TRUST: &str = "SEALTENSORS_TRUST";
+
+/// Keys gathered for a loader.
+#[derive(Default)]
+pub struct KeyConfig {
+    /// Identities that may open key slots.
+    pub identities: Vec<Box<dyn Identity>>,
+    /// Trusted signers.
+    pub trusted: Vec<VerifyingKey>,
+}
+
+impl std::fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self.identities.iter().map(|i| i.describe()).collect();
+        f.debug_struct("KeyConfig")
+            .field("identities", &ids)
+            .field("trusted", &self.trusted)
+            .finish()
+    }
+}
+
+impl KeyConfig {
+    /// The per-user configuration directory: `$SEALTENSORS_CONFIG_DIR`, else
+    /// `$XDG_CONFIG_HOME/sealtensors`, else `~/.config/sealtensors`.
+    pub fn config_dir() -> Option<PathBuf> {
+        if let Some(d) = std::env::var_os("SEALTENSORS_CONFIG_DIR") {
+            return Some(PathBuf::from(d));
+        }
+        if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
+            return Some(PathBuf::from(d).join("sealtensors"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config").join("sealtensors"))
+    }
+
+    /// Gather keys: the explicit ones; if none of a kind was given, the
+    /// environment's; if still none, the config directory's
+    /// (`identities/*.jwk`, `trusted/*.jwk`).
+    pub fn discover(identities: &[PathBuf], trusted: &[String]) -> Result<KeyConfig> {
+        let mut cfg = KeyConfig::default();
+        for p in identities {
+            cfg.identities.push(load_identity(p)?);
+        }
+        for t in trusted {
+            cfg.trusted.push(load_verifying_key(t)?);
+        }
+        if cfg.identities.is_empty() {
+            if let Some(v) = std::env::var_os(ENV_IDENTITY) {
+                for p in std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()) {
+                    cfg.identities.push(load_identity(&p)?);
+                }
+            }
+        }
+        if cfg.trusted.is_empty() {
+            if let Ok(v) = std::env::var(ENV_TRUST) {
+                for t in v.split(':').filter(|s| !s.is_empty()) {
+                    cfg.trusted.push(load_verifying_key(t)?);
+                }
+            }
+        }
+        let dir = Self::config_dir();
+        if let Some(dir) = dir {
+            if cfg.identities.is_empty() {
+                for p in jwk_files(&dir.join("identities"))? {
+                    cfg.identities.push(load_identity(&p)?);
+                }
+            }
+            if cfg.trusted.is_empty() {
+                for p in jwk_files(&dir.join("trusted"))? {
+                    cfg.trusted.push(load_verifying_key(&p.to_string_lossy())?);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn jwk_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("listing key directory", e).in_file(dir)),
+    };
+    let mut out: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jwk"))
+        .collect();
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,275 @@
+//! Keys stored as JSON Web Keys (RFC 7517, RFC 8037 for OKP).
+//!
+//! - X25519 identity: `{"kty":"OKP","crv":"X25519","d":..,"x":..}`
+//! - Ed25519 signing key: `{"kty":"OKP","crv":"Ed25519","d":..,"x":..}`
+//! - public halves: the same without `d`
+//! - symmetric key: `{"kty":"oct","k":..,"kid":..}`
+//!
+//! Secret key files are created with mode 0600 and never overwritten silently.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{
+    b64, unb64_array, Identity, Recipient, SigningKey, SymmetricKey, VerifyingKey,
+    X25519Identity, X25519Recipient,
+};
+use crate::error::{Error, Result};
+
+#[derive(Serialize, Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    d: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+}
+
+impl Drop for Jwk {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.d.zeroize();
+        self.k.zeroize();
+    }
+}
+
+/// Any key this library stores in a JWK file.
+#[non_exhaustive]
+pub enum KeyFile {
+    /// An X25519 secret key.
+    X25519Identity(X25519Identity),
+    /// An X25519 public key.
+    X25519Recipient(X25519Recipient),
+    /// An Ed25519 signing key.
+    Signing(SigningKey),
+    /// An Ed25519 public key.
+    Verifying(VerifyingKey),
+    /// A symmetric key.
+    Symmetric(SymmetricKey),
+}
+
+impl KeyFile {
+    /// Parse JWK text.
+    pub fn from_jwk(text: &str) -> Result<KeyFile> {
+        let j: Jwk = serde_json::from_str(text)
+            .map_err(|e| Error::InvalidKey(format!("not a JSON Web Key: {e}")))?;
+        match (j.kty.as_str(), j.crv.as_deref()) {
+            ("OKP", Some("X25519")) => {
+                let x: [u8; 32] = unb64_array("x", j.x.as_deref().unwrap_or(""))?;
+                match &j.d {
+                    Some(d) => {
+                        let d = Zeroizing::new(unb64_array::<32>("d", d)?);
+                        let id = X25519Identity::from_secret_bytes(*d)?;
+                        if id.recipient().0 != x {
+                            return Err(Error::InvalidKey("x does not match d".into()));
+                        }
+                        Ok(KeyFile::X25519Identity(id))
+                    }
+                    None => Ok(KeyFile::X25519Recipient(X25519Recipient(x))),
+                }
+            }
+            ("OKP", Some("Ed25519")) => {
+                let x: [u8; 32] = unb64_array("x", j.x.as_deref().unwrap_or(""))?;
+                match &j.d {
+                    Some(d) => {
+                        let d = Zeroizing::new(unb64_array::<32>("d", d)?);
+                        let k = SigningKey::from_seed(*d)?;
+                        if k.verifying_key().0 != x {
+                            return Err(Error::InvalidKey("x does not match d".into()));
+                        }
+                        Ok(KeyFile::Signing(k))
+                    }
+                    None => Ok(KeyFile::Verifying(VerifyingKey(x))),
+                }
+            }
+            ("oct", _) => {
+                let k = Zeroizing::new(unb64_array::<32>("k (a 256-bit key)", j.k.as_deref().unwrap_or(""))?);
+                let kid = j
+                    .kid
+                    .clone()
+                    .ok_or_else(|| Error::InvalidKey("a symmetric JWK needs a \"kid\"".into()))?;
+                Ok(KeyFile::Symmetric(SymmetricKey::new(kid, *k)?))
+            }
+            (kty, crv) => Err(Error::InvalidKey(format!(
+                "unsupported JWK kty {kty:?} crv {crv:?}; use X25519, Ed25519 or oct"
+            ))),
+        }
+    }
+
+    /// JWK text.
+    pub fn to_jwk(&self) -> Zeroizing<String> {
+        let okp = |crv: &str, x: &[u8; 32], d: Option<String>| Jwk {
+            kty: "OKP".into(),
+            crv: Some(crv.into()),
+            x: Some(b64(x)),
+            d,
+            k: None,
+            kid: None,
+        };
+        let j = match self {
+            KeyFile::X25519Identity(id) => okp("X25519", &id.recipient().0, Some(b64(id.secret_bytes()))),
+            KeyFile::X25519Recipient(r) => okp("X25519", &r.0, None),
+            KeyFile::Signing(k) => okp("Ed25519", &k.verifying_key().0, Some(b64(k.seed()))),
+            KeyFile::Verifying(v) => okp("Ed25519", &v.0, None),
+            KeyFile::Symmetric(s) => Jwk {
+                kty: "oct".into(),
+                crv: None,
+                x: None,
+                d: None,
+                k: Some(b64(s.secret().expose())),
+                kid: Some(s.kid().to_string()),
+            },
+        };
+        Zeroizing::new(serde_json::to_string_pretty(&j).unwrap_or_default() + "\n")
+    }
+
+    /// Whether the file holds a secret.
+    pub fn is_secret(&self) -> bool {
+        matches!(
+            self,
+            KeyFile::X25519Identity(_) | KeyFile::Signing(_) | KeyFile::Symmetric(_)
+        )
+    }
+
+    /// Read a JWK file.
+    pub fn load(path: &Path) -> Result<KeyFile> {
+        let text = Zeroizing::new(
+            fs::read_to_string(path)
+                .map_err(|e| Error::io("reading key file", e).in_file(path))?,
+        );
+        KeyFile::from_jwk(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Write a JWK file: created new (never overwritten unless `force`), mode 0600.
+    pub fn save(&self, path: &Path, force: bool) -> Result<()> {
+        let mut o = fs::OpenOptions::new();
+        o.write(true);
+        if force {
+            o.create(true).truncate(true);
+        } else {
+            o.create_new(true);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        let mut f = o.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::OutputExists(path.to_path_buf())
+            } else {
+                Error::io("creating key file", e).in_file(path)
+            }
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("setting key file mode", e).in_file(path))?;
+        }
+        f.write_all(self.to_jwk().as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io("writing key file", e).in_file(path))
+    }
+}
+
+/// Load an identity (X25519 secret or symmetric key) from a JWK file.
+pub fn load_identity(path: &Path) -> Result<Box<dyn Identity>> {
+    match KeyFile::load(path)? {
+        KeyFile::X25519Identity(i) => Ok(Box::new(i)),
+        KeyFile::Symmetric(s) => Ok(Box::new(s)),
+        _ => Err(Error::InvalidKey(
+            "this key file is not an identity (an X25519 secret key or a symmetric key)".into(),
+        )
+        .in_file(path)),
+    }
+}
+
+/// A recipient: an `x25519:` string, or a path to a JWK file holding an X25519
+/// public key (or identity) or a symmetric key.
+pub fn load_recipient(spec: &str) -> Result<Box<dyn Recipient>> {
+    if spec.starts_with("x25519:") {
+        return Ok(Box::new(spec.parse::<X25519Recipient>()?));
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        return Err(Error::InvalidKey(format!(
+            "recipient {spec:?} is neither an x25519:... public key nor an existing key file"
+        )));
+    }
+    match KeyFile::load(path)? {
+        KeyFile::X25519Recipient(r) => Ok(Box::new(r)),
+        KeyFile::X25519Identity(i) => Ok(Box::new(i.recipient())),
+        KeyFile::Symmetric(s) => Ok(Box::new(s)),
+        _ => Err(Error::InvalidKey("a signing key is not a recipient".into()).in_file(path)),
+    }
+}
+
+/// Load an Ed25519 signing key.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
+    match KeyFile::load(path)? {
+        KeyFile::Signing(k) => Ok(k),
+        _ => Err(Error::InvalidKey("not an Ed25519 signing key (kty OKP, crv Ed25519, with d)".into())
+            .in_file(path)),
+    }
+}
+
+/// A trusted signer: an `ed25519:` string, or a JWK file with an Ed25519 key
+/// (public or secret; only the public half is used).
+pub fn load_verifying_key(spec: &str) -> Result<VerifyingKey> {
+    if spec.starts_with("ed25519:") {
+        return spec.parse();
+    }
+    let path = Path::new(spec);
+    match KeyFile::load(path)? {
+        KeyFile::Verifying(v) => Ok(v),
+        KeyFile::Signing(k) => Ok(k.verifying_key()),
+        _ => Err(Error::InvalidKey("not an Ed25519 key".into()).in_file(path)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwk_round_trips_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = X25519Identity::generate().unwrap();
+        let r = id.recipient();
+        let p = dir.path().join("id.jwk");
+        KeyFile::X25519Identity(id).save(&p, false).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        match KeyFile::load(&p).unwrap() {
+            KeyFile::X25519Identity(i) => assert_eq!(i.recipient(), r),
+            _ => panic!("wrong kind"),
+        }
+        // never overwritten silently
+        let again = KeyFile::Symmetric(SymmetricKey::generate(None).unwrap());
+        assert!(matches!(again.save(&p, false), Err(Error::OutputExists(_))));
+    }
+
+    #[test]
+    fn jwk_mismatched_public_half_rejected() {
+        let a = X25519Identity::generate().unwrap();
+        let b = X25519Identity::generate().unwrap();
+        let text = KeyFile::X25519Identity(a).to_jwk();
+        let mut j: serde_json::Value = serde_json::from_str(&text).unwrap();
+        j["x"] = serde_json::Value::String(b64(&b.recipient().0));
+        assert!(KeyFile::from_jwk(&j.to_string()).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! The one place that knows key slots (SPEC §6).
+//!
+//! A random model key opens every tensor key of a model; it is wrapped once per
+//! recipient into a key slot. [`Recipient`]s make slots, [`Identity`]s open
+//! them; an identity answers `None` for a slot that is not its own, so a file
+//! with many slots is opened by trying each identity on each slot.
+
+mod discover;
+mod jwk;
+mod passphrase;
+mod signing;
+mod symmetric;
+mod x25519;
+
+pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
+pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
+pub use passphrase::{Argon2Params, Passphrase};
+pub use signing::{SigningKey, VerifyingKey};
+pub use symmetric::SymmetricKey;
+pub use x25519::{X25519Identity, X25519Recipient};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, Secret32};
+use crate::error::{Error, Result};
+
+/// The most key slots in one file (SPEC §9).
+pub const MAX_SLOTS: usize = 64;
+
+pub(crate) fn b64(data: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(data)
+}
+
+pub(crate) fn unb64(what: &str, s: &str) -> Result<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| Error::InvalidKey(format!("{what} is not unpadded base64url")))
+}
+
+pub(crate) fn unb64_array<const N: usize>(what: &str, s: &str) -> Result<[u8; N]> {
+    unb64(what, s)?
+        .try_into()
+        .map_err(|_| Error::InvalidKey(format!("{what} must be {N} bytes")))
+}
+
+/// The model key: 256 random bits that open every tensor of a model (SPEC §4).
+#[derive(Clone, Debug)]
+pub struct ModelKey(Secret32);
+
+impl ModelKey {
+    /// A fresh random model key.
+    pub fn generate() -> Result<Self> {
+        Ok(ModelKey(Secret32::random()?))
+    }
+    pub(crate) fn from_secret(s: Secret32) -> Self {
+        ModelKey(s)
+    }
+    pub(crate) fn secret(&self) -> &Secret32 {
+        &self.0
+    }
+    /// The public key id (SPEC §4.1): 16 bytes of HKDF output, so a loader can
+    /// recognise a model key it already holds without learning anything of it.
+    pub fn id(&self) -> Result<[u8; 16]> {
+        let k = crypto::hkdf32(self.0.expose(), b"", &[b"sealtensors/1 model key id"])?;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&k.expose()[..16]);
+        Ok(out)
+    }
+}
+
+/// SPEC §6: associated data of every slot's key wrap.
+pub(crate) fn slot_aad(kind: &str, mk_id: &[u8; 16]) -> Vec<u8> {
+    let mut v = b"sealtensors/1 slot\0".to_vec();
+    v.extend_from_slice(kind.as_bytes());
+    v.push(0);
+    v.extend_from_slice(mk_id);
+    v
+}
+
+/// A key slot as stored in `sealtensors.slots` (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Slot {
+    /// X25519 recipient (SPEC §6.1).
+    #[serde(rename = "x25519")]
+    X25519 {
+        /// Recipient fingerprint.
+        rid: String,
+        /// Ephemeral public key.
+        epk: String,
+        /// Wrapped model key and tag.
+        ct: String,
+    },
+    /// Symmetric key (SPEC §6.2).
+    #[serde(rename = "oct")]
+    Oct {
+        /// Key id.
+        kid: String,
+        /// Random salt of the wrapping key.
+        salt: String,
+        /// Wrapped model key and tag.
+        ct: String,
+    },
+    /// Passphrase (SPEC §6.3).
+    #[serde(rename = "argon2id")]
+    Argon2id {
+        /// Argon2 salt.
+        salt: String,
+        /// Memory in KiB.
+        m: u32,
+        /// Iterations.
+        t: u32,
+        /// Lanes.
+        p: u32,
+        /// Wrapped model key and tag.
+        ct: String,
+    },
+    /// A slot kind this version does not know; never opened, kept on rekey.
+    #[serde(skip)]
+    Unknown {
+        /// Its `type`.
+        kind: String,
+        /// The slot as found.
+        raw: serde_json::Value,
+    },
+}
+
+impl Slot {
+    /// A short description for error messages: kind and id.
+    pub fn describe(&self) -> String {
+        match self {
+            Slot::X25519 { rid, .. } => format!("x25519 {rid}"),
+            Slot::Oct { kid, .. } => format!("symmetric key {kid:?}"),
+            Slot::Argon2id { .. } => "passphrase".to_string(),
+            Slot::Unknown { kind, .. } => format!("{kind} (unsupported by this version)"),
+        }
+    }
+
+    /// Parse one slot, keeping unknown kinds.
+    pub(crate) fn from_value(v: serde_json::Value) -> Result<Slot> {
+        let kind = v
+            .get("type")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| Error::seal_meta("sealtensors.slots", "a slot has no \"type\""))?
+            .to_string();
+        match kind.as_str() {
+            "x25519" | "oct" | "argon2id" => serde_json::from_value(v)
+                .map_err(|e| Error::seal_meta("sealtensors.slots", e.to_string())),
+            _ => Ok(Slot::Unknown { kind, raw: v }),
+        }
+    }
+
+    pub(crate) fn to_value(&self) -> Result<serde_json::Value> {
+        match self {
+            Slot::Unknown { raw, .. } => Ok(raw.clone()),
+            s => serde_json::to_value(s).map_err(|e| Error::seal_meta("sealtensors.slots", e.to_string())),
+        }
+    }
+}
+
+/// Something a model key can be wrapped to.
+pub trait Recipient: Send + Sync {
+    /// Wrap the model key into a new slot.
+    fn wrap(&self, key: &ModelKey) -> Result<Slot>;
+    /// Whether `slot` was made for this recipient (for removal on rekey).
+    fn matches(&self, slot: &Slot) -> bool;
+    /// Kind and id, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Something that can open slots.
+pub trait Identity: Send + Sync {
+    /// `None`: the slot is not for this identity. `Some(Ok)`: opened.
+    /// `Some(Err)`: it is ours but could not be opened (corrupt, too costly).
+    fn unwrap(&self, slot: &Slot, mk_id: &[u8; 16]) -> Option<Result<ModelKey>>;
+    /// Kind and id, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Try every identity on every slot; the first that opens wins.
+pub(crate) fn unwrap_any(
+    slots: &[Slot],
+    identities: &[&dyn Identity],
+    mk_id: &[u8; 16],
+) -> Result<ModelKey> {
+    let mut first_err = None;
+    for id in identities {
+        for s in slots {
+            match id.unwrap(s, mk_id) {
+                None => {}
+                Some(Ok(k)) => {
+                    if k.id()? == *mk_id {
+                        return Ok(k);
+                    }
+                }
+                Some(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let slots = if slots.is_empty() {
+        "no recipient at all".to_string()
+    } else {
+        slots.iter().map(Slot::describe).collect::<Vec<_>>().join(", ")
+    };
+    Err(Error::NoMatchingKey {
+        given: identities.len(),
+        slots,
+    })
+}

@@ -1,0 +1,36 @@
+//! sealtensors: confidential, signed, policy-guarded model weights that stay
+//! safetensors files. The byte-level contract is `spec/SPEC.md`; module docs
+//! cite its sections.
+//!
+//! ```no_run
+//! use sealtensors::{keys::X25519Identity, OpenOptions, SealOptions, SealedFile, Sealer};
+//! # fn main() -> sealtensors::Result<()> {
+//! let id = X25519Identity::generate()?;
+//! let sealer = Sealer::new(SealOptions {
+//!     recipients: vec![Box::new(id.recipient())],
+//!     ..Default::default()
+//! })?;
+//! sealer.seal_file("model.safetensors".as_ref(), "sealed.safetensors".as_ref())?;
+//! let f = SealedFile::open("sealed.safetensors", &OpenOptions { identities: vec![&id], ..Default::default() })?;
+//! let bytes = f.read_tensor("embeddings.weight")?;
+//! # let _ = bytes; Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod atomic;
+pub mod crypto;
+mod error;
+pub mod format;
+pub mod keys;
+pub mod model;
+mod read;
+pub mod rekey;
+pub mod seal;
+mod write;
+
+pub use crypto::Cipher;
+pub use error::{Error, Result};
+pub use format::{Dtype, Header, TensorInfo};
+pub use read::{read_header, Authenticity, OpenOptions, SealedFile};
+pub use write::{serialize_plain, write_plain, SealOptions, SealWriter, Sealer, TensorRef};

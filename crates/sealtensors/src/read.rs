@@ -1,0 +1,441 @@
+//! Reading: open verifies before it trusts (SPEC §8), tensors decrypt lazily,
+//! in parallel over chunks, straight into the caller's memory; a byte range
+//! decrypts only the chunks that cover it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::atomic::AtomicFile;
+use crate::crypto::{self, ChunkKey};
+use crate::error::{Error, Result};
+use crate::format::{Header, TensorInfo};
+use crate::keys::{unwrap_any, Identity, KeyConfig, ModelKey, VerifyingKey};
+use crate::seal::{self, ChunkAad, Mode, Protection, SealMeta};
+
+/// How a loader opens files: which keys it holds, whom it trusts, what it requires.
+#[derive(Default)]
+pub struct OpenOptions<'a> {
+    /// Identities tried on the key slots.
+    pub identities: Vec<&'a dyn Identity>,
+    /// Trusted signers. When non-empty, every file must be signed by one.
+    pub trusted: Vec<VerifyingKey>,
+    /// Refuse files that are not encrypted (downgrade protection).
+    pub require_encrypted: bool,
+    /// Refuse files that carry no valid signature.
+    pub require_signed: bool,
+    /// A model key already released (another shard of the same model);
+    /// used when its id matches the file's.
+    pub model_key: Option<ModelKey>,
+    /// The clock for expiry checks, Unix seconds (default: now).
+    pub now: Option<u64>,
+    /// Open without unwrapping the model key (inspection): encrypted tensors
+    /// cannot be read, everything else is checked.
+    pub locked: bool,
+}
+
+impl<'a> OpenOptions<'a> {
+    /// Options from discovered keys.
+    pub fn from_keys(keys: &'a KeyConfig) -> Self {
+        OpenOptions {
+            identities: keys.identities.iter().map(|b| b.as_ref()).collect(),
+            trusted: keys.trusted.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What the loader can say about who made the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Authenticity {
+    /// A plain safetensors file: nothing is authenticated.
+    Plain,
+    /// Sealed, unsigned: authentic against whoever holds a key to it.
+    Unsigned,
+    /// Validly signed by a key the loader was not told to trust: unverified.
+    UntrustedSigner(VerifyingKey),
+    /// Signed by a trusted signer.
+    Trusted(VerifyingKey),
+}
+
+/// An opened safetensors file, plain or sealed.
+pub struct SealedFile {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    meta: Option<SealMeta>,
+    mk: Option<ModelKey>,
+    auth: Authenticity,
+}
+
+/// Open a file and parse its header (SPEC §2), checking its total length.
+pub fn read_header(path: &Path) -> Result<(File, Header)> {
+    let inner = || -> Result<(File, Header)> {
+        let file = File::open(path).map_err(|e| Error::io("opening", e))?;
+        let len = file.metadata().map_err(|e| Error::io("reading file size", e))?.len();
+        if len < 8 {
+            return Err(Error::container("the file is shorter than the 8-byte header length"));
+        }
+        let mut prefix = [0u8; 8];
+        file.read_exact_at(&mut prefix, 0)
+            .map_err(|e| Error::io("reading the header length", e))?;
+        let n = Header::parse_len(&prefix)?;
+        if 8 + n > len {
+            return Err(Error::container("the header runs past the end of the file"));
+        }
+        let mut json = vec![0u8; n as usize];
+        file.read_exact_at(&mut json, 8)
+            .map_err(|e| Error::io("reading the header", e))?;
+        let h = Header::parse_json(&json)?;
+        h.check_file_len(len)?;
+        Ok((file, h))
+    };
+    inner().map_err(|e| e.in_file(path))
+}
+
+impl SealedFile {
+    /// Open and verify a file (SPEC §8): parse, check the signature against
+    /// the trusted signers, check expiry, unwrap the model key, check the MAC.
+    pub fn open(path: impl AsRef<Path>, opts: &OpenOptions<'_>) -> Result<SealedFile> {
+        let path = path.as_ref();
+        let (file, header) = read_header(path)?;
+        Self::verify(path, file, header, opts).map_err(|e| e.in_file(path))
+    }
+
+    fn verify(path: &Path, file: File, header: Header, opts: &OpenOptions<'_>) -> Result<SealedFile> {
+        let base = |meta, mk, auth| SealedFile {
+            path: path.to_path_buf(),
+            file,
+            header: header.clone(),
+            meta,
+            mk,
+            auth,
+        };
+        if !seal::is_sealed(&header) {
+            if opts.require_encrypted {
+                return Err(Error::NotSealed { found: "plain" });
+            }
+            if opts.require_signed || !opts.trusted.is_empty() {
+                return Err(Error::NotSigned {
+                    found: "plain",
+                    trusted: opts.trusted.len(),
+                });
+            }
+            return Ok(base(None, None, Authenticity::Plain));
+        }
+        let meta = seal::parse(&header)?;
+        if opts.require_encrypted && meta.doc.mode != Mode::Encrypted {
+            return Err(Error::NotSealed {
+                found: "signed but not encrypted",
+            });
+        }
+        let auth = match &meta.signature {
+            Some(sig) => {
+                if sig.alg != "ed25519" {
+                    return Err(Error::seal_meta(seal::KEY_SIGNATURE, format!("unknown alg {:?}", sig.alg)));
+                }
+                let hint: VerifyingKey = sig
+                    .key
+                    .parse()
+                    .map_err(|_| Error::seal_meta(seal::KEY_SIGNATURE, "key is not an ed25519: public key"))?;
+                let bytes = crate::keys::unb64("signature", &sig.sig)
+                    .map_err(|_| Error::seal_meta(seal::KEY_SIGNATURE, "sig is not base64url"))?;
+                let msg = seal::signed_message(&header);
+                if opts.trusted.is_empty() {
+                    if !hint.verify(&msg, &bytes) {
+                        return Err(Error::BadSignature);
+                    }
+                    if opts.require_signed {
+                        return Err(Error::UntrustedSigner {
+                            signer: hint.to_string(),
+                            trusted: 0,
+                        });
+                    }
+                    Authenticity::UntrustedSigner(hint)
+                } else {
+                    let Some(k) = opts.trusted.iter().find(|k| **k == hint) else {
+                        return Err(Error::UntrustedSigner {
+                            signer: hint.to_string(),
+                            trusted: opts.trusted.len(),
+                        });
+                    };
+                    if !k.verify(&msg, &bytes) {
+                        return Err(Error::BadSignature);
+                    }
+                    Authenticity::Trusted(*k)
+                }
+            }
+            None => {
+                if opts.require_signed || !opts.trusted.is_empty() {
+                    return Err(Error::NotSigned {
+                        found: "sealed",
+                        trusted: opts.trusted.len(),
+                    });
+                }
+                Authenticity::Unsigned
+            }
+        };
+        let now = opts.now.unwrap_or_else(crate::write::now_unix);
+        if let Some(expires) = meta.doc.model.expires {
+            if now >= expires {
+                return Err(Error::Expired { expires, now });
+            }
+        }
+        if meta.policy.is_some() {
+            return Err(Error::PolicyUnsupported);
+        }
+        let mut mk = None;
+        if let (Some(mk_id), false) = (meta.mk_id, opts.locked) {
+            let key = match &opts.model_key {
+                Some(k) if k.id()? == mk_id => k.clone(),
+                _ => unwrap_any(&meta.slots, &opts.identities, &mk_id)?,
+            };
+            let mac = seal::header_mac(&key, &meta.file_id, &header)?;
+            let expected = meta.mac.unwrap_or([0u8; 32]);
+            if !crypto::ct_eq(&mac, &expected) {
+                return Err(Error::BadHeaderMac);
+            }
+            mk = Some(key);
+        }
+        Ok(base(Some(meta), mk, auth))
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The parsed header (tensor table and the raw `__metadata__`).
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    /// Tensors in data order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.header.tensors
+    }
+    /// One tensor's entry.
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.header
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::NoSuchTensor(name.to_string()))
+    }
+    /// The publisher's metadata, without the seal's reserved keys.
+    pub fn metadata(&self) -> Option<BTreeMap<String, String>> {
+        match &self.meta {
+            None => self.header.metadata.clone(),
+            Some(m) => m.doc.plain_metadata.then(|| m.user_metadata.clone()),
+        }
+    }
+    /// The seal metadata, `None` for a plain file.
+    pub fn seal(&self) -> Option<&SealMeta> {
+        self.meta.as_ref()
+    }
+    /// Who made it, as far as the loader can tell.
+    pub fn authenticity(&self) -> &Authenticity {
+        &self.auth
+    }
+    /// The model key, once unwrapped: pass it to the other shards.
+    pub fn model_key(&self) -> Option<&ModelKey> {
+        self.mk.as_ref()
+    }
+    /// Whether the tensor is stored encrypted.
+    pub fn is_encrypted(&self, name: &str) -> Result<bool> {
+        let i = self.index(name)?;
+        Ok(matches!(self.protection(i), Protection::Encrypted(_)))
+    }
+
+    fn index(&self, name: &str) -> Result<usize> {
+        self.header
+            .index_of(name)
+            .ok_or_else(|| Error::NoSuchTensor(name.to_string()))
+    }
+
+    fn protection(&self, i: usize) -> &Protection {
+        self.meta
+            .as_ref()
+            .and_then(|m| m.protection.get(i))
+            .unwrap_or(&Protection::None)
+    }
+
+    /// Read a whole tensor into fresh memory.
+    pub fn read_tensor(&self, name: &str) -> Result<Vec<u8>> {
+        let t = self.tensor(name)?;
+        let mut out = vec![0u8; t.len()];
+        self.read_range_into(name, 0, t.len(), &mut out)?;
+        Ok(out)
+    }
+
+    /// Read a whole tensor into `out`, which must have its exact length.
+    pub fn read_tensor_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
+        let len = self.tensor(name)?.len();
+        self.read_range_into(name, 0, len, out)
+    }
+
+    /// Read bytes `start..end` of a tensor; only the chunks that cover the
+    /// range are read and decrypted. On error `out` is zeroed.
+    pub fn read_range_into(&self, name: &str, start: usize, end: usize, out: &mut [u8]) -> Result<()> {
+        let i = self.index(name)?;
+        let r = self.read_range_inner(i, start, end, out);
+        if r.is_err() {
+            out.fill(0);
+        }
+        r.map_err(|e| e.in_file(&self.path))
+    }
+
+    fn read_range_inner(&self, i: usize, start: usize, end: usize, out: &mut [u8]) -> Result<()> {
+        let t = &self.header.tensors[i];
+        if start > end || end > t.len() {
+            return Err(Error::RangeOutOfBounds {
+                name: t.name.clone(),
+                start,
+                end,
+                len: t.len(),
+            });
+        }
+        if out.len() != end - start {
+            return Err(Error::BufferSize {
+                name: t.name.clone(),
+                expected: end - start,
+                got: out.len(),
+            });
+        }
+        let base = self.header.data_start() + t.begin as u64;
+        let prot = self.protection(i);
+        let Some(meta) = &self.meta else {
+            // Plain: parallel preads of 8 MiB pieces.
+            return out
+                .par_chunks_mut(8 << 20)
+                .enumerate()
+                .try_for_each(|(k, piece)| {
+                    self.file
+                        .read_exact_at(piece, base + (start + k * (8 << 20)) as u64)
+                        .map_err(|e| Error::io(format!("reading tensor {:?}", t.name), e))
+                });
+        };
+        let cs = meta.chunk_size();
+        let count = seal::chunk_count(t.len(), cs);
+        let aad = ChunkAad::new(&meta.file_id, t, count);
+        let key = match prot {
+            Protection::Encrypted(_) => {
+                let (Some(mk), Some(cipher)) = (&self.mk, meta.cipher) else {
+                    return Err(Error::NoMatchingKey {
+                        given: 0,
+                        slots: meta.slots.iter().map(|s| s.describe()).collect::<Vec<_>>().join(", "),
+                    });
+                };
+                Some(ChunkKey::new(cipher, &seal::tensor_key(mk, &meta.file_id, &t.name)?)?)
+            }
+            _ => None,
+        };
+        let load = |c: u64, dst: &mut [u8]| -> Result<()> {
+            self.file
+                .read_exact_at(dst, base + c * cs as u64)
+                .map_err(|e| Error::io(format!("reading tensor {:?}", t.name), e))?;
+            let ok = match (prot, &key) {
+                (Protection::Encrypted(tags), Some(k)) => {
+                    k.open(c, &aad.for_chunk(c), &tags[c as usize], dst)
+                }
+                (Protection::Digests(d), _) => crypto::ct_eq(&crypto::sha256(dst), &d[c as usize]),
+                _ => false,
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::ChunkAuthFailed {
+                    name: t.name.clone(),
+                    chunk: c,
+                })
+            }
+        };
+        if t.is_empty() {
+            return load(0, &mut []);
+        }
+        if start == end {
+            return Ok(());
+        }
+        let first = start / cs;
+        let last = (end - 1) / cs;
+        let mut pieces = Vec::with_capacity(last - first + 1);
+        let mut rest: &mut [u8] = out;
+        for c in first..=last {
+            let c0 = c * cs;
+            let c1 = (c0 + cs).min(t.len());
+            let s = start.max(c0);
+            let e = end.min(c1);
+            let (piece, tail) = rest.split_at_mut(e - s);
+            rest = tail;
+            pieces.push((c as u64, c0, c1, s, piece));
+        }
+        pieces.into_par_iter().try_for_each(|(c, c0, c1, s, dst)| {
+            if dst.len() == c1 - c0 {
+                load(c, dst)
+            } else {
+                let mut tmp = vec![0u8; c1 - c0];
+                load(c, &mut tmp)?;
+                let off = s - c0;
+                dst.copy_from_slice(&tmp[off..off + dst.len()]);
+                Ok(())
+            }
+        })
+    }
+
+    /// Check every chunk's tag or digest, with bounded memory.
+    pub fn verify_data(&self) -> Result<()> {
+        let mut buf = Vec::new();
+        for t in &self.header.tensors {
+            self.for_each_block(t, &mut buf, |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    fn for_each_block(
+        &self,
+        t: &TensorInfo,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let cs = self.meta.as_ref().map_or(1 << 20, |m| m.chunk_size());
+        let block = if cs >= (16 << 20) { cs } else { (16 << 20) - (16 << 20) % cs };
+        if t.is_empty() {
+            return self.read_range_into(&t.name, 0, 0, &mut []);
+        }
+        let mut at = 0;
+        while at < t.len() {
+            let n = (t.len() - at).min(block);
+            buf.resize(n, 0);
+            self.read_range_into(&t.name, at, at + n, &mut buf[..n])?;
+            f(&buf[..n])?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Write the plain safetensors file this was sealed from (SPEC §2.3),
+    /// streaming, atomically.
+    pub fn unseal_to(&self, output: &Path, overwrite: bool) -> Result<()> {
+        let header = Header {
+            tensors: self.header.tensors.clone(),
+            metadata: self.metadata(),
+            header_len: 0,
+        };
+        let out = AtomicFile::create(output, overwrite).map_err(|e| e.in_file(output))?;
+        let head = header.to_bytes();
+        let io = |e| Error::io("writing", e).in_file(output);
+        out.file().write_all_at(&head, 0).map_err(io)?;
+        let mut pos = head.len() as u64;
+        let mut buf = Vec::new();
+        for t in &self.header.tensors {
+            self.for_each_block(t, &mut buf, |b| {
+                out.file().write_all_at(b, pos).map_err(io)?;
+                pos += b.len() as u64;
+                Ok(())
+            })?;
+        }
+        out.commit(overwrite).map_err(|e| e.in_file(output))
+    }
+}
