@@ -59,7 +59,11 @@ impl AtomicFile {
         fs::rename(&self.tmp, &self.dest)
             .map_err(|e| Error::io("renaming output into place", e).in_file(&self.dest))?;
         if let Some(dir) = self.dest.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
             }

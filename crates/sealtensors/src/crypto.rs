@@ -215,8 +215,12 @@ pub fn wrap_key(kek: &Secret32, aad: &[u8], key: &Secret32) -> Result<Vec<u8>> {
             .map_err(|_| Error::Crypto("AEAD key setup failed"))?,
     );
     let mut buf = key.expose().to_vec();
-    k.seal_in_place_append_tag(Nonce::assume_unique_for_key([0u8; 12]), Aad::from(aad), &mut buf)
-        .map_err(|_| Error::Crypto("key wrap failed"))?;
+    k.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key([0u8; 12]),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| Error::Crypto("key wrap failed"))?;
     Ok(buf)
 }
 
@@ -228,7 +232,11 @@ pub fn unwrap_key(kek: &Secret32, aad: &[u8], wrapped: &[u8]) -> Option<Secret32
     let k = LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, kek.expose()).ok()?);
     let mut buf = Zeroizing::new(wrapped.to_vec());
     let pt = k
-        .open_in_place(Nonce::assume_unique_for_key([0u8; 12]), Aad::from(aad), &mut buf[..])
+        .open_in_place(
+            Nonce::assume_unique_for_key([0u8; 12]),
+            Aad::from(aad),
+            &mut buf[..],
+        )
         .ok()?;
     let arr: [u8; 32] = pt.try_into().ok()?;
     Some(Secret32::from_bytes(arr))

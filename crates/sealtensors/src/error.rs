@@ -74,7 +74,9 @@ pub enum Error {
 
     // ---- seal metadata -------------------------------------------------------------
     /// The seal metadata is present but malformed.
-    #[error("malformed seal metadata in {key:?}: {reason}; the file is corrupt or was tampered with")]
+    #[error(
+        "malformed seal metadata in {key:?}: {reason}; the file is corrupt or was tampered with"
+    )]
     InvalidSealMetadata {
         /// The reserved `__metadata__` key.
         key: String,

@@ -250,7 +250,9 @@ impl Header {
             let begin = usize::try_from(b).map_err(|_| Error::container("offset too large"))?;
             let end = usize::try_from(e).map_err(|_| Error::container("offset too large"))?;
             let expected = dtype.byte_len(&entry.shape).ok_or_else(|| {
-                Error::container(format!("tensor {name:?}: shape size overflows or is not whole bytes"))
+                Error::container(format!(
+                    "tensor {name:?}: shape size overflows or is not whole bytes"
+                ))
             })?;
             if end < begin || end - begin != expected {
                 return Err(Error::container(format!(
@@ -266,7 +268,7 @@ impl Header {
                 end,
             });
         }
-        tensors.sort_by(|a, b| (a.begin, a.end).cmp(&(b.begin, b.end)));
+        tensors.sort_by_key(|t| (t.begin, t.end));
         let mut at = 0usize;
         for t in &tensors {
             if t.begin != at {
@@ -400,7 +402,10 @@ impl<'de> Deserialize<'de> for RawHeader {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a safetensors header object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawHeader, A::Error> {
                 let mut seen = std::collections::HashSet::new();
                 let mut tensors = Vec::new();
                 let mut metadata = None;
@@ -439,7 +444,10 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMapOf<V> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object without duplicate keys")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueMapOf<V>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<UniqueMapOf<V>, A::Error> {
                 let mut out = BTreeMap::new();
                 while let Some(k) = map.next_key::<String>()? {
                     let v: V = map.next_value()?;
@@ -461,7 +469,10 @@ mod tests {
     #[test]
     fn json_attack_duplicate_keys_rejected() {
         let j = br#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
-        assert!(matches!(Header::parse_json(j), Err(Error::InvalidContainer(_))));
+        assert!(matches!(
+            Header::parse_json(j),
+            Err(Error::InvalidContainer(_))
+        ));
         let j = br#"{"__metadata__":{"k":"1","k":"2"}}"#;
         assert!(Header::parse_json(j).is_err());
     }
@@ -515,6 +526,9 @@ mod tests {
     fn huge_length_prefix_rejected() {
         let mut buf = u64::MAX.to_le_bytes().to_vec();
         buf.extend_from_slice(b"{}");
-        assert!(matches!(Header::parse_buffer(&buf), Err(Error::LimitExceeded { .. })));
+        assert!(matches!(
+            Header::parse_buffer(&buf),
+            Err(Error::LimitExceeded { .. })
+        ));
     }
 }

@@ -17,7 +17,7 @@ use crate::keys::{unwrap_any, Identity, KeyConfig, ModelKey, VerifyingKey};
 use crate::seal::{self, ChunkAad, Mode, Protection, SealMeta};
 
 /// How a loader opens files: which keys it holds, whom it trusts, what it requires.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct OpenOptions<'a> {
     /// Identities tried on the key slots.
     pub identities: Vec<&'a dyn Identity>,
@@ -76,9 +76,14 @@ pub struct SealedFile {
 pub fn read_header(path: &Path) -> Result<(File, Header)> {
     let inner = || -> Result<(File, Header)> {
         let file = File::open(path).map_err(|e| Error::io("opening", e))?;
-        let len = file.metadata().map_err(|e| Error::io("reading file size", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("reading file size", e))?
+            .len();
         if len < 8 {
-            return Err(Error::container("the file is shorter than the 8-byte header length"));
+            return Err(Error::container(
+                "the file is shorter than the 8-byte header length",
+            ));
         }
         let mut prefix = [0u8; 8];
         file.read_exact_at(&mut prefix, 0)
@@ -106,7 +111,12 @@ impl SealedFile {
         Self::verify(path, file, header, opts).map_err(|e| e.in_file(path))
     }
 
-    fn verify(path: &Path, file: File, header: Header, opts: &OpenOptions<'_>) -> Result<SealedFile> {
+    fn verify(
+        path: &Path,
+        file: File,
+        header: Header,
+        opts: &OpenOptions<'_>,
+    ) -> Result<SealedFile> {
         let base = |meta, mk, auth| SealedFile {
             path: path.to_path_buf(),
             file,
@@ -136,12 +146,14 @@ impl SealedFile {
         let auth = match &meta.signature {
             Some(sig) => {
                 if sig.alg != "ed25519" {
-                    return Err(Error::seal_meta(seal::KEY_SIGNATURE, format!("unknown alg {:?}", sig.alg)));
+                    return Err(Error::seal_meta(
+                        seal::KEY_SIGNATURE,
+                        format!("unknown alg {:?}", sig.alg),
+                    ));
                 }
-                let hint: VerifyingKey = sig
-                    .key
-                    .parse()
-                    .map_err(|_| Error::seal_meta(seal::KEY_SIGNATURE, "key is not an ed25519: public key"))?;
+                let hint: VerifyingKey = sig.key.parse().map_err(|_| {
+                    Error::seal_meta(seal::KEY_SIGNATURE, "key is not an ed25519: public key")
+                })?;
                 let bytes = crate::keys::unb64("signature", &sig.sig)
                     .map_err(|_| Error::seal_meta(seal::KEY_SIGNATURE, "sig is not base64url"))?;
                 let msg = seal::signed_message(&header);
@@ -202,6 +214,10 @@ impl SealedFile {
             mk = Some(key);
         }
         Ok(base(Some(meta), mk, auth))
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// The path it was opened from.
@@ -278,7 +294,13 @@ impl SealedFile {
 
     /// Read bytes `start..end` of a tensor; only the chunks that cover the
     /// range are read and decrypted. On error `out` is zeroed.
-    pub fn read_range_into(&self, name: &str, start: usize, end: usize, out: &mut [u8]) -> Result<()> {
+    pub fn read_range_into(
+        &self,
+        name: &str,
+        start: usize,
+        end: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
         let i = self.index(name)?;
         let r = self.read_range_inner(i, start, end, out);
         if r.is_err() {
@@ -325,10 +347,18 @@ impl SealedFile {
                 let (Some(mk), Some(cipher)) = (&self.mk, meta.cipher) else {
                     return Err(Error::NoMatchingKey {
                         given: 0,
-                        slots: meta.slots.iter().map(|s| s.describe()).collect::<Vec<_>>().join(", "),
+                        slots: meta
+                            .slots
+                            .iter()
+                            .map(|s| s.describe())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     });
                 };
-                Some(ChunkKey::new(cipher, &seal::tensor_key(mk, &meta.file_id, &t.name)?)?)
+                Some(ChunkKey::new(
+                    cipher,
+                    &seal::tensor_key(mk, &meta.file_id, &t.name)?,
+                )?)
             }
             _ => None,
         };
@@ -400,7 +430,11 @@ impl SealedFile {
         mut f: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         let cs = self.meta.as_ref().map_or(1 << 20, |m| m.chunk_size());
-        let block = if cs >= (16 << 20) { cs } else { (16 << 20) - (16 << 20) % cs };
+        let block = if cs >= (16 << 20) {
+            cs
+        } else {
+            (16 << 20) - (16 << 20) % cs
+        };
         if t.is_empty() {
             return self.read_range_into(&t.name, 0, 0, &mut []);
         }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{self, Cipher, Secret32, DIGEST_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{Header, TensorInfo};
-use crate::keys::{unb64, ModelKey, Slot, MAX_SLOTS};
+use crate::keys::{b64, unb64, ModelKey, SigningKey, Slot, MAX_SLOTS};
 
 /// The reserved prefix of seal metadata keys.
 pub const PREFIX: &str = "sealtensors.";
@@ -29,7 +29,14 @@ pub const KEY_MAC: &str = "sealtensors.mac";
 /// Header signature (SPEC §7.1).
 pub const KEY_SIGNATURE: &str = "sealtensors.signature";
 
-const KNOWN_KEYS: [&str; 6] = [KEY_SEAL, KEY_TENSORS, KEY_SLOTS, KEY_POLICY, KEY_MAC, KEY_SIGNATURE];
+const KNOWN_KEYS: [&str; 6] = [
+    KEY_SEAL,
+    KEY_TENSORS,
+    KEY_SLOTS,
+    KEY_POLICY,
+    KEY_MAC,
+    KEY_SIGNATURE,
+];
 
 /// The format version this library writes and reads.
 pub const FORMAT_VERSION: u64 = 1;
@@ -171,9 +178,13 @@ pub fn chunk_count(len: usize, chunk_size: usize) -> u64 {
 }
 
 fn decode_fixed<const N: usize>(key: &str, what: &str, s: &str) -> Result<Vec<[u8; N]>> {
-    let raw = unb64(what, s).map_err(|_| Error::seal_meta(key, format!("{what} is not base64url")))?;
+    let raw =
+        unb64(what, s).map_err(|_| Error::seal_meta(key, format!("{what} is not base64url")))?;
     if raw.len() % N != 0 {
-        return Err(Error::seal_meta(key, format!("{what} is not a whole number of {N}-byte values")));
+        return Err(Error::seal_meta(
+            key,
+            format!("{what} is not a whole number of {N}-byte values"),
+        ));
     }
     Ok(raw
         .chunks_exact(N)
@@ -192,7 +203,10 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
     for k in meta.keys().filter(|k| k.starts_with(PREFIX)) {
         if !KNOWN_KEYS.contains(&k.as_str()) {
             // A version-1 reader fails closed on reserved keys it does not know.
-            return Err(Error::seal_meta(k, "unknown reserved key for format version 1"));
+            return Err(Error::seal_meta(
+                k,
+                "unknown reserved key for format version 1",
+            ));
         }
     }
     let seal_text = meta
@@ -200,14 +214,15 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
         .ok_or_else(|| Error::seal_meta(KEY_SEAL, "missing"))?;
     // Read the version before the strict schema, so a newer file gets the
     // right error.
-    let v: serde_json::Value = serde_json::from_str(seal_text)
-        .map_err(|e| Error::seal_meta(KEY_SEAL, e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(seal_text).map_err(|e| Error::seal_meta(KEY_SEAL, e.to_string()))?;
     match v.get("v").and_then(|v| v.as_u64()) {
         Some(FORMAT_VERSION) => {}
         Some(other) => return Err(Error::UnsupportedVersion(other)),
         None => return Err(Error::seal_meta(KEY_SEAL, "no version \"v\"")),
     }
-    let doc: SealDoc = serde_json::from_str(seal_text).map_err(|e| Error::seal_meta(KEY_SEAL, e.to_string()))?;
+    let doc: SealDoc =
+        serde_json::from_str(seal_text).map_err(|e| Error::seal_meta(KEY_SEAL, e.to_string()))?;
     let cs = doc.chunk_size;
     if cs < MIN_CHUNK_SIZE as u64 || cs > MAX_CHUNK_SIZE as u64 {
         return Err(Error::seal_meta(
@@ -223,8 +238,8 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
     let slots: Vec<Slot> = match meta.get(KEY_SLOTS) {
         None => Vec::new(),
         Some(text) => {
-            let arr: Vec<serde_json::Value> =
-                serde_json::from_str(text).map_err(|e| Error::seal_meta(KEY_SLOTS, e.to_string()))?;
+            let arr: Vec<serde_json::Value> = serde_json::from_str(text)
+                .map_err(|e| Error::seal_meta(KEY_SLOTS, e.to_string()))?;
             if arr.len() > MAX_SLOTS {
                 return Err(Error::LimitExceeded {
                     what: "key slots",
@@ -232,12 +247,16 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
                     max: MAX_SLOTS as u64,
                 });
             }
-            arr.into_iter().map(Slot::from_value).collect::<Result<_>>()?
+            arr.into_iter()
+                .map(Slot::from_value)
+                .collect::<Result<_>>()?
         }
     };
     let signature: Option<SignatureDoc> = meta
         .get(KEY_SIGNATURE)
-        .map(|t| serde_json::from_str(t).map_err(|e| Error::seal_meta(KEY_SIGNATURE, e.to_string())))
+        .map(|t| {
+            serde_json::from_str(t).map_err(|e| Error::seal_meta(KEY_SIGNATURE, e.to_string()))
+        })
         .transpose()?;
     let mac: Option<[u8; 32]> = meta
         .get(KEY_MAC)
@@ -262,21 +281,35 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
                 .as_deref()
                 .and_then(|s| unb64("mk_id", s).ok())
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| Error::seal_meta(KEY_SEAL, "encrypted mode needs a 16-byte \"mk_id\""))?;
+                .ok_or_else(|| {
+                    Error::seal_meta(KEY_SEAL, "encrypted mode needs a 16-byte \"mk_id\"")
+                })?;
             if slots.is_empty() {
-                return Err(Error::seal_meta(KEY_SLOTS, "encrypted mode needs at least one key slot"));
+                return Err(Error::seal_meta(
+                    KEY_SLOTS,
+                    "encrypted mode needs at least one key slot",
+                ));
             }
             if mac.is_none() {
-                return Err(Error::seal_meta(KEY_MAC, "encrypted mode needs a header MAC"));
+                return Err(Error::seal_meta(
+                    KEY_MAC,
+                    "encrypted mode needs a header MAC",
+                ));
             }
             (Some(cipher), Some(mk_id))
         }
         Mode::Signed => {
             if doc.aead.is_some() || doc.mk_id.is_some() || !slots.is_empty() || mac.is_some() {
-                return Err(Error::seal_meta(KEY_SEAL, "sign-only mode has no aead, model key, slots or MAC"));
+                return Err(Error::seal_meta(
+                    KEY_SEAL,
+                    "sign-only mode has no aead, model key, slots or MAC",
+                ));
             }
             if signature.is_none() {
-                return Err(Error::seal_meta(KEY_SIGNATURE, "sign-only mode needs a signature"));
+                return Err(Error::seal_meta(
+                    KEY_SIGNATURE,
+                    "sign-only mode needs a signature",
+                ));
             }
             (None, None)
         }
@@ -285,8 +318,8 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
     let tensors_text = meta
         .get(KEY_TENSORS)
         .ok_or_else(|| Error::seal_meta(KEY_TENSORS, "missing"))?;
-    let docs: crate::format::UniqueMapOf<TensorSealDoc> =
-        serde_json::from_str(tensors_text).map_err(|e| Error::seal_meta(KEY_TENSORS, e.to_string()))?;
+    let docs: crate::format::UniqueMapOf<TensorSealDoc> = serde_json::from_str(tensors_text)
+        .map_err(|e| Error::seal_meta(KEY_TENSORS, e.to_string()))?;
     let mut docs = docs.0;
     if docs.len() != h.tensors.len() {
         return Err(Error::seal_meta(
@@ -297,9 +330,9 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
     let mut protection = Vec::with_capacity(h.tensors.len());
     let mut any_encrypted = false;
     for t in &h.tensors {
-        let d = docs
-            .remove(&t.name)
-            .ok_or_else(|| Error::seal_meta(KEY_TENSORS, format!("no entry for tensor {:?}", t.name)))?;
+        let d = docs.remove(&t.name).ok_or_else(|| {
+            Error::seal_meta(KEY_TENSORS, format!("no entry for tensor {:?}", t.name))
+        })?;
         let n = chunk_count(t.len(), cs as usize);
         let p = match (&d.tags, &d.sha256) {
             (Some(tags), None) => {
@@ -309,11 +342,16 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
                 any_encrypted = true;
                 Protection::Encrypted(decode_fixed::<TAG_LEN>(KEY_TENSORS, "tags", tags)?)
             }
-            (None, Some(d)) => Protection::Digests(decode_fixed::<DIGEST_LEN>(KEY_TENSORS, "sha256", d)?),
+            (None, Some(d)) => {
+                Protection::Digests(decode_fixed::<DIGEST_LEN>(KEY_TENSORS, "sha256", d)?)
+            }
             _ => {
                 return Err(Error::seal_meta(
                     KEY_TENSORS,
-                    format!("tensor {:?} needs exactly one of \"tags\" and \"sha256\"", t.name),
+                    format!(
+                        "tensor {:?} needs exactly one of \"tags\" and \"sha256\"",
+                        t.name
+                    ),
                 ))
             }
         };
@@ -331,7 +369,10 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
         protection.push(p);
     }
     if doc.mode == Mode::Encrypted && !any_encrypted && !h.tensors.is_empty() {
-        return Err(Error::seal_meta(KEY_TENSORS, "encrypted mode but no tensor is encrypted"));
+        return Err(Error::seal_meta(
+            KEY_TENSORS,
+            "encrypted mode but no tensor is encrypted",
+        ));
     }
     let user_metadata = meta
         .iter()
@@ -375,7 +416,10 @@ pub fn canonical(h: &Header, exclude: &[&str]) -> Vec<u8> {
     }
     let empty = BTreeMap::new();
     let meta = h.metadata.as_ref().unwrap_or(&empty);
-    let kept: Vec<_> = meta.iter().filter(|(k, _)| !exclude.contains(&k.as_str())).collect();
+    let kept: Vec<_> = meta
+        .iter()
+        .filter(|(k, _)| !exclude.contains(&k.as_str()))
+        .collect();
     out.extend_from_slice(&(kept.len() as u64).to_be_bytes());
     for (k, v) in kept {
         lp(&mut out, k.as_bytes());
@@ -393,14 +437,21 @@ pub fn signed_message(h: &Header) -> Vec<u8> {
 
 /// The header MAC key (SPEC §4.3).
 pub fn mac_key(mk: &ModelKey, file_id: &[u8; 32]) -> Result<Secret32> {
-    crypto::hkdf32(mk.secret().expose(), file_id, &[b"sealtensors/1 header mac"])
+    crypto::hkdf32(
+        mk.secret().expose(),
+        file_id,
+        &[b"sealtensors/1 header mac"],
+    )
 }
 
 /// The header MAC (SPEC §7.2): HMAC-SHA256 over the canonical form without
 /// the signature and the MAC.
 pub fn header_mac(mk: &ModelKey, file_id: &[u8; 32], h: &Header) -> Result<[u8; 32]> {
     let k = mac_key(mk, file_id)?;
-    Ok(crypto::hmac_sha256(k.expose(), &[&canonical(h, &[KEY_SIGNATURE, KEY_MAC])]))
+    Ok(crypto::hmac_sha256(
+        k.expose(),
+        &[&canonical(h, &[KEY_SIGNATURE, KEY_MAC])],
+    ))
 }
 
 /// A tensor's data key (SPEC §4.2).
@@ -439,4 +490,50 @@ impl ChunkAad {
         a.extend_from_slice(&self.count.to_be_bytes());
         a
     }
+}
+
+/// Insert the header MAC (when a model key is given) and the signature (when
+/// a signing key is given) into `meta`, which holds every other entry.
+/// With `placeholder`, insert all-zero values of the same encoded length.
+pub(crate) fn authenticate(
+    meta: &mut BTreeMap<String, String>,
+    tensors: &[TensorInfo],
+    mk: Option<&ModelKey>,
+    file_id: &[u8; 32],
+    signing: Option<&SigningKey>,
+    placeholder: bool,
+) -> Result<()> {
+    meta.remove(KEY_MAC);
+    meta.remove(KEY_SIGNATURE);
+    let mut h = Header {
+        tensors: tensors.to_vec(),
+        metadata: None,
+        header_len: 0,
+    };
+    if let Some(mk) = mk {
+        let mac = if placeholder {
+            [0u8; 32]
+        } else {
+            h.metadata = Some(meta.clone());
+            header_mac(mk, file_id, &h)?
+        };
+        meta.insert(KEY_MAC.into(), b64(&mac));
+    }
+    if let Some(sk) = signing {
+        let mut sig = SignatureDoc {
+            alg: "ed25519".into(),
+            key: sk.verifying_key().to_string(),
+            sig: b64(&[0u8; 64]),
+        };
+        let to_json = |s: &SignatureDoc| {
+            serde_json::to_string(s).map_err(|e| Error::seal_meta(KEY_SIGNATURE, e.to_string()))
+        };
+        meta.insert(KEY_SIGNATURE.into(), to_json(&sig)?);
+        if !placeholder {
+            h.metadata = Some(meta.clone());
+            sig.sig = b64(&sk.sign(&signed_message(&h)));
+            meta.insert(KEY_SIGNATURE.into(), to_json(&sig)?);
+        }
+    }
+    Ok(())
 }

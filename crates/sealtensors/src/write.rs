@@ -20,7 +20,7 @@ use crate::crypto::{self, ChunkKey, Cipher, DIGEST_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Header, TensorInfo};
 use crate::keys::{b64, ModelKey, Recipient, SigningKey, Slot, MAX_SLOTS};
-use crate::seal::{self, ChunkAad, Mode, ModelInfo, SealDoc, SignatureDoc, TensorSealDoc};
+use crate::seal::{self, ChunkAad, Mode, ModelInfo, SealDoc, TensorSealDoc};
 
 const BATCH: usize = 16 << 20;
 
@@ -99,17 +99,24 @@ impl Sealer {
             )));
         }
         if opts.recipients.len() > MAX_SLOTS {
-            return Err(Error::Config(format!("at most {MAX_SLOTS} recipients per file")));
+            return Err(Error::Config(format!(
+                "at most {MAX_SLOTS} recipients per file"
+            )));
         }
         let globs = match &opts.encrypt {
             None => None,
             Some(pats) if pats.is_empty() => {
-                return Err(Error::Config("an empty list of --encrypt patterns; omit it to encrypt every tensor".into()))
+                return Err(Error::Config(
+                    "an empty list of --encrypt patterns; omit it to encrypt every tensor".into(),
+                ))
             }
             Some(pats) => {
                 let mut b = GlobSetBuilder::new();
                 for p in pats {
-                    b.add(Glob::new(p).map_err(|e| Error::Config(format!("bad pattern {p:?}: {e}")))?);
+                    b.add(
+                        Glob::new(p)
+                            .map_err(|e| Error::Config(format!("bad pattern {p:?}: {e}")))?,
+                    );
                 }
                 let set = b.build().map_err(|e| Error::Config(e.to_string()))?;
                 Some((set, pats.clone()))
@@ -169,7 +176,10 @@ impl Sealer {
         self.mode == Mode::Encrypted && self.globs.as_ref().is_none_or(|(g, _)| g.is_match(name))
     }
 
-    pub(crate) fn check_selection<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    pub(crate) fn check_selection<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
         if let Some((_, pats)) = &self.globs {
             if !names.into_iter().any(|n| self.encrypts(n)) {
                 return Err(Error::Config(format!(
@@ -209,11 +219,20 @@ impl Sealer {
         self.seal_from(&file, &header, input, output)
     }
 
-    pub(crate) fn seal_from(&self, file: &File, header: &Header, input: &Path, output: &Path) -> Result<()> {
+    pub(crate) fn seal_from(
+        &self,
+        file: &File,
+        header: &Header,
+        input: &Path,
+        output: &Path,
+    ) -> Result<()> {
         if seal::is_sealed(header) {
-            return Err(Error::Config("the input is already sealed; unseal it first".into()).in_file(input));
+            return Err(
+                Error::Config("the input is already sealed; unseal it first".into()).in_file(input),
+            );
         }
-        let mut w = self.create_unchecked(output, header.tensors.clone(), header.metadata.clone())?;
+        let mut w =
+            self.create_unchecked(output, header.tensors.clone(), header.metadata.clone())?;
         let mut buf = vec![0u8; BATCH];
         let total = header.data_len() as u64;
         let mut at = 0u64;
@@ -340,44 +359,38 @@ impl<'s> SealWriter<'s> {
             .zip(&self.values)
             .map(|((t, &e), v)| {
                 let d = if e {
-                    TensorSealDoc { tags: Some(b64(v)), sha256: None }
+                    TensorSealDoc {
+                        tags: Some(b64(v)),
+                        sha256: None,
+                    }
                 } else {
-                    TensorSealDoc { tags: None, sha256: Some(b64(v)) }
+                    TensorSealDoc {
+                        tags: None,
+                        sha256: Some(b64(v)),
+                    }
                 };
                 (t.name.as_str(), d)
             })
             .collect();
         meta.insert(seal::KEY_TENSORS.into(), json(&docs)?);
-        let mut header = Header {
-            tensors: self.tensors.clone(),
-            metadata: None,
-            header_len: 0,
-        };
-        if let Some(mk) = &s.mk {
+        if s.mk.is_some() {
             let slots: Vec<serde_json::Value> =
                 s.slots.iter().map(Slot::to_value).collect::<Result<_>>()?;
             meta.insert(seal::KEY_SLOTS.into(), json(&slots)?);
-            meta.insert(seal::KEY_MAC.into(), b64(&[0u8; 32]));
-            if !placeholder {
-                header.metadata = Some(meta.clone());
-                let mac = seal::header_mac(mk, &self.file_id, &header)?;
-                meta.insert(seal::KEY_MAC.into(), b64(&mac));
-            }
         }
-        if let Some(sk) = &s.signing {
-            let mut sig = SignatureDoc {
-                alg: "ed25519".into(),
-                key: sk.verifying_key().to_string(),
-                sig: b64(&[0u8; 64]),
-            };
-            meta.insert(seal::KEY_SIGNATURE.into(), json(&sig)?);
-            if !placeholder {
-                header.metadata = Some(meta.clone());
-                sig.sig = b64(&sk.sign(&seal::signed_message(&header)));
-                meta.insert(seal::KEY_SIGNATURE.into(), json(&sig)?);
-            }
-        }
-        header.metadata = Some(meta);
+        seal::authenticate(
+            &mut meta,
+            &self.tensors,
+            s.mk.as_ref(),
+            &self.file_id,
+            s.signing.as_ref(),
+            placeholder,
+        )?;
+        let header = Header {
+            tensors: self.tensors.clone(),
+            metadata: Some(meta),
+            header_len: 0,
+        };
         Ok(header.to_bytes())
     }
 
@@ -419,7 +432,11 @@ impl<'s> SealWriter<'s> {
         };
         let cs = self.sealer.chunk_size;
         let first = st.next_chunk;
-        let width = if st.key.is_some() { TAG_LEN } else { DIGEST_LEN };
+        let width = if st.key.is_some() {
+            TAG_LEN
+        } else {
+            DIGEST_LEN
+        };
         let start = first as usize * width;
         let vals = &mut self.values[self.cur];
         let key = st.key.as_ref();
@@ -457,7 +474,9 @@ impl<'s> SealWriter<'s> {
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             if self.cur >= self.tensors.len() {
-                return Err(Error::ApiMisuse("more data than the tensors described".into()));
+                return Err(Error::ApiMisuse(
+                    "more data than the tensors described".into(),
+                ));
             }
             let len = self.tensors[self.cur].len();
             let done = self.state.as_ref().map_or(0, |s| s.done);
@@ -492,17 +511,26 @@ impl<'s> SealWriter<'s> {
         }
         let header = self.build_header(false)?;
         if header.len() != self.header_len {
-            return Err(Error::Crypto("internal: the header length changed while sealing"));
+            return Err(Error::Crypto(
+                "internal: the header length changed while sealing",
+            ));
         }
         self.out
             .file()
             .write_all_at(&header, 0)
             .map_err(|e| Error::io("writing the header", e).in_file(&self.path))?;
-        self.out.commit(self.sealer.overwrite).map_err(|e| e.in_file(&self.path))
+        self.out
+            .commit(self.sealer.overwrite)
+            .map_err(|e| e.in_file(&self.path))
     }
 }
 
-fn seal_chunk(key: Option<&ChunkKey>, aad: &ChunkAad, index: u64, chunk: &mut [u8]) -> Result<[u8; 32]> {
+fn seal_chunk(
+    key: Option<&ChunkKey>,
+    aad: &ChunkAad,
+    index: u64,
+    chunk: &mut [u8],
+) -> Result<[u8; 32]> {
     let mut out = [0u8; 32];
     match key {
         Some(k) => out[..TAG_LEN].copy_from_slice(&k.seal(index, &aad.for_chunk(index), chunk)?),
@@ -527,7 +555,10 @@ pub struct TensorRef<'a> {
     pub data: &'a [u8],
 }
 
-fn plain_header(tensors: &[TensorRef<'_>], metadata: Option<BTreeMap<String, String>>) -> Result<(Header, Vec<usize>)> {
+fn plain_header(
+    tensors: &[TensorRef<'_>],
+    metadata: Option<BTreeMap<String, String>>,
+) -> Result<(Header, Vec<usize>)> {
     let infos = format::official_layout(
         tensors
             .iter()
@@ -562,7 +593,10 @@ fn plain_header(tensors: &[TensorRef<'_>], metadata: Option<BTreeMap<String, Str
 
 /// A plain safetensors file in memory, byte-identical to the official
 /// writer's output for the same tensors and metadata (SPEC §2.3).
-pub fn serialize_plain(tensors: &[TensorRef<'_>], metadata: Option<BTreeMap<String, String>>) -> Result<Vec<u8>> {
+pub fn serialize_plain(
+    tensors: &[TensorRef<'_>],
+    metadata: Option<BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
     let (h, order) = plain_header(tensors, metadata)?;
     let mut out = h.to_bytes();
     out.reserve(h.data_len());

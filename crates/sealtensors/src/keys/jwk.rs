@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{
-    b64, unb64_array, Identity, Recipient, SigningKey, SymmetricKey, VerifyingKey,
-    X25519Identity, X25519Recipient,
+    b64, unb64_array, Identity, Recipient, SigningKey, SymmetricKey, VerifyingKey, X25519Identity,
+    X25519Recipient,
 };
 use crate::error::{Error, Result};
 
@@ -93,7 +93,10 @@ impl KeyFile {
                 }
             }
             ("oct", _) => {
-                let k = Zeroizing::new(unb64_array::<32>("k (a 256-bit key)", j.k.as_deref().unwrap_or(""))?);
+                let k = Zeroizing::new(unb64_array::<32>(
+                    "k (a 256-bit key)",
+                    j.k.as_deref().unwrap_or(""),
+                )?);
                 let kid = j
                     .kid
                     .clone()
@@ -117,7 +120,9 @@ impl KeyFile {
             kid: None,
         };
         let j = match self {
-            KeyFile::X25519Identity(id) => okp("X25519", &id.recipient().0, Some(b64(id.secret_bytes()))),
+            KeyFile::X25519Identity(id) => {
+                okp("X25519", &id.recipient().0, Some(b64(id.secret_bytes())))
+            }
             KeyFile::X25519Recipient(r) => okp("X25519", &r.0, None),
             KeyFile::Signing(k) => okp("Ed25519", &k.verifying_key().0, Some(b64(k.seed()))),
             KeyFile::Verifying(v) => okp("Ed25519", &v.0, None),
@@ -144,8 +149,7 @@ impl KeyFile {
     /// Read a JWK file.
     pub fn load(path: &Path) -> Result<KeyFile> {
         let text = Zeroizing::new(
-            fs::read_to_string(path)
-                .map_err(|e| Error::io("reading key file", e).in_file(path))?,
+            fs::read_to_string(path).map_err(|e| Error::io("reading key file", e).in_file(path))?,
         );
         KeyFile::from_jwk(&text).map_err(|e| e.in_file(path))
     }
@@ -219,8 +223,10 @@ pub fn load_recipient(spec: &str) -> Result<Box<dyn Recipient>> {
 pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
     match KeyFile::load(path)? {
         KeyFile::Signing(k) => Ok(k),
-        _ => Err(Error::InvalidKey("not an Ed25519 signing key (kty OKP, crv Ed25519, with d)".into())
-            .in_file(path)),
+        _ => Err(Error::InvalidKey(
+            "not an Ed25519 signing key (kty OKP, crv Ed25519, with d)".into(),
+        )
+        .in_file(path)),
     }
 }
 
@@ -252,7 +258,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         match KeyFile::load(&p).unwrap() {
             KeyFile::X25519Identity(i) => assert_eq!(i.recipient(), r),

@@ -156,7 +156,8 @@ impl Slot {
     pub(crate) fn to_value(&self) -> Result<serde_json::Value> {
         match self {
             Slot::Unknown { raw, .. } => Ok(raw.clone()),
-            s => serde_json::to_value(s).map_err(|e| Error::seal_meta("sealtensors.slots", e.to_string())),
+            s => serde_json::to_value(s)
+                .map_err(|e| Error::seal_meta("sealtensors.slots", e.to_string())),
         }
     }
 }
@@ -191,11 +192,8 @@ pub(crate) fn unwrap_any(
         for s in slots {
             match id.unwrap(s, mk_id) {
                 None => {}
-                Some(Ok(k)) => {
-                    if k.id()? == *mk_id {
-                        return Ok(k);
-                    }
-                }
+                Some(Ok(k)) if k.id()? == *mk_id => return Ok(k),
+                Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     first_err.get_or_insert(e);
                 }
@@ -208,7 +206,11 @@ pub(crate) fn unwrap_any(
     let slots = if slots.is_empty() {
         "no recipient at all".to_string()
     } else {
-        slots.iter().map(Slot::describe).collect::<Vec<_>>().join(", ")
+        slots
+            .iter()
+            .map(Slot::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     Err(Error::NoMatchingKey {
         given: identities.len(),

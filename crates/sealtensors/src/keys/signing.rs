@@ -35,6 +35,10 @@ impl SigningKey {
             pair,
         })
     }
+    /// A second handle on the same key.
+    pub fn try_clone(&self) -> Result<Self> {
+        Self::from_seed(*self.seed.expose())
+    }
     /// The public half.
     pub fn verifying_key(&self) -> VerifyingKey {
         let mut pk = [0u8; 32];
@@ -54,7 +58,11 @@ impl SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningKey({}, secret: <redacted>)", self.verifying_key())
+        write!(
+            f,
+            "SigningKey({}, secret: <redacted>)",
+            self.verifying_key()
+        )
     }
 }
 

@@ -19,7 +19,10 @@ impl SymmetricKey {
     pub fn generate(kid: Option<String>) -> Result<Self> {
         let kid = match kid {
             Some(k) if !k.is_empty() => k,
-            _ => crypto::random_array::<8>()?.iter().map(|b| format!("{b:02x}")).collect(),
+            _ => crypto::random_array::<8>()?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
         };
         Ok(SymmetricKey {
             kid,
@@ -30,7 +33,9 @@ impl SymmetricKey {
     pub fn new(kid: impl Into<String>, key: [u8; 32]) -> Result<Self> {
         let kid = kid.into();
         if kid.is_empty() || kid.len() > 256 {
-            return Err(Error::InvalidKey("a symmetric key needs a kid of 1 to 256 bytes".into()));
+            return Err(Error::InvalidKey(
+                "a symmetric key needs a kid of 1 to 256 bytes".into(),
+            ));
         }
         Ok(SymmetricKey {
             kid,
@@ -62,7 +67,11 @@ impl fmt::Debug for SymmetricKey {
 impl Recipient for SymmetricKey {
     fn wrap(&self, key: &ModelKey) -> Result<Slot> {
         let salt: [u8; 32] = crypto::random_array()?;
-        let ct = crypto::wrap_key(&self.kek(&salt)?, &slot_aad("oct", &key.id()?), key.secret())?;
+        let ct = crypto::wrap_key(
+            &self.kek(&salt)?,
+            &slot_aad("oct", &key.id()?),
+            key.secret(),
+        )?;
         Ok(Slot::Oct {
             kid: self.kid.clone(),
             salt: b64(&salt),

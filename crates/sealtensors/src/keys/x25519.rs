@@ -160,10 +160,9 @@ impl fmt::Debug for X25519Recipient {
 impl FromStr for X25519Recipient {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let body = s.strip_prefix(PREFIX).ok_or_else(|| {
-            Error::InvalidKey(format!("a recipient must start with {PREFIX:?}"))
-        })?;
+        let body = s
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| Error::InvalidKey(format!("a recipient must start with {PREFIX:?}")))?;
         Ok(X25519Recipient(unb64_array("x25519 public key", body)?))
     }
 }
-
