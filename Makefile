@@ -1,0 +1,42 @@
+# sealtensors: the two commands of the README, and their parts.
+#   make demo   seal the real MiniLM model, load it back through transformers, show it matches
+#   make test   every test: Rust (unit, attacks, properties, vectors, fuzz corpus) and Python
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup rust-test py-test lint fmt clean
+
+$(STAMP): requirements-test.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	cargo build --release -p sealtensors --example model_demo
+	$(PY) scripts/demo.py
+
+rust-test:
+	cargo test --workspace
+
+py-test: $(STAMP)
+	$(PY) -m pytest python/tests -q
+
+test: rust-test py-test
+
+lint: $(STAMP)
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python scripts
+	$(VENV)/bin/ruff format --check python scripts
+
+fmt: $(STAMP)
+	cargo fmt --all
+	$(VENV)/bin/ruff format python scripts
+
+clean:
+	rm -rf target demo-out
