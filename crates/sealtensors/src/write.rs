@@ -469,6 +469,11 @@ impl<'s> SealWriter<'s> {
         Ok(())
     }
 
+    /// Length of the header this writer will write (prefix, JSON, padding).
+    pub fn header_len(&self) -> usize {
+        self.header_len
+    }
+
     /// Feed the next bytes of tensor data, in file order. A call may span
     /// tensors or cover part of one.
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
