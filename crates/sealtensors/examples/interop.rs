@@ -26,36 +26,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let signer = SigningKey::generate()?;
     let sym = SymmetricKey::generate(Some("interop".into()))?;
     let cases: Vec<(&str, SealOptions)> = vec![
-        ("aes", SealOptions {
-            recipients: vec![Box::new(id.recipient())],
-            signing_key: Some(signer.try_clone()?),
-            chunk_size: 4096,
-            ..Default::default()
-        }),
-        ("chacha", SealOptions {
-            recipients: vec![Box::new(sym.clone())],
-            cipher: Cipher::ChaCha20Poly1305,
-            chunk_size: 4096,
-            ..Default::default()
-        }),
-        ("partial", SealOptions {
-            recipients: vec![Box::new(id.recipient())],
-            signing_key: Some(signer.try_clone()?),
-            encrypt: Some(vec!["*weight*".into()]),
-            ..Default::default()
-        }),
-        ("signed", SealOptions {
-            signing_key: Some(signer.try_clone()?),
-            chunk_size: 4096,
-            ..Default::default()
-        }),
-        ("multi", SealOptions {
-            recipients: vec![Box::new(id.recipient()), Box::new(sym.clone())],
-            signing_key: Some(signer.try_clone()?),
-            model_id: "interop/model".into(),
-            model_version: "2".into(),
-            ..Default::default()
-        }),
+        (
+            "aes",
+            SealOptions {
+                recipients: vec![Box::new(id.recipient())],
+                signing_key: Some(signer.try_clone()?),
+                chunk_size: 4096,
+                ..Default::default()
+            },
+        ),
+        (
+            "chacha",
+            SealOptions {
+                recipients: vec![Box::new(sym.clone())],
+                cipher: Cipher::ChaCha20Poly1305,
+                chunk_size: 4096,
+                ..Default::default()
+            },
+        ),
+        (
+            "partial",
+            SealOptions {
+                recipients: vec![Box::new(id.recipient())],
+                signing_key: Some(signer.try_clone()?),
+                encrypt: Some(vec!["*weight*".into()]),
+                ..Default::default()
+            },
+        ),
+        (
+            "signed",
+            SealOptions {
+                signing_key: Some(signer.try_clone()?),
+                chunk_size: 4096,
+                ..Default::default()
+            },
+        ),
+        (
+            "multi",
+            SealOptions {
+                recipients: vec![Box::new(id.recipient()), Box::new(sym.clone())],
+                signing_key: Some(signer.try_clone()?),
+                model_id: "interop/model".into(),
+                model_version: "2".into(),
+                ..Default::default()
+            },
+        ),
     ];
     for (name, mut opts) in cases {
         opts.overwrite = true;
@@ -71,7 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The input's tensors written again by our plain writer.
     let f = SealedFile::open(&input, &OpenOptions::default())?;
-    let data: Vec<Vec<u8>> = f.tensors().iter().map(|t| f.read_tensor(&t.name)).collect::<Result<_, _>>()?;
+    let data: Vec<Vec<u8>> = f
+        .tensors()
+        .iter()
+        .map(|t| f.read_tensor(&t.name))
+        .collect::<Result<_, _>>()?;
     let refs: Vec<TensorRef<'_>> = f
         .tensors()
         .iter()

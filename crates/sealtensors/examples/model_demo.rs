@@ -39,13 +39,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sealer = Sealer::new(SealOptions {
         recipients: vec![Box::new(id.recipient())],
         signing_key: Some(signer.try_clone()?),
-        model_id: input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        model_id: input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         model_version: "1".into(),
         overwrite: true,
         ..Default::default()
     })?;
     seal_model_dir(&sealer, &input, &sealed, true)?;
-    println!("sealed in       {:.0} ms -> {}", t.elapsed().as_secs_f64() * 1e3, sealed.display());
+    println!(
+        "sealed in       {:.0} ms -> {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        sealed.display()
+    );
 
     let opts = OpenOptions {
         identities: vec![&id],
