@@ -214,8 +214,11 @@ impl Header {
 
     /// Check that the data buffer ends exactly at the end of the file.
     pub fn check_file_len(&self, file_len: u64) -> Result<()> {
-        let want = self.data_start() + self.data_len() as u64;
-        if want != file_len {
+        // Checked: hostile offsets can sum past 2^64 (a wrapped sum could
+        // otherwise match the file length).
+        let want = self.data_start().checked_add(self.data_len() as u64);
+        if want != Some(file_len) {
+            let want = want.map_or("more than 2^64".to_string(), |w| w.to_string());
             return Err(Error::container(format!(
                 "the header describes {want} bytes but the file has {file_len} (truncated or extended)"
             )));
