@@ -36,7 +36,7 @@ impl AtomicFile {
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| Error::io("creating temporary output", e).in_file(&tmp))?;
+            .map_err(|e| Error::output("creating temporary output", e).in_file(&tmp))?;
         Ok(AtomicFile {
             tmp,
             dest: dest.to_path_buf(),
@@ -52,12 +52,12 @@ impl AtomicFile {
     pub(crate) fn commit(mut self, overwrite: bool) -> Result<()> {
         self.file
             .sync_all()
-            .map_err(|e| Error::io("syncing output", e).in_file(&self.tmp))?;
+            .map_err(|e| Error::output("syncing output", e).in_file(&self.tmp))?;
         if !overwrite && self.dest.exists() {
             return Err(Error::OutputExists(self.dest.clone()));
         }
         fs::rename(&self.tmp, &self.dest)
-            .map_err(|e| Error::io("renaming output into place", e).in_file(&self.dest))?;
+            .map_err(|e| Error::output("renaming output into place", e).in_file(&self.dest))?;
         if let Some(dir) = self.dest.parent() {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")

@@ -141,16 +141,6 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     out
 }
 
-/// Constant-time HMAC-SHA256 check.
-pub fn hmac_sha256_verify(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut msg = Vec::new();
-    for p in parts {
-        msg.extend_from_slice(p);
-    }
-    hmac::verify(&k, &msg, expected).is_ok()
-}
-
 /// SHA-256.
 pub fn sha256(data: &[u8]) -> [u8; DIGEST_LEN] {
     let d = digest::digest(&digest::SHA256, data);

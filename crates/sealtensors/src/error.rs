@@ -28,6 +28,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Writing the output failed (missing folder, no permission, disk full).
+    #[error("{what}: {source}; check that the output folder exists and is writable")]
+    Output {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
     // ---- safetensors container -------------------------------------------------
     /// The file does not follow the safetensors container layout.
     #[error("not a valid safetensors file: {0}; check that the path names a .safetensors file and that it was copied completely")]
@@ -210,6 +219,13 @@ impl Error {
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn output(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Output {
             what: what.into(),
             source,
         }

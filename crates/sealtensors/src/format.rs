@@ -271,7 +271,7 @@ impl Header {
                 end,
             });
         }
-        tensors.sort_by_key(|t| (t.begin, t.end));
+        tensors.sort_by(|a, b| (a.begin, a.end, &a.name).cmp(&(b.begin, b.end, &b.name)));
         let mut at = 0usize;
         for t in &tensors {
             if t.begin != at {
@@ -291,8 +291,7 @@ impl Header {
 
     /// Serialise the JSON part as the official safetensors writer does:
     /// `__metadata__` first (its keys sorted), then tensors in data order,
-    /// compact, padded with spaces to a multiple of 8 plus at least `min_pad`
-    /// extra bytes rounded up.
+    /// compact, padded with spaces to a multiple of 8.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = String::with_capacity(64 + self.tensors.len() * 96);
         out.push('{');

@@ -33,4 +33,6 @@ pub use crypto::Cipher;
 pub use error::{Error, Result};
 pub use format::{Dtype, Header, TensorInfo};
 pub use read::{read_header, Authenticity, OpenOptions, SealedFile};
-pub use write::{serialize_plain, write_plain, SealOptions, SealWriter, Sealer, TensorRef};
+pub use write::{
+    serialize_plain, write_plain, Progress, SealOptions, SealWriter, Sealer, TensorRef,
+};

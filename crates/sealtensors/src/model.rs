@@ -17,6 +17,11 @@ use crate::write::Sealer;
 /// The index file name.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+fn out<'a>(what: &str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    let what = what.to_string();
+    move |e| Error::output(what, e).in_file(p)
+}
+
 fn io<'a>(what: &str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     let what = what.to_string();
     move |e| Error::io(what, e).in_file(p)
@@ -95,7 +100,7 @@ impl AtomicDir {
             ".{name}.{}.tmp",
             rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
         ));
-        fs::create_dir(&tmp).map_err(io("creating the output folder", &tmp))?;
+        fs::create_dir(&tmp).map_err(out("creating the output folder", &tmp))?;
         Ok(AtomicDir {
             tmp,
             dest: dest.to_path_buf(),
@@ -104,9 +109,9 @@ impl AtomicDir {
     fn commit(mut self) -> Result<()> {
         if self.dest.exists() {
             fs::remove_dir_all(&self.dest)
-                .map_err(io("replacing the output folder", &self.dest))?;
+                .map_err(out("replacing the output folder", &self.dest))?;
         }
-        fs::rename(&self.tmp, &self.dest).map_err(io("renaming the output folder", &self.dest))?;
+        fs::rename(&self.tmp, &self.dest).map_err(out("renaming the output folder", &self.dest))?;
         self.tmp = PathBuf::new();
         Ok(())
     }
@@ -134,7 +139,7 @@ fn copy_others(input: &Path, out: &Path, weights: &[PathBuf]) -> Result<()> {
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     if from.is_dir() {
-        fs::create_dir_all(to).map_err(io("creating", to))?;
+        fs::create_dir_all(to).map_err(out("creating", to))?;
         for e in fs::read_dir(from).map_err(io("listing", from))? {
             let p = e.map_err(io("listing", from))?.path();
             if let Some(n) = p.file_name() {
@@ -142,7 +147,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             }
         }
     } else {
-        fs::copy(from, to).map_err(io("copying", from))?;
+        fs::copy(from, to).map_err(out("copying", from))?;
     }
     Ok(())
 }
@@ -216,6 +221,25 @@ impl SealedModel {
                 opts.model_key = f.model_key().cloned();
             }
             files.push(f);
+        }
+        // Shards of one model: one model key, one model id and version, all
+        // sealed or all plain. Mixing shards of different seals is refused.
+        let ident = |f: &SealedFile| {
+            f.seal()
+                .map(|m| (m.mk_id, m.doc.model.id.clone(), m.doc.model.version.clone()))
+        };
+        if let Some(first) = files.first() {
+            let want = ident(first);
+            for f in &files[1..] {
+                if ident(f) != want {
+                    return Err(Error::container(format!(
+                        "{} and {} are not shards of one sealed model (model key, id or version differ, or one is plain)",
+                        first.path().display(),
+                        f.path().display()
+                    ))
+                    .in_file(dir));
+                }
+            }
         }
         let mut by_tensor = HashMap::new();
         for (i, f) in files.iter().enumerate() {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::{Header, TensorInfo};
 use crate::keys::{unwrap_any, Identity, KeyConfig, ModelKey, VerifyingKey};
 use crate::seal::{self, ChunkAad, Mode, Protection, SealMeta};
+use crate::write::Progress;
 
 /// How a loader opens files: which keys it holds, whom it trusts, what it requires.
 #[derive(Default, Clone)]
@@ -35,6 +36,8 @@ pub struct OpenOptions<'a> {
     /// Open without unwrapping the model key (inspection): encrypted tensors
     /// cannot be read, everything else is checked.
     pub locked: bool,
+    /// Called with byte counts by whole-file operations (verify, unseal).
+    pub progress: Option<Progress>,
 }
 
 impl<'a> OpenOptions<'a> {
@@ -70,6 +73,7 @@ pub struct SealedFile {
     meta: Option<SealMeta>,
     mk: Option<ModelKey>,
     auth: Authenticity,
+    progress: Option<Progress>,
 }
 
 /// Open a file and parse its header (SPEC §2), checking its total length.
@@ -88,10 +92,12 @@ pub fn read_header(path: &Path) -> Result<(File, Header)> {
         let mut prefix = [0u8; 8];
         file.read_exact_at(&mut prefix, 0)
             .map_err(|e| Error::io("reading the header length", e))?;
-        let n = Header::parse_len(&prefix)?;
-        if 8 + n > len {
-            return Err(Error::container("the header runs past the end of the file"));
+        if u64::from_le_bytes(prefix) > len - 8 {
+            return Err(Error::container(
+                "the header length in the first 8 bytes runs past the end of the file",
+            ));
         }
+        let n = Header::parse_len(&prefix)?;
         let mut json = vec![0u8; n as usize];
         file.read_exact_at(&mut json, 8)
             .map_err(|e| Error::io("reading the header", e))?;
@@ -124,6 +130,7 @@ impl SealedFile {
             meta,
             mk,
             auth,
+            progress: opts.progress.clone(),
         };
         if !seal::is_sealed(&header) {
             if opts.require_encrypted {
@@ -444,6 +451,9 @@ impl SealedFile {
             buf.resize(n, 0);
             self.read_range_into(&t.name, at, at + n, &mut buf[..n])?;
             f(&buf[..n])?;
+            if let Some(p) = &self.progress {
+                p(n as u64);
+            }
             at += n;
         }
         Ok(())
@@ -459,7 +469,7 @@ impl SealedFile {
         };
         let out = AtomicFile::create(output, overwrite).map_err(|e| e.in_file(output))?;
         let head = header.to_bytes();
-        let io = |e| Error::io("writing", e).in_file(output);
+        let io = |e| Error::output("writing", e).in_file(output);
         out.file().write_all_at(&head, 0).map_err(io)?;
         let mut pos = head.len() as u64;
         let mut buf = Vec::new();

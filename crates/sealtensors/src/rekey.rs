@@ -114,7 +114,7 @@ pub fn rekey_file(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) 
         let mut w = out.file();
         use std::io::Write;
         w.write_all(&head)
-            .map_err(|e| Error::io("writing the header", e))?;
+            .map_err(|e| Error::output("writing the header", e))?;
         let mut src = f
             .file()
             .try_clone()
@@ -123,7 +123,7 @@ pub fn rekey_file(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) 
             .map_err(|e| Error::io("seeking input", e))?;
         let len = f.header().data_len() as u64;
         let copied = std::io::copy(&mut std::io::Read::take(src, len), &mut w)
-            .map_err(|e| Error::io("copying tensor data", e))?;
+            .map_err(|e| Error::output("copying tensor data", e))?;
         if copied != len {
             return Err(Error::container("the input was truncated while copying"));
         }

@@ -3,7 +3,8 @@
 //! associated data (§5.4) and chunk geometry (§5).
 //!
 //! All seal metadata lives under `__metadata__` keys with the reserved prefix
-//! `sealtensors.`, each a JSON document (or, for the policy, text) in a string.
+//! `sealtensors.`, each a string: a JSON document, or base64url for the MAC,
+//! or text for the policy.
 
 use std::collections::BTreeMap;
 
@@ -200,15 +201,6 @@ fn decode_fixed<const N: usize>(key: &str, what: &str, s: &str) -> Result<Vec<[u
 pub fn parse(h: &Header) -> Result<SealMeta> {
     let empty = BTreeMap::new();
     let meta = h.metadata.as_ref().unwrap_or(&empty);
-    for k in meta.keys().filter(|k| k.starts_with(PREFIX)) {
-        if !KNOWN_KEYS.contains(&k.as_str()) {
-            // A version-1 reader fails closed on reserved keys it does not know.
-            return Err(Error::seal_meta(
-                k,
-                "unknown reserved key for format version 1",
-            ));
-        }
-    }
     let seal_text = meta
         .get(KEY_SEAL)
         .ok_or_else(|| Error::seal_meta(KEY_SEAL, "missing"))?;
@@ -220,6 +212,16 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
         Some(FORMAT_VERSION) => {}
         Some(other) => return Err(Error::UnsupportedVersion(other)),
         None => return Err(Error::seal_meta(KEY_SEAL, "no version \"v\"")),
+    }
+    // The version is read first, so a newer file is told to upgrade; then a
+    // version-1 reader fails closed on reserved keys it does not know.
+    for k in meta.keys().filter(|k| k.starts_with(PREFIX)) {
+        if !KNOWN_KEYS.contains(&k.as_str()) {
+            return Err(Error::seal_meta(
+                k,
+                "unknown reserved key for format version 1",
+            ));
+        }
     }
     let doc: SealDoc =
         serde_json::from_str(seal_text).map_err(|e| Error::seal_meta(KEY_SEAL, e.to_string()))?;
@@ -238,8 +240,11 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
     let slots: Vec<Slot> = match meta.get(KEY_SLOTS) {
         None => Vec::new(),
         Some(text) => {
-            let arr: Vec<serde_json::Value> = serde_json::from_str(text)
-                .map_err(|e| Error::seal_meta(KEY_SLOTS, e.to_string()))?;
+            // Each slot object is read with duplicate keys rejected, like every
+            // other part of the header, before its typed parse.
+            let arr: Vec<crate::format::UniqueMapOf<serde_json::Value>> =
+                serde_json::from_str(text)
+                    .map_err(|e| Error::seal_meta(KEY_SLOTS, e.to_string()))?;
             if arr.len() > MAX_SLOTS {
                 return Err(Error::LimitExceeded {
                     what: "key slots",
@@ -248,7 +253,7 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
                 });
             }
             arr.into_iter()
-                .map(Slot::from_value)
+                .map(|m| Slot::from_value(serde_json::Value::Object(m.0.into_iter().collect())))
                 .collect::<Result<_>>()?
         }
     };
@@ -398,13 +403,20 @@ fn lp(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// SPEC §7: the canonical form of a header. Every tensor entry in data order,
+/// SPEC §7: the canonical form of a header. Every tensor entry in data order
+/// (ties broken by name bytes),
 /// then every `__metadata__` entry sorted by key bytes, except the keys in
 /// `exclude`; each string length-prefixed, each integer 8 bytes big-endian.
 pub fn canonical(h: &Header, exclude: &[&str]) -> Vec<u8> {
     let mut out = b"sealtensors/1 canonical header\0".to_vec();
     out.extend_from_slice(&(h.tensors.len() as u64).to_be_bytes());
-    for t in &h.tensors {
+    // Data order, ties (empty tensors at one offset) broken by name bytes, so
+    // the form does not depend on how the JSON happened to list them.
+    let mut order: Vec<&TensorInfo> = h.tensors.iter().collect();
+    order.sort_by(|a, b| {
+        (a.begin, a.end, a.name.as_bytes()).cmp(&(b.begin, b.end, b.name.as_bytes()))
+    });
+    for t in order {
         lp(&mut out, t.name.as_bytes());
         lp(&mut out, t.dtype.as_str().as_bytes());
         out.extend_from_slice(&(t.shape.len() as u64).to_be_bytes());

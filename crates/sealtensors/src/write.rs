@@ -46,7 +46,12 @@ pub struct SealOptions {
     pub model_key: Option<ModelKey>,
     /// Replace an existing output.
     pub overwrite: bool,
+    /// Called with the number of tensor bytes processed, as they are.
+    pub progress: Option<Progress>,
 }
+
+/// A progress callback: receives byte counts as work is done.
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Default for SealOptions {
     fn default() -> Self {
@@ -61,6 +66,7 @@ impl Default for SealOptions {
             expires: None,
             model_key: None,
             overwrite: false,
+            progress: None,
         }
     }
 }
@@ -78,6 +84,7 @@ pub struct Sealer {
     globs: Option<(GlobSet, Vec<String>)>,
     model: ModelInfo,
     overwrite: bool,
+    progress: Option<Progress>,
 }
 
 pub(crate) fn now_unix() -> u64 {
@@ -163,6 +170,7 @@ impl Sealer {
                 expires: opts.expires,
             },
             overwrite: opts.overwrite,
+            progress: opts.progress,
         })
     }
 
@@ -463,8 +471,11 @@ impl<'s> SealWriter<'s> {
         self.out
             .file()
             .write_all_at(&self.buf, self.pos)
-            .map_err(|e| Error::io("writing sealed data", e).in_file(&self.path))?;
+            .map_err(|e| Error::output("writing sealed data", e).in_file(&self.path))?;
         self.pos += self.buf.len() as u64;
+        if let Some(p) = &self.sealer.progress {
+            p(self.buf.len() as u64);
+        }
         self.buf.clear();
         Ok(())
     }
@@ -523,7 +534,7 @@ impl<'s> SealWriter<'s> {
         self.out
             .file()
             .write_all_at(&header, 0)
-            .map_err(|e| Error::io("writing the header", e).in_file(&self.path))?;
+            .map_err(|e| Error::output("writing the header", e).in_file(&self.path))?;
         self.out
             .commit(self.sealer.overwrite)
             .map_err(|e| e.in_file(&self.path))
@@ -623,7 +634,7 @@ pub fn write_plain(
     let mut pos = 0u64;
     let head = h.to_bytes();
     let f = out.file();
-    let io = |e| Error::io("writing", e).in_file(path);
+    let io = |e| Error::output("writing", e).in_file(path);
     f.write_all_at(&head, pos).map_err(io)?;
     pos += head.len() as u64;
     for i in order {

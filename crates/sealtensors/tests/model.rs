@@ -222,3 +222,39 @@ fn header_overhead_of_a_1gib_model_with_1mib_chunks_is_under_a_thousandth() {
     let f = header_fraction(small);
     assert!(f < 0.001, "header is {:.5}% of the file", f * 100.0);
 }
+
+#[test]
+fn shards_of_different_seals_are_not_mixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("model");
+    write_sharded(&src);
+    let id = X25519Identity::generate().unwrap();
+    let seal = |out: &str| {
+        let sealer = Sealer::new(SealOptions {
+            recipients: vec![Box::new(id.recipient())],
+            chunk_size: 4096,
+            ..Default::default()
+        })
+        .unwrap();
+        let p = tmp.path().join(out);
+        seal_model_dir(&sealer, &src, &p, false).unwrap();
+        p
+    };
+    let a = seal("a");
+    let b = seal("b");
+    // swap one shard for the same shard of another seal (another model key)
+    let shard = "model-00002-of-00003.safetensors";
+    std::fs::copy(b.join(shard), a.join(shard)).unwrap();
+    let opts = OpenOptions {
+        identities: vec![&id],
+        ..Default::default()
+    };
+    let err = SealedModel::open(&a, &opts)
+        .err()
+        .expect("mixed shards must be refused");
+    assert!(matches!(err.kind(), Error::InvalidContainer(_)), "{err}");
+    assert!(
+        err.to_string().contains("not shards of one sealed model"),
+        "{err}"
+    );
+}

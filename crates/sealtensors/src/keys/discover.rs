@@ -64,8 +64,8 @@ impl KeyConfig {
         }
         if cfg.trusted.is_empty() {
             if let Ok(v) = std::env::var(ENV_TRUST) {
-                for t in v.split(':').filter(|s| !s.is_empty()) {
-                    cfg.trusted.push(load_verifying_key(t)?);
+                for t in split_trust(&v) {
+                    cfg.trusted.push(load_verifying_key(&t)?);
                 }
             }
         }
@@ -98,4 +98,30 @@ fn jwk_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// Split a colon-separated list whose items may themselves be
+/// `ed25519:<base64url>` strings (base64url has no colon).
+fn split_trust(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut parts = v.split(':').filter(|s| !s.is_empty());
+    while let Some(p) = parts.next() {
+        if p == "ed25519" {
+            if let Some(key) = parts.next() {
+                out.push(format!("ed25519:{key}"));
+            }
+        } else {
+            out.push(p.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trust_lists_keep_ed25519_strings_whole() {
+        let v = super::split_trust("ed25519:abc:/keys/a.jwk::ed25519:def");
+        assert_eq!(v, vec!["ed25519:abc", "/keys/a.jwk", "ed25519:def"]);
+    }
 }

@@ -172,18 +172,18 @@ impl KeyFile {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Error::OutputExists(path.to_path_buf())
             } else {
-                Error::io("creating key file", e).in_file(path)
+                Error::output("creating key file", e).in_file(path)
             }
         })?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(|e| Error::io("setting key file mode", e).in_file(path))?;
+                .map_err(|e| Error::output("setting key file mode", e).in_file(path))?;
         }
         f.write_all(self.to_jwk().as_bytes())
             .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io("writing key file", e).in_file(path))
+            .map_err(|e| Error::output("writing key file", e).in_file(path))
     }
 }
 

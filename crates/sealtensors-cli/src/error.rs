@@ -1,0 +1,74 @@
+//! The one place that turns library errors into what the user reads and the
+//! exit code scripts see.
+
+use std::process::ExitCode;
+
+use sealtensors::Error;
+
+/// Exit codes (documented in `--help`).
+pub mod code {
+    /// Any other failure.
+    pub const ERROR: u8 = 1;
+    /// Not authentic: tampered, untrusted or missing signature, expired, downgraded.
+    pub const NOT_AUTHENTIC: u8 = 3;
+    /// No key given opens the file.
+    pub const NO_KEY: u8 = 4;
+    /// The input is not a valid (sealed) safetensors file.
+    pub const BAD_INPUT: u8 = 5;
+    /// The output exists or cannot be written.
+    pub const OUTPUT: u8 = 6;
+}
+
+/// A failure of the tool: a message (one or two lines) and an exit code.
+pub struct CliError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: code::ERROR,
+        }
+    }
+    pub fn with_code(message: impl Into<String>, code: u8) -> Self {
+        CliError {
+            message: message.into(),
+            code,
+        }
+    }
+    pub fn exit(&self) -> ExitCode {
+        eprintln!("error: {}", self.message);
+        ExitCode::from(self.code)
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        let code = match e.kind() {
+            Error::BadSignature
+            | Error::BadHeaderMac
+            | Error::ChunkAuthFailed { .. }
+            | Error::UntrustedSigner { .. }
+            | Error::NotSigned { .. }
+            | Error::NotSealed { .. }
+            | Error::Expired { .. } => code::NOT_AUTHENTIC,
+            Error::NoMatchingKey { .. } | Error::InvalidKey(_) | Error::ExcessiveWork { .. } => {
+                code::NO_KEY
+            }
+            Error::InvalidContainer(_)
+            | Error::LimitExceeded { .. }
+            | Error::InvalidSealMetadata { .. }
+            | Error::UnsupportedVersion(_)
+            | Error::PolicyUnsupported => code::BAD_INPUT,
+            Error::OutputExists(_) | Error::Output { .. } => code::OUTPUT,
+            Error::Io { .. } => code::BAD_INPUT,
+            _ => code::ERROR,
+        };
+        CliError {
+            message: e.to_string(),
+            code,
+        }
+    }
+}
