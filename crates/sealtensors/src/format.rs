@@ -271,7 +271,9 @@ impl Header {
                 end,
             });
         }
-        tensors.sort_by(|a, b| (a.begin, a.end, &a.name).cmp(&(b.begin, b.end, &b.name)));
+        // Stable: ties (empty tensors at one offset) keep their JSON order,
+        // so a plain file is written back byte for byte (SPEC §2.1 item 6).
+        tensors.sort_by_key(|t| (t.begin, t.end));
         let mut at = 0usize;
         for t in &tensors {
             if t.begin != at {

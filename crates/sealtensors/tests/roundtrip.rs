@@ -140,3 +140,76 @@ fn partial_encryption_and_sign_only() {
     let s = h.data_start() as usize + t.begin;
     assert_eq!(&raw[s..s + t.len()], fx.model.data("embed.weight"));
 }
+
+#[test]
+fn empty_tensors_at_one_offset_round_trip_in_any_json_order() {
+    use sealtensors::{Dtype, TensorRef};
+    let fx = Fixture::new();
+    // The official layout puts "b" (F64) before "a" (F32): dtype first.
+    let plain = fx.path("empties.safetensors");
+    let x = bytes(5, 8);
+    let refs = vec![
+        TensorRef {
+            name: "a".into(),
+            dtype: Dtype::F32,
+            shape: vec![0],
+            data: &[],
+        },
+        TensorRef {
+            name: "b".into(),
+            dtype: Dtype::F64,
+            shape: vec![0, 3],
+            data: &[],
+        },
+        TensorRef {
+            name: "c".into(),
+            dtype: Dtype::U8,
+            shape: vec![8],
+            data: &x,
+        },
+    ];
+    sealtensors::write_plain(&plain, &refs, None, false).unwrap();
+    let sealed = fx.path("empties.sealed.safetensors");
+    Sealer::new(SealOptions {
+        recipients: vec![Box::new(fx.id.recipient())],
+        signing_key: Some(fx.signer.try_clone().unwrap()),
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&plain, &sealed)
+    .unwrap();
+    // Reorder the two empty entries in the JSON text: meaning is unchanged,
+    // so the signature and MAC must still verify.
+    let raw = std::fs::read(&sealed).unwrap();
+    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
+    let mut v: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    let mut reordered = serde_json::Map::new();
+    for k in ["a", "b"] {
+        reordered.insert(k.to_string(), obj[k].clone());
+    }
+    for (k, val) in obj.iter() {
+        if k != "a" && k != "b" {
+            reordered.insert(k.clone(), val.clone());
+        }
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(reordered)).unwrap();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut edited = (json.len() as u64).to_le_bytes().to_vec();
+    edited.extend_from_slice(&json);
+    edited.extend_from_slice(&raw[8 + n..]);
+    let edited_path = fx.path("empties.reordered.safetensors");
+    std::fs::write(&edited_path, edited).unwrap();
+    for p in [&sealed, &edited_path] {
+        let f = fx.open(p).unwrap();
+        assert_eq!(f.read_tensor("c").unwrap(), x);
+        assert!(f.read_tensor("a").unwrap().is_empty());
+    }
+    // unsealing the untouched file gives the original bytes
+    let back = fx.path("empties.back.safetensors");
+    fx.open(&sealed).unwrap().unseal_to(&back, false).unwrap();
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&plain).unwrap()
+    );
+}
