@@ -1,0 +1,6 @@
+//! Header::parse_buffer and seal::parse on arbitrary bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    sealtensors_fuzz::targets::header(data);
+});

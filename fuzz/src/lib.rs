@@ -1,0 +1,2 @@
+//! Fuzz target bodies, shared with the corpus replay test.
+pub mod targets;
