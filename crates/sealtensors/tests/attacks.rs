@@ -1859,3 +1859,107 @@ fn many_seals_under_one_model_key_never_share_a_file_id() {
         fx.open_and_read_all(&out, &lax(&fx.id)).unwrap();
     }
 }
+
+/// A slot whose JSON repeats a field: parsers that keep the first and the
+/// last duplicate would read different slots from the same signed bytes, so
+/// the slot must be refused, as duplicate keys are everywhere else.
+#[test]
+fn slot_with_duplicate_fields_is_refused() {
+    let fx = Fixture::new();
+    let mk = ModelKey::generate().unwrap();
+    let p = fx.seal("s.safetensors", |o| o.model_key = Some(mk.clone()));
+    let (mut h, data) = split(&p);
+    let slots = h.metadata.as_ref().unwrap()[seal::KEY_SLOTS].clone();
+    // [{..,"type":"x25519"}] -> [{"type":"kms",..,"type":"x25519"}]
+    let dup = slots.replacen("[{", "[{\"type\":\"kms\",", 1);
+    assert_ne!(dup, slots);
+    meta(&mut h).insert(seal::KEY_SLOTS.into(), dup);
+    reauth(&mut h, &mk, Some(&fx.signer));
+    let q = fx.path("q.safetensors");
+    join(&q, &h, &data);
+    let e = assert_kind!(
+        fx.open_and_read_all(&q, &fx.opts()),
+        Error::InvalidSealMetadata { key, .. } if key == seal::KEY_SLOTS
+    );
+    assert!(e.to_string().contains("duplicate"), "{e}");
+}
+
+/// Property 6 at save time: a misconfiguration is an error, never a weaker file.
+#[test]
+fn misconfigured_seal_is_an_error_not_a_weaker_file() {
+    let fx = Fixture::new();
+    let id = X25519Identity::generate().unwrap();
+    let attempts: Vec<(&str, SealOptions)> = vec![
+        ("no key material", SealOptions::default()),
+        (
+            "pattern matching nothing",
+            SealOptions {
+                recipients: vec![Box::new(id.recipient())],
+                encrypt: Some(vec!["no.such.*".into()]),
+                ..Default::default()
+            },
+        ),
+        (
+            "empty pattern list",
+            SealOptions {
+                recipients: vec![Box::new(id.recipient())],
+                encrypt: Some(vec![]),
+                ..Default::default()
+            },
+        ),
+        (
+            "bad pattern",
+            SealOptions {
+                recipients: vec![Box::new(id.recipient())],
+                encrypt: Some(vec!["[".into()]),
+                ..Default::default()
+            },
+        ),
+        (
+            "patterns without recipients",
+            SealOptions {
+                signing_key: Some(fx.signer.try_clone().unwrap()),
+                encrypt: Some(vec!["*".into()]),
+                ..Default::default()
+            },
+        ),
+        (
+            "chunk too small",
+            SealOptions {
+                recipients: vec![Box::new(id.recipient())],
+                chunk_size: 4095,
+                ..Default::default()
+            },
+        ),
+        (
+            "empty passphrase",
+            SealOptions {
+                recipients: vec![Box::new(Passphrase::with_params("", weak()))],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, o) in attempts {
+        let out = fx.path("out.safetensors");
+        let r = Sealer::new(o).and_then(|s| s.seal_file(&fx.plain, &out));
+        let e = assert_kind!(r, Error::Config(_));
+        assert!(!out.exists(), "{what}: an output was left behind ({e})");
+    }
+    // Metadata under the reserved prefix is refused, not silently dropped.
+    let dir = fx.path("reserved.safetensors");
+    let m = Model {
+        tensors: vec![("w".into(), Dtype::U8, vec![4], vec![1, 2, 3, 4])],
+        metadata: Some([("sealtensors.seal".to_string(), "{}".to_string())].into()),
+    };
+    m.write(&dir);
+    let sealer = Sealer::new(SealOptions {
+        recipients: vec![Box::new(id.recipient())],
+        ..Default::default()
+    })
+    .unwrap();
+    // The input now looks sealed (it has a reserved key): refused either way.
+    assert_kind!(
+        sealer.seal_file(&dir, &fx.path("o2.safetensors")),
+        Error::Config(_)
+    );
+}
