@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 not authentic \
 (tampered, untrusted or missing signature, expired, downgraded), 4 no key opens the file, \
-5 input is not a valid (sealed) safetensors file, 6 output exists or cannot be written."
+5 input is not a valid (sealed) safetensors file or policy, 6 output exists or cannot be written, \
+7 the file's access policy denies access (no key was tried)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -57,6 +58,69 @@ pub enum Command {
         after_help = "Example:\n  sealtensors sign --sign-key publisher.jwk -o signed-model/ model/"
     )]
     Sign(Sign),
+    /// Write a licence policy from a template, or test a policy (docs/policy.md).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Write a Rego licence policy from a template: expiry, machines, frameworks or tensors.
+    #[command(
+        after_help = "Example:\n  sealtensors policy new --template expiry --not-after 2027-01-01 -o licence.rego\n  sealtensors policy new --template machines --machine $(cat /etc/machine-id)"
+    )]
+    New(PolicyNew),
+    /// Evaluate a policy (.rego file, or the one in a sealed file) here and now; needs no key.
+    #[command(
+        after_help = "Prints allow or deny with the policy's reasons; exit 0 on allow, 7 on deny.\nExample:\n  sealtensors policy test sealed-model/model.safetensors --licence licence.json\n  sealtensors policy test licence.rego --input input.json"
+    )]
+    Test(PolicyTest),
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyNew {
+    /// expiry, machines, frameworks or tensors.
+    #[arg(long)]
+    pub template: String,
+    /// expiry: the last moment the model opens, RFC 3339 (2027-01-01T00:00:00Z) or a date (2027-01-01, midnight UTC).
+    #[arg(long)]
+    pub not_after: Option<String>,
+    /// machines: an allowed machine id (/etc/machine-id); repeatable.
+    #[arg(long = "machine")]
+    pub machines: Vec<String>,
+    /// frameworks: an allowed framework (torch, numpy, transformers, vllm); repeatable.
+    #[arg(long = "framework")]
+    pub frameworks: Vec<String>,
+    /// tensors: a glob of tensor names that may be requested; repeatable.
+    #[arg(long = "tensor")]
+    pub tensors: Vec<String>,
+    /// Write the policy here instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Overwrite an existing output.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyTest {
+    /// A .rego policy, or a sealed file (or model folder) whose policy to evaluate.
+    pub policy: PathBuf,
+    /// Evaluate with this input document (JSON) instead of the local one.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Licence claims (a JSON object) for the local input document.
+    #[arg(long)]
+    pub licence: Option<PathBuf>,
+    /// The framework named in the local input document.
+    #[arg(long)]
+    pub framework: Option<String>,
+    /// A tensor requested (repeatable); default: every tensor.
+    #[arg(long = "tensor")]
+    pub tensors: Vec<String>,
+    /// Print the input document too.
+    #[arg(long)]
+    pub print_input: bool,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +157,9 @@ pub struct KeyArgs {
     /// Refuse files without a valid signature.
     #[arg(long)]
     pub require_signature: bool,
+    /// Licence claims (JSON object) for the file's access policy. Default: SEALTENSORS_LICENCE.
+    #[arg(long)]
+    pub licence: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +191,9 @@ pub struct Seal {
     /// Expiry, Unix seconds; loaders refuse the model after it.
     #[arg(long)]
     pub expires: Option<u64>,
+    /// Access policy (Rego) stored in the signed header; see `sealtensors policy new`.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
     /// Output file or folder.
     #[arg(short, long)]
     pub output: PathBuf,

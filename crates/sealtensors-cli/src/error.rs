@@ -17,6 +17,8 @@ pub mod code {
     pub const BAD_INPUT: u8 = 5;
     /// The output exists or cannot be written.
     pub const OUTPUT: u8 = 6;
+    /// The file's access policy denies access.
+    pub const POLICY_DENIED: u8 = 7;
 }
 
 /// A failure of the tool: a message (one or two lines) and an exit code.
@@ -61,7 +63,9 @@ impl From<Error> for CliError {
             | Error::LimitExceeded { .. }
             | Error::InvalidSealMetadata { .. }
             | Error::UnsupportedVersion(_)
-            | Error::PolicyUnsupported => code::BAD_INPUT,
+            | Error::PolicyUnsupported
+            | Error::PolicyInvalid { .. } => code::BAD_INPUT,
+            Error::PolicyDenied { .. } => code::POLICY_DENIED,
             Error::OutputExists(_) | Error::Output { .. } => code::OUTPUT,
             Error::Io { .. } => code::BAD_INPUT,
             _ => code::ERROR,

@@ -16,6 +16,7 @@ use sealtensors::keys::{
     SigningKey, SymmetricKey, X25519Identity,
 };
 use sealtensors::model::{seal_model_dir, unseal_model_dir, weight_files};
+use sealtensors::policy::{self, Decision, Policy, PolicyContext, Template, TemplateParams};
 use sealtensors::rekey::{rekey_file, RekeyOptions};
 use sealtensors::seal::Protection;
 use sealtensors::{
@@ -45,6 +46,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect(a),
         Command::Rekey(a) => rekey(a),
         Command::Sign(a) => sign(a, quiet),
+        Command::Policy(cli::PolicyCommand::New(a)) => policy_new(a),
+        Command::Policy(cli::PolicyCommand::Test(a)) => policy_test(a),
     }
 }
 
@@ -99,6 +102,11 @@ fn read_passphrase(prompt: &str) -> Result<Passphrase> {
 struct Keys {
     config: KeyConfig,
     passphrase: Option<Passphrase>,
+    licence: Option<serde_json::Value>,
+}
+
+fn read_licence(path: &Path) -> Result<serde_json::Value> {
+    policy::licence_from_str_or_path(&path.to_string_lossy()).map_err(CliError::from)
 }
 
 impl Keys {
@@ -109,7 +117,12 @@ impl Keys {
         } else {
             None
         };
-        Ok(Keys { config, passphrase })
+        let licence = a.licence.as_deref().map(read_licence).transpose()?;
+        Ok(Keys {
+            config,
+            passphrase,
+            licence,
+        })
     }
     fn options(&self, a: &cli::KeyArgs) -> OpenOptions<'_> {
         let mut o = OpenOptions::from_keys(&self.config);
@@ -117,6 +130,7 @@ impl Keys {
             o.identities.push(p as &dyn Identity);
         }
         o.require_signed = a.require_signature;
+        o.policy.licence = self.licence.clone();
         o
     }
 }
@@ -207,6 +221,14 @@ fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
     }
     check_output(&a.output, a.force)?;
     let cipher: Cipher = a.cipher.parse()?;
+    let policy_text = a
+        .policy
+        .as_deref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map_err(|e| CliError::usage(format!("reading the policy {}: {e}", p.display())))
+        })
+        .transpose()?;
     let total = data_size(&a.input)?;
     let (bar, progress) = progress(quiet, total, "sealing");
     let sealer = Sealer::new(SealOptions {
@@ -218,10 +240,17 @@ fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
         model_id: a.model_id,
         model_version: a.model_version,
         expires: a.expires,
+        policy: policy_text,
         overwrite: a.force,
         progress,
         ..Default::default()
     })?;
+    if let Some(Decision::Deny { reasons }) = sealer.policy_decision() {
+        eprintln!(
+            "warning: the policy denies a load on this machine now (no licence, no framework): {}",
+            reasons.join("; ")
+        );
+    }
     if a.input.is_dir() {
         seal_model_dir(&sealer, &a.input, &a.output, a.force)?;
     } else {
@@ -302,6 +331,13 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
             }
         }
         let (auth, signer) = auth_str(f.authenticity());
+        let policy = match f.policy_decision() {
+            None => serde_json::Value::Null,
+            Some(Decision::Allow) => serde_json::json!({"decision": "allow"}),
+            Some(Decision::Deny { reasons }) => {
+                serde_json::json!({"decision": "deny", "reasons": reasons})
+            }
+        };
         let ok = unchecked == 0 && !matches!(f.authenticity(), Authenticity::Plain);
         all_ok &= ok;
         reports.push(serde_json::json!({
@@ -311,6 +347,7 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
             "tensors": f.tensors().len(),
             "encrypted_tensors": encrypted.len(),
             "unchecked_encrypted_tensors": unchecked,
+            "policy": policy,
             "ok": ok,
         }));
     }
@@ -329,8 +366,22 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
             } else {
                 "NOT VERIFIED"
             };
+            let policy = match r["policy"]["decision"].as_str() {
+                Some("allow") => "; policy allows".to_string(),
+                Some(_) => format!(
+                    "; policy denies: {}",
+                    r["policy"]["reasons"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                None => String::new(),
+            };
             println!(
-                "{status}: {} ({}{signer}; {} tensors, {} encrypted{})",
+                "{status}: {} ({}{signer}; {} tensors, {} encrypted{}{policy})",
                 r["file"].as_str().unwrap_or(""),
                 r["authenticity"].as_str().unwrap_or(""),
                 r["tensors"],
@@ -561,4 +612,129 @@ fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+fn policy_new(a: cli::PolicyNew) -> Result<()> {
+    let t = Template::from_name(&a.template).ok_or_else(|| {
+        CliError::usage(format!(
+            "unknown template {:?}; choose one of: {}",
+            a.template,
+            Template::ALL.map(|t| t.name()).join(", ")
+        ))
+    })?;
+    let text = t.render(&TemplateParams {
+        not_after: a.not_after,
+        machines: a.machines,
+        frameworks: a.frameworks,
+        tensors: a.tensors,
+    })?;
+    match a.output {
+        Some(path) => {
+            check_output(&path, a.force)?;
+            std::fs::write(&path, text).map_err(|e| {
+                CliError::with_code(format!("{}: {e}", path.display()), code::OUTPUT)
+            })?;
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// A policy to test: a .rego file, or the policy of a sealed file or folder
+/// (the first weight file), with what the local input document needs.
+fn policy_source(
+    path: &Path,
+) -> Result<(
+    String,
+    sealtensors::seal::ModelInfo,
+    Option<String>,
+    Vec<String>,
+)> {
+    let weights = if path.is_dir() {
+        weight_files(path)?.into_iter().next()
+    } else if read_header(path).is_ok() {
+        Some(path.to_path_buf())
+    } else {
+        None
+    };
+    let Some(file) = weights else {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::usage(format!("reading {}: {e}", path.display())))?;
+        return Ok((text, Default::default(), None, Vec::new()));
+    };
+    let (_, h) = read_header(&file)?;
+    if !sealtensors::seal::is_sealed(&h) {
+        return Err(CliError::with_code(
+            format!(
+                "{} is a plain safetensors file; it carries no policy",
+                file.display()
+            ),
+            code::BAD_INPUT,
+        ));
+    }
+    let m = sealtensors::seal::parse(&h).map_err(|e| CliError::from(e.in_file(&file)))?;
+    let text = m.policy.clone().ok_or_else(|| {
+        CliError::with_code(
+            format!("{} carries no access policy", file.display()),
+            code::BAD_INPUT,
+        )
+    })?;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tensors = h.tensors.iter().map(|t| t.name.clone()).collect();
+    Ok((text, m.doc.model, name, tensors))
+}
+
+fn policy_test(a: cli::PolicyTest) -> Result<()> {
+    let (text, model, name, tensors) = policy_source(&a.policy)?;
+    let mut p = Policy::compile(&text).map_err(|e| CliError::from(sealtensors::Error::from(e)))?;
+    let input = match &a.input {
+        Some(path) => {
+            let s = std::fs::read_to_string(path)
+                .map_err(|e| CliError::usage(format!("reading {}: {e}", path.display())))?;
+            serde_json::from_str(&s).map_err(|e| {
+                CliError::usage(format!("{} is not a JSON document: {e}", path.display()))
+            })?
+        }
+        None => {
+            let ctx = PolicyContext {
+                licence: a.licence.as_deref().map(read_licence).transpose()?,
+                framework: a.framework.clone(),
+                requested: (!a.tensors.is_empty()).then(|| a.tensors.clone()),
+                ..Default::default()
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            policy::input_document(
+                &ctx,
+                &model,
+                name.as_deref(),
+                tensors.iter().map(String::as_str),
+                now,
+            )?
+        }
+    };
+    if a.print_input {
+        println!(
+            "input: {}",
+            serde_json::to_string_pretty(&input).unwrap_or_default()
+        );
+    }
+    match p.evaluate(&input)? {
+        Decision::Allow => {
+            println!("allow");
+            Ok(())
+        }
+        Decision::Deny { reasons } => {
+            println!("deny");
+            for r in &reasons {
+                println!("  - {r}");
+            }
+            Err(CliError::with_code(
+                format!("the policy denies access: {}", reasons.join("; ")),
+                code::POLICY_DENIED,
+            ))
+        }
+    }
 }

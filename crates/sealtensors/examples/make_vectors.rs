@@ -299,12 +299,86 @@ fn derived(k: &Keys, e: &Edit, sealer_mk: &ModelKey) -> Res<Value> {
     }))
 }
 
+/// SPEC §3.4: the symmetric vector with a policy that allows and one that
+/// denies (an expiry in the past), the header MAC recomputed with MK.
+fn policy_vectors(out: &mut Out, dir: &Path, mk_b: &ModelKey, fid_b: [u8; 32]) -> Res {
+    let p = |name: &str| dir.join(format!("{name}.safetensors"));
+    let file = |name: &str| format!("{name}.safetensors");
+    let base: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("chacha_oct_unsigned.json"))?)?;
+    let mut e = Edit::load(&p("chacha_oct_unsigned"))?;
+    e.meta().insert(
+        seal::KEY_POLICY.into(),
+        "package sealtensors\n\ndefault allow := true\n".into(),
+    );
+    e.reauth(fid_b, Some(mk_b), None)?;
+    e.save(&p("policy_allow"))?;
+    out.manifest(
+        "policy_allow",
+        json!({
+            "description": "The symmetric vector with a sealtensors.policy that allows (MAC recomputed).",
+            "file": file("policy_allow"),
+            "identities": ["keys/symmetric.jwk"],
+            "expect": "ok",
+            "authenticity": "unsigned",
+            "tensors": base["tensors"],
+            "metadata": base["metadata"],
+        }),
+    )?;
+    let deny =
+        sealtensors::policy::Template::Expiry.render(&sealtensors::policy::TemplateParams {
+            not_after: Some("2020-01-01T00:00:00Z".into()),
+            ..Default::default()
+        })?;
+    let mut e = Edit::load(&p("chacha_oct_unsigned"))?;
+    e.meta().insert(seal::KEY_POLICY.into(), deny);
+    e.reauth(fid_b, Some(mk_b), None)?;
+    e.save(&p("fail_policy_denied"))?;
+    out.manifest(
+        "fail_policy_denied",
+        json!({
+            "description": "The symmetric vector with the expiry policy template for 2020-01-01T00:00:00Z (MAC recomputed): the policy denies before any slot is tried.",
+            "file": file("fail_policy_denied"),
+            "identities": ["keys/symmetric.jwk"],
+            "expect": "PolicyDenied",
+            "fails_at": "open",
+        }),
+    )?;
+    Ok(())
+}
+
+/// `make_vectors DIR --only policy`: write the policy vectors alone, from
+/// the existing symmetric vector (its MK is recovered with its key), leaving
+/// every other vector as it is.
+fn only_policy(dir: &Path) -> Res {
+    let id = sealtensors::keys::load_identity(&dir.join("keys/symmetric.jwk"))?;
+    let f = sealtensors::SealedFile::open(
+        dir.join("chacha_oct_unsigned.safetensors"),
+        &sealtensors::OpenOptions {
+            identities: vec![id.as_ref()],
+            ..Default::default()
+        },
+    )?;
+    let mk = f.model_key().ok_or("model key")?.clone();
+    let fid = Edit::load(&dir.join("chacha_oct_unsigned.safetensors"))?.file_id()?;
+    let mut out = Out {
+        dir: dir.to_path_buf(),
+        count: 0,
+    };
+    policy_vectors(&mut out, dir, &mk, fid)?;
+    println!("wrote {} policy manifests", out.count);
+    Ok(())
+}
+
 fn main() -> Res {
     let dir = PathBuf::from(
         std::env::args()
             .nth(1)
-            .ok_or("usage: make_vectors OUTPUT_DIR")?,
+            .ok_or("usage: make_vectors OUTPUT_DIR [--only policy]")?,
     );
+    if std::env::args().nth(2).as_deref() == Some("--only") {
+        return only_policy(&dir);
+    }
     fs::create_dir_all(&dir)?;
     for e in fs::read_dir(&dir)? {
         let p = e?.path();
@@ -771,24 +845,7 @@ fn main() -> Res {
         }),
     )?;
 
-    // Policy present: reserved, refused by v1 readers.
-    let mut e = Edit::load(&p("chacha_oct_unsigned"))?;
-    e.meta().insert(
-        seal::KEY_POLICY.into(),
-        "package sealtensors\n\ndefault allow := true\n".into(),
-    );
-    e.reauth(fid_b, Some(&mk_b), None)?;
-    e.save(&p("fail_policy_present"))?;
-    out.manifest(
-        "fail_policy_present",
-        json!({
-            "description": "The symmetric vector with a sealtensors.policy entry (MAC recomputed): v1 readers fail closed.",
-            "file": file("fail_policy_present"),
-            "identities": ["keys/symmetric.jwk"],
-            "expect": "PolicyUnsupported",
-            "fails_at": "open",
-        }),
-    )?;
+    policy_vectors(&mut out, &dir, &mk_b, fid_b)?;
 
     // Unknown reserved key.
     let mut e = Edit::load(&p("chacha_oct_unsigned"))?;

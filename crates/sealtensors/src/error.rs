@@ -97,9 +97,30 @@ pub enum Error {
     #[error("sealed with format version {0}, this sealtensors reads version 1 only; upgrade sealtensors")]
     UnsupportedVersion(u64),
 
-    /// The file carries an access policy, which this build cannot evaluate.
-    #[error("the file carries an access policy, which this version of sealtensors cannot evaluate yet; refusing to open it (fail closed); upgrade sealtensors")]
+    /// The file's access policy defines no `data.sealtensors.allow` rule, the
+    /// only decision this version evaluates (SPEC §3.4).
+    #[error("the file's access policy defines no data.sealtensors.allow rule, the only decision this version of sealtensors evaluates; refusing to open it (fail closed); upgrade sealtensors or ask the publisher for a file sealed with a valid policy")]
     PolicyUnsupported,
+
+    // ---- access policy ------------------------------------------------------------------
+    /// The access policy cannot be used: too large, does not parse, calls a
+    /// builtin outside the profile, or its evaluation failed or ran too long.
+    #[error("the access policy cannot be used: {reason}; check it with `sealtensors policy test`")]
+    PolicyInvalid {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The file's access policy denies access here (no key slot was tried).
+    #[error("the file's access policy denies access: {}; no key was tried. Ask the publisher for a licence that covers this use, or see what the policy checks with `sealtensors policy test FILE`", reasons_text(.reasons))]
+    PolicyDenied {
+        /// The policy's reasons (`data.sealtensors.deny_reasons`), never empty.
+        reasons: Vec<String>,
+    },
+
+    /// Licence claims given to the policy could not be read.
+    #[error("invalid licence claims: {0}; pass a JSON object, in a file (--licence FILE) or in SEALTENSORS_LICENCE (inline JSON or a file path)")]
+    Licence(String),
 
     // ---- downgrade and trust ---------------------------------------------------------
     /// The loader requires a sealed (encrypted) file and this one is not.
@@ -241,6 +262,20 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+fn reasons_text(reasons: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = reasons
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if reasons.len() > SHOWN {
+        s.push_str(&format!("; and {} more", reasons.len() - SHOWN));
+    }
+    s
 }
 
 /// The library's result type.

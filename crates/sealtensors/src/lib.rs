@@ -24,6 +24,7 @@ mod error;
 pub mod format;
 pub mod keys;
 pub mod model;
+pub mod policy;
 mod read;
 pub mod rekey;
 pub mod seal;

@@ -14,6 +14,7 @@ use crate::crypto::{self, ChunkKey};
 use crate::error::{Error, Result};
 use crate::format::{Header, TensorInfo};
 use crate::keys::{unwrap_any, Identity, KeyConfig, ModelKey, VerifyingKey};
+use crate::policy::{CompileError, Decision, Policy, PolicyContext};
 use crate::seal::{self, ChunkAad, Mode, Protection, SealMeta};
 use crate::write::Progress;
 
@@ -34,10 +35,16 @@ pub struct OpenOptions<'a> {
     /// The clock for expiry checks, Unix seconds (default: now).
     pub now: Option<u64>,
     /// Open without unwrapping the model key (inspection): encrypted tensors
-    /// cannot be read, everything else is checked.
+    /// cannot be read. The signature is still checked, but the header MAC
+    /// needs the model key: in an unsigned file opened locked, nothing
+    /// authenticates the header, so digests of plaintext tensors prove
+    /// nothing there (the authenticity is reported as `Unsigned`).
     pub locked: bool,
     /// Called with byte counts by whole-file operations (verify, unseal).
     pub progress: Option<Progress>,
+    /// What the file's access policy is told about this load (SPEC §3.6):
+    /// licence claims, framework, the tensors requested.
+    pub policy: PolicyContext,
 }
 
 impl<'a> OpenOptions<'a> {
@@ -73,7 +80,31 @@ pub struct SealedFile {
     meta: Option<SealMeta>,
     mk: Option<ModelKey>,
     auth: Authenticity,
+    decision: Option<Decision>,
     progress: Option<Progress>,
+}
+
+/// Compile and evaluate a file's policy (SPEC §3.4, §8.1 step 9).
+fn evaluate_policy(
+    text: &str,
+    meta: &SealMeta,
+    path: &Path,
+    header: &Header,
+    opts: &OpenOptions<'_>,
+    now: u64,
+) -> Result<Decision> {
+    let mut p = match Policy::compile(text) {
+        Ok(p) => p,
+        Err(CompileError::NoDecision) => return Err(Error::PolicyUnsupported),
+        Err(CompileError::Other(e)) => return Err(e),
+    };
+    p.evaluate_for_file(
+        &opts.policy,
+        &meta.doc.model,
+        path.file_name().and_then(|n| n.to_str()),
+        header.tensors.iter().map(|t| t.name.as_str()),
+        now,
+    )
 }
 
 /// Open a file and parse its header (SPEC §2), checking its total length.
@@ -123,13 +154,14 @@ impl SealedFile {
         header: Header,
         opts: &OpenOptions<'_>,
     ) -> Result<SealedFile> {
-        let base = |meta, mk, auth| SealedFile {
+        let base = |meta, mk, auth, decision| SealedFile {
             path: path.to_path_buf(),
             file,
             header: header.clone(),
             meta,
             mk,
             auth,
+            decision,
             progress: opts.progress.clone(),
         };
         if !seal::is_sealed(&header) {
@@ -142,7 +174,7 @@ impl SealedFile {
                     trusted: opts.trusted.len(),
                 });
             }
-            return Ok(base(None, None, Authenticity::Plain));
+            return Ok(base(None, None, Authenticity::Plain, None));
         }
         let meta = seal::parse(&header)?;
         if opts.require_encrypted && meta.doc.mode != Mode::Encrypted {
@@ -204,9 +236,19 @@ impl SealedFile {
                 return Err(Error::Expired { expires, now });
             }
         }
-        if meta.policy.is_some() {
-            return Err(Error::PolicyUnsupported);
-        }
+        // SPEC §8.1 step 9: the policy decides before any key is touched.
+        let decision = match &meta.policy {
+            None => None,
+            Some(text) => {
+                let d = evaluate_policy(text, &meta, path, &header, opts, now)?;
+                if let (Decision::Deny { reasons }, false) = (&d, opts.locked) {
+                    return Err(Error::PolicyDenied {
+                        reasons: reasons.clone(),
+                    });
+                }
+                Some(d)
+            }
+        };
         let mut mk = None;
         if let (Some(mk_id), false) = (meta.mk_id, opts.locked) {
             let key = match &opts.model_key {
@@ -220,7 +262,7 @@ impl SealedFile {
             }
             mk = Some(key);
         }
-        Ok(base(Some(meta), mk, auth))
+        Ok(base(Some(meta), mk, auth, decision))
     }
 
     pub(crate) fn file(&self) -> &File {
@@ -261,6 +303,11 @@ impl SealedFile {
     /// Who made it, as far as the loader can tell.
     pub fn authenticity(&self) -> &Authenticity {
         &self.auth
+    }
+    /// What the file's access policy decided, when it has one. A locked open
+    /// (inspection) records a denial here instead of failing.
+    pub fn policy_decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
     }
     /// The model key, once unwrapped: pass it to the other shards.
     pub fn model_key(&self) -> Option<&ModelKey> {

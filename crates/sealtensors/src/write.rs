@@ -20,6 +20,7 @@ use crate::crypto::{self, ChunkKey, Cipher, DIGEST_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Header, TensorInfo};
 use crate::keys::{b64, ModelKey, Recipient, SigningKey, Slot, MAX_SLOTS};
+use crate::policy::{self, Decision, Policy, PolicyContext};
 use crate::seal::{self, ChunkAad, Mode, ModelInfo, SealDoc, TensorSealDoc};
 
 const BATCH: usize = 16 << 20;
@@ -42,6 +43,10 @@ pub struct SealOptions {
     pub model_version: String,
     /// Expiry, Unix seconds.
     pub expires: Option<u64>,
+    /// Access policy, Rego text (SPEC §3.4), stored verbatim in the header.
+    /// It must compile and define `data.sealtensors.allow`; it is
+    /// test-evaluated at construction (see [`Sealer::policy_decision`]).
+    pub policy: Option<String>,
     /// Reuse a model key (shards of one model share it); random when `None`.
     pub model_key: Option<ModelKey>,
     /// Replace an existing output.
@@ -64,6 +69,7 @@ impl Default for SealOptions {
             model_id: String::new(),
             model_version: String::new(),
             expires: None,
+            policy: None,
             model_key: None,
             overwrite: false,
             progress: None,
@@ -83,6 +89,7 @@ pub struct Sealer {
     chunk_size: usize,
     globs: Option<(GlobSet, Vec<String>)>,
     model: ModelInfo,
+    policy: Option<(String, Decision)>,
     overwrite: bool,
     progress: Option<Progress>,
 }
@@ -154,6 +161,19 @@ impl Sealer {
             let id = mk.id()?;
             (Mode::Encrypted, Some(mk), Some(id), slots)
         };
+        let model = ModelInfo {
+            id: opts.model_id,
+            version: opts.model_version,
+            created: now_unix(),
+            expires: opts.expires,
+        };
+        let policy = match opts.policy {
+            None => None,
+            Some(text) => {
+                let d = check_policy(&text, &model)?;
+                Some((text, d))
+            }
+        };
         Ok(Sealer {
             mode,
             mk,
@@ -163,15 +183,19 @@ impl Sealer {
             cipher: opts.cipher,
             chunk_size: opts.chunk_size,
             globs,
-            model: ModelInfo {
-                id: opts.model_id,
-                version: opts.model_version,
-                created: now_unix(),
-                expires: opts.expires,
-            },
+            model,
+            policy,
             overwrite: opts.overwrite,
             progress: opts.progress,
         })
+    }
+
+    /// What the policy decided for a sample load: this machine, now, the
+    /// model's id and version, every tensor, no framework, no licence claims.
+    /// A denial is not an error (a licence may name other machines, or have
+    /// lapsed on purpose in a test); callers should show it to the publisher.
+    pub fn policy_decision(&self) -> Option<&Decision> {
+        self.policy.as_ref().map(|(_, d)| d)
     }
 
     /// The model key, when encrypting (to seal more shards elsewhere).
@@ -360,6 +384,9 @@ impl<'s> SealWriter<'s> {
             model: s.model.clone(),
         };
         meta.insert(seal::KEY_SEAL.into(), json(&doc)?);
+        if let Some((text, _)) = &s.policy {
+            meta.insert(seal::KEY_POLICY.into(), text.clone());
+        }
         let docs: BTreeMap<&str, TensorSealDoc> = self
             .tensors
             .iter()
@@ -539,6 +566,27 @@ impl<'s> SealWriter<'s> {
             .commit(self.sealer.overwrite)
             .map_err(|e| e.in_file(&self.path))
     }
+}
+
+/// Seal-time policy check (DESIGN property 6): too large, not compiling or
+/// without a decision rule is an error; the sample decision is returned.
+fn check_policy(text: &str, model: &ModelInfo) -> Result<Decision> {
+    if text.len() > policy::MAX_POLICY_BYTES {
+        return Err(Error::PolicyInvalid {
+            reason: format!(
+                "it is {} bytes, above the limit of {} (SPEC §9)",
+                text.len(),
+                policy::MAX_POLICY_BYTES
+            ),
+        });
+    }
+    let mut p = Policy::compile(text)?;
+    let ctx = PolicyContext {
+        licence: Some(serde_json::json!({})),
+        ..Default::default()
+    };
+    let input = policy::input_document(&ctx, model, None, std::iter::empty(), now_unix())?;
+    p.evaluate(&input)
 }
 
 fn seal_chunk(
