@@ -1,12 +1,13 @@
 # sealtensors: the two commands of the README, and their parts.
 #   make demo   seal the real MiniLM model, load it back through transformers, show it matches
-#   make test   every test: Rust (unit, attacks, properties, vectors, fuzz corpus) and Python
+#   make test   every test: Rust (unit, attacks, properties, vectors, fuzz corpus, CLI) and
+#               Python (safetensors interop, API, transformers, the demo, CLI on large models)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup rust-test py-test lint fmt clean
+.PHONY: demo test setup py-build rust-test py-test lint fmt clean
 
 $(STAMP): requirements-test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,14 +17,17 @@ $(STAMP): requirements-test.txt
 
 setup: $(STAMP)
 
-demo: $(STAMP)
-	cargo build --release -p sealtensors --example model_demo
+# The Python package (PyO3 bindings + python/sealtensors), installed editable.
+py-build: $(STAMP)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+
+demo: py-build
 	$(PY) scripts/demo.py
 
 rust-test:
 	cargo test --workspace
 
-py-test: $(STAMP)
+py-test: py-build
 	$(PY) -m pytest python/tests -q
 
 test: rust-test py-test

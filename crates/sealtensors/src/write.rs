@@ -158,6 +158,16 @@ impl Sealer {
                 .iter()
                 .map(|r| r.wrap(&mk))
                 .collect::<Result<Vec<_>>>()?;
+            let passphrases = slots
+                .iter()
+                .filter(|s| matches!(s, Slot::Argon2id { .. }))
+                .count();
+            if passphrases > crate::keys::MAX_PASSPHRASE_SLOTS {
+                return Err(Error::Config(format!(
+                    "at most {} passphrases per file (readers refuse more)",
+                    crate::keys::MAX_PASSPHRASE_SLOTS
+                )));
+            }
             let id = mk.id()?;
             (Mode::Encrypted, Some(mk), Some(id), slots)
         };
@@ -240,7 +250,21 @@ impl Sealer {
         tensors: Vec<TensorInfo>,
         metadata: Option<BTreeMap<String, String>>,
     ) -> Result<SealWriter<'_>> {
-        SealWriter::new(self, path, tensors, metadata).map_err(|e| e.in_file(path))
+        SealWriter::new(SealerRef::Borrowed(self), path, tensors, metadata)
+            .map_err(|e| e.in_file(path))
+    }
+
+    /// Like [`create`](Self::create), for a writer that must own its sealer
+    /// (bindings that hand the writer to another language).
+    pub fn create_shared(
+        self: &std::sync::Arc<Self>,
+        path: &Path,
+        tensors: Vec<TensorInfo>,
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> Result<SealWriter<'static>> {
+        self.check_selection(tensors.iter().map(|t| t.name.as_str()))?;
+        SealWriter::new(SealerRef::Shared(self.clone()), path, tensors, metadata)
+            .map_err(|e| e.in_file(path))
     }
 
     /// Seal the safetensors file `input` into `output`, keeping its layout.
@@ -290,7 +314,7 @@ struct Current {
 /// [`finish`](Self::finish) writes the header and renames the file into place.
 /// Dropping it unfinished removes the temporary file.
 pub struct SealWriter<'s> {
-    sealer: &'s Sealer,
+    sealer: SealerRef<'s>,
     out: AtomicFile,
     path: std::path::PathBuf,
     tensors: Vec<TensorInfo>,
@@ -307,9 +331,25 @@ pub struct SealWriter<'s> {
     pos: u64,
 }
 
+/// A writer's sealer, borrowed or shared.
+enum SealerRef<'s> {
+    Borrowed(&'s Sealer),
+    Shared(std::sync::Arc<Sealer>),
+}
+
+impl std::ops::Deref for SealerRef<'_> {
+    type Target = Sealer;
+    fn deref(&self) -> &Sealer {
+        match self {
+            SealerRef::Borrowed(s) => s,
+            SealerRef::Shared(s) => s,
+        }
+    }
+}
+
 impl<'s> SealWriter<'s> {
     fn new(
-        sealer: &'s Sealer,
+        sealer: SealerRef<'s>,
         path: &Path,
         tensors: Vec<TensorInfo>,
         metadata: Option<BTreeMap<String, String>>,
@@ -345,9 +385,10 @@ impl<'s> SealWriter<'s> {
         let file_id: [u8; 32] = crypto::random_array()?;
         let cs = sealer.chunk_size;
         let batch_cap = if cs >= BATCH { cs } else { BATCH - BATCH % cs };
+        let out = AtomicFile::create(path, sealer.overwrite)?;
         let mut w = SealWriter {
             sealer,
-            out: AtomicFile::create(path, sealer.overwrite)?,
+            out,
             path: path.to_path_buf(),
             tensors,
             encrypted,
@@ -371,7 +412,7 @@ impl<'s> SealWriter<'s> {
     }
 
     fn build_header(&self, placeholder: bool) -> Result<Vec<u8>> {
-        let s = self.sealer;
+        let s = &*self.sealer;
         let mut meta = self.metadata.clone();
         let doc = SealDoc {
             v: seal::FORMAT_VERSION,

@@ -258,3 +258,83 @@ fn shards_of_different_seals_are_not_mixed() {
         "{err}"
     );
 }
+
+#[test]
+fn more_than_four_passphrase_slots_are_refused_before_any_derivation() {
+    use sealtensors::keys::{Argon2Params, Passphrase};
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("p.safetensors");
+    let a = bytes(1, 64);
+    sealtensors::write_plain(
+        &plain,
+        &[TensorRef {
+            name: "t".into(),
+            dtype: Dtype::U8,
+            shape: vec![64],
+            data: &a,
+        }],
+        None,
+        false,
+    )
+    .unwrap();
+    let cheap = Argon2Params {
+        memory_kib: 64,
+        iterations: 1,
+        lanes: 1,
+    };
+    let sealed = tmp.path().join("s.safetensors");
+    Sealer::new(SealOptions {
+        recipients: vec![Box::new(Passphrase::with_params("pw", cheap))],
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&plain, &sealed)
+    .unwrap();
+    // A hostile edit: four more passphrase slots, each at the per-slot bounds
+    // (2 GiB, 16 passes). Deriving them would take minutes.
+    let raw = std::fs::read(&sealed).unwrap();
+    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
+    let mut h: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).unwrap();
+    let slots_text = h["__metadata__"]["sealtensors.slots"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut slots: Vec<serde_json::Value> = serde_json::from_str(&slots_text).unwrap();
+    let mut costly = slots[0].clone();
+    costly["m"] = (2u64 * 1024 * 1024).into();
+    costly["t"] = 16.into();
+    for _ in 0..4 {
+        slots.insert(0, costly.clone());
+    }
+    h["__metadata__"]["sealtensors.slots"] = serde_json::to_string(&slots).unwrap().into();
+    let mut json = serde_json::to_vec(&h).unwrap();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&raw[8 + n..]);
+    let hostile = tmp.path().join("h.safetensors");
+    std::fs::write(&hostile, out).unwrap();
+
+    let t = std::time::Instant::now();
+    let pass = Passphrase::new("pw");
+    let err = sealtensors::SealedFile::open(
+        &hostile,
+        &OpenOptions {
+            identities: vec![&pass],
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("five passphrase slots must be refused");
+    assert!(
+        matches!(
+            err.kind(),
+            Error::LimitExceeded {
+                what: "passphrase slots",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(t.elapsed().as_secs() < 2, "no derivation may run");
+}

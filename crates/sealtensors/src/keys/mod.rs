@@ -14,7 +14,7 @@ mod x25519;
 
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
-pub use passphrase::{Argon2Params, Passphrase};
+pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};
 pub use signing::{SigningKey, VerifyingKey};
 pub use symmetric::SymmetricKey;
 pub use x25519::{X25519Identity, X25519Recipient};

@@ -16,6 +16,9 @@ pub const MAX_MEMORY_KIB: u32 = 2 * 1024 * 1024;
 pub const MAX_ITERATIONS: u32 = 16;
 /// Most lanes a slot may ask for.
 pub const MAX_LANES: u32 = 16;
+/// Most passphrase slots in one file: each may cost up to the bounds above,
+/// so a loader given a passphrase does at most this many derivations.
+pub const MAX_PASSPHRASE_SLOTS: usize = 4;
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,499 @@
+//! `sealtensors._native`: the Python face of the core library. Python inputs
+//! are turned into owned Rust values first, then the GIL is released for all
+//! I/O and cryptography. Decrypted tensors land in a fresh `Vec` that the
+//! returned NumPy array takes over without a copy.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+use sealtensors::keys::{
+    load_recipient, load_signing_key, Identity, KeyConfig, Passphrase, Recipient,
+};
+use sealtensors::model::{seal_model_dir, unseal_model_dir, SealedModel};
+use sealtensors::{Authenticity, Error, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer};
+
+create_exception!(
+    _native,
+    SealtensorsError,
+    PyException,
+    "Base class of every sealtensors error."
+);
+create_exception!(
+    _native,
+    InvalidFileError,
+    SealtensorsError,
+    "Not a valid (sealed) safetensors file."
+);
+create_exception!(
+    _native,
+    NotAuthenticError,
+    SealtensorsError,
+    "Tampered, untrusted or unsigned, expired or downgraded."
+);
+create_exception!(
+    _native,
+    NoKeyError,
+    SealtensorsError,
+    "No identity given opens the file."
+);
+create_exception!(
+    _native,
+    ConfigError,
+    SealtensorsError,
+    "Inconsistent or incomplete seal options."
+);
+create_exception!(
+    _native,
+    OutputError,
+    SealtensorsError,
+    "The output exists or cannot be written."
+);
+
+/// The one bridge from library errors to Python exceptions.
+fn to_py(e: Error) -> PyErr {
+    let msg = e.to_string();
+    match e.kind() {
+        Error::BadSignature
+        | Error::BadHeaderMac
+        | Error::ChunkAuthFailed { .. }
+        | Error::UntrustedSigner { .. }
+        | Error::NotSigned { .. }
+        | Error::NotSealed { .. }
+        | Error::Expired { .. } => NotAuthenticError::new_err(msg),
+        Error::NoMatchingKey { .. } | Error::InvalidKey(_) | Error::ExcessiveWork { .. } => {
+            NoKeyError::new_err(msg)
+        }
+        Error::InvalidContainer(_)
+        | Error::LimitExceeded { .. }
+        | Error::InvalidSealMetadata { .. }
+        | Error::UnsupportedVersion(_)
+        | Error::NoSuchTensor(_)
+        | Error::Io { .. } => InvalidFileError::new_err(msg),
+        Error::Config(_) => ConfigError::new_err(msg),
+        Error::OutputExists(_) | Error::Output { .. } => OutputError::new_err(msg),
+        _ => SealtensorsError::new_err(msg),
+    }
+}
+
+/// Keys a loader holds, gathered by the library's discovery rules.
+struct Keys {
+    config: KeyConfig,
+    passphrase: Option<Passphrase>,
+}
+
+impl Keys {
+    fn gather(
+        identities: Vec<PathBuf>,
+        trusted: Vec<String>,
+        passphrase: Option<String>,
+    ) -> Result<Keys, Error> {
+        Ok(Keys {
+            config: KeyConfig::discover(&identities, &trusted)?,
+            passphrase: passphrase.map(Passphrase::new),
+        })
+    }
+    fn options(&self, require_encrypted: bool, require_signed: bool) -> OpenOptions<'_> {
+        let mut o = OpenOptions::from_keys(&self.config);
+        if let Some(p) = &self.passphrase {
+            o.identities.push(p as &dyn Identity);
+        }
+        o.require_encrypted = require_encrypted;
+        o.require_signed = require_signed;
+        o
+    }
+}
+
+/// An opened safetensors file, plain or sealed, verified on open.
+#[pyclass(module = "sealtensors._native", frozen)]
+struct File {
+    inner: SealedFile,
+}
+
+#[pymethods]
+impl File {
+    #[new]
+    #[pyo3(signature = (path, identities=Vec::new(), trusted=Vec::new(), passphrase=None, require_encrypted=false, require_signed=false))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        identities: Vec<PathBuf>,
+        trusted: Vec<String>,
+        passphrase: Option<String>,
+        require_encrypted: bool,
+        require_signed: bool,
+    ) -> PyResult<Self> {
+        py.detach(|| {
+            let keys = Keys::gather(identities, trusted, passphrase)?;
+            SealedFile::open(&path, &keys.options(require_encrypted, require_signed))
+        })
+        .map(|inner| File { inner })
+        .map_err(to_py)
+    }
+
+    /// Tensor names, sorted.
+    fn keys(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .tensors()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Tensor names in file order.
+    fn offset_keys(&self) -> Vec<String> {
+        self.inner
+            .tensors()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    /// The publisher's metadata (seal entries removed), or None.
+    fn metadata(&self) -> Option<BTreeMap<String, String>> {
+        self.inner.metadata()
+    }
+
+    /// Whether the file carries seal metadata.
+    fn is_sealed(&self) -> bool {
+        self.inner.seal().is_some()
+    }
+
+    /// (dtype, shape, nbytes, encrypted) of one tensor.
+    fn info(&self, name: &str) -> PyResult<(String, Vec<u64>, usize, bool)> {
+        let t = self.inner.tensor(name).map_err(to_py)?;
+        let enc = self.inner.is_encrypted(name).map_err(to_py)?;
+        Ok((t.dtype.as_str().to_string(), t.shape.clone(), t.len(), enc))
+    }
+
+    /// ("plain" | "unsigned" | "signed-untrusted" | "signed-trusted", signer or None).
+    fn authenticity(&self) -> (&'static str, Option<String>) {
+        match self.inner.authenticity() {
+            Authenticity::Plain => ("plain", None),
+            Authenticity::Unsigned => ("unsigned", None),
+            Authenticity::UntrustedSigner(k) => ("signed-untrusted", Some(k.to_string())),
+            Authenticity::Trusted(k) => ("signed-trusted", Some(k.to_string())),
+            _ => ("unknown", None),
+        }
+    }
+
+    /// The whole tensor as a fresh uint8 array (verified, decrypted).
+    fn read<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let v = py.detach(|| self.inner.read_tensor(name)).map_err(to_py)?;
+        Ok(v.into_pyarray(py))
+    }
+
+    /// Bytes start..end of a tensor; only the chunks covering them are read.
+    fn read_range<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        start: usize,
+        end: usize,
+    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let v = py
+            .detach(|| {
+                let mut out = vec![0u8; end.saturating_sub(start)];
+                self.inner
+                    .read_range_into(name, start, end, &mut out)
+                    .map(|_| out)
+            })
+            .map_err(to_py)?;
+        Ok(v.into_pyarray(py))
+    }
+}
+
+/// Everything the seal functions accept, as owned values.
+struct SealArgs {
+    recipients: Vec<String>,
+    sign_key: Option<PathBuf>,
+    passphrase: Option<String>,
+    encrypt: Option<Vec<String>>,
+    cipher: String,
+    chunk_size: usize,
+    model_id: String,
+    model_version: String,
+    expires: Option<u64>,
+    overwrite: bool,
+}
+
+impl SealArgs {
+    fn sealer(self) -> Result<Sealer, Error> {
+        let mut recipients: Vec<Box<dyn Recipient>> = self
+            .recipients
+            .iter()
+            .map(|r| load_recipient(r))
+            .collect::<Result<_, _>>()?;
+        if let Some(p) = self.passphrase {
+            recipients.push(Box::new(Passphrase::new(p)));
+        }
+        Sealer::new(SealOptions {
+            recipients,
+            signing_key: self.sign_key.as_deref().map(load_signing_key).transpose()?,
+            cipher: self.cipher.parse()?,
+            chunk_size: self.chunk_size,
+            encrypt: self.encrypt,
+            model_id: self.model_id,
+            model_version: self.model_version,
+            expires: self.expires,
+            overwrite: self.overwrite,
+            ..Default::default()
+        })
+    }
+}
+
+/// Seal a safetensors file or a model folder.
+#[pyfunction]
+#[pyo3(signature = (input, output, recipients=Vec::new(), sign_key=None, passphrase=None, encrypt=None, cipher="aes-256-gcm".to_string(), chunk_size=1<<20, model_id=String::new(), model_version=String::new(), expires=None, overwrite=false))]
+#[allow(clippy::too_many_arguments)]
+fn seal(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    recipients: Vec<String>,
+    sign_key: Option<PathBuf>,
+    passphrase: Option<String>,
+    encrypt: Option<Vec<String>>,
+    cipher: String,
+    chunk_size: usize,
+    model_id: String,
+    model_version: String,
+    expires: Option<u64>,
+    overwrite: bool,
+) -> PyResult<()> {
+    let args = SealArgs {
+        recipients,
+        sign_key,
+        passphrase,
+        encrypt,
+        cipher,
+        chunk_size,
+        model_id,
+        model_version,
+        expires,
+        overwrite,
+    };
+    py.detach(|| {
+        let sealer = args.sealer()?;
+        if input.is_dir() {
+            seal_model_dir(&sealer, &input, &output, overwrite)
+        } else {
+            sealer.seal_file(&input, &output)
+        }
+    })
+    .map_err(to_py)
+}
+
+/// Unseal a file or a model folder to plain safetensors.
+#[pyfunction]
+#[pyo3(signature = (input, output, identities=Vec::new(), trusted=Vec::new(), passphrase=None, require_signed=false, overwrite=false))]
+#[allow(clippy::too_many_arguments)]
+fn unseal(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    identities: Vec<PathBuf>,
+    trusted: Vec<String>,
+    passphrase: Option<String>,
+    require_signed: bool,
+    overwrite: bool,
+) -> PyResult<()> {
+    py.detach(|| {
+        let keys = Keys::gather(identities, trusted, passphrase)?;
+        let opts = keys.options(false, require_signed);
+        if input.is_dir() {
+            unseal_model_dir(&input, &output, &opts, overwrite)
+        } else {
+            SealedFile::open(&input, &opts)?.unseal_to(&output, overwrite)
+        }
+    })
+    .map_err(to_py)
+}
+
+/// Verify every shard of a folder (or one file): signature, MAC, every chunk.
+/// Returns the authenticity of each file.
+#[pyfunction]
+#[pyo3(signature = (path, identities=Vec::new(), trusted=Vec::new(), passphrase=None, require_signed=false))]
+fn verify(
+    py: Python<'_>,
+    path: PathBuf,
+    identities: Vec<PathBuf>,
+    trusted: Vec<String>,
+    passphrase: Option<String>,
+    require_signed: bool,
+) -> PyResult<Vec<(String, String)>> {
+    py.detach(|| {
+        let keys = Keys::gather(identities, trusted, passphrase)?;
+        let opts = keys.options(false, require_signed);
+        let files = if path.is_dir() {
+            SealedModel::open(&path, &opts)?
+                .files()
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        } else {
+            vec![path.clone()]
+        };
+        let mut out = Vec::new();
+        for f in files {
+            let sf = SealedFile::open(&f, &opts)?;
+            sf.verify_data()?;
+            let a = match sf.authenticity() {
+                Authenticity::Plain => "plain",
+                Authenticity::Unsigned => "unsigned",
+                Authenticity::UntrustedSigner(_) => "signed-untrusted",
+                Authenticity::Trusted(_) => "signed-trusted",
+                _ => "unknown",
+            };
+            out.push((f.display().to_string(), a.to_string()));
+        }
+        Ok(out)
+    })
+    .map_err(to_py)
+}
+
+/// A streaming seal of tensors held in memory: the layout is fixed first
+/// (`order()` gives the order to feed), then each tensor's bytes are
+/// written in that order, then `finish()` writes the header and renames the
+/// file into place. Memory stays bounded by one batch of chunks.
+#[pyclass(module = "sealtensors._native")]
+struct Writer {
+    writer: Option<SealWriter<'static>>,
+    order: Vec<String>,
+}
+
+#[pymethods]
+impl Writer {
+    #[new]
+    #[pyo3(signature = (path, tensors, metadata=None, recipients=Vec::new(), sign_key=None, passphrase=None, encrypt=None, cipher="aes-256-gcm".to_string(), chunk_size=1<<20, model_id=String::new(), model_version=String::new(), expires=None, overwrite=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        path: PathBuf,
+        tensors: Vec<(String, String, Vec<u64>)>,
+        metadata: Option<BTreeMap<String, String>>,
+        recipients: Vec<String>,
+        sign_key: Option<PathBuf>,
+        passphrase: Option<String>,
+        encrypt: Option<Vec<String>>,
+        cipher: String,
+        chunk_size: usize,
+        model_id: String,
+        model_version: String,
+        expires: Option<u64>,
+        overwrite: bool,
+    ) -> PyResult<Self> {
+        let args = SealArgs {
+            recipients,
+            sign_key,
+            passphrase,
+            encrypt,
+            cipher,
+            chunk_size,
+            model_id,
+            model_version,
+            expires,
+            overwrite,
+        };
+        let specs = tensors
+            .into_iter()
+            .map(|(n, d, s)| Ok((n, d.parse()?, s)))
+            .collect::<Result<Vec<_>, Error>>()
+            .map_err(to_py)?;
+        let layout = sealtensors::format::official_layout(specs).map_err(to_py)?;
+        let order = layout.iter().map(|t| t.name.clone()).collect();
+        let sealer = std::sync::Arc::new(args.sealer().map_err(to_py)?);
+        let writer = sealer
+            .create_shared(Path::new(&path), layout, metadata)
+            .map_err(to_py)?;
+        Ok(Writer {
+            writer: Some(writer),
+            order,
+        })
+    }
+
+    /// Tensor names in the order their bytes must be written.
+    fn order(&self) -> Vec<String> {
+        self.order.clone()
+    }
+
+    /// Append bytes of tensor data (a contiguous uint8 array), in order.
+    fn write(&mut self, py: Python<'_>, data: PyReadonlyArray1<'_, u8>) -> PyResult<()> {
+        let bytes = data
+            .as_slice()
+            .map_err(|_| ConfigError::new_err("write() needs a contiguous uint8 array"))?;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| ConfigError::new_err("the writer is finished"))?;
+        py.detach(|| w.write(bytes)).map_err(to_py)
+    }
+
+    /// Write the header, fsync and rename into place.
+    fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        let w = self
+            .writer
+            .take()
+            .ok_or_else(|| ConfigError::new_err("the writer is finished"))?;
+        py.detach(|| w.finish()).map_err(to_py)
+    }
+}
+
+/// Make a key file (mode 0600): "x25519" (an identity), "ed25519" (a signing
+/// key) or "symmetric". Returns the public half to share (the recipient or
+/// signer string; for a symmetric key, its kid).
+#[pyfunction]
+#[pyo3(signature = (path, kind="x25519", kid=None, overwrite=false))]
+fn keygen(path: PathBuf, kind: &str, kid: Option<String>, overwrite: bool) -> PyResult<String> {
+    use sealtensors::keys::{KeyFile, SigningKey, SymmetricKey, X25519Identity};
+    let (key, public) = match kind {
+        "x25519" => {
+            let k = X25519Identity::generate().map_err(to_py)?;
+            let p = k.recipient().to_string();
+            (KeyFile::X25519Identity(k), p)
+        }
+        "ed25519" => {
+            let k = SigningKey::generate().map_err(to_py)?;
+            let p = k.verifying_key().to_string();
+            (KeyFile::Signing(k), p)
+        }
+        "symmetric" => {
+            let k = SymmetricKey::generate(kid).map_err(to_py)?;
+            let p = k.kid().to_string();
+            (KeyFile::Symmetric(k), p)
+        }
+        other => {
+            return Err(ConfigError::new_err(format!(
+                "unknown key kind {other:?}; use x25519, ed25519 or symmetric"
+            )))
+        }
+    };
+    key.save(&path, overwrite).map_err(to_py)?;
+    Ok(public)
+}
+
+/// The native module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<File>()?;
+    m.add_class::<Writer>()?;
+    m.add_function(wrap_pyfunction!(seal, m)?)?;
+    m.add_function(wrap_pyfunction!(unseal, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(keygen, m)?)?;
+    m.add("SealtensorsError", py.get_type::<SealtensorsError>())?;
+    m.add("InvalidFileError", py.get_type::<InvalidFileError>())?;
+    m.add("NotAuthenticError", py.get_type::<NotAuthenticError>())?;
+    m.add("NoKeyError", py.get_type::<NoKeyError>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("OutputError", py.get_type::<OutputError>())?;
+    Ok(())
+}

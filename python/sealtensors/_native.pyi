@@ -1,0 +1,94 @@
+"""Type stubs of the native module (crates/sealtensors-py/src/lib.rs).
+
+python/tests/test_stubs.py checks that these names and signatures match the
+compiled module, so the stubs cannot drift silently.
+"""
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+_Path = str | os.PathLike[str]
+
+class SealtensorsError(Exception): ...
+class InvalidFileError(SealtensorsError): ...
+class NotAuthenticError(SealtensorsError): ...
+class NoKeyError(SealtensorsError): ...
+class ConfigError(SealtensorsError): ...
+class OutputError(SealtensorsError): ...
+
+class File:
+    def __init__(
+        self,
+        path: _Path,
+        identities: Sequence[_Path] = ...,
+        trusted: Sequence[str] = ...,
+        passphrase: str | None = None,
+        require_encrypted: bool = False,
+        require_signed: bool = False,
+    ) -> None: ...
+    def keys(self) -> list[str]: ...
+    def offset_keys(self) -> list[str]: ...
+    def metadata(self) -> dict[str, str] | None: ...
+    def is_sealed(self) -> bool: ...
+    def info(self, name: str) -> tuple[str, list[int], int, bool]: ...
+    def authenticity(self) -> tuple[str, str | None]: ...
+    def read(self, name: str) -> npt.NDArray[np.uint8]: ...
+    def read_range(self, name: str, start: int, end: int) -> npt.NDArray[np.uint8]: ...
+
+class Writer:
+    def __init__(
+        self,
+        path: _Path,
+        tensors: Sequence[tuple[str, str, Sequence[int]]],
+        metadata: dict[str, str] | None = None,
+        recipients: Sequence[str] = ...,
+        sign_key: _Path | None = None,
+        passphrase: str | None = None,
+        encrypt: Sequence[str] | None = None,
+        cipher: str = "aes-256-gcm",
+        chunk_size: int = 1048576,
+        model_id: str = "",
+        model_version: str = "",
+        expires: int | None = None,
+        overwrite: bool = False,
+    ) -> None: ...
+    def order(self) -> list[str]: ...
+    def write(self, data: npt.NDArray[np.uint8]) -> None: ...
+    def finish(self) -> None: ...
+
+def seal(
+    input: _Path,
+    output: _Path,
+    recipients: Sequence[str] = ...,
+    sign_key: _Path | None = None,
+    passphrase: str | None = None,
+    encrypt: Sequence[str] | None = None,
+    cipher: str = "aes-256-gcm",
+    chunk_size: int = 1048576,
+    model_id: str = "",
+    model_version: str = "",
+    expires: int | None = None,
+    overwrite: bool = False,
+) -> None: ...
+def unseal(
+    input: _Path,
+    output: _Path,
+    identities: Sequence[_Path] = ...,
+    trusted: Sequence[str] = ...,
+    passphrase: str | None = None,
+    require_signed: bool = False,
+    overwrite: bool = False,
+) -> None: ...
+def verify(
+    path: _Path,
+    identities: Sequence[_Path] = ...,
+    trusted: Sequence[str] = ...,
+    passphrase: str | None = None,
+    require_signed: bool = False,
+) -> list[tuple[str, str]]: ...
+def keygen(
+    path: _Path, kind: str = "x25519", kid: str | None = None, overwrite: bool = False
+) -> str: ...

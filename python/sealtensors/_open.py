@@ -1,0 +1,154 @@
+"""`safe_open`, mirroring `safetensors.safe_open` for plain and sealed files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import safetensors
+
+from sealtensors import _convert
+from sealtensors._native import File
+
+# The real safetensors opener, kept before `sealtensors.auto` replaces it.
+_REAL_SAFE_OPEN = safetensors.safe_open
+
+
+class _Slice:
+    """A lazily read tensor: `[...]` reads it, `[a:b]` decrypts only the chunks
+    that cover rows a..b of the first dimension."""
+
+    def __init__(self, owner: safe_open, name: str) -> None:
+        self._owner = owner
+        self._name = name
+        self._dtype, self._shape, self._nbytes, _ = owner._file.info(name)
+
+    def get_shape(self) -> list[int]:
+        """The tensor's shape."""
+        return list(self._shape)
+
+    def get_dtype(self) -> str:
+        """The safetensors dtype string, e.g. "BF16"."""
+        return self._dtype
+
+    def __getitem__(self, index: Any) -> Any:
+        o = self._owner
+        shape = self._shape
+        idx = index if isinstance(index, tuple) else (index,)
+        first = idx[0] if idx else Ellipsis
+        if shape and shape[0] > 0 and isinstance(first, (int, slice)):
+            rows = shape[0]
+            row_bytes = self._nbytes // rows
+            if isinstance(first, int):
+                r = first + rows if first < 0 else first
+                if not 0 <= r < rows:
+                    raise IndexError(f"index {first} is out of bounds for dimension 0 of {rows}")
+                start, stop, rest = r, r + 1, (0, *idx[1:])
+            else:
+                start, stop, step = first.indices(rows)
+                if step != 1:
+                    return o._full(self._name)[index]
+                stop = max(stop, start)
+                rest = (slice(None), *idx[1:])
+            raw = o._file.read_range(self._name, start * row_bytes, stop * row_bytes)
+            part = _convert.to_framework(
+                raw, self._dtype, [stop - start, *shape[1:]], o._framework, o._device
+            )
+            return part[rest]
+        return o._full(self._name)[index]
+
+
+class safe_open:  # noqa: N801 (mirrors safetensors' name)
+    """Open a safetensors file, plain or sealed, like `safetensors.safe_open`.
+
+    Sealed files are verified on open (signature against `trusted` signers,
+    expiry, key slot, header MAC) and every chunk is authenticated as it is
+    read. Plain files are handed to the real safetensors unchanged.
+
+    Args:
+        filename: the file.
+        framework: "pt"/"torch", "np"/"numpy".
+        device: where tensors go ("cpu", "cuda", "cuda:1", ...).
+        identities: identity files (X25519 or symmetric JWK); default from the
+            environment or the config directory.
+        trusted: trusted signers (`ed25519:...` or JWK files); when given,
+            every file must be signed by one of them.
+        passphrase: opens passphrase slots.
+        require_encrypted: refuse plain or sign-only files (downgrade).
+        require_signed: refuse files without a valid signature.
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        framework: str,
+        device: Any = "cpu",
+        *,
+        identities: Sequence[str | os.PathLike[str]] | None = None,
+        trusted: Sequence[str] | None = None,
+        passphrase: str | None = None,
+        require_encrypted: bool = False,
+        require_signed: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self._framework = _convert.framework(framework)
+        self._device = device
+        self._path = os.fspath(filename)
+        self._file = File(
+            self._path,
+            [os.fspath(p) for p in identities or ()],
+            list(trusted or ()),
+            passphrase,
+            require_encrypted,
+            require_signed,
+        )
+        self._plain = None
+        if not self._file.is_sealed():
+            # Exactly what safetensors does for a plain file (mmap, zero copy).
+            self._plain = _REAL_SAFE_OPEN(self._path, framework, device=device, **kwargs)
+
+    def __enter__(self) -> safe_open:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._plain is not None:
+            self._plain.__exit__(*exc)
+
+    def keys(self) -> list[str]:
+        """Tensor names, sorted."""
+        return self._file.keys()
+
+    def offset_keys(self) -> list[str]:
+        """Tensor names in file order."""
+        return self._file.offset_keys()
+
+    def metadata(self) -> dict[str, str] | None:
+        """The publisher's metadata (seal entries removed)."""
+        return self._file.metadata()
+
+    def authenticity(self) -> tuple[str, str | None]:
+        """("plain" | "unsigned" | "signed-untrusted" | "signed-trusted", signer)."""
+        return self._file.authenticity()
+
+    def _full(self, name: str) -> Any:
+        dtype, shape, _, _ = self._file.info(name)
+        return _convert.to_framework(
+            self._file.read(name), dtype, shape, self._framework, self._device
+        )
+
+    def get_tensor(self, name: str) -> Any:
+        """The whole tensor, verified and decrypted."""
+        if self._plain is not None:
+            return self._plain.get_tensor(name)
+        return self._full(name)
+
+    def get_slice(self, name: str) -> Any:
+        """A lazy view; index it to read (only the chunks touched are decrypted)."""
+        if self._plain is not None:
+            return self._plain.get_slice(name)
+        return _Slice(self, name)
+
+    def get_tensors(self) -> dict[str, Any]:
+        """Every tensor."""
+        return {k: self.get_tensor(k) for k in self.offset_keys()}

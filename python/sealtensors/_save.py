@@ -1,0 +1,57 @@
+"""Writing sealed files from tensors held in memory (streaming, one copy of
+each tensor's bytes at most, never of the model)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from sealtensors._native import Writer
+
+
+def seal_kwargs_given(kw: dict[str, Any]) -> bool:
+    """Whether any option asks for sealing (else the plain safetensors path)."""
+    return bool(kw.get("recipients") or kw.get("passphrase") or kw.get("sign_key"))
+
+
+def write_sealed(
+    items: dict[str, Any],
+    filename: str | os.PathLike[str],
+    metadata: dict[str, str] | None,
+    dtype_of: Callable[[Any], str],
+    shape_of: Callable[[Any], Sequence[int]],
+    bytes_of: Callable[[Any], np.ndarray],
+    *,
+    recipients: Sequence[str] | None = None,
+    sign_key: str | os.PathLike[str] | None = None,
+    passphrase: str | None = None,
+    encrypt: Sequence[str] | None = None,
+    cipher: str = "aes-256-gcm",
+    chunk_size: int = 1 << 20,
+    model_id: str = "",
+    model_version: str = "",
+    expires: int | None = None,
+) -> None:
+    """Seal `items` into `filename` in the official safetensors layout."""
+    specs = [(name, dtype_of(t), [int(d) for d in shape_of(t)]) for name, t in items.items()]
+    w = Writer(
+        os.fspath(filename),
+        specs,
+        metadata,
+        list(recipients or ()),
+        os.fspath(sign_key) if sign_key is not None else None,
+        passphrase,
+        list(encrypt) if encrypt is not None else None,
+        cipher,
+        chunk_size,
+        model_id,
+        model_version,
+        expires,
+        True,
+    )
+    for name in w.order():
+        w.write(bytes_of(items[name]))
+    w.finish()
