@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import safetensors
@@ -13,6 +15,24 @@ from sealtensors._native import File
 
 # The real safetensors opener, kept before `sealtensors.auto` replaces it.
 _REAL_SAFE_OPEN = safetensors.safe_open
+
+
+def _licence_text(licence: Any) -> str | None:
+    if licence is None:
+        return None
+    if isinstance(licence, Mapping):
+        return json.dumps(dict(licence))
+    return os.fspath(licence)
+
+
+def _framework_version(fw: str) -> tuple[str, str]:
+    if fw == "pt":
+        import torch
+
+        return ("torch", str(torch.__version__))
+    import numpy
+
+    return ("numpy", str(numpy.__version__))
 
 
 class _Slice:
@@ -77,6 +97,8 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         passphrase: opens passphrase slots.
         require_encrypted: refuse plain or sign-only files (downgrade).
         require_signed: refuse files without a valid signature.
+        licence: licence claims for the file's access policy: a mapping, JSON
+            text or a JSON file path (default: SEALTENSORS_LICENCE).
     """
 
     def __init__(
@@ -90,6 +112,8 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         passphrase: str | None = None,
         require_encrypted: bool = False,
         require_signed: bool = False,
+        licence: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        _caller: tuple[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         self._framework = _convert.framework(framework)
@@ -102,6 +126,10 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
             passphrase,
             require_encrypted,
             require_signed,
+            _licence_text(licence),
+            ("python", sys.version.split()[0]),
+            _caller or _framework_version(self._framework),
+            None,
         )
         self._plain = None
         if not self._file.is_sealed():

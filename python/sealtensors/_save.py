@@ -34,6 +34,7 @@ def write_sealed(
     model_id: str = "",
     model_version: str = "",
     expires: int | None = None,
+    policy: str | None = None,
 ) -> None:
     """Seal `items` into `filename` in the official safetensors layout."""
     specs = [(name, dtype_of(t), [int(d) for d in shape_of(t)]) for name, t in items.items()]
@@ -51,6 +52,7 @@ def write_sealed(
         model_version,
         expires,
         True,
+        policy,
     )
     for name in w.order():
         w.write(bytes_of(items[name]))

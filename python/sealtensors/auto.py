@@ -25,6 +25,10 @@ _defaults: dict[str, Any] = {}
 
 def _patched_safe_open(filename: Any, framework: str, device: Any = "cpu", **kwargs: Any) -> Any:
     opts = {**_defaults, **kwargs}
+    tf = sys.modules.get("transformers")
+    if tf is not None and "_caller" not in opts:
+        # The policy sees who loads the model.
+        opts["_caller"] = ("transformers", str(getattr(tf, "__version__", "")))
     return _open.safe_open(filename, framework, device, **opts)
 
 
@@ -36,6 +40,7 @@ def enable(
     trusted: Sequence[str] | None = None,
     require_encrypted: bool = False,
     require_signed: bool = False,
+    licence: Any = None,
 ) -> None:
     """Route `safetensors.safe_open` everywhere through sealtensors.
 
@@ -46,6 +51,8 @@ def enable(
         _defaults["identities"] = list(identities)
     if trusted is not None:
         _defaults["trusted"] = list(trusted)
+    if licence is not None:
+        _defaults["licence"] = licence
     _defaults["require_encrypted"] = require_encrypted
     _defaults["require_signed"] = require_signed
     real = _open._REAL_SAFE_OPEN

@@ -22,6 +22,7 @@ def save_pretrained(
     model_version: str = "",
     expires: int | None = None,
     overwrite: bool = False,
+    policy: str | None = None,
     **save_kwargs: Any,
 ) -> None:
     """`model.save_pretrained(...)`, then seal every weight file of the folder
@@ -45,4 +46,5 @@ def save_pretrained(
             model_version,
             expires,
             overwrite,
+            policy,
         )

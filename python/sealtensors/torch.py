@@ -36,7 +36,7 @@ def save_file(
 
     Seal options: recipients (x25519:... strings or JWK paths), passphrase,
     sign_key (Ed25519 JWK path), encrypt (name globs; default all), cipher,
-    chunk_size, model_id, model_version, expires (Unix seconds).
+    chunk_size, model_id, model_version, expires (Unix seconds), policy (Rego text).
     """
     if not seal_kwargs_given(seal):
         _st.save_file(tensors, filename, metadata=metadata)

@@ -54,6 +54,12 @@ create_exception!(
     SealtensorsError,
     "The output exists or cannot be written."
 );
+create_exception!(
+    _native,
+    PolicyDeniedError,
+    SealtensorsError,
+    "The file's access policy denied this load; no key was tried."
+);
 
 /// The one bridge from library errors to Python exceptions.
 fn to_py(e: Error) -> PyErr {
@@ -75,7 +81,9 @@ fn to_py(e: Error) -> PyErr {
         | Error::UnsupportedVersion(_)
         | Error::NoSuchTensor(_)
         | Error::Io { .. } => InvalidFileError::new_err(msg),
-        Error::Config(_) => ConfigError::new_err(msg),
+        Error::PolicyDenied { .. } => PolicyDeniedError::new_err(msg),
+        Error::PolicyInvalid { .. } | Error::PolicyUnsupported => InvalidFileError::new_err(msg),
+        Error::Config(_) | Error::Licence(_) => ConfigError::new_err(msg),
         Error::OutputExists(_) | Error::Output { .. } => OutputError::new_err(msg),
         _ => SealtensorsError::new_err(msg),
     }
@@ -118,7 +126,8 @@ struct File {
 #[pymethods]
 impl File {
     #[new]
-    #[pyo3(signature = (path, identities=Vec::new(), trusted=Vec::new(), passphrase=None, require_encrypted=false, require_signed=false))]
+    #[pyo3(signature = (path, identities=Vec::new(), trusted=Vec::new(), passphrase=None, require_encrypted=false, require_signed=false, licence=None, runtime=None, framework=None, requested=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -127,10 +136,28 @@ impl File {
         passphrase: Option<String>,
         require_encrypted: bool,
         require_signed: bool,
+        licence: Option<String>,
+        runtime: Option<(String, String)>,
+        framework: Option<(String, String)>,
+        requested: Option<Vec<String>>,
     ) -> PyResult<Self> {
         py.detach(|| {
             let keys = Keys::gather(identities, trusted, passphrase)?;
-            SealedFile::open(&path, &keys.options(require_encrypted, require_signed))
+            let mut opts = keys.options(require_encrypted, require_signed);
+            opts.policy.licence = licence
+                .as_deref()
+                .map(sealtensors::policy::licence_from_str_or_path)
+                .transpose()?;
+            if let Some((name, version)) = runtime {
+                opts.policy.runtime = Some(name);
+                opts.policy.runtime_version = Some(version);
+            }
+            if let Some((name, version)) = framework {
+                opts.policy.framework = Some(name);
+                opts.policy.framework_version = Some(version);
+            }
+            opts.policy.requested = requested;
+            SealedFile::open(&path, &opts)
         })
         .map(|inner| File { inner })
         .map_err(to_py)
@@ -223,6 +250,7 @@ struct SealArgs {
     model_version: String,
     expires: Option<u64>,
     overwrite: bool,
+    policy: Option<String>,
 }
 
 impl SealArgs {
@@ -245,6 +273,7 @@ impl SealArgs {
             model_version: self.model_version,
             expires: self.expires,
             overwrite: self.overwrite,
+            policy: self.policy,
             ..Default::default()
         })
     }
@@ -252,7 +281,7 @@ impl SealArgs {
 
 /// Seal a safetensors file or a model folder.
 #[pyfunction]
-#[pyo3(signature = (input, output, recipients=Vec::new(), sign_key=None, passphrase=None, encrypt=None, cipher="aes-256-gcm".to_string(), chunk_size=1<<20, model_id=String::new(), model_version=String::new(), expires=None, overwrite=false))]
+#[pyo3(signature = (input, output, recipients=Vec::new(), sign_key=None, passphrase=None, encrypt=None, cipher="aes-256-gcm".to_string(), chunk_size=1<<20, model_id=String::new(), model_version=String::new(), expires=None, overwrite=false, policy=None))]
 #[allow(clippy::too_many_arguments)]
 fn seal(
     py: Python<'_>,
@@ -268,6 +297,7 @@ fn seal(
     model_version: String,
     expires: Option<u64>,
     overwrite: bool,
+    policy: Option<String>,
 ) -> PyResult<()> {
     let args = SealArgs {
         recipients,
@@ -280,6 +310,7 @@ fn seal(
         model_version,
         expires,
         overwrite,
+        policy,
     };
     py.detach(|| {
         let sealer = args.sealer()?;
@@ -373,7 +404,7 @@ struct Writer {
 #[pymethods]
 impl Writer {
     #[new]
-    #[pyo3(signature = (path, tensors, metadata=None, recipients=Vec::new(), sign_key=None, passphrase=None, encrypt=None, cipher="aes-256-gcm".to_string(), chunk_size=1<<20, model_id=String::new(), model_version=String::new(), expires=None, overwrite=false))]
+    #[pyo3(signature = (path, tensors, metadata=None, recipients=Vec::new(), sign_key=None, passphrase=None, encrypt=None, cipher="aes-256-gcm".to_string(), chunk_size=1<<20, model_id=String::new(), model_version=String::new(), expires=None, overwrite=false, policy=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         path: PathBuf,
@@ -389,6 +420,7 @@ impl Writer {
         model_version: String,
         expires: Option<u64>,
         overwrite: bool,
+        policy: Option<String>,
     ) -> PyResult<Self> {
         let args = SealArgs {
             recipients,
@@ -401,6 +433,7 @@ impl Writer {
             model_version,
             expires,
             overwrite,
+            policy,
         };
         let specs = tensors
             .into_iter()
@@ -479,6 +512,32 @@ fn keygen(path: PathBuf, kind: &str, kid: Option<String>, overwrite: bool) -> Py
     Ok(public)
 }
 
+/// Rego text of a licence template: "expiry" (not_after), "machines",
+/// "frameworks" or "tensors"; parameters are written as JSON literals.
+#[pyfunction]
+#[pyo3(signature = (template, not_after=None, machines=Vec::new(), frameworks=Vec::new(), tensors=Vec::new()))]
+fn policy_template(
+    template: &str,
+    not_after: Option<String>,
+    machines: Vec<String>,
+    frameworks: Vec<String>,
+    tensors: Vec<String>,
+) -> PyResult<String> {
+    use sealtensors::policy::{Template, TemplateParams};
+    let t = Template::from_name(template).ok_or_else(|| {
+        ConfigError::new_err(format!(
+            "unknown template {template:?}; use expiry, machines, frameworks or tensors"
+        ))
+    })?;
+    t.render(&TemplateParams {
+        not_after,
+        machines,
+        frameworks,
+        tensors,
+    })
+    .map_err(to_py)
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -489,11 +548,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unseal, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
+    m.add_function(wrap_pyfunction!(policy_template, m)?)?;
     m.add("SealtensorsError", py.get_type::<SealtensorsError>())?;
     m.add("InvalidFileError", py.get_type::<InvalidFileError>())?;
     m.add("NotAuthenticError", py.get_type::<NotAuthenticError>())?;
     m.add("NoKeyError", py.get_type::<NoKeyError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("OutputError", py.get_type::<OutputError>())?;
+    m.add("PolicyDeniedError", py.get_type::<PolicyDeniedError>())?;
     Ok(())
 }
