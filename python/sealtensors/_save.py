@@ -4,6 +4,7 @@ each tensor's bytes at most, never of the model)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,3 +58,21 @@ def write_sealed(
     for name in w.order():
         w.write(bytes_of(items[name]))
     w.finish()
+
+
+def save_bytes(save_file: Callable[..., None], tensors: Any, metadata: Any, seal: dict) -> bytes:
+    """Sealed bytes, through a private temporary file (mode 0600, removed)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "t.safetensors")
+        save_file(tensors, p, metadata, **seal)
+        with open(p, "rb") as fh:
+            return fh.read()
+
+
+def load_bytes(load_file: Callable[..., Any], data: bytes, keys: dict) -> Any:
+    """Open bytes of a plain or sealed file through a private temporary file."""
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "t.safetensors")
+        with open(p, "wb") as fh:
+            fh.write(data)
+        return load_file(p, **keys)

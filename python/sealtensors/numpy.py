@@ -4,7 +4,6 @@ asked to and opening sealed files transparently."""
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,7 @@ import safetensors.numpy as _st
 
 from sealtensors import _convert
 from sealtensors._open import safe_open
-from sealtensors._save import seal_kwargs_given, write_sealed
+from sealtensors._save import load_bytes, save_bytes, seal_kwargs_given, write_sealed
 
 
 def _bytes_of(a: np.ndarray) -> np.ndarray:
@@ -46,17 +45,9 @@ def save(
     """Serialise to bytes; sealed when seal options are given."""
     if not seal_kwargs_given(seal):
         return _st.save(tensors, metadata=metadata)
-    with tempfile.TemporaryDirectory() as d:
-        p = os.path.join(d, "t.safetensors")
-        save_file(tensors, p, metadata, **seal)
-        with open(p, "rb") as fh:
-            return fh.read()
+    return save_bytes(save_file, tensors, metadata, seal)
 
 
 def load(data: bytes, **keys: Any) -> dict[str, np.ndarray]:
     """Deserialise bytes of a plain or sealed file."""
-    with tempfile.TemporaryDirectory() as d:
-        p = os.path.join(d, "t.safetensors")
-        with open(p, "wb") as fh:
-            fh.write(data)
-        return load_file(p, **keys)
+    return load_bytes(load_file, data, keys)

@@ -8,7 +8,6 @@ writes. With `recipients`, `passphrase` or `sign_key` they write a sealed file.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import safetensors.torch as _st
@@ -16,7 +15,7 @@ import torch
 
 from sealtensors import _convert
 from sealtensors._open import safe_open
-from sealtensors._save import seal_kwargs_given, write_sealed
+from sealtensors._save import load_bytes, save_bytes, seal_kwargs_given, write_sealed
 
 
 def _bytes_of(t: torch.Tensor) -> Any:
@@ -67,20 +66,12 @@ def save(
     """Serialise to bytes; sealed when seal options are given."""
     if not seal_kwargs_given(seal):
         return _st.save(tensors, metadata=metadata)
-    with tempfile.TemporaryDirectory() as d:
-        p = os.path.join(d, "t.safetensors")
-        save_file(tensors, p, metadata, **seal)
-        with open(p, "rb") as fh:
-            return fh.read()
+    return save_bytes(save_file, tensors, metadata, seal)
 
 
 def load(data: bytes, **keys: Any) -> dict[str, torch.Tensor]:
     """Deserialise bytes of a plain or sealed file."""
-    with tempfile.TemporaryDirectory() as d:
-        p = os.path.join(d, "t.safetensors")
-        with open(p, "wb") as fh:
-            fh.write(data)
-        return load_file(p, **keys)
+    return load_bytes(load_file, data, keys)
 
 
 def save_model(

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use sealtensors::Error;
+use sealtensors::{Error, ErrorClass};
 
 /// Exit codes (documented in `--help`).
 pub mod code {
@@ -48,26 +48,12 @@ impl CliError {
 
 impl From<Error> for CliError {
     fn from(e: Error) -> Self {
-        let code = match e.kind() {
-            Error::BadSignature
-            | Error::BadHeaderMac
-            | Error::ChunkAuthFailed { .. }
-            | Error::UntrustedSigner { .. }
-            | Error::NotSigned { .. }
-            | Error::NotSealed { .. }
-            | Error::Expired { .. } => code::NOT_AUTHENTIC,
-            Error::NoMatchingKey { .. } | Error::InvalidKey(_) | Error::ExcessiveWork { .. } => {
-                code::NO_KEY
-            }
-            Error::InvalidContainer(_)
-            | Error::LimitExceeded { .. }
-            | Error::InvalidSealMetadata { .. }
-            | Error::UnsupportedVersion(_)
-            | Error::PolicyUnsupported
-            | Error::PolicyInvalid { .. } => code::BAD_INPUT,
-            Error::PolicyDenied { .. } => code::POLICY_DENIED,
-            Error::OutputExists(_) | Error::Output { .. } => code::OUTPUT,
-            Error::Io { .. } => code::BAD_INPUT,
+        let code = match e.class() {
+            ErrorClass::NotAuthentic => code::NOT_AUTHENTIC,
+            ErrorClass::NoKey => code::NO_KEY,
+            ErrorClass::InvalidInput => code::BAD_INPUT,
+            ErrorClass::PolicyDenied => code::POLICY_DENIED,
+            ErrorClass::Output => code::OUTPUT,
             _ => code::ERROR,
         };
         CliError {

@@ -16,7 +16,9 @@ use sealtensors::keys::{
     load_recipient, load_signing_key, Identity, KeyConfig, Passphrase, Recipient,
 };
 use sealtensors::model::{seal_model_dir, unseal_model_dir, SealedModel};
-use sealtensors::{Authenticity, Error, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer};
+use sealtensors::{
+    Authenticity, Error, ErrorClass, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer,
+};
 
 create_exception!(
     _native,
@@ -64,27 +66,13 @@ create_exception!(
 /// The one bridge from library errors to Python exceptions.
 fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
-    match e.kind() {
-        Error::BadSignature
-        | Error::BadHeaderMac
-        | Error::ChunkAuthFailed { .. }
-        | Error::UntrustedSigner { .. }
-        | Error::NotSigned { .. }
-        | Error::NotSealed { .. }
-        | Error::Expired { .. } => NotAuthenticError::new_err(msg),
-        Error::NoMatchingKey { .. } | Error::InvalidKey(_) | Error::ExcessiveWork { .. } => {
-            NoKeyError::new_err(msg)
-        }
-        Error::InvalidContainer(_)
-        | Error::LimitExceeded { .. }
-        | Error::InvalidSealMetadata { .. }
-        | Error::UnsupportedVersion(_)
-        | Error::NoSuchTensor(_)
-        | Error::Io { .. } => InvalidFileError::new_err(msg),
-        Error::PolicyDenied { .. } => PolicyDeniedError::new_err(msg),
-        Error::PolicyInvalid { .. } | Error::PolicyUnsupported => InvalidFileError::new_err(msg),
-        Error::Config(_) | Error::Licence(_) => ConfigError::new_err(msg),
-        Error::OutputExists(_) | Error::Output { .. } => OutputError::new_err(msg),
+    match e.class() {
+        ErrorClass::NotAuthentic => NotAuthenticError::new_err(msg),
+        ErrorClass::NoKey => NoKeyError::new_err(msg),
+        ErrorClass::InvalidInput => InvalidFileError::new_err(msg),
+        ErrorClass::PolicyDenied => PolicyDeniedError::new_err(msg),
+        ErrorClass::Usage => ConfigError::new_err(msg),
+        ErrorClass::Output => OutputError::new_err(msg),
         _ => SealtensorsError::new_err(msg),
     }
 }

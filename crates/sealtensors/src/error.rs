@@ -218,7 +218,60 @@ pub enum Error {
     Crypto(&'static str),
 }
 
+/// Coarse classes of errors, so that every front end (CLI exit codes, Python
+/// exception types) maps them the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Tampered, untrusted or missing signature, expired, downgraded.
+    NotAuthentic,
+    /// No key given opens the file, or a key is unusable.
+    NoKey,
+    /// The input is not a valid (sealed) safetensors file, or cannot be read.
+    InvalidInput,
+    /// The file's access policy denied the load.
+    PolicyDenied,
+    /// The output exists or cannot be written.
+    Output,
+    /// Inconsistent options or API misuse.
+    Usage,
+    /// Anything else (backend failure).
+    Other,
+}
+
 impl Error {
+    /// The class of the innermost error.
+    pub fn class(&self) -> ErrorClass {
+        match self.kind() {
+            Error::BadSignature
+            | Error::BadHeaderMac
+            | Error::ChunkAuthFailed { .. }
+            | Error::UntrustedSigner { .. }
+            | Error::NotSigned { .. }
+            | Error::NotSealed { .. }
+            | Error::Expired { .. } => ErrorClass::NotAuthentic,
+            Error::NoMatchingKey { .. } | Error::InvalidKey(_) | Error::ExcessiveWork { .. } => {
+                ErrorClass::NoKey
+            }
+            Error::InvalidContainer(_)
+            | Error::LimitExceeded { .. }
+            | Error::InvalidSealMetadata { .. }
+            | Error::UnsupportedVersion(_)
+            | Error::PolicyUnsupported
+            | Error::PolicyInvalid { .. }
+            | Error::NoSuchTensor(_)
+            | Error::RangeOutOfBounds { .. }
+            | Error::Io { .. } => ErrorClass::InvalidInput,
+            Error::PolicyDenied { .. } => ErrorClass::PolicyDenied,
+            Error::OutputExists(_) | Error::Output { .. } => ErrorClass::Output,
+            Error::Config(_)
+            | Error::Licence(_)
+            | Error::ApiMisuse(_)
+            | Error::BufferSize { .. } => ErrorClass::Usage,
+            _ => ErrorClass::Other,
+        }
+    }
+
     /// The innermost error, without file context.
     pub fn kind(&self) -> &Error {
         match self {
