@@ -9,6 +9,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup py-build rust-test py-test lint fmt clean
 
+# make bench [ARGS=--quick]: the benchmark suite (bench/run.py); results in
+# bench/results/ and docs/benchmarks.md.
+.PHONY: bench
+bench: py-build
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-/work/target-bench} $(PY) bench/run.py $(ARGS)
+
 $(STAMP): requirements-test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
