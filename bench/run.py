@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CHILD = HERE / "child.py"
 FLOOR_DIR = HERE / "floor"
-TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", "/work/target-bench"))
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", str(ROOT / "bench" / "floor" / "target")))
 
 SAVE_SYSTEMS = [
     "safetensors",

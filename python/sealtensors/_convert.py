@@ -30,7 +30,15 @@ def framework(name: str) -> str:
         return "pt"
     if name in ("np", "numpy"):
         return "np"
-    raise ValueError(f"framework {name!r} is not supported; use 'pt' or 'np'")
+    raise ValueError(f"framework {name!r} is not supported for sealed files; use 'pt' or 'np'")
+
+
+def framework_or_none(name: str) -> str | None:
+    """Like `framework`, but None for frameworks only plain files support here."""
+    try:
+        return framework(name)
+    except ValueError:
+        return None
 
 
 def torch_dtypes() -> dict[str, Any]:

@@ -25,7 +25,9 @@ def _licence_text(licence: Any) -> str | None:
     return os.fspath(licence)
 
 
-def _framework_version(fw: str) -> tuple[str, str]:
+def _framework_version(fw: str | None) -> tuple[str, str] | None:
+    if fw is None:
+        return None
     if fw == "pt":
         import torch
 
@@ -57,7 +59,11 @@ class _Slice:
         shape = self._shape
         idx = index if isinstance(index, tuple) else (index,)
         first = idx[0] if idx else Ellipsis
-        if shape and shape[0] > 0 and isinstance(first, (int, slice)):
+        # bool is an int in Python but indexes as a mask: leave it to the framework.
+        row_index = isinstance(first, slice) or (
+            isinstance(first, int) and not isinstance(first, bool)
+        )
+        if shape and shape[0] > 0 and row_index:
             rows = shape[0]
             row_bytes = self._nbytes // rows
             if isinstance(first, int):
@@ -116,7 +122,6 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         _caller: tuple[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._framework = _convert.framework(framework)
         self._device = device
         self._path = os.fspath(filename)
         self._file = File(
@@ -128,11 +133,13 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
             require_signed,
             _licence_text(licence),
             ("python", sys.version.split()[0]),
-            _caller or _framework_version(self._framework),
+            _caller or _framework_version(_convert.framework_or_none(framework)),
             None,
         )
         self._plain = None
-        if not self._file.is_sealed():
+        if self._file.is_sealed():
+            self._framework = _convert.framework(framework)
+        else:
             # Exactly what safetensors does for a plain file (mmap, zero copy).
             self._plain = _REAL_SAFE_OPEN(self._path, framework, device=device, **kwargs)
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import safetensors
+import safetensors.numpy
+import safetensors.torch
 
 from sealtensors import _open
 
@@ -33,6 +35,53 @@ def _patched_safe_open(filename: Any, framework: str, device: Any = "cpu", **kwa
 
 
 functools.update_wrapper(_patched_safe_open, _open.safe_open)
+
+
+def _patched_torch_load(data: bytes) -> Any:
+    from sealtensors import torch as st
+
+    return st.load(data, **_defaults)
+
+
+def _patched_numpy_load(data: bytes) -> Any:
+    from sealtensors import numpy as snp
+
+    return snp.load(data, **_defaults)
+
+
+_REAL = {
+    "safe_open": _open._REAL_SAFE_OPEN,
+    "torch.load": safetensors.torch.load,
+    "numpy.load": safetensors.numpy.load,
+}
+
+
+def _originals() -> list[Any]:
+    return [_REAL["safe_open"], _REAL["torch.load"], _REAL["numpy.load"]]
+
+
+def _replacements() -> list[Any]:
+    return [_patched_safe_open, _patched_torch_load, _patched_numpy_load]
+
+
+def _swap(old: list[Any], new: list[Any]) -> None:
+    """Replace every module attribute that is one of `old` by its `new`
+    counterpart, whatever the name it was imported under (transformers
+    imports `safetensors.torch.load` as `_safe_load_bytes`)."""
+    table = {id(o): n for o, n in zip(old, new)}
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name == "sealtensors" or mod_name.startswith("sealtensors."):
+            continue  # our own references to the originals stay originals
+        d = getattr(mod, "__dict__", None)
+        if not isinstance(d, dict):
+            continue
+        for name, value in list(d.items()):
+            repl = table.get(id(value))  # `old` keeps its objects alive: ids are unique
+            if repl is not None:
+                try:
+                    setattr(mod, name, repl)
+                except (AttributeError, TypeError):
+                    pass
 
 
 def enable(
@@ -55,26 +104,12 @@ def enable(
         _defaults["licence"] = licence
     _defaults["require_encrypted"] = require_encrypted
     _defaults["require_signed"] = require_signed
-    real = _open._REAL_SAFE_OPEN
-    safetensors.safe_open = _patched_safe_open
-    for mod in list(sys.modules.values()):
-        if mod is not None and getattr(mod, "safe_open", None) is real:
-            try:
-                mod.safe_open = _patched_safe_open
-            except (AttributeError, TypeError):
-                pass
+    _swap(_originals(), _replacements())
 
 
 def disable() -> None:
     """Undo `enable()`."""
-    real = _open._REAL_SAFE_OPEN
-    safetensors.safe_open = real
-    for mod in list(sys.modules.values()):
-        if mod is not None and getattr(mod, "safe_open", None) is _patched_safe_open:
-            try:
-                mod.safe_open = real
-            except (AttributeError, TypeError):
-                pass
+    _swap(_replacements(), _originals())
     _defaults.clear()
 
 

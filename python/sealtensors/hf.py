@@ -31,6 +31,13 @@ def save_pretrained(
     Also works for tokenizers and processors saved into the same folder
     beforehand: only `*.safetensors` files are sealed.
     """
+    for k in ("push_to_hub", "repo_id", "token", "create_pr"):
+        if save_kwargs.get(k):
+            # The temporary folder holds the plaintext: never let it be uploaded.
+            raise ValueError(
+                f"{k}= is not supported here: it would upload the unsealed weights; "
+                "push the sealed folder afterwards instead"
+            )
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **save_kwargs)
         seal(

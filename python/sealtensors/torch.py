@@ -40,6 +40,10 @@ def save_file(
     if not seal_kwargs_given(seal):
         _st.save_file(tensors, filename, metadata=metadata)
         return
+    # The same refusals as safetensors (shared or sparse tensors).
+    check = getattr(_st, "_evaluate_tensors_for_save", None) or getattr(_st, "_flatten", None)
+    if check is not None:
+        check(tensors)
     write_sealed(
         tensors,
         filename,

@@ -34,9 +34,7 @@ _MEASURE = (
 
 @pytest.fixture(scope="module")
 def cli() -> Path:
-    subprocess.run(
-        ["cargo", "build", "--quiet", "--release", "-p", "sealtensors-cli"], cwd=ROOT, check=True
-    )
+    subprocess.run(["cargo", "build", "--release", "-p", "sealtensors-cli"], cwd=ROOT, check=True)
     return _target_dir() / "release" / "sealtensors"
 
 

@@ -178,3 +178,50 @@ def test_save_and_load_model(keys: dict) -> None:
     assert not missing and not unexpected
     x = torch.randn(3, 8)
     assert torch.equal(m(x), m2(x))
+
+
+def test_bool_index_is_a_mask_not_a_row(keys: dict) -> None:
+    """Found in review: `[True]` returned row 1."""
+    w = torch.randn(4, 3)
+    p = keys["dir"] / "b.safetensors"
+    st.save_file({"w": w}, p, recipients=[keys["r"]])
+    with sealtensors.safe_open(p, "pt", identities=[keys["id"]]) as f:
+        for idx in (True, False):
+            assert torch.equal(f.get_slice("w")[idx], w[idx]), idx
+
+
+def test_plain_files_keep_any_framework(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: plain files opened with "flax"/"tf"/"mlx" were refused."""
+    from sealtensors import _open
+
+    p = tmp_path / "p.safetensors"
+    safetensors.torch.save_file({"a": torch.ones(2)}, p)
+    seen = []
+    real = _open._REAL_SAFE_OPEN
+
+    def fake(path: str, framework: str, **kw: object) -> object:
+        seen.append(framework)
+        return real(path, "np", **kw)
+
+    monkeypatch.setattr(_open, "_REAL_SAFE_OPEN", fake)
+    for fw in ("flax", "tf", "mlx"):
+        sealtensors.safe_open(p, fw)
+    assert seen == ["flax", "tf", "mlx"]
+
+
+def test_sealed_save_refuses_what_safetensors_refuses(keys: dict) -> None:
+    """Found in review: shared tensors were silently stored twice."""
+    a = torch.randn(4, 4)
+    with pytest.raises(RuntimeError):
+        st.save_file({"a": a, "b": a}, keys["dir"] / "x.safetensors", recipients=[keys["r"]])
+
+
+def test_hf_save_pretrained_never_uploads_plaintext(tmp_path: Path) -> None:
+    import sealtensors.hf
+
+    class Model:
+        def save_pretrained(self, *a: object, **kw: object) -> None:
+            raise AssertionError("must not be reached")
+
+    with pytest.raises(ValueError, match="unsealed"):
+        sealtensors.hf.save_pretrained(Model(), tmp_path / "o", recipients=["x"], push_to_hub=True)

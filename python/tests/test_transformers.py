@@ -65,6 +65,11 @@ def test_tiny_llama_logits_identical(
         a = AutoModelForCausalLM.from_pretrained(plain).eval()(ids).logits
         monkeypatch.setenv("SEALTENSORS_TRUST", auto["signer"])
         b = AutoModelForCausalLM.from_pretrained(sealed).eval()(ids).logits
+    # transformers' other path (`disable_mmap`, HF mounts) reads the bytes with
+    # safetensors.torch.load: it must decrypt too, never load ciphertext.
+    with torch.no_grad():
+        m = AutoModelForCausalLM.from_pretrained(sealed, disable_mmap=True).eval()
+        assert torch.equal(a, m(ids).logits)
     # a loader that trusts a signer refuses a plain (unsigned) model
     with pytest.raises(sealtensors.NotAuthenticError, match="no signature"):
         AutoModelForCausalLM.from_pretrained(plain)

@@ -9,6 +9,8 @@ use sealtensors::{Error, ErrorClass};
 pub mod code {
     /// Any other failure.
     pub const ERROR: u8 = 1;
+    /// A usage error: missing or conflicting options.
+    pub const USAGE: u8 = 2;
     /// Not authentic: tampered, untrusted or missing signature, expired, downgraded.
     pub const NOT_AUTHENTIC: u8 = 3;
     /// No key given opens the file.
@@ -31,7 +33,7 @@ impl CliError {
     pub fn usage(message: impl Into<String>) -> Self {
         CliError {
             message: message.into(),
-            code: code::ERROR,
+            code: code::USAGE,
         }
     }
     pub fn with_code(message: impl Into<String>, code: u8) -> Self {

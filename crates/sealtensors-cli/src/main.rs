@@ -302,6 +302,7 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
     opts.locked = locked;
     let mut reports = Vec::new();
     let mut all_ok = true;
+    let mut any_plain = false;
     let mut model_key = None;
     for path in files_of(&a.input)? {
         opts.model_key = model_key.clone();
@@ -338,7 +339,9 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
                 serde_json::json!({"decision": "deny", "reasons": reasons})
             }
         };
-        let ok = unchecked == 0 && !matches!(f.authenticity(), Authenticity::Plain);
+        let plain = matches!(f.authenticity(), Authenticity::Plain);
+        any_plain |= plain;
+        let ok = unchecked == 0 && !plain;
         all_ok &= ok;
         reports.push(serde_json::json!({
             "file": path.display().to_string(),
@@ -397,7 +400,7 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
     if all_ok {
         return Ok(());
     }
-    if locked {
+    if locked && !any_plain {
         return Err(CliError::with_code(
             "encrypted tensors were not checked: pass an identity (-i FILE) or set SEALTENSORS_IDENTITY",
             code::NO_KEY,
@@ -535,6 +538,15 @@ fn rekey(a: cli::Rekey) -> Result<()> {
     if a.add.is_empty() && a.remove.is_empty() && a.sign_key.is_none() && !a.drop_signature {
         return Err(CliError::usage("nothing to do: give --add-recipient, --remove-recipient, --sign-key or --drop-signature"));
     }
+    if let Some(o) = &a.output {
+        if let (Ok(x), Ok(y)) = (std::fs::canonicalize(o), std::fs::canonicalize(&a.input)) {
+            if x == y {
+                return Err(CliError::usage(
+                    "-o names the input; omit -o to rewrite it in place",
+                ));
+            }
+        }
+    }
     let keys = Keys::load(&a.keys)?;
     let files = files_of(&a.input)?;
     let out_dir = match (&a.output, a.input.is_dir()) {
@@ -566,18 +578,13 @@ fn rekey(a: cli::Rekey) -> Result<()> {
             remove: recipients(&a.remove)?,
             signing_key: a.sign_key.as_deref().map(load_signing_key).transpose()?,
             drop_signature: a.drop_signature,
+            overwrite: a.force,
         };
         let target = match (&out_dir, &a.output) {
             (Some(d), _) => f.file_name().map(|n| d.join(n)),
             (None, Some(o)) => Some(o.clone()),
             (None, None) => None,
         };
-        if let Some(t) = &target {
-            if t.exists() && a.force {
-                std::fs::remove_file(t)
-                    .map_err(|e| CliError::with_code(e.to_string(), code::OUTPUT))?;
-            }
-        }
         rekey_file(f, target.as_deref(), &opts)?;
     }
     Ok(())

@@ -522,7 +522,7 @@ fn user_errors_are_one_or_two_lines_with_a_remedy() {
         .arg(e.p("o3.safetensors"))
         .arg(&e.plain)
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("-r RECIPIENT"));
     // a glob that matches nothing
     bin()
@@ -617,4 +617,61 @@ fn every_verb_help_ends_with_an_example() {
         assert!(last.contains("sealtensors "), "{v}: {last}");
         assert!(s.contains("Example:"), "{v}");
     }
+}
+
+/// Found in review: `rekey -o X --force X` deleted its own input.
+#[test]
+fn rekey_refuses_to_write_over_its_own_input() {
+    let e = Env::new();
+    let sealed = e.seal("sealed.safetensors");
+    let before = std::fs::read(&sealed).unwrap();
+    bin()
+        .args(["rekey", "-i"])
+        .arg(&e.id)
+        .args(["--sign-key"])
+        .arg(&e.sign)
+        .arg("-o")
+        .arg(&sealed)
+        .arg("--force")
+        .arg(&sealed)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("names the input"));
+    assert_eq!(std::fs::read(&sealed).unwrap(), before);
+}
+
+/// Found in review: signing in place made a private (0600) model world-readable.
+#[cfg(unix)]
+#[test]
+fn rewriting_in_place_keeps_the_file_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    std::fs::set_permissions(&e.plain, std::fs::Permissions::from_mode(0o600)).unwrap();
+    bin()
+        .args(["sign", "--sign-key"])
+        .arg(&e.sign)
+        .arg(&e.plain)
+        .assert()
+        .success();
+    let mode = std::fs::metadata(&e.plain).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+/// Found in review: `verify` of a plain file without an identity said "pass an
+/// identity" (exit 4) instead of "not sealed" (exit 3).
+#[test]
+fn verify_of_a_plain_file_is_not_authentic_with_or_without_keys() {
+    let e = Env::new();
+    bin()
+        .args(["verify"])
+        .arg(&e.plain)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("not sealed"));
+    bin()
+        .args(["verify", "-i"])
+        .arg(&e.id)
+        .arg(&e.plain)
+        .assert()
+        .code(3);
 }

@@ -31,12 +31,19 @@ impl AtomicFile {
         let rnd: [u8; 6] = crypto::random_array()?;
         let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = dir.join(format!(".{}.{suffix}.tmp", name.to_string_lossy()));
+        // Replacing a file keeps its permissions (a private model stays
+        // private); a new file gets the process's defaults.
+        let keep_mode = fs::metadata(dest).ok().map(|m| m.permissions());
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::output("creating temporary output", e).in_file(&tmp))?;
+        if let Some(mode) = keep_mode {
+            file.set_permissions(mode)
+                .map_err(|e| Error::output("setting the output's mode", e).in_file(&tmp))?;
+        }
         Ok(AtomicFile {
             tmp,
             dest: dest.to_path_buf(),

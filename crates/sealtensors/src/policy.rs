@@ -39,6 +39,10 @@ use crate::seal::ModelInfo;
 
 /// Largest policy text, in bytes (SPEC §9).
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+/// Deepest nesting of `(`, `[` and `{` in a policy (SPEC §9). The Rego parser
+/// backtracks at a cost that doubles per level of nesting, before any
+/// evaluation timer runs; honest policies nest 4 or 5 deep.
+pub const MAX_POLICY_NESTING: usize = 10;
 /// Wall-clock limit of one evaluation (SPEC §9).
 pub const EVAL_TIME_LIMIT: Duration = Duration::from_millis(100);
 /// The decision rule.
@@ -408,6 +412,22 @@ fn check_profile(text: &str) -> Result<()> {
                 toks.push(Tok::Other);
                 i += 1;
             }
+        }
+    }
+    // Bound nesting before the parser sees the text (its cost is exponential in it).
+    let mut nesting = 0usize;
+    for t in &toks {
+        match t {
+            Tok::Open(_) => {
+                nesting += 1;
+                if nesting > MAX_POLICY_NESTING {
+                    return Err(invalid(format!(
+                        "it nests brackets more than {MAX_POLICY_NESTING} deep"
+                    )));
+                }
+            }
+            Tok::Close(_) => nesting = nesting.saturating_sub(1),
+            _ => {}
         }
     }
     // Names the module defines: the first name of a statement at depth 0.

@@ -27,6 +27,8 @@ pub struct RekeyOptions<'a> {
     pub signing_key: Option<SigningKey>,
     /// Drop the signature of a signed file (only with no `signing_key`).
     pub drop_signature: bool,
+    /// Replace an existing `output` (atomically, only once the new file is complete).
+    pub overwrite: bool,
 }
 
 /// Rewrite the header of `input` into `output` (in place when `None`).
@@ -109,7 +111,16 @@ pub fn rekey_file(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) 
         };
         let head = header.to_bytes();
         let dest = output.unwrap_or(input);
-        let overwrite = output.is_none();
+        let overwrite = output.is_none() || opts.overwrite;
+        if let Some(o) = output {
+            if let (Ok(a), Ok(b)) = (std::fs::canonicalize(o), std::fs::canonicalize(input)) {
+                if a == b {
+                    return Err(Error::Config(
+                        "the output is the input; omit the output to rewrite in place".into(),
+                    ));
+                }
+            }
+        }
         let out = AtomicFile::create(dest, overwrite)?;
         let mut w = out.file();
         use std::io::Write;

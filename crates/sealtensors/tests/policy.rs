@@ -661,3 +661,22 @@ fn policy_cost_2000_tensors() {
         b.saturating_sub(a)
     );
 }
+
+/// Found in review: the Rego parser backtracks exponentially in bracket
+/// nesting (depth 18 took 23 s) before any evaluation timer runs, and a
+/// policy is parsed from untrusted files before any key is needed.
+#[test]
+fn deeply_nested_policy_is_refused_before_parsing() {
+    let depth = 40;
+    let text = format!(
+        "package sealtensors\nallow := true\nx := {}1{}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let t = std::time::Instant::now();
+    let Err(err) = sealtensors::policy::Policy::compile(&text) else {
+        panic!("a deeply nested policy must be refused");
+    };
+    assert!(format!("{err:?}").contains("nests"), "{err:?}");
+    assert!(t.elapsed().as_millis() < 500);
+}
