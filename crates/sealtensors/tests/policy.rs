@@ -680,3 +680,22 @@ fn deeply_nested_policy_is_refused_before_parsing() {
     assert!(format!("{err:?}").contains("nests"), "{err:?}");
     assert!(t.elapsed().as_millis() < 500);
 }
+
+/// Found in review: one `concat` of 5000 copies of a 100 MB string asked for
+/// 100 GB in a single step (no timer check) and aborted the process.
+#[test]
+fn concat_cannot_build_huge_strings() {
+    let text = "package sealtensors\n\
+        a0 := \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n\
+        a1 := concat(\"\", [x | some i in [1,2,3,4,5,6,7,8,9,10]; some j in [1,2,3,4,5,6,7,8,9,10]; some k in [1,2,3,4,5,6,7,8,9,10]; x := a0])\n\
+        a2 := concat(\"\", [x | some i in [1,2,3,4,5,6,7,8,9,10]; some j in [1,2,3,4,5,6,7,8,9,10]; some k in [1,2,3,4,5,6,7,8,9,10]; x := a1])\n\
+        allow if count(a2) > 0\n";
+    let Ok(mut policy) = sealtensors::policy::Policy::compile(text) else {
+        panic!("it compiles");
+    };
+    let r = policy.evaluate(&serde_json::json!({}));
+    assert!(
+        r.is_err(),
+        "the capped concat must fail the evaluation: {r:?}"
+    );
+}
