@@ -16,6 +16,7 @@ STAMP := $(VENV)/.installed
 bench: py-build
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) bench/run.py $(ARGS)
+	$(PY) bench/extra.py
 
 $(STAMP): requirements-test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
