@@ -283,16 +283,6 @@ fn files_of(input: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
-fn auth_str(a: &Authenticity) -> (&'static str, Option<String>) {
-    match a {
-        Authenticity::Plain => ("plain", None),
-        Authenticity::Unsigned => ("unsigned", None),
-        Authenticity::UntrustedSigner(k) => ("signed-untrusted", Some(k.to_string())),
-        Authenticity::Trusted(k) => ("signed-trusted", Some(k.to_string())),
-        _ => ("unknown", None),
-    }
-}
-
 fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
     let keys = Keys::load(&a.keys)?;
     let mut opts = keys.options(&a.keys);
@@ -331,7 +321,10 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
                 }
             }
         }
-        let (auth, signer) = auth_str(f.authenticity());
+        let (auth, signer) = (
+            f.authenticity().name(),
+            f.authenticity().signer().map(|k| k.to_string()),
+        );
         let policy = match f.policy_decision() {
             None => serde_json::Value::Null,
             Some(Decision::Allow) => serde_json::json!({"decision": "allow"}),

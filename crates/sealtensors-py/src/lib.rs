@@ -16,9 +16,7 @@ use sealtensors::keys::{
     load_recipient, load_signing_key, Identity, KeyConfig, Passphrase, Recipient,
 };
 use sealtensors::model::{seal_model_dir, unseal_model_dir, SealedModel};
-use sealtensors::{
-    Authenticity, Error, ErrorClass, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer,
-};
+use sealtensors::{Error, ErrorClass, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer};
 
 create_exception!(
     _native,
@@ -191,13 +189,8 @@ impl File {
 
     /// ("plain" | "unsigned" | "signed-untrusted" | "signed-trusted", signer or None).
     fn authenticity(&self) -> (&'static str, Option<String>) {
-        match self.inner.authenticity() {
-            Authenticity::Plain => ("plain", None),
-            Authenticity::Unsigned => ("unsigned", None),
-            Authenticity::UntrustedSigner(k) => ("signed-untrusted", Some(k.to_string())),
-            Authenticity::Trusted(k) => ("signed-trusted", Some(k.to_string())),
-            _ => ("unknown", None),
-        }
+        let a = self.inner.authenticity();
+        (a.name(), a.signer().map(|k| k.to_string()))
     }
 
     /// The whole tensor as a fresh uint8 array (verified, decrypted).
@@ -352,27 +345,19 @@ fn verify(
     py.detach(|| {
         let keys = Keys::gather(identities, trusted, passphrase)?;
         let opts = keys.options(false, require_signed);
+        // Each shard is opened (and its key slot tried) once.
         let files = if path.is_dir() {
-            SealedModel::open(&path, &opts)?
-                .files()
-                .iter()
-                .map(|f| f.path().to_path_buf())
-                .collect()
+            SealedModel::open(&path, &opts)?.into_files()
         } else {
-            vec![path.clone()]
+            vec![SealedFile::open(&path, &opts)?]
         };
         let mut out = Vec::new();
-        for f in files {
-            let sf = SealedFile::open(&f, &opts)?;
-            sf.verify_data()?;
-            let a = match sf.authenticity() {
-                Authenticity::Plain => "plain",
-                Authenticity::Unsigned => "unsigned",
-                Authenticity::UntrustedSigner(_) => "signed-untrusted",
-                Authenticity::Trusted(_) => "signed-trusted",
-                _ => "unknown",
-            };
-            out.push((f.display().to_string(), a.to_string()));
+        for f in &files {
+            f.verify_data()?;
+            out.push((
+                f.path().display().to_string(),
+                f.authenticity().name().to_string(),
+            ));
         }
         Ok(out)
     })

@@ -272,6 +272,11 @@ impl SealedModel {
         &self.files
     }
 
+    /// The opened shards, owned.
+    pub fn into_files(self) -> Vec<SealedFile> {
+        self.files
+    }
+
     /// The shard holding a tensor.
     pub fn file_of(&self, name: &str) -> Result<&SealedFile> {
         self.by_tensor

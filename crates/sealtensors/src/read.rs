@@ -72,6 +72,27 @@ pub enum Authenticity {
     Trusted(VerifyingKey),
 }
 
+impl Authenticity {
+    /// The stable name front ends print: "plain", "unsigned",
+    /// "signed-untrusted" or "signed-trusted".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Authenticity::Plain => "plain",
+            Authenticity::Unsigned => "unsigned",
+            Authenticity::UntrustedSigner(_) => "signed-untrusted",
+            Authenticity::Trusted(_) => "signed-trusted",
+        }
+    }
+
+    /// The signer's public key, when the file is signed.
+    pub fn signer(&self) -> Option<&VerifyingKey> {
+        match self {
+            Authenticity::UntrustedSigner(k) | Authenticity::Trusted(k) => Some(k),
+            Authenticity::Plain | Authenticity::Unsigned => None,
+        }
+    }
+}
+
 /// An opened safetensors file, plain or sealed.
 pub struct SealedFile {
     path: PathBuf,
