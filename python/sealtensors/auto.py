@@ -1,6 +1,12 @@
 """Transparent loading: after `import sealtensors.auto`, code that calls
-`safetensors.safe_open` (transformers' `from_pretrained` among it) opens
-sealed files too; plain files behave exactly as before.
+`safetensors.safe_open` (transformers' `from_pretrained` among it) or
+`safetensors.torch.load` / `safetensors.numpy.load` opens sealed files too;
+plain files behave exactly as before.
+
+`SEALTENSORS_AUTO=1` in the environment does the same in every Python process
+started with it (spawned workers included), through a `.pth` file installed
+with the wheel: see `_sealtensors_autohook`. Nothing is imported at start-up;
+sealtensors arrives when safetensors is first imported.
 
 Keys come from SEALTENSORS_IDENTITY / SEALTENSORS_TRUST or the config
 directory, or from `enable(identities=..., trusted=...)`. Once trusted
@@ -16,13 +22,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import safetensors
-import safetensors.numpy
-import safetensors.torch
+import _sealtensors_autohook as _hook
 
 from sealtensors import _open
 
 _defaults: dict[str, Any] = {}
+_enabled = False
 
 
 def _patched_safe_open(filename: Any, framework: str, device: Any = "cpu", **kwargs: Any) -> Any:
@@ -49,19 +54,30 @@ def _patched_numpy_load(data: bytes) -> Any:
     return snp.load(data, **_defaults)
 
 
-_REAL = {
-    "safe_open": _open._REAL_SAFE_OPEN,
-    "torch.load": safetensors.torch.load,
-    "numpy.load": safetensors.numpy.load,
+# The originals, captured before they are replaced: safe_open now, the
+# submodules' `load` when they are first imported (safetensors.torch imports
+# torch, which sealtensors never imports on its own account).
+_REAL: dict[str, Any] = {"safe_open": _open._REAL_SAFE_OPEN}
+_PATCHED: dict[str, Any] = {
+    "safe_open": _patched_safe_open,
+    "torch.load": _patched_torch_load,
+    "numpy.load": _patched_numpy_load,
 }
 
 
+def _capture() -> None:
+    for key, mod_name in (("torch.load", "safetensors.torch"), ("numpy.load", "safetensors.numpy")):
+        mod = sys.modules.get(mod_name)
+        if key not in _REAL and mod is not None and hasattr(mod, "load"):
+            _REAL[key] = mod.load
+
+
 def _originals() -> list[Any]:
-    return [_REAL["safe_open"], _REAL["torch.load"], _REAL["numpy.load"]]
+    return [_REAL[k] for k in _REAL]
 
 
 def _replacements() -> list[Any]:
-    return [_patched_safe_open, _patched_torch_load, _patched_numpy_load]
+    return [_PATCHED[k] for k in _REAL]
 
 
 def _swap(old: list[Any], new: list[Any]) -> None:
@@ -104,11 +120,24 @@ def enable(
         _defaults["licence"] = licence
     _defaults["require_encrypted"] = require_encrypted
     _defaults["require_signed"] = require_signed
+    global _enabled
+    _enabled = True
+    _capture()
     _swap(_originals(), _replacements())
+    _hook.install(_on_import)
+
+
+def _on_import(name: str) -> None:
+    """Called by the import hook after a watched safetensors module executed."""
+    if _enabled:
+        _capture()
+        _swap(_originals(), _replacements())
 
 
 def disable() -> None:
     """Undo `enable()`."""
+    global _enabled
+    _enabled = False
     _swap(_replacements(), _originals())
     _defaults.clear()
 

@@ -1,0 +1,162 @@
+"""SEALTENSORS_AUTO=1: transparent loading in every Python process, through the
+`.pth` line the wheel installs (python/sealtensors_auto.pth).
+
+Each case runs a fresh interpreter. The `.pth` file is processed the way
+site-packages processes it at start-up (`site.addsitedir` on a folder that
+holds a copy of it), so the line itself and the import hook are what is
+tested; test_wheel.py checks that the built wheel installs the file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sealtensors
+import sealtensors.numpy as snp
+
+ROOT = Path(__file__).resolve().parents[2]
+PTH = ROOT / "python" / "sealtensors_auto.pth"
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> dict:
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    shutil.copy(PTH, site_dir / PTH.name)
+    ident = tmp_path / "id.jwk"
+    recipient = sealtensors.keygen(ident)
+    data = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    sealed = tmp_path / "sealed.safetensors"
+    snp.save_file({"w": data}, sealed, recipients=[recipient])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALTENSORS_")}
+    env["SEALTENSORS_IDENTITY"] = str(ident)
+    return {"site": site_dir, "sealed": sealed, "data": data, "env": env, "tmp": tmp_path}
+
+
+def _run(setup: dict, code: str, auto: str | None, extra_path: str | None = None):
+    env = dict(setup["env"])
+    if auto is not None:
+        env["SEALTENSORS_AUTO"] = auto
+    if extra_path is not None:
+        env["PYTHONPATH"] = extra_path
+    prelude = f"import site, sys\nsite.addsitedir({str(setup['site'])!r})\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+LOAD_EVERY_WAY = """
+    before = ("sealtensors" in sys.modules, "safetensors" in sys.modules)
+    from safetensors import safe_open
+    import safetensors.numpy
+    import numpy as np
+    path = {path!r}
+    with safe_open(path, framework="np") as f:
+        a = f.get_tensor("w")
+    b = safetensors.numpy.load_file(path)["w"]
+    with open(path, "rb") as fh:
+        c = safetensors.numpy.load(fh.read())["w"]
+    print("BEFORE", before)
+    print("TORCH", "torch" in sys.modules)
+    print("SUMS", float(a.sum()), float(b.sum()), float(c.sum()))
+"""
+
+
+@pytest.mark.parametrize("value", ["1", "true", "ON"])
+def test_env_switch_opens_sealed_files_in_a_fresh_process(setup: dict, value: str) -> None:
+    proc = _run(setup, LOAD_EVERY_WAY.format(path=str(setup["sealed"])), value)
+    assert proc.returncode == 0, proc.stderr
+    total = float(setup["data"].sum())
+    assert f"SUMS {total} {total} {total}" in proc.stdout
+    # Nothing is imported at start-up, and torch is never pulled in by the hook.
+    assert "BEFORE (False, False)" in proc.stdout
+    assert "TORCH False" in proc.stdout
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "false"])
+def test_without_the_switch_safetensors_is_untouched(setup: dict, value: str | None) -> None:
+    code = """
+        from safetensors import safe_open
+        print("SEALTENSORS", "sealtensors" in sys.modules)
+        with safe_open({path!r}, framework="np") as f:
+            print("SUM", float(f.get_tensor("w").sum()))
+    """.format(path=str(setup["sealed"]))
+    proc = _run(setup, code, value)
+    assert proc.returncode == 0, proc.stderr
+    assert "SEALTENSORS False" in proc.stdout
+    # The real safetensors reads the ciphertext as floats: not the data.
+    assert f"SUM {float(setup['data'].sum())}" not in proc.stdout
+
+
+def test_the_switch_fails_closed_when_sealtensors_cannot_load(setup: dict) -> None:
+    """A broken sealtensors makes `import safetensors` fail, never silently
+    hand ciphertext to the model."""
+    fake = setup["tmp"] / "fake"
+    (fake / "sealtensors").mkdir(parents=True)
+    (fake / "sealtensors" / "__init__.py").write_text("raise ImportError('broken install')\n")
+    # The hook module itself must stay importable (it lives beside the package).
+    shutil.copy(ROOT / "python" / "_sealtensors_autohook.py", fake)
+    proc = _run(setup, "import safetensors\nprint('LOADED')", "1", extra_path=str(fake))
+    assert proc.returncode != 0
+    assert "broken install" in proc.stderr
+    assert "LOADED" not in proc.stdout
+
+
+def test_plain_files_are_unchanged_under_the_switch(setup: dict) -> None:
+    plain = setup["tmp"] / "plain.safetensors"
+    snp.save_file({"w": setup["data"]}, plain)
+    code = """
+        import safetensors.numpy
+        print("SUM", float(safetensors.numpy.load_file({path!r})["w"].sum()))
+    """.format(path=str(plain))
+    proc = _run(setup, code, "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"SUM {float(setup['data'].sum())}" in proc.stdout
+
+
+def test_the_switch_reaches_transformers(setup: dict) -> None:
+    """Unmodified transformers code, no sealtensors import anywhere in it."""
+    import sealtensors.hf
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    model = BertModel(cfg).eval()
+    folder = setup["tmp"] / "bert"
+    recipient = sealtensors.keygen(setup["tmp"] / "deployer.jwk")
+    sealtensors.hf.save_pretrained(model, folder, recipients=[recipient])
+    ids = torch.arange(8).reshape(1, 8)
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+    np.save(setup["tmp"] / "expected.npy", expected.numpy())
+    setup["env"]["SEALTENSORS_IDENTITY"] = str(setup["tmp"] / "deployer.jwk")
+    setup["env"]["HF_HUB_OFFLINE"] = "1"
+    code = """
+        import numpy as np, torch
+        from transformers import BertModel
+        m = BertModel.from_pretrained({folder!r}).eval()
+        with torch.no_grad():
+            out = m(input_ids=torch.arange(8).reshape(1, 8)).last_hidden_state
+        print("EQUAL", bool((out.numpy() == np.load({exp!r})).all()))
+    """.format(folder=str(folder), exp=str(setup["tmp"] / "expected.npy"))
+    proc = _run(setup, code, "1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "EQUAL True" in proc.stdout
