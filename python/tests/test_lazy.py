@@ -1,0 +1,109 @@
+"""LazyTensor: what vLLM's weight loaders get under tensor parallelism.
+Rows cut with `narrow(0, ...)` decrypt only their chunks; everything else
+reads the whole tensor, authenticated, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sealtensors
+import sealtensors.torch as stt
+import torch
+from sealtensors import safe_open
+from sealtensors._lazy import LazyTensor
+
+
+@pytest.fixture()
+def sealed(tmp_path: Path) -> dict:
+    ident = tmp_path / "id.jwk"
+    recipient = sealtensors.keygen(ident)
+    torch.manual_seed(0)
+    tensors = {
+        "w": torch.randn(256, 64),  # 64 KiB: 16 chunks of 4 KiB, 16 rows per chunk
+        "b": torch.randn(64, dtype=torch.float64),
+        "h": torch.randn(8, 8).to(torch.bfloat16),
+    }
+    path = tmp_path / "m.safetensors"
+    stt.save_file(tensors, path, recipients=[recipient], chunk_size=4096)
+    return {"path": path, "ident": str(ident), "tensors": tensors}
+
+
+def _open(s: dict) -> safe_open:
+    return safe_open(s["path"], framework="pt", identities=[s["ident"]])
+
+
+def test_metadata_reads_nothing(sealed: dict) -> None:
+    stats: dict[str, int] = {}
+    lazy = LazyTensor(_open(sealed), "w", stats)
+    assert lazy.shape == torch.Size([256, 64]) and lazy.size(0) == 256 and lazy.size() == lazy.shape
+    assert lazy.dtype == torch.float32 and lazy.dim() == 2 and lazy.ndim == 2
+    assert lazy.numel() == 256 * 64 and len(lazy) == 256
+    assert lazy.device == torch.device("cpu")
+    assert stats == {"bytes_total": 256 * 64 * 4, "bytes_read": 0}
+    assert LazyTensor(_open(sealed), "h").dtype == torch.bfloat16
+
+
+def test_narrow_rows_decrypts_only_their_chunks(sealed: dict) -> None:
+    full = sealed["tensors"]["w"]
+    stats: dict[str, int] = {}
+    f = _open(sealed)
+    for start, length in [(0, 128), (128, 128), (17, 3), (255, 1), (0, 0), (-0, 256)]:
+        part = LazyTensor(f, "w", stats).narrow(0, start, length)
+        assert isinstance(part, torch.Tensor)
+        assert torch.equal(part, full.narrow(0, start, length))
+    # rows 0..128 and 128..256 are half the tensor each
+    assert stats["bytes_read"] == (128 + 128 + 3 + 1 + 0 + 256) * 64 * 4
+    # negative dim, the torch way
+    assert torch.equal(LazyTensor(f, "w").narrow(-2, 5, 10), full[5:15])
+    assert torch.equal(LazyTensor(f, "w")[10:20], full[10:20])
+
+
+def test_other_dimensions_and_ops_read_the_whole_tensor_once(sealed: dict) -> None:
+    full = sealed["tensors"]["w"]
+    stats: dict[str, int] = {}
+    lazy = LazyTensor(_open(sealed), "w", stats)
+    assert torch.equal(lazy.narrow(1, 32, 32), full[:, 32:])
+    assert torch.equal(lazy.t(), full.t())  # attribute access: the real tensor's
+    assert torch.equal(lazy.narrow(0, 0, 4), full[:4])  # served from the kept copy
+    assert stats["bytes_read"] == full.numel() * 4  # once
+    # torch functions and operators see the real tensor
+    dst = torch.empty_like(full)
+    dst.copy_(LazyTensor(_open(sealed), "w"))
+    assert torch.equal(dst, full)
+    assert torch.equal(torch.cat([LazyTensor(_open(sealed), "w"), full]), torch.cat([full, full]))
+    assert torch.equal(LazyTensor(_open(sealed), "w") * 2, full * 2)
+    assert torch.equal(2 + LazyTensor(_open(sealed), "w"), 2 + full)
+    assert torch.equal(-LazyTensor(_open(sealed), "w"), -full)
+    assert torch.equal(LazyTensor(_open(sealed), "w")[3], full[3])
+    b = LazyTensor(_open(sealed), "b")
+    assert torch.equal(b.to(torch.float32), sealed["tensors"]["b"].to(torch.float32))
+
+
+def test_narrow_out_of_range_fails_like_torch(sealed: dict) -> None:
+    lazy = LazyTensor(_open(sealed), "w")
+    with pytest.raises((RuntimeError, IndexError)):
+        lazy.narrow(0, 250, 10)
+    with pytest.raises((RuntimeError, IndexError)):
+        lazy.narrow(0, 300, 1)
+
+
+def test_tampered_chunk_outside_the_rows_is_not_read_inside_is_refused(sealed: dict) -> None:
+    import json
+    import struct
+
+    path = sealed["path"]
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    begin, end = header["w"]["data_offsets"]
+    raw[8 + n + end - 1] ^= 1  # the last chunk of w (rows 240..256)
+    path.write_bytes(bytes(raw))
+    f = _open(sealed)
+    full = sealed["tensors"]["w"]
+    # rows 0..240 never touch the tampered chunk
+    assert torch.equal(LazyTensor(f, "w").narrow(0, 0, 240), full[:240])
+    with pytest.raises(sealtensors.NotAuthenticError):
+        LazyTensor(f, "w").narrow(0, 200, 56)
+    with pytest.raises(sealtensors.NotAuthenticError):
+        LazyTensor(f, "w").materialize()
