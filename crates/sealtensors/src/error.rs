@@ -190,6 +190,27 @@ pub enum Error {
         max: u64,
     },
 
+    /// A key broker (SPEC §6.6) refused to release the model key.
+    #[error("the key broker at {broker} refused to release the model key: {reason}; ask the publisher for a licence that covers this use, or check SEALTENSORS_BROKER_TOKEN")]
+    BrokerDenied {
+        /// The broker's host.
+        broker: String,
+        /// The HTTP status of the refusal.
+        status: u16,
+        /// The broker's reason, verbatim.
+        reason: String,
+    },
+
+    /// A key broker could not be used: unreachable, not allowed by the
+    /// loader's configuration, or its answer was malformed.
+    #[error("the key broker at {broker} could not be used: {reason}")]
+    BrokerUnavailable {
+        /// The broker's host.
+        broker: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+
     // ---- data -----------------------------------------------------------------------------
     /// A chunk failed to authenticate.
     #[error("tensor {name:?}: chunk {chunk} failed authentication: the data was modified, moved or truncated; do not use this file")]
@@ -262,7 +283,8 @@ impl Error {
             | Error::NoSuchTensor(_)
             | Error::RangeOutOfBounds { .. }
             | Error::Io { .. } => ErrorClass::InvalidInput,
-            Error::PolicyDenied { .. } => ErrorClass::PolicyDenied,
+            Error::PolicyDenied { .. } | Error::BrokerDenied { .. } => ErrorClass::PolicyDenied,
+            Error::BrokerUnavailable { .. } => ErrorClass::NoKey,
             Error::OutputExists(_) | Error::Output { .. } => ErrorClass::Output,
             Error::Config(_)
             | Error::Licence(_)

@@ -13,7 +13,9 @@ use crate::atomic::AtomicFile;
 use crate::crypto::{self, ChunkKey};
 use crate::error::{Error, Result};
 use crate::format::{Header, TensorInfo};
-use crate::keys::{unwrap_any, Identity, KeyConfig, ModelKey, VerifyingKey};
+use crate::keys::{
+    release_after_miss, unwrap_any, BrokerAccess, Identity, KeyConfig, ModelKey, VerifyingKey,
+};
 use crate::policy::{CompileError, Decision, Policy, PolicyContext};
 use crate::seal::{self, ChunkAad, Mode, Protection, SealMeta};
 use crate::write::Progress;
@@ -45,6 +47,8 @@ pub struct OpenOptions<'a> {
     /// What the file's access policy is told about this load (SPEC §3.6):
     /// licence claims, framework, the tensors requested.
     pub policy: PolicyContext,
+    /// Key brokers this loader may ask when no identity opens a file (SPEC §6.6, §10).
+    pub broker: Option<BrokerAccess>,
 }
 
 impl<'a> OpenOptions<'a> {
@@ -53,6 +57,7 @@ impl<'a> OpenOptions<'a> {
         OpenOptions {
             identities: keys.identities.iter().map(|b| b.as_ref()).collect(),
             trusted: keys.trusted.clone(),
+            broker: keys.broker.clone(),
             ..Default::default()
         }
     }
@@ -274,7 +279,9 @@ impl SealedFile {
         if let (Some(mk_id), false) = (meta.mk_id, opts.locked) {
             let key = match &opts.model_key {
                 Some(k) if k.id()? == mk_id => k.clone(),
-                _ => unwrap_any(&meta.slots, &opts.identities, &mk_id)?,
+                _ => unwrap_any(&meta.slots, &opts.identities, &mk_id).or_else(|e| {
+                    release_after_miss(e, opts.broker.as_ref(), &header, &meta, path, &opts.policy)
+                })?,
             };
             let mac = seal::header_mac(&key, &meta.file_id, &header)?;
             let expected = meta.mac.unwrap_or([0u8; 32]);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{load_identity, load_verifying_key, Identity, VerifyingKey};
+use super::{load_identity, load_verifying_key, BrokerAccess, Identity, VerifyingKey};
 use crate::error::{Error, Result};
 
 /// Colon-separated paths of identity files.
@@ -19,6 +19,8 @@ pub struct KeyConfig {
     pub identities: Vec<Box<dyn Identity>>,
     /// Trusted signers.
     pub trusted: Vec<VerifyingKey>,
+    /// Key brokers this loader may ask (SPEC §10), when any host is allowed.
+    pub broker: Option<BrokerAccess>,
 }
 
 impl std::fmt::Debug for KeyConfig {
@@ -27,6 +29,7 @@ impl std::fmt::Debug for KeyConfig {
         f.debug_struct("KeyConfig")
             .field("identities", &ids)
             .field("trusted", &self.trusted)
+            .field("broker", &self.broker)
             .finish()
     }
 }
@@ -70,6 +73,7 @@ impl KeyConfig {
             }
         }
         let dir = Self::config_dir();
+        cfg.broker = BrokerAccess::discover(dir.as_deref())?;
         if let Some(dir) = dir {
             if cfg.identities.is_empty() {
                 for p in jwk_files(&dir.join("identities"))? {

@@ -5,6 +5,8 @@
 //! them; an identity answers `None` for a slot that is not its own, so a file
 //! with many slots is opened by trying each identity on each slot.
 
+mod broker;
+mod broker_client;
 mod discover;
 mod jwk;
 mod passphrase;
@@ -12,6 +14,11 @@ mod signing;
 mod symmetric;
 mod x25519;
 
+pub use broker::{is_loopback, BrokerKek, BrokerRecipient, BrokerUrl};
+pub use broker_client::{
+    release_info, BrokerAccess, ReleaseAnswer, ReleaseRequest, ENV_BROKERS, ENV_BROKER_TOKEN,
+};
+pub(crate) use broker_client::release_after_miss;
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
 pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};
@@ -59,6 +66,11 @@ impl ModelKey {
     }
     pub(crate) fn secret(&self) -> &Secret32 {
         &self.0
+    }
+    /// The raw key bytes. Only a key broker needs them, to seal the key to a
+    /// client with HPKE (SPEC §6.6); never log or store them.
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        self.0.expose()
     }
     /// The public key id (SPEC §4.1): 16 bytes of HKDF output, so a loader can
     /// recognise a model key it already holds without learning anything of it.
@@ -118,6 +130,19 @@ pub enum Slot {
         /// Wrapped model key and tag.
         ct: String,
     },
+    /// Key broker (SPEC §6.6).
+    #[serde(rename = "broker")]
+    Broker {
+        /// Where the broker serves this key (a hint: contacted only when
+        /// the loader's configuration allows its host).
+        url: String,
+        /// The broker's key id.
+        kid: String,
+        /// Ephemeral public key.
+        epk: String,
+        /// Wrapped model key and tag.
+        ct: String,
+    },
     /// A slot kind this version does not know; never opened, kept on rekey.
     #[serde(skip)]
     Unknown {
@@ -135,6 +160,7 @@ impl Slot {
             Slot::X25519 { rid, .. } => format!("x25519 {rid}"),
             Slot::Oct { kid, .. } => format!("symmetric key {kid:?}"),
             Slot::Argon2id { .. } => "passphrase".to_string(),
+            Slot::Broker { url, .. } => format!("broker {url}"),
             Slot::Unknown { kind, .. } => format!("{kind} (unsupported by this version)"),
         }
     }
@@ -147,7 +173,7 @@ impl Slot {
             .ok_or_else(|| Error::seal_meta("sealtensors.slots", "a slot has no \"type\""))?
             .to_string();
         match kind.as_str() {
-            "x25519" | "oct" | "argon2id" => serde_json::from_value(v)
+            "x25519" | "oct" | "argon2id" | "broker" => serde_json::from_value(v)
                 .map_err(|e| Error::seal_meta("sealtensors.slots", e.to_string())),
             _ => Ok(Slot::Unknown { kind, raw: v }),
         }
