@@ -1,0 +1,29 @@
+//! Errors of the broker itself (configuration, store, start-up). Refusals of
+//! a request are not errors: they are [`crate::Denial`]s, answered and audited.
+
+/// What stopped the broker from starting or from serving a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The configuration is unusable.
+    #[error("broker configuration: {0}")]
+    Config(String),
+    /// The store failed (disk full, database locked or corrupt).
+    #[error("broker store: {0}; check the database file and its disk")]
+    Store(String),
+    /// A key file could not be loaded.
+    #[error("broker key: {0}")]
+    Key(#[from] sealtensors::Error),
+    /// Listening or serving failed.
+    #[error("broker I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<rusqlite::Error> for BrokerError {
+    fn from(e: rusqlite::Error) -> Self {
+        BrokerError::Store(e.to_string())
+    }
+}
+
+/// The broker's result type.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

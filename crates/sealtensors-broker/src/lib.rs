@@ -1,0 +1,557 @@
+//! The sealtensors key broker (issue 7, docs/broker.md): it holds key-encryption
+//! keys, registered models and licences, and releases a model key (SPEC §6.6)
+//! only when the licence and the file's own policy allow, sealed with HPKE to
+//! the client's ephemeral key. Every release and refusal is audited, and the
+//! audit row is committed before the reply.
+//!
+//! The HTTP layer (axum) is thin: it bounds requests (body size, rate per
+//! client address), authenticates admins, and hands the release to
+//! [`release::Releaser`], which runs on a blocking thread.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+mod error;
+pub mod release;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+
+use sealtensors::crypto::{ct_eq, random_array, sha256};
+use sealtensors::keys::{BrokerKek, KeyFile, VerifyingKey};
+
+pub use config::Config;
+pub use error::{BrokerError, Result};
+pub use release::Denial;
+pub use store::{AuditRow, LicenceRecord, ModelRecord, SqliteStore, Store};
+
+pub(crate) fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+pub(crate) fn unb64(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(s).ok()
+}
+
+/// Hex SHA-256 of a token: what the configuration and the store keep.
+pub fn hash_token(token: &str) -> String {
+    sha256(token.trim().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Requests per minute per client address; a fixed window, bounded memory.
+struct RateLimiter {
+    per_minute: u32,
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl RateLimiter {
+    fn allow(&self, ip: IpAddr) -> bool {
+        let Ok(mut m) = self.seen.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if m.len() > 100_000 {
+            m.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        let e = m.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(60) {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= self.per_minute
+    }
+}
+
+/// A configured broker, ready to serve.
+pub struct Broker {
+    releaser: release::Releaser,
+    admin_sha256: [u8; 32],
+    limiter: RateLimiter,
+    max_body: usize,
+}
+
+impl Broker {
+    /// Load the keys named in the configuration and use `store`.
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Broker>> {
+        config.check()?;
+        let mut keks = HashMap::new();
+        for k in &config.keys {
+            let id = match KeyFile::load(&k.identity)? {
+                KeyFile::X25519Identity(id) => id,
+                _ => {
+                    return Err(BrokerError::Config(format!(
+                        "{}: not an X25519 identity (make one with `sealtensors keygen`)",
+                        k.identity.display()
+                    )))
+                }
+            };
+            keks.insert(k.kid.clone(), BrokerKek::new(&k.kid, id)?);
+        }
+        Self::with_keks(config, store, keks)
+    }
+
+    /// As [`Broker::new`], with keys already in memory (tests, embedding).
+    pub fn with_keks(
+        config: &Config,
+        store: Arc<dyn Store>,
+        keks: HashMap<String, BrokerKek>,
+    ) -> Result<Arc<Broker>> {
+        let mut admin = [0u8; 32];
+        for (i, b) in admin.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&config.admin_token_sha256[2 * i..2 * i + 2], 16)
+                .map_err(|_| BrokerError::Config("admin_token_sha256 is not hex".into()))?;
+        }
+        Ok(Arc::new(Broker {
+            releaser: release::Releaser {
+                store,
+                keks,
+                ttl: config.release_ttl,
+                window: config.replay_window,
+            },
+            admin_sha256: admin,
+            limiter: RateLimiter {
+                per_minute: config.rate_per_minute,
+                seen: Mutex::new(HashMap::new()),
+            },
+            max_body: config.max_body,
+        }))
+    }
+
+    /// The HTTP routes (docs/broker.md).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/keys/{kid}", get(public_key))
+            .route("/keys/{kid}/release", post(release_handler))
+            .route("/admin/models", get(list_models).post(register_model))
+            .route("/admin/licences", get(list_licences).post(issue_licence))
+            .route("/admin/licences/{id}/revoke", post(revoke_licence))
+            .route("/admin/audit", get(audit))
+            .layer(DefaultBodyLimit::max(self.max_body))
+            .layer(middleware::from_fn_with_state(self.clone(), rate_limit))
+            .with_state(self.clone())
+    }
+
+    /// Serve on a bound listener until `shutdown` resolves.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+
+    fn is_admin(&self, headers: &HeaderMap) -> bool {
+        bearer(headers).is_some_and(|t| ct_eq(&sha256(t.as_bytes()), &self.admin_sha256))
+    }
+}
+
+/// A broker serving on its own thread and runtime (tests, embedding).
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Running {
+    /// Start `broker` on `addr` (port 0: any free port).
+    pub fn start(broker: Arc<Broker>, addr: SocketAddr) -> Result<Running> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            rt.block_on(broker.serve(listener, async {
+                let _ = rx.await;
+            }))
+        });
+        Ok(Running {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop and wait for the server to finish.
+    pub fn stop(mut self) -> Result<()> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(BrokerError::Config("the server thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.halt();
+    }
+}
+
+/// Serve a configuration until Ctrl-C (the `sealtensors serve` command).
+pub fn serve_config(config: &Config) -> Result<()> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database)?);
+    let broker = Broker::new(config, store)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        tracing::info!(addr = %listener.local_addr()?, "sealtensors broker listening (plain HTTP)");
+        broker
+            .serve(listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+    })
+}
+
+// ---- HTTP --------------------------------------------------------------------------------------
+
+fn error(status: u16, code: &str, reason: &str) -> Response {
+    let s = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (s, Json(json!({"error": code, "reason": reason}))).into_response()
+}
+
+/// A refusal of an admin request, answered as JSON.
+struct ApiError {
+    status: u16,
+    code: &'static str,
+    reason: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.status, self.code, &self.reason)
+    }
+}
+
+fn api(status: u16, code: &'static str, reason: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        reason: reason.into(),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+async fn rate_limit(
+    State(b): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !b.limiter.allow(peer.ip()) {
+        return error(
+            429,
+            "rate_limited",
+            "too many requests from this address; retry in a minute",
+        );
+    }
+    next.run(req).await
+}
+
+async fn public_key(State(b): State<Arc<Broker>>, Path(kid): Path<String>) -> Response {
+    match b.releaser.keks.get(&kid) {
+        Some(k) => {
+            Json(json!({"kid": kid, "public_key": k.public_key().to_string()})).into_response()
+        }
+        None => error(
+            404,
+            "unknown_key",
+            &format!("this broker has no key id {kid:?}"),
+        ),
+    }
+}
+
+async fn release_handler(
+    State(b): State<Arc<Broker>>,
+    Path(kid): Path<String>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let token = bearer(&headers).map(str::to_string);
+    let body = body.map_err(|r| {
+        let status = r.status().as_u16();
+        let (code, reason) = if status == 413 {
+            (
+                "too_large",
+                format!("the request body exceeds {} bytes", b.max_body),
+            )
+        } else {
+            ("bad_request", r.body_text())
+        };
+        Denial {
+            status,
+            code,
+            reason,
+        }
+    });
+    let now = now_unix();
+    let b2 = b.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let body = body.as_ref().map(|x| &x[..]).map_err(Clone::clone);
+        b2.releaser.release(&kid, token.as_deref(), body, now)
+    })
+    .await;
+    match res {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(d)) => error(d.status, d.code, &d.reason),
+        Err(_) => error(500, "internal", "the release failed; try again"),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<T, ApiError> {
+    let body = body.map_err(|r| api(r.status().as_u16(), "bad_request", r.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| api(400, "bad_request", e.to_string()))
+}
+
+macro_rules! admin {
+    ($b:expr, $h:expr) => {
+        if !$b.is_admin(&$h) {
+            return error(
+                401,
+                "not_admin",
+                "admin operations need the admin token (Authorization: Bearer ...)",
+            );
+        }
+    };
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::result::Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "store failure");
+            Err(api(
+                500,
+                "store_failed",
+                "the broker's store failed; see its log",
+            ))
+        }
+        Err(_) => Err(api(500, "internal", "internal error")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterModel {
+    model_id: String,
+    signer: String,
+    kid: String,
+}
+
+async fn register_model(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    admin!(b, headers);
+    let r: RegisterModel = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if r.model_id.is_empty() || r.model_id.len() > 256 {
+        return error(400, "bad_request", "model_id must be 1 to 256 bytes");
+    }
+    let Ok(signer) = r.signer.parse::<VerifyingKey>() else {
+        return error(
+            400,
+            "bad_request",
+            "signer must be an ed25519:... public key",
+        );
+    };
+    if !b.releaser.keks.contains_key(&r.kid) {
+        return error(
+            404,
+            "unknown_key",
+            &format!("this broker has no key id {:?}", r.kid),
+        );
+    }
+    let m = ModelRecord {
+        model_id: r.model_id,
+        signer: signer.to_string(),
+        kid: r.kid,
+        created: now_unix(),
+    };
+    let store = b.releaser.store.clone();
+    let m2 = m.clone();
+    match blocking(move || store.register_model(&m2)).await {
+        Ok(()) => (StatusCode::CREATED, Json(m)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_models(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    admin!(b, headers);
+    let store = b.releaser.store.clone();
+    match blocking(move || store.models()).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueLicence {
+    customer: String,
+    models: Vec<String>,
+    #[serde(default = "one")]
+    seats: u32,
+    #[serde(default)]
+    expires: Option<u64>,
+    #[serde(default)]
+    claims: Option<serde_json::Value>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn issue_licence(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    admin!(b, headers);
+    let r: IssueLicence = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if r.customer.is_empty() || r.models.is_empty() || r.seats == 0 {
+        return error(
+            400,
+            "bad_request",
+            "customer, at least one model and seats >= 1 are required",
+        );
+    }
+    let claims = r.claims.unwrap_or_else(|| json!({}));
+    if !claims.is_object() {
+        return error(400, "bad_request", "claims must be a JSON object");
+    }
+    let (Ok(id), Ok(secret)) = (random_array::<8>(), random_array::<32>()) else {
+        return error(500, "internal", "the random generator failed");
+    };
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let token = zeroize::Zeroizing::new(format!("stl_{}", b64(&secret)));
+    let l = LicenceRecord {
+        id: format!("lic_{id}"),
+        customer: r.customer,
+        models: r.models,
+        seats: r.seats,
+        expires: r.expires,
+        claims,
+        created: now_unix(),
+        revoked: None,
+    };
+    let hash = sha256(token.as_bytes());
+    let store = b.releaser.store.clone();
+    let l2 = l.clone();
+    match blocking(move || store.insert_licence(&l2, &hash)).await {
+        // The token is shown once, here; the broker keeps only its hash.
+        Ok(()) => (
+            StatusCode::CREATED,
+            Json(json!({"licence": l, "token": token.as_str()})),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_licences(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
+    admin!(b, headers);
+    let store = b.releaser.store.clone();
+    match blocking(move || store.licences()).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn revoke_licence(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    admin!(b, headers);
+    let store = b.releaser.store.clone();
+    let id2 = id.clone();
+    match blocking(move || store.revoke_licence(&id2, now_unix())).await {
+        Ok(true) => Json(json!({"revoked": id})).into_response(),
+        Ok(false) => error(404, "unknown_licence", &format!("no licence {id:?}")),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    admin!(b, headers);
+    let store = b.releaser.store.clone();
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    match blocking(move || store.audit_rows(limit)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

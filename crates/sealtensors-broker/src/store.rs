@@ -1,0 +1,431 @@
+//! Durable state: registered models, licences (tokens as SHA-256 only),
+//! seats, seen nonces and the audit log. [`Store`] is the seam for other
+//! databases (PostgreSQL later); [`SqliteStore`] is the default.
+//!
+//! Every write is committed before the call returns (SQLite WAL with
+//! `synchronous = FULL`), so an audit row exists before the reply is sent.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BrokerError, Result};
+
+/// A model registered by its publisher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// The model id in the sealed header (`sealtensors.seal` `model.id`).
+    pub model_id: String,
+    /// The publisher's Ed25519 signer, `ed25519:...`: headers must verify under it.
+    pub signer: String,
+    /// The broker key id the model is sealed to.
+    pub kid: String,
+    /// Registration time, Unix seconds.
+    pub created: u64,
+}
+
+/// A licence. Its bearer token is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenceRecord {
+    /// Random id (public, used to revoke).
+    pub id: String,
+    /// Who holds it.
+    pub customer: String,
+    /// Model ids it opens.
+    pub models: Vec<String>,
+    /// How many distinct machine ids may use it.
+    pub seats: u32,
+    /// Expiry, Unix seconds.
+    pub expires: Option<u64>,
+    /// Further claims given to the policy (`input.licence`).
+    pub claims: serde_json::Value,
+    /// Issue time.
+    pub created: u64,
+    /// Revocation time, if revoked.
+    pub revoked: Option<u64>,
+}
+
+/// One audited decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRow {
+    /// Row number.
+    pub id: i64,
+    /// Unix seconds (broker clock).
+    pub time: u64,
+    /// `licence:<id>` of the authenticated client, else `unknown`.
+    pub client: String,
+    /// The client's machine id, as sent.
+    pub machine_id: String,
+    /// The model id from the header, when it was read.
+    pub model: String,
+    /// The key id of the request.
+    pub kid: String,
+    /// `release` or `deny`.
+    pub decision: String,
+    /// A stable code (`released`, `licence_revoked`, ...).
+    pub code: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// What taking a seat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seat {
+    /// The machine already held a seat, or took a free one.
+    Granted,
+    /// Every seat is taken by other machines; the count.
+    Full(u32),
+}
+
+/// The broker's persistent state.
+pub trait Store: Send + Sync {
+    /// Add or replace a model registration.
+    fn register_model(&self, m: &ModelRecord) -> Result<()>;
+    /// One model.
+    fn model(&self, model_id: &str) -> Result<Option<ModelRecord>>;
+    /// Every model.
+    fn models(&self) -> Result<Vec<ModelRecord>>;
+    /// Store a new licence under the SHA-256 of its token.
+    fn insert_licence(&self, l: &LicenceRecord, token_sha256: &[u8; 32]) -> Result<()>;
+    /// The licence a token opens.
+    fn licence_by_token(&self, token_sha256: &[u8; 32]) -> Result<Option<LicenceRecord>>;
+    /// Every licence.
+    fn licences(&self) -> Result<Vec<LicenceRecord>>;
+    /// Revoke; `false` when there is no such licence.
+    fn revoke_licence(&self, id: &str, now: u64) -> Result<bool>;
+    /// Take a seat for a machine (atomically: check and insert).
+    fn take_seat(&self, licence: &str, machine_id: &str, seats: u32, now: u64) -> Result<Seat>;
+    /// Remember a nonce; `false` when it was seen in the last `keep` seconds.
+    fn fresh_nonce(&self, nonce: &[u8], now: u64, keep: u64) -> Result<bool>;
+    /// Append an audit row (committed when this returns).
+    fn audit(&self, row: &AuditRow) -> Result<()>;
+    /// The last `limit` audit rows, newest first.
+    fn audit_rows(&self, limit: u32) -> Result<Vec<AuditRow>>;
+}
+
+/// SQLite, embedded: nothing to install.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS models (
+    model_id TEXT PRIMARY KEY, signer TEXT NOT NULL, kid TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS licences (
+    id TEXT PRIMARY KEY, token_sha256 BLOB NOT NULL UNIQUE, customer TEXT NOT NULL,
+    models TEXT NOT NULL, seats INTEGER NOT NULL, expires INTEGER, claims TEXT NOT NULL,
+    created INTEGER NOT NULL, revoked INTEGER);
+CREATE TABLE IF NOT EXISTS seats (
+    licence_id TEXT NOT NULL, machine_id TEXT NOT NULL, first_seen INTEGER NOT NULL,
+    PRIMARY KEY (licence_id, machine_id));
+CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, seen INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_seen ON nonces (seen);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, client TEXT NOT NULL,
+    machine_id TEXT NOT NULL, model TEXT NOT NULL, kid TEXT NOT NULL, decision TEXT NOT NULL,
+    code TEXT NOT NULL, reason TEXT NOT NULL);
+";
+
+fn licence_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LicenceRecord> {
+    let models: String = r.get("models")?;
+    let claims: String = r.get("claims")?;
+    Ok(LicenceRecord {
+        id: r.get("id")?,
+        customer: r.get("customer")?,
+        models: serde_json::from_str(&models).unwrap_or_default(),
+        seats: r.get("seats")?,
+        expires: r.get::<_, Option<i64>>("expires")?.map(|v| v.max(0) as u64),
+        claims: serde_json::from_str(&claims).unwrap_or(serde_json::Value::Null),
+        created: r.get::<_, i64>("created")?.max(0) as u64,
+        revoked: r.get::<_, Option<i64>>("revoked")?.map(|v| v.max(0) as u64),
+    })
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Open (or create) the database file.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// A database in memory (tests).
+    pub fn in_memory() -> Result<SqliteStore> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore> {
+        // WAL + FULL: a commit is on disk when it returns (audit before reply).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| BrokerError::Store("a previous store operation panicked".into()))
+    }
+}
+
+impl Store for SqliteStore {
+    fn register_model(&self, m: &ModelRecord) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO models (model_id, signer, kid, created) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (model_id) DO UPDATE SET signer = ?2, kid = ?3",
+            params![m.model_id, m.signer, m.kid, i(m.created)],
+        )?;
+        Ok(())
+    }
+
+    fn model(&self, model_id: &str) -> Result<Option<ModelRecord>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT model_id, signer, kid, created FROM models WHERE model_id = ?1",
+                params![model_id],
+                |r| {
+                    Ok(ModelRecord {
+                        model_id: r.get(0)?,
+                        signer: r.get(1)?,
+                        kid: r.get(2)?,
+                        created: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn models(&self) -> Result<Vec<ModelRecord>> {
+        let c = self.conn()?;
+        let mut st =
+            c.prepare("SELECT model_id, signer, kid, created FROM models ORDER BY model_id")?;
+        let rows = st.query_map([], |r| {
+            Ok(ModelRecord {
+                model_id: r.get(0)?,
+                signer: r.get(1)?,
+                kid: r.get(2)?,
+                created: r.get::<_, i64>(3)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn insert_licence(&self, l: &LicenceRecord, token_sha256: &[u8; 32]) -> Result<()> {
+        let models =
+            serde_json::to_string(&l.models).map_err(|e| BrokerError::Store(e.to_string()))?;
+        let claims =
+            serde_json::to_string(&l.claims).map_err(|e| BrokerError::Store(e.to_string()))?;
+        self.conn()?.execute(
+            "INSERT INTO licences (id, token_sha256, customer, models, seats, expires, claims, created, revoked)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+            params![
+                l.id,
+                &token_sha256[..],
+                l.customer,
+                models,
+                l.seats,
+                l.expires.map(i),
+                claims,
+                i(l.created)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn licence_by_token(&self, token_sha256: &[u8; 32]) -> Result<Option<LicenceRecord>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT * FROM licences WHERE token_sha256 = ?1",
+                params![&token_sha256[..]],
+                licence_from_row,
+            )
+            .optional()?)
+    }
+
+    fn licences(&self) -> Result<Vec<LicenceRecord>> {
+        let c = self.conn()?;
+        let mut st = c.prepare("SELECT * FROM licences ORDER BY created, id")?;
+        let rows = st.query_map([], licence_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn revoke_licence(&self, id: &str, now: u64) -> Result<bool> {
+        let c = self.conn()?;
+        let n = c.execute(
+            "UPDATE licences SET revoked = COALESCE(revoked, ?2) WHERE id = ?1",
+            params![id, i(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn take_seat(&self, licence: &str, machine_id: &str, seats: u32, now: u64) -> Result<Seat> {
+        let mut c = self.conn()?;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let held: bool = tx
+            .query_row(
+                "SELECT 1 FROM seats WHERE licence_id = ?1 AND machine_id = ?2",
+                params![licence, machine_id],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if held {
+            return Ok(Seat::Granted);
+        }
+        let taken: u32 = tx.query_row(
+            "SELECT COUNT(*) FROM seats WHERE licence_id = ?1",
+            params![licence],
+            |r| r.get(0),
+        )?;
+        if taken >= seats {
+            return Ok(Seat::Full(taken));
+        }
+        tx.execute(
+            "INSERT INTO seats (licence_id, machine_id, first_seen) VALUES (?1, ?2, ?3)",
+            params![licence, machine_id, i(now)],
+        )?;
+        tx.commit()?;
+        Ok(Seat::Granted)
+    }
+
+    fn fresh_nonce(&self, nonce: &[u8], now: u64, keep: u64) -> Result<bool> {
+        let c = self.conn()?;
+        c.execute(
+            "DELETE FROM nonces WHERE seen < ?1",
+            params![i(now.saturating_sub(keep))],
+        )?;
+        let n = c.execute(
+            "INSERT OR IGNORE INTO nonces (nonce, seen) VALUES (?1, ?2)",
+            params![nonce, i(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn audit(&self, row: &AuditRow) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO audit (time, client, machine_id, model, kid, decision, code, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                i(row.time),
+                row.client,
+                row.machine_id,
+                row.model,
+                row.kid,
+                row.decision,
+                row.code,
+                row.reason
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn audit_rows(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        let c = self.conn()?;
+        let mut st = c.prepare(
+            "SELECT id, time, client, machine_id, model, kid, decision, code, reason
+             FROM audit ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map(params![limit], |r| {
+            Ok(AuditRow {
+                id: r.get(0)?,
+                time: r.get::<_, i64>(1)?.max(0) as u64,
+                client: r.get(2)?,
+                machine_id: r.get(3)?,
+                model: r.get(4)?,
+                kid: r.get(5)?,
+                decision: r.get(6)?,
+                code: r.get(7)?,
+                reason: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn licence(id: &str, seats: u32) -> LicenceRecord {
+        LicenceRecord {
+            id: id.into(),
+            customer: "acme".into(),
+            models: vec!["m".into()],
+            seats,
+            expires: Some(100),
+            claims: serde_json::json!({"tier": "gold"}),
+            created: 1,
+            revoked: None,
+        }
+    }
+
+    #[test]
+    fn licences_by_token_hash_and_revocation() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_licence(&licence("l1", 2), &[7; 32]).unwrap();
+        assert_eq!(s.licence_by_token(&[7; 32]).unwrap().unwrap().id, "l1");
+        assert!(s.licence_by_token(&[8; 32]).unwrap().is_none());
+        assert!(s.revoke_licence("l1", 50).unwrap());
+        assert!(s.revoke_licence("l1", 60).unwrap());
+        assert_eq!(
+            s.licence_by_token(&[7; 32]).unwrap().unwrap().revoked,
+            Some(50)
+        );
+        assert!(!s.revoke_licence("nope", 1).unwrap());
+        // A token hash is unique.
+        assert!(s.insert_licence(&licence("l2", 1), &[7; 32]).is_err());
+    }
+
+    #[test]
+    fn seats_count_distinct_machines() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.take_seat("l", "a", 2, 1).unwrap(), Seat::Granted);
+        assert_eq!(s.take_seat("l", "a", 2, 1).unwrap(), Seat::Granted);
+        assert_eq!(s.take_seat("l", "b", 2, 1).unwrap(), Seat::Granted);
+        assert_eq!(s.take_seat("l", "c", 2, 1).unwrap(), Seat::Full(2));
+        assert_eq!(s.take_seat("l", "a", 2, 1).unwrap(), Seat::Granted);
+        assert_eq!(s.take_seat("other", "c", 1, 1).unwrap(), Seat::Granted);
+    }
+
+    #[test]
+    fn nonces_are_single_use_within_the_window() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert!(s.fresh_nonce(b"n1", 1000, 600).unwrap());
+        assert!(!s.fresh_nonce(b"n1", 1001, 600).unwrap());
+        assert!(s.fresh_nonce(b"n2", 1001, 600).unwrap());
+        // Forgotten only once older than the window.
+        assert!(s.fresh_nonce(b"n1", 2000, 600).unwrap());
+    }
+
+    #[test]
+    fn audit_rows_newest_first() {
+        let s = SqliteStore::in_memory().unwrap();
+        for k in 0..3 {
+            s.audit(&AuditRow {
+                id: 0,
+                time: k,
+                client: "c".into(),
+                machine_id: "m".into(),
+                model: "x".into(),
+                kid: "k".into(),
+                decision: "deny".into(),
+                code: format!("c{k}"),
+                reason: "r".into(),
+            })
+            .unwrap();
+        }
+        let rows = s.audit_rows(2).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].code, "c2");
+    }
+}

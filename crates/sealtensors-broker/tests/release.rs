@@ -1,0 +1,602 @@
+//! End to end against a real broker on 127.0.0.1: a model sealed to the
+//! broker opens through the core library's client with a valid licence, and
+//! every attack is refused with its exact code and an audit row.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sealtensors::hpke::HpkeSecretKey;
+use sealtensors::keys::{
+    load_recipient, BrokerAccess, BrokerKek, BrokerRecipient, ReleaseRequest, SigningKey,
+    X25519Identity,
+};
+use sealtensors::{Dtype, Error, ErrorClass, OpenOptions, SealOptions, SealedFile, Sealer};
+use sealtensors_broker::config::KeyConfig;
+use sealtensors_broker::{hash_token, Broker, Config, Running, SqliteStore, Store};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token-for-tests";
+const MODEL: &str = "acme/tiny";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    )
+}
+
+struct Fx {
+    dir: tempfile::TempDir,
+    running: Option<Running>,
+    addr: SocketAddr,
+    store: Arc<SqliteStore>,
+    kek_public: sealtensors::keys::X25519Recipient,
+    seed: [u8; 32],
+    signer: SigningKey,
+    data: Vec<u8>,
+}
+
+struct Opts {
+    rate: u32,
+    max_body: usize,
+    ttl: u64,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            rate: 10_000,
+            max_body: 256 * 1024,
+            ttl: 0,
+        }
+    }
+}
+
+impl Fx {
+    fn new(o: Opts) -> Fx {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("broker.db")).unwrap());
+        let kek = BrokerKek::new("k1", X25519Identity::generate().unwrap()).unwrap();
+        let kek_public = kek.public_key();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: dir.path().join("broker.db"),
+            admin_token_sha256: hash_token(ADMIN),
+            keys: vec![KeyConfig {
+                kid: "k1".into(),
+                identity: PathBuf::from("unused"),
+            }],
+            release_ttl: o.ttl,
+            max_body: o.max_body,
+            rate_per_minute: o.rate,
+            replay_window: 300,
+        };
+        let keks = HashMap::from([("k1".to_string(), kek)]);
+        let broker = Broker::with_keks(&config, store.clone(), keks).unwrap();
+        let running = Running::start(broker, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = running.addr;
+        let data: Vec<u8> = (0..4096u32).flat_map(|i| i.to_le_bytes()).collect();
+        let seed: [u8; 32] = sealtensors::crypto::random_array().unwrap();
+        let signer = SigningKey::from_seed(seed).unwrap();
+        let fx = Fx {
+            dir,
+            running: Some(running),
+            addr,
+            store,
+            kek_public,
+            seed,
+            signer,
+            data,
+        };
+        let (s, _) = fx.admin(
+            "POST",
+            "/admin/models",
+            Some(json!({
+            "model_id": MODEL, "signer": fx.signer.verifying_key().to_string(), "kid": "k1"})),
+        );
+        assert_eq!(s, 201);
+        fx
+    }
+
+    fn url(&self, kid: &str) -> String {
+        format!("http://{}/keys/{kid}", self.addr)
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.addr);
+        let auth = format!("Bearer {ADMIN}");
+        let a = agent();
+        let r = match (method, body) {
+            ("GET", _) => a.get(&url).header("authorization", &auth).call(),
+            (_, Some(b)) => a.post(&url).header("authorization", &auth).send_json(b),
+            (_, None) => a.post(&url).header("authorization", &auth).send_empty(),
+        };
+        let mut r = r.unwrap();
+        let s = r.status().as_u16();
+        let v = r.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+        (s, v)
+    }
+
+    /// Issue a licence; returns (id, token).
+    fn licence(&self, seats: u32, expires: Option<u64>, claims: Value) -> (String, String) {
+        let (s, v) = self.admin("POST", "/admin/licences", Some(json!({
+            "customer": "acme", "models": [MODEL], "seats": seats, "expires": expires, "claims": claims})));
+        assert_eq!(s, 201, "{v}");
+        (
+            v["licence"]["id"].as_str().unwrap().to_string(),
+            v["token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Seal the test model to the broker key at `url`.
+    fn seal(
+        &self,
+        name: &str,
+        recipient: Box<dyn sealtensors::keys::Recipient>,
+        policy: Option<&str>,
+        sign: bool,
+    ) -> PathBuf {
+        let plain = self.dir.path().join("plain.safetensors");
+        if !plain.exists() {
+            let t = sealtensors::TensorRef {
+                name: "w".into(),
+                dtype: Dtype::F32,
+                shape: vec![64, 64],
+                data: &self.data,
+            };
+            sealtensors::write_plain(&plain, &[t], None, false).unwrap();
+        }
+        let out = self.dir.path().join(name);
+        let sealer = Sealer::new(SealOptions {
+            recipients: vec![recipient],
+            signing_key: if sign {
+                Some(SigningKey::from_seed(self.seed).unwrap())
+            } else {
+                None
+            },
+            model_id: MODEL.into(),
+            model_version: "1".into(),
+            policy: policy.map(str::to_string),
+            ..Default::default()
+        })
+        .unwrap();
+        sealer.seal_file(&plain, &out).unwrap();
+        out
+    }
+
+    fn sealed(&self) -> PathBuf {
+        let out = self.dir.path().join("sealed.safetensors");
+        if !out.exists() {
+            // Through the public-key fetch (GET /keys/k1), as `seal -r URL` does.
+            self.seal(
+                "sealed.safetensors",
+                load_recipient(&self.url("k1")).unwrap(),
+                None,
+                true,
+            );
+        }
+        out
+    }
+
+    fn open(&self, p: &Path, access: BrokerAccess) -> sealtensors::Result<SealedFile> {
+        SealedFile::open(
+            p,
+            &OpenOptions {
+                trusted: vec![self.signer.verifying_key()],
+                broker: Some(access),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn access(&self, token: &str, machine: &str) -> BrokerAccess {
+        BrokerAccess::new([self.addr.to_string()], Some(token.to_string())).with_machine_id(machine)
+    }
+
+    fn audit_codes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .store
+            .audit_rows(1000)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.code)
+            .collect();
+        v.reverse();
+        v
+    }
+
+    /// A raw release request, for attacks the library client never makes.
+    fn raw_release(&self, kid: &str, token: &str, body: &[u8]) -> (u16, Value) {
+        let mut r = agent()
+            .post(format!("{}/release", self.url(kid)))
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .send(body)
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.body_mut().read_json::<Value>().unwrap_or(Value::Null))
+    }
+
+    fn request(&self, header: &[u8], nonce: &[u8]) -> Vec<u8> {
+        let ek = HpkeSecretKey::generate().unwrap();
+        serde_json::to_vec(&ReleaseRequest {
+            header: b64(header),
+            ek: b64(&ek.public_key()),
+            machine_id: "m1".into(),
+            nonce: b64(nonce),
+            time: now(),
+            file_name: None,
+            process: None,
+            tensors: None,
+        })
+        .unwrap()
+    }
+}
+
+impl Drop for Fx {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().unwrap();
+        }
+    }
+}
+
+fn header_bytes(p: &Path) -> Vec<u8> {
+    let b = std::fs::read(p).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    b[..8 + n].to_vec()
+}
+
+fn denied(e: &Error) -> (u16, String) {
+    match e.kind() {
+        Error::BrokerDenied { status, reason, .. } => (*status, reason.clone()),
+        other => panic!("expected BrokerDenied, got {other:?}"),
+    }
+}
+
+#[test]
+fn released_key_opens_the_model_then_revocation_refuses_with_the_brokers_reason() {
+    let fx = Fx::new(Opts::default());
+    let (id, token) = fx.licence(2, None, json!({}));
+    let p = fx.sealed();
+    let f = fx.open(&p, fx.access(&token, "m1")).unwrap();
+    assert_eq!(f.read_tensor("w").unwrap(), fx.data);
+    assert_eq!(f.authenticity().name(), "signed-trusted");
+
+    let (s, _) = fx.admin("POST", &format!("/admin/licences/{id}/revoke"), None);
+    assert_eq!(s, 200);
+    let e = fx.open(&p, fx.access(&token, "m1")).err().unwrap();
+    let (status, reason) = denied(&e);
+    assert_eq!(status, 403);
+    assert!(
+        reason.contains(&format!("licence {id} was revoked")),
+        "{reason}"
+    );
+    assert_eq!(e.class(), ErrorClass::PolicyDenied);
+    assert!(e.to_string().contains("refused to release"), "{e}");
+    assert_eq!(fx.audit_codes(), ["released", "licence_revoked"]);
+    // The audit is visible to the admin, and not to anyone else.
+    let (s, rows) = fx.admin("GET", "/admin/audit", None);
+    assert_eq!(s, 200);
+    assert_eq!(rows[0]["code"], "licence_revoked");
+    assert_eq!(rows[1]["client"], format!("licence:{id}"));
+    let mut r = agent()
+        .get(format!("http://{}/admin/audit", fx.addr))
+        .header("authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let _ = r.body_mut().read_to_string();
+}
+
+#[test]
+fn a_released_key_is_cached_for_the_brokers_ttl_only() {
+    let fx = Fx::new(Opts {
+        ttl: 600,
+        ..Default::default()
+    });
+    let (id, token) = fx.licence(1, None, json!({}));
+    let p = fx.sealed();
+    let access = fx.access(&token, "m1");
+    fx.open(&p, access.clone()).unwrap();
+    fx.admin("POST", &format!("/admin/licences/{id}/revoke"), None);
+    // Within the TTL the same loader still holds the key (SPEC §6.6) ...
+    fx.open(&p, access).unwrap();
+    // ... a new one asks again and is refused.
+    let e = fx.open(&p, fx.access(&token, "m1")).err().unwrap();
+    assert_eq!(denied(&e).0, 403);
+    assert_eq!(fx.audit_codes(), ["released", "licence_revoked"]);
+}
+
+#[test]
+fn wrong_token_is_refused_and_audited_as_unknown() {
+    let fx = Fx::new(Opts::default());
+    fx.licence(1, None, json!({}));
+    let e = fx
+        .open(&fx.sealed(), fx.access("stl_not-a-token", "m1"))
+        .err()
+        .unwrap();
+    assert_eq!(
+        denied(&e),
+        (401, "the licence token is not known to this broker".into())
+    );
+    let rows = fx.store.audit_rows(10).unwrap();
+    assert_eq!(
+        (rows[0].client.as_str(), rows[0].code.as_str()),
+        ("unknown", "unknown_token")
+    );
+}
+
+#[test]
+fn expired_licence_is_refused() {
+    let fx = Fx::new(Opts::default());
+    let (id, token) = fx.licence(1, Some(now() - 10), json!({}));
+    let e = fx
+        .open(&fx.sealed(), fx.access(&token, "m1"))
+        .err()
+        .unwrap();
+    let (s, reason) = denied(&e);
+    assert_eq!(s, 403);
+    assert!(
+        reason.starts_with(&format!("licence {id} expired at")),
+        "{reason}"
+    );
+    assert_eq!(fx.audit_codes(), ["licence_expired"]);
+}
+
+#[test]
+fn seats_count_distinct_machines() {
+    let fx = Fx::new(Opts::default());
+    let (id, token) = fx.licence(1, None, json!({}));
+    let p = fx.sealed();
+    fx.open(&p, fx.access(&token, "machine-a")).unwrap();
+    fx.open(&p, fx.access(&token, "machine-a")).unwrap();
+    let e = fx.open(&p, fx.access(&token, "machine-b")).err().unwrap();
+    assert_eq!(
+        denied(&e),
+        (
+            403,
+            format!("licence {id} allows 1 machine(s) and 1 other machine(s) hold them")
+        )
+    );
+    assert_eq!(
+        fx.audit_codes(),
+        ["released", "released", "seats_exhausted"]
+    );
+}
+
+#[test]
+fn unknown_key_id_is_refused() {
+    let fx = Fx::new(Opts::default());
+    let (_, token) = fx.licence(1, None, json!({}));
+    let r = BrokerRecipient::new(&fx.url("k9"), fx.kek_public).unwrap();
+    let p = fx.seal("k9.safetensors", Box::new(r), None, true);
+    let e = fx.open(&p, fx.access(&token, "m1")).err().unwrap();
+    assert_eq!(denied(&e), (404, "this broker has no key id \"k9\"".into()));
+    assert_eq!(fx.audit_codes(), ["unknown_key"]);
+}
+
+#[test]
+fn tampered_header_is_refused_by_the_broker() {
+    let fx = Fx::new(Opts::default());
+    let (_, token) = fx.licence(1, None, json!({}));
+    let mut h = header_bytes(&fx.sealed());
+    // Change the model version inside the signed seal document, same length.
+    let s = String::from_utf8(h[8..].to_vec()).unwrap();
+    let at = 8 + s.find("\\\"version\\\":\\\"1\\\"").unwrap() + "\\\"version\\\":\\\"".len();
+    h[at] = b'2';
+    let (status, v) = fx.raw_release("k1", &token, &fx.request(&h, &[1; 16]));
+    assert_eq!(
+        (status, v["error"].as_str().unwrap()),
+        (403, "bad_signature"),
+        "{v}"
+    );
+    // A header signed by someone else than the registered publisher.
+    let other = SigningKey::generate().unwrap();
+    let r = BrokerRecipient::new(&fx.url("k1"), fx.kek_public).unwrap();
+    let p = fx.dir.path().join("other.safetensors");
+    let sealer = Sealer::new(SealOptions {
+        recipients: vec![Box::new(r)],
+        signing_key: Some(other),
+        model_id: MODEL.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    sealer
+        .seal_file(&fx.dir.path().join("plain.safetensors"), &p)
+        .unwrap();
+    let (status, v) = fx.raw_release("k1", &token, &fx.request(&header_bytes(&p), &[2; 16]));
+    assert_eq!(
+        (status, v["error"].as_str().unwrap()),
+        (403, "untrusted_signer"),
+        "{v}"
+    );
+    // Unsigned.
+    let p = fx.seal(
+        "unsigned.safetensors",
+        Box::new(BrokerRecipient::new(&fx.url("k1"), fx.kek_public).unwrap()),
+        None,
+        false,
+    );
+    let (status, v) = fx.raw_release("k1", &token, &fx.request(&header_bytes(&p), &[3; 16]));
+    assert_eq!(
+        (status, v["error"].as_str().unwrap()),
+        (403, "not_signed"),
+        "{v}"
+    );
+    // Garbage.
+    let (status, v) = fx.raw_release("k1", &token, &fx.request(b"12345678{}", &[4; 16]));
+    assert_eq!(
+        (status, v["error"].as_str().unwrap()),
+        (400, "invalid_header"),
+        "{v}"
+    );
+    assert_eq!(
+        fx.audit_codes(),
+        [
+            "bad_signature",
+            "untrusted_signer",
+            "not_signed",
+            "invalid_header"
+        ]
+    );
+}
+
+#[test]
+fn replayed_request_is_refused() {
+    let fx = Fx::new(Opts::default());
+    let (_, token) = fx.licence(1, None, json!({}));
+    let body = fx.request(&header_bytes(&fx.sealed()), &[9; 16]);
+    let (s1, v1) = fx.raw_release("k1", &token, &body);
+    assert_eq!(s1, 200, "{v1}");
+    let (s2, v2) = fx.raw_release("k1", &token, &body);
+    assert_eq!(
+        (s2, v2["error"].as_str().unwrap()),
+        (409, "replayed_request")
+    );
+    // A stale request (clock far off) is refused too.
+    let mut req: Value =
+        serde_json::from_slice(&fx.request(&header_bytes(&fx.sealed()), &[8; 16])).unwrap();
+    req["time"] = json!(now() - 3600);
+    let (s3, v3) = fx.raw_release("k1", &token, &serde_json::to_vec(&req).unwrap());
+    assert_eq!((s3, v3["error"].as_str().unwrap()), (400, "stale_request"));
+    assert_eq!(
+        fx.audit_codes(),
+        ["released", "replayed_request", "stale_request"]
+    );
+}
+
+#[test]
+fn oversized_body_is_refused_before_parsing() {
+    let fx = Fx::new(Opts {
+        max_body: 64 * 1024,
+        ..Default::default()
+    });
+    let (_, token) = fx.licence(1, None, json!({}));
+    let (s, v) = fx.raw_release("k1", &token, &vec![b' '; 65 * 1024]);
+    assert_eq!((s, v["error"].as_str().unwrap()), (413, "too_large"), "{v}");
+    assert_eq!(fx.audit_codes(), ["too_large"]);
+}
+
+#[test]
+fn rate_limit_answers_429() {
+    let fx = Fx::new(Opts {
+        rate: 3,
+        ..Default::default()
+    });
+    // Fx::new used one request (the model registration).
+    let url = format!("http://{}/healthz", fx.addr);
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| agent().get(&url).call().unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses, [200, 200, 429, 429]);
+}
+
+#[test]
+fn the_files_policy_runs_at_the_broker_with_the_stored_licence() {
+    let fx = Fx::new(Opts::default());
+    let policy = r#"package sealtensors
+
+import rego.v1
+
+default allow := false
+
+allow if count(deny_reasons) == 0
+
+deny_reasons contains "the licence tier is not gold" if input.licence.tier != "gold"
+deny_reasons contains "machine not allowed" if input.host.machine_id == "banned-machine"
+"#;
+    let r = BrokerRecipient::new(&fx.url("k1"), fx.kek_public).unwrap();
+    let p = fx.seal("policy.safetensors", Box::new(r), Some(policy), true);
+    // The loader's own licence claims and machine id are irrelevant to the
+    // broker: the local policy sees gold and this machine, and allows.
+    let local_gold = |access: BrokerAccess| {
+        SealedFile::open(
+            &p,
+            &OpenOptions {
+                trusted: vec![fx.signer.verifying_key()],
+                broker: Some(access),
+                policy: sealtensors::policy::PolicyContext {
+                    licence: Some(json!({"tier": "gold"})),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+    };
+    let (_, silver) = fx.licence(5, None, json!({"tier": "silver"}));
+    let e = local_gold(fx.access(&silver, "gpu-1")).err().unwrap();
+    assert_eq!(
+        denied(&e),
+        (
+            403,
+            "the file's access policy denies access: the licence tier is not gold".into()
+        )
+    );
+    let (_, gold) = fx.licence(5, None, json!({"tier": "gold"}));
+    let e = local_gold(fx.access(&gold, "banned-machine"))
+        .err()
+        .unwrap();
+    assert!(denied(&e).1.contains("machine not allowed"));
+    local_gold(fx.access(&gold, "gpu-7")).unwrap();
+    assert_eq!(
+        fx.audit_codes(),
+        ["policy_denied", "policy_denied", "released"]
+    );
+}
+
+#[test]
+fn hosts_not_allowed_are_never_contacted() {
+    let fx = Fx::new(Opts::default());
+    let (_, token) = fx.licence(1, None, json!({}));
+    let access = BrokerAccess::new(["keys.example.com"], Some(token)).with_machine_id("m1");
+    let e = fx.open(&fx.sealed(), access).err().unwrap();
+    assert!(matches!(e.kind(), Error::BrokerUnavailable { .. }), "{e}");
+    assert!(e.to_string().contains("SEALTENSORS_BROKERS"), "{e}");
+    // Without any broker configuration: the same hint, and no request.
+    let e = SealedFile::open(fx.sealed(), &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e.kind(), Error::BrokerUnavailable { .. }), "{e}");
+    assert!(fx.audit_codes().is_empty());
+}
+
+#[test]
+fn admin_operations_need_the_admin_token() {
+    let fx = Fx::new(Opts::default());
+    let (_, token) = fx.licence(1, None, json!({}));
+    for t in [token.as_str(), "", "admin-token-for-test"] {
+        let mut r = agent()
+            .post(format!("http://{}/admin/licences", fx.addr))
+            .header("authorization", &format!("Bearer {t}"))
+            .send_json(json!({"customer": "x", "models": [MODEL]}))
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let _ = r.body_mut().read_to_string();
+    }
+    // Tokens are stored only as hashes.
+    let db = std::fs::read(fx.dir.path().join("broker.db")).unwrap_or_default();
+    let wal = std::fs::read(fx.dir.path().join("broker.db-wal")).unwrap_or_default();
+    let needle = token.as_bytes();
+    for b in [db, wal] {
+        assert!(!b.windows(needle.len()).any(|w| w == needle));
+    }
+    let (s, v) = fx.admin("GET", "/admin/licences", None);
+    assert_eq!(s, 200);
+    assert!(!v.to_string().contains(&token));
+}
