@@ -61,6 +61,12 @@ pub enum Command {
     /// Write a licence policy from a template, or test a policy (docs/policy.md).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run a key broker: licences, policy-enforced key release, audit (docs/broker.md).
+    #[command(after_help = "Example:\n  sealtensors serve --config broker.toml")]
+    Serve(crate::broker::Serve),
+    /// Administer a running key broker: models, licences, audit.
+    #[command(subcommand)]
+    Broker(crate::broker::BrokerCommand),
 }
 
 #[derive(Subcommand, Debug)]

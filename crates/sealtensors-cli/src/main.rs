@@ -1,6 +1,7 @@
 //! `sealtensors`: a thin face over the library. It parses arguments, finds
 //! keys, shows progress and maps errors; it holds no crypto.
 
+mod broker;
 mod cli;
 mod error;
 
@@ -48,6 +49,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sign(a) => sign(a, quiet),
         Command::Policy(cli::PolicyCommand::New(a)) => policy_new(a),
         Command::Policy(cli::PolicyCommand::Test(a)) => policy_test(a),
+        Command::Serve(a) => broker::serve(a),
+        Command::Broker(c) => broker::run(c),
     }
 }
 
