@@ -10,13 +10,18 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup py-build rust-test py-test lint fmt clean
 
-# make bench [ARGS=--quick]: the benchmark suite (bench/run.py); results in
-# bench/results/ and docs/benchmarks.md.
+# make bench [ARGS=--quick]: the benchmark suite (bench/run.py, see docs/benchmarks.md):
+# 1 GiB in 8 tensors (torch and numpy, warm and cold page cache, slices), 1 GiB in 2000
+# tensors, a 4 GiB sharded folder (CLI and Python seal: time, peak RSS), each against
+# safetensors, cryptotensors 0.2.3 and a raw aws-lc-rs floor (bench/floor), then the
+# criterion micro-benchmarks (bench/micro). Writes bench/results/<date>-<mode>.json,
+# docs/benchmarks.md and docs/img/*.png. Full run: about 25 minutes here, about 22 GiB
+# free in /tmp; ARGS=--quick scales every workload down (a few minutes).
+# More options: .venv/bin/python bench/run.py --help.
 .PHONY: bench
 bench: py-build
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) bench/run.py $(ARGS)
-	$(PY) bench/extra.py
 
 $(STAMP): requirements-test.txt
 	test -x $(PY) || python3 -m venv $(VENV)

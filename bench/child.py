@@ -5,7 +5,9 @@
 Prints one JSON line: the timings taken inside this process (imports and
 tensor generation excluded), the peak RSS of the process (ru_maxrss, KiB) and
 the peak RSS measured just before the timed operation (`rss_before_kib`, so the
-operation's own growth is the difference).
+operation's own growth is the difference). torch is imported only by the tasks
+that need it, so the peak RSS of a numpy load or of `sealtensors.seal` does
+not include torch.
 """
 
 from __future__ import annotations
@@ -15,23 +17,32 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
-
-import torch
 
 
 def maxrss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def make_tensors(n: int, rows: int, cols: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random float32 tensors (normal, so no zero pages and no compressible runs)."""
-    g = torch.Generator().manual_seed(seed)
-    return {f"layers.{i}.weight": torch.randn(rows, cols, generator=g) for i in range(n)}
+def tensor_names(n: int) -> list[str]:
+    return [f"layers.{i}.weight" for i in range(n)]
 
 
-def checksum(tensors: dict[str, torch.Tensor]) -> float:
-    """Read every byte once: a float sum over every tensor."""
+def make_tensors(n: int, rows: int, cols: int, seed: int, first: int = 0) -> dict[str, Any]:
+    """Random float32 tensors (normal, so no zero pages and no compressible runs).
+    Tensor i is the same for every `first` (one generator per tensor)."""
+    import torch
+
+    out = {}
+    for i in range(first, first + n):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        out[f"layers.{i}.weight"] = torch.randn(rows, cols, generator=g)
+    return out
+
+
+def checksum(tensors: dict[str, Any]) -> float:
+    """Read every byte once: a float sum over every tensor (torch or numpy)."""
     return float(sum(float(t.sum()) for t in tensors.values()))
 
 
@@ -39,6 +50,14 @@ def cryptotensors_keys(keys_path: str) -> None:
     import cryptotensors
 
     cryptotensors.register_direct_key_provider(files=[keys_path])
+
+
+def cryptotensors_config(keys_path: str) -> dict[str, Any]:
+    with open(keys_path) as fh:
+        jwks = json.load(fh)["keys"]
+    enc = next(k for k in jwks if k["kty"] == "oct")
+    sign = next(k for k in jwks if k["kty"] == "okp")
+    return {"enc_key": enc, "sign_key": sign}
 
 
 def do_save(task: dict[str, Any]) -> dict[str, Any]:
@@ -62,11 +81,9 @@ def do_save(task: dict[str, Any]) -> dict[str, Any]:
     elif system == "cryptotensors":
         import cryptotensors.torch
 
-        with open(keys["cryptotensors"]) as fh:
-            jwks = json.load(fh)["keys"]
-        enc = next(k for k in jwks if k["kty"] == "oct")
-        sign = next(k for k in jwks if k["kty"] == "okp")
-        cryptotensors.torch.save_file(tensors, out, config={"enc_key": enc, "sign_key": sign})
+        cryptotensors.torch.save_file(
+            tensors, out, config=cryptotensors_config(keys["cryptotensors"])
+        )
     else:
         import sealtensors.torch as st
 
@@ -82,34 +99,130 @@ def do_save(task: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": secs, "rss_before_kib": before, "maxrss_kib": maxrss_kib()}
 
 
-def do_load(task: dict[str, Any]) -> dict[str, Any]:
-    path = task["path"]
-    system = task["system"]
-    keys = task.get("keys", {})
-    if system == "cryptotensors":
-        import cryptotensors.torch
+def do_make_sharded(task: dict[str, Any]) -> dict[str, Any]:
+    """A Hugging Face-style plain folder: model-0000i-of-0000n.safetensors and
+    model.safetensors.index.json, written by safetensors (timed: the plain save)."""
+    import safetensors.torch
 
-        cryptotensors_keys(keys["cryptotensors"])
-        load = cryptotensors.torch.load_file
-    elif system == "safetensors":
-        import safetensors.torch
+    m = task["model"]
+    out = Path(task["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    shards, per = m["shards"], m["tensors_per_shard"]
+    weight_map: dict[str, str] = {}
+    secs = 0.0
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        tensors = make_tensors(per, m["rows"], m["cols"], m["seed"], first=s * per)
+        t0 = time.perf_counter()
+        safetensors.torch.save_file(tensors, str(out / name), metadata={"format": "pt"})
+        secs += time.perf_counter() - t0
+        weight_map.update(dict.fromkeys(tensors, name))
+        del tensors
+    total = shards * per * m["rows"] * m["cols"] * 4
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    (out / "config.json").write_text(json.dumps({"model_type": "bench"}))
+    return {"seconds": secs, "maxrss_kib": maxrss_kib()}
 
-        load = safetensors.torch.load_file
-    else:
-        import sealtensors.torch as st
 
-        kw: dict[str, Any] = {}
-        if system in ("seal-aes", "seal-chacha"):
-            kw["identities"] = [keys["identity"]]
-        elif system == "seal-sign":
-            kw["trusted"] = [keys["signer"]]
+def do_py_seal(task: dict[str, Any]) -> dict[str, Any]:
+    """`sealtensors.seal(folder)`: the Python path of sealing a model folder."""
+    import shutil
 
-        def load(p: str) -> dict[str, torch.Tensor]:
-            return st.load_file(p, **kw)
+    import sealtensors
 
+    out = task["out"]
+    if os.path.exists(out):
+        shutil.rmtree(out)
     before = maxrss_kib()
     t0 = time.perf_counter()
-    tensors = load(path)
+    sealtensors.seal(task["input"], out, recipients=[task["keys"]["recipient"]])
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "rss_before_kib": before, "maxrss_kib": maxrss_kib()}
+
+
+def do_ct_seal_shards(task: dict[str, Any]) -> dict[str, Any]:
+    """cryptotensors has no folder sealing: each shard is loaded (safetensors)
+    and saved encrypted with its defaults; index and config are copied."""
+    import shutil
+
+    import cryptotensors.torch
+    import safetensors.torch
+
+    inp, out = Path(task["input"]), Path(task["out"])
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    config = cryptotensors_config(task["keys"]["cryptotensors"])
+    before = maxrss_kib()
+    save_secs = 0.0
+    t0 = time.perf_counter()
+    for f in sorted(inp.iterdir()):
+        if f.suffix == ".safetensors":
+            tensors = safetensors.torch.load_file(str(f))
+            t1 = time.perf_counter()
+            cryptotensors.torch.save_file(tensors, str(out / f.name), config=config)
+            save_secs += time.perf_counter() - t1
+            del tensors
+        else:
+            shutil.copy(f, out / f.name)
+    secs = time.perf_counter() - t0
+    return {
+        "seconds": secs,
+        "save_seconds": save_secs,
+        "rss_before_kib": before,
+        "maxrss_kib": maxrss_kib(),
+    }
+
+
+def loader(system: str, framework: str, keys: dict[str, Any]) -> Any:
+    """A load_file(path) for the system and framework ("pt" or "np")."""
+    mod = "torch" if framework == "pt" else "numpy"
+    if system == "cryptotensors":
+        import importlib
+
+        cryptotensors_keys(keys["cryptotensors"])
+        return importlib.import_module(f"cryptotensors.{mod}").load_file
+    if system == "safetensors":
+        import importlib
+
+        return importlib.import_module(f"safetensors.{mod}").load_file
+    if framework == "pt":
+        import sealtensors.torch as st
+    else:
+        import sealtensors.numpy as st  # type: ignore[no-redef]
+    kw: dict[str, Any] = {}
+    if system in ("seal-aes", "seal-chacha"):
+        kw["identities"] = [keys["identity"]]
+    elif system == "seal-sign":
+        kw["trusted"] = [keys["signer"]]
+
+    def load(p: str) -> dict[str, Any]:
+        return st.load_file(p, **kw)
+
+    return load
+
+
+def do_load(task: dict[str, Any]) -> dict[str, Any]:
+    """Load every file given (one, or the shards of a model, in order) into one
+    dict, then sum every tensor."""
+    framework = task.get("framework", "pt")
+    if framework == "pt":
+        import torch
+
+        # One thread for the sum: it is only the reader that touches every byte,
+        # and torch's parallel regions stall for whole time slices when the
+        # shared machine is oversubscribed (2000 sums took 0.4 to 12 s on 2 threads).
+        torch.set_num_threads(1)
+    else:
+        import numpy  # noqa: F401 (imported before the clock starts)
+    paths = task["paths"] if "paths" in task else [task["path"]]
+    load = loader(task["system"], framework, task.get("keys", {}))
+    before = maxrss_kib()
+    t0 = time.perf_counter()
+    tensors: dict[str, Any] = {}
+    for p in paths:
+        tensors.update(load(p))
     t1 = time.perf_counter()
     s = checksum(tensors)
     t2 = time.perf_counter()
@@ -118,6 +231,7 @@ def do_load(task: dict[str, Any]) -> dict[str, Any]:
         "load_seconds": t1 - t0,
         "sum_seconds": t2 - t1,
         "checksum": s,
+        "tensors": len(tensors),
         "rss_before_kib": before,
         "maxrss_kib": maxrss_kib(),
     }
@@ -146,6 +260,9 @@ def do_slice(task: dict[str, Any]) -> dict[str, Any]:
 
         opener = sealtensors.safe_open
         kw = {"identities": [keys["identity"]]} if system in ("seal-aes", "seal-chacha") else {}
+    import torch
+
+    torch.set_num_threads(1)  # as in do_load
     before = maxrss_kib()
     t0 = time.perf_counter()
     with opener(path, "pt", **kw) as f:
@@ -168,11 +285,19 @@ def do_slice(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+TASKS = {
+    "save": do_save,
+    "make-sharded": do_make_sharded,
+    "py-seal": do_py_seal,
+    "ct-seal-shards": do_ct_seal_shards,
+    "load": do_load,
+    "slice": do_slice,
+}
+
+
 def main() -> None:
     task = json.loads(sys.argv[1])
-    torch.set_num_threads(os.cpu_count() or 1)
-    fn = {"save": do_save, "load": do_load, "slice": do_slice}[task["kind"]]
-    print(json.dumps(fn(task)))
+    print(json.dumps(TASKS[task["kind"]](task)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Render a bench/results/*.json file: a console summary and docs/benchmarks.md.
+"""Render a bench/results/*.json file (format 2, written by bench/run.py): a
+console summary, docs/benchmarks.md and its plots in docs/img/.
 
-python bench/report.py bench/results/<date>-<mode>.json [--write-docs]
+    python bench/report.py bench/results/<date>-<mode>.json [--write-docs]
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+IMG = ROOT / "docs" / "img"
 
 LABELS = {
-    "safetensors": "safetensors 0.x (plain file)",
+    "safetensors": "safetensors (plain file)",
     "safetensors+fsync": "safetensors + fsync (plain file)",
     "sealtensors-plain": "sealtensors on the plain file",
     "seal-aes": "sealtensors sealed, AES-256-GCM",
@@ -22,162 +25,494 @@ LABELS = {
     "cryptotensors": "cryptotensors 0.2.3 encrypted (defaults)",
     "floor": "raw floor with MADV_HUGEPAGE",
     "floor-no-thp": "raw floor, plain 4 KiB pages",
+    "cli-seal": "`sealtensors seal` (CLI) on the folder",
+    "py-seal": "`sealtensors.seal()` (Python) on the folder",
 }
+SHORT = {
+    "safetensors": "safetensors",
+    "sealtensors-plain": "sealtensors plain",
+    "seal-aes": "sealed AES",
+    "seal-chacha": "sealed ChaCha",
+    "seal-sign": "sign-only",
+    "cryptotensors": "cryptotensors",
+    "floor": "floor (THP)",
+    "floor-no-thp": "floor",
+    "cli-seal": "CLI seal",
+    "py-seal": "Python seal",
+    "safetensors+fsync": "safetensors+fsync",
+}
+WORKLOAD_NAMES = ["large", "large-numpy", "small", "sharded"]
 
 
-def label(s: str, r: dict[str, Any]) -> str:
-    lab = LABELS.get(s, s)
-    v = r["machine"]["versions"].get("safetensors", "")
-    return lab.replace("safetensors 0.x", f"safetensors {v}")
+def title(r: dict[str, Any], name: str) -> str:
+    """A workload's title, with its size in this run."""
+    m = r["workloads"][name]["model"]
+    size = gib(m["bytes"])
+    return {
+        "large": f"{size} in {m['total_tensors']} large tensors (torch)",
+        "large-numpy": f"the same {size} file through numpy",
+        "small": f"{size} in {m['total_tensors']} small tensors (torch)",
+        "sharded": f"{size} sharded model folder, {m.get('shards')} shards (torch)",
+    }[name]
 
 
-def floor_seconds(r: dict[str, Any]) -> float:
-    """The floor: the faster of the two raw variants (with or without huge pages)."""
-    return min(r["load"]["floor"]["seconds"], r["load"]["floor-no-thp"]["seconds"])
+def label(s: str) -> str:
+    return LABELS.get(s, s)
 
 
-def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each DESIGN target with the measured value and whether it is met."""
-    load, sl, save = r["load"], r["slice"], r["save"]
-    aes = load["seal-aes"]
-    out = []
-
-    def add(name: str, value: float | None, goal: str, met: bool | None, how: str) -> None:
-        out.append({"target": name, "value": value, "goal": goal, "met": met, "how": how})
-
-    x = load["cryptotensors"]["seconds"] / aes["seconds"]
-    add(
-        "sealed load (AES-256-GCM) at least 3x faster than cryptotensors",
-        x,
-        ">= 3.00x",
-        x >= 3,
-        "cryptotensors median / sealtensors median, load + sum over every tensor",
-    )
-    x = aes["load_seconds"] / floor_seconds(r)
-    add(
-        "sealed load within 1.25x of the floor",
-        x,
-        "<= 1.25x",
-        x <= 1.25,
-        "sealtensors load_file (every byte decrypted into fresh memory) / floor "
-        "(the same work, raw); the sum over the tensors is excluded from both",
-    )
-    x = load["sealtensors-plain"]["seconds"] / load["safetensors"]["seconds"]
-    add(
-        "sealtensors on plain files within 1.05x of safetensors",
-        x,
-        "<= 1.05x",
-        x <= 1.05,
-        "load + sum, sealtensors.torch.load_file / safetensors.torch.load_file",
-    )
-    x = sl["seal-aes:slice"]["seconds"] / sl["seal-aes:full"]["seconds"]
-    add(
-        "a 1/8 slice (rows) in at most 0.25x of the full tensor's time",
-        x,
-        "<= 0.25x",
-        x <= 0.25,
-        "sealed AES file: safe_open + get_slice(name)[0:rows/8] + sum / "
-        "safe_open + get_tensor(name) + sum",
-    )
-    gbps = r["model"]["bytes"] / save["seal-aes"]["seconds"] / 1e9
-    add(
-        "seal throughput at least 1 GB/s from a warm cache (issue 6)",
-        gbps,
-        ">= 1.00 GB/s",
-        gbps >= 1,
-        "model bytes / seal time (tensors in memory, output written and fsynced)",
-    )
-    add(
-        "cold-cache sealed load within 1.10x of safetensors' cold load",
-        None,
-        "<= 1.10x",
-        None,
-        "not measured in this cut (dropping the page cache needs root)",
-    )
-    add(
-        "decryption at 80% or more of the raw AEAD rate per core",
-        None,
-        ">= 80%",
-        None,
-        "not measured in this cut (needs the criterion micro-benchmarks)",
-    )
-    add(
-        "peak RSS while sealing the 4 GiB model at most 256 MiB",
-        None,
-        "<= 256 MiB",
-        None,
-        "not measured in this cut (no 4 GiB workload yet; see the save table for 1 GiB)",
-    )
-    return out
-
-
-def _met(m: bool | None) -> str:
-    return "not measured" if m is None else ("**met**" if m else "**MISSED**")
-
-
-def _fmt_val(t: dict[str, Any]) -> str:
-    if t["value"] is None:
-        return "-"
-    return f"{t['value']:.2f} GB/s" if "GB/s" in t["goal"] else f"{t['value']:.2f}x"
-
-
-def console(r: dict[str, Any]) -> str:
-    lines = [f"== sealtensors bench, {r['mode']} mode, {r['model']['bytes'] / 2**20:.0f} MiB =="]
-    lines.append("load (median s, load + sum):")
-    for s, v in r["load"].items():
-        lines.append(f"  {s:<20} {v['seconds']:8.3f}")
-    lines.append("save (median s):")
-    for s, v in r["save"].items():
-        lines.append(f"  {s:<20} {v['seconds']:8.3f}")
-    lines.append("slice (median s):")
-    for s, v in r["slice"].items():
-        lines.append(f"  {s:<24} {v['seconds']:8.4f}")
-    lines.append("targets:")
-    for t in targets(r):
-        lines.append(f"  [{_met(t['met']).strip('*'):>12}] {t['target']}: {_fmt_val(t)}")
-    return "\n".join(lines)
-
-
-def _spread(x: dict[str, Any]) -> str:
-    """min-max of the repetitions' total seconds."""
-    v = [run["seconds"] for run in x["runs"]]
-    return f"{min(v):.3f}-{max(v):.3f}"
-
-
-def _mib(kib: float) -> str:
+def mib(kib: float) -> str:
     return f"{kib / 1024:,.0f}"
 
 
-def _ratio(a: float, b: float | None) -> str:
-    return "-" if not b else f"{a / b:.2f}x"
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def markdown(r: dict[str, Any], result_path: str) -> str:
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}x"
+
+
+def spread(x: dict[str, Any], key: str = "seconds") -> str:
+    v = [run[key] for run in x["runs"] if key in run]
+    return f"{min(v):.3f}-{max(v):.3f}" if v else "-"
+
+
+def floor_seconds(load: dict[str, Any]) -> float | None:
+    """The floor: the faster of the two raw variants (with or without huge pages)."""
+    v = [load[f]["seconds"] for f in ("floor", "floor-no-thp") if f in load]
+    return min(v) if v else None
+
+
+def wl(r: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return (r.get("workloads") or {}).get(name)
+
+
+def micro_bench(r: dict[str, Any], bid: str) -> dict[str, Any] | None:
+    m = r.get("micro") or {}
+    return (m.get("benches") or {}).get(bid)
+
+
+# -- targets -------------------------------------------------------------------------------
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each DESIGN / issue 6 target with the measured value and whether it is met."""
+    out: list[dict[str, Any]] = []
+    quick = r["mode"] == "quick"
+
+    def add(
+        name: str, value: float | None, unit: str, goal: str, met: bool | None, how: str
+    ) -> None:
+        out.append(
+            {"target": name, "value": value, "unit": unit, "goal": goal, "met": met, "how": how}
+        )
+
+    def missing(name: str, unit: str, goal: str, why: str) -> None:
+        add(name, None, unit, goal, None, why)
+
+    # 1. sealed load >= 3x faster than cryptotensors; 2. within 1.25x of the floor.
+    large = wl(r, "large")
+    for w in ("large", "small", "sharded", "large-numpy"):
+        x = wl(r, w)
+        if not x:
+            continue
+        L = x["load"]
+        v = L["cryptotensors"]["seconds"] / L["seal-aes"]["seconds"]
+        add(
+            f"sealed load at least 3x faster than cryptotensors ({w})",
+            v,
+            "x",
+            ">= 3.00x",
+            v >= 3,
+            "cryptotensors / sealtensors AES, median load + sum over every tensor",
+        )
+    for w in ("large", "small", "sharded"):
+        x = wl(r, w)
+        if not x:
+            continue
+        fl = floor_seconds(x["load"])
+        v = x["load"]["seal-aes"]["load_seconds"] / fl if fl else None
+        add(
+            f"sealed load within 1.25x of the floor ({w})",
+            v,
+            "x",
+            "<= 1.25x",
+            None if v is None else v <= 1.25,
+            "load_file of every tensor (decrypted into fresh memory) / the floor (the same "
+            "work, raw, faster variant); the sum is excluded from both",
+        )
+    # 3. cold.
+    if large and "cold" in large:
+        C = large["cold"]
+        v = C["seal-aes"]["seconds"] / C["safetensors"]["seconds"]
+        res = min(C[s].get("resident", 0) for s in C)
+        add(
+            "cold-cache sealed load within 1.10x of safetensors' cold load (large)",
+            v,
+            "x",
+            "<= 1.10x",
+            v <= 1.10,
+            "load + sum after evicting the file from the page cache (POSIX_FADV_DONTNEED; "
+            f"at most {max(C[s].get('resident', 0) for s in C):.1%} of it resident before a "
+            f"load, at least {res:.1%})",
+        )
+    else:
+        missing(
+            "cold-cache sealed load within 1.10x of safetensors' cold load",
+            "x",
+            "<= 1.10x",
+            "not measured in this run (--no-cold or no large workload)",
+        )
+    # 4. plain files.
+    for w in ("large", "small", "sharded", "large-numpy"):
+        x = wl(r, w)
+        if not x:
+            continue
+        L = x["load"]
+        v = L["sealtensors-plain"]["seconds"] / L["safetensors"]["seconds"]
+        add(
+            f"sealtensors on plain files within 1.05x of safetensors ({w})",
+            v,
+            "x",
+            "<= 1.05x",
+            v <= 1.05,
+            "load + sum, sealtensors load_file / safetensors load_file on the same file",
+        )
+    # 5. decryption per core.
+    a = micro_bench(r, "chunk_open/aes-256-gcm/sealtensors")
+    b = micro_bench(r, "chunk_open/aes-256-gcm/aws-lc-rs")
+    if a and b:
+        v = a["gbps"] / b["gbps"] * 100
+        add(
+            "decryption at 80% or more of the raw AEAD rate per core",
+            v,
+            "%",
+            ">= 80%",
+            v >= 80,
+            f"criterion, one 1 MiB chunk on one core: ChunkKey::open {a['gbps']:.2f} GB/s / "
+            f"aws-lc-rs open_in_place_separate_tag {b['gbps']:.2f} GB/s",
+        )
+    else:
+        missing(
+            "decryption at 80% or more of the raw AEAD rate per core",
+            "%",
+            ">= 80%",
+            "not measured (micro-benchmarks skipped or failed)",
+        )
+    # 6. seal throughput; 7. peak RSS sealing the sharded model.
+    sh = wl(r, "sharded")
+    size_note = (
+        "" if not sh else f" ({gib(sh['model']['bytes'])} model{', quick' if quick else ''})"
+    )
+    if sh:
+        for s in ("cli-seal", "py-seal"):
+            v = sh["model"]["bytes"] / sh["seal"][s]["seconds"] / 1e9
+            add(
+                f"seal throughput at least 1 GB/s from a warm cache: {SHORT[s]}{size_note}",
+                v,
+                "GB/s",
+                ">= 1.00 GB/s",
+                v >= 1,
+                "model bytes / wall time of sealing the folder, shards in the page cache, "
+                "output written and fsynced",
+            )
+    if large:
+        v = large["model"]["bytes"] / large["save"]["seal-aes"]["seconds"] / 1e9
+        add(
+            "seal throughput at least 1 GB/s from a warm cache: torch save_file (large)",
+            v,
+            "GB/s",
+            ">= 1.00 GB/s",
+            v >= 1,
+            "model bytes / sealtensors.torch.save_file time (tensors in memory, fsynced)",
+        )
+    if sh:
+        for s in ("cli-seal", "py-seal"):
+            v = sh["seal"][s]["maxrss_kib"] / 1024
+            add(
+                f"peak RSS while sealing the 4 GiB model at most 256 MiB: {SHORT[s]}{size_note}",
+                v,
+                "MiB",
+                "<= 256 MiB",
+                v <= 256,
+                "ru_maxrss of the process"
+                + (
+                    " (the CLI itself, from wait4)"
+                    if s == "cli-seal"
+                    else " (Python with numpy and sealtensors imported: "
+                    f"{mib(sh['seal'][s]['rss_before_kib'])} MiB before the call)"
+                ),
+            )
+    else:
+        missing(
+            "peak RSS while sealing the 4 GiB model at most 256 MiB",
+            "MiB",
+            "<= 256 MiB",
+            "not measured (no sharded workload in this run)",
+        )
+    # 8. slice.
+    if large and "slice" in large:
+        S = large["slice"]
+        v = S["seal-aes:slice"]["seconds"] / S["seal-aes:full"]["seconds"]
+        add(
+            "a 1/8 slice in at most 0.25x of the full tensor's time",
+            v,
+            "x",
+            "<= 0.25x",
+            v <= 0.25,
+            "sealed AES: safe_open + get_slice(name)[0:rows/8] + sum / "
+            "safe_open + get_tensor(name) + sum",
+        )
+    # Issue 5: policy evaluation.
+    p = micro_bench(r, "policy_2000/evaluate-expiry")
+    if p:
+        v = p["median_ns"] / 1e6
+        add(
+            "policy evaluation for 2000 tensors under 1 ms (issue 5, expiry template)",
+            v,
+            "ms",
+            "< 1 ms",
+            v < 1,
+            "criterion: Policy::evaluate of the expiry template on the input document of a "
+            "2000-tensor file",
+        )
+    return out
+
+
+def met_str(m: bool | None) -> str:
+    return "not measured" if m is None else ("**met**" if m else "**MISSED**")
+
+
+def val_str(t: dict[str, Any]) -> str:
+    v = t["value"]
+    if v is None:
+        return "-"
+    u = t["unit"]
+    return {
+        "x": f"{v:.2f}x",
+        "%": f"{v:.0f}%",
+        "GB/s": f"{v:.2f} GB/s",
+        "MiB": f"{v:.0f} MiB",
+        "ms": f"{v:.3f} ms",
+    }[u]
+
+
+# -- console ----------------------------------------------------------------------------------
+
+
+def console(r: dict[str, Any]) -> str:
+    lines = [f"== sealtensors bench, {r['mode']} mode, {r['elapsed_seconds']:.0f} s =="]
+    for name, w in (r.get("workloads") or {}).items():
+        lines.append(f"{name} ({gib(w['model']['bytes'])}): load (median s, load + sum)")
+        for s, v in w["load"].items():
+            lines.append(f"  {s:<20} {v['seconds']:8.3f}")
+        for part in ("cold", "save", "seal", "slice"):
+            if part in w:
+                lines.append(f"  {part}:")
+                for s, v in w[part].items():
+                    lines.append(f"    {s:<22} {v['seconds']:8.3f}")
+    lines.append("targets:")
+    for t in targets(r):
+        lines.append(f"  [{met_str(t['met']).strip('*'):>12}] {t['target']}: {val_str(t)}")
+    return "\n".join(lines)
+
+
+# -- plots ------------------------------------------------------------------------------------
+
+
+def plots(r: dict[str, Any]) -> dict[str, str]:
+    """PNG plots under docs/img/; returns {what: path relative to docs/}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+    panels = [(n, "load", title(r, n)) for n in WORKLOAD_NAMES if wl(r, n)]
+    large = wl(r, "large")
+    if large and "cold" in large:
+        panels.insert(1, ("large", "cold", title(r, "large") + ", cold page cache"))
+    if panels:
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.1 * len(panels) + 0.6))
+        axes = axes if len(panels) > 1 else [axes]
+        for ax, (n, part, ptitle) in zip(axes, panels, strict=True):
+            data = wl(r, n)[part]  # type: ignore[index]
+            names = [s for s in data if s != "floor"]
+            lo = [data[s].get("load_seconds", data[s]["seconds"]) for s in names]
+            tot = [data[s]["seconds"] for s in names]
+            sm = [t - x for t, x in zip(tot, lo, strict=True)]
+            err = [
+                [t - min(x["seconds"] for x in data[s]["runs"]) for s, t in zip(names, tot)],
+                [max(x["seconds"] for x in data[s]["runs"]) - t for s, t in zip(names, tot)],
+            ]
+            y = range(len(names))
+            ax.barh(y, lo, color="#4477aa", label="load_file")
+            ax.barh(y, sm, left=lo, color="#aaccee", label="sum over every tensor")
+            ax.errorbar(tot, y, xerr=err, fmt="none", ecolor="black", capsize=2, lw=0.8)
+            ax.set_yticks(list(y), [SHORT.get(s, s) for s in names], fontsize=8)
+            ax.invert_yaxis()
+            fl = floor_seconds(wl(r, n)["load"])  # type: ignore[index]
+            if fl and part == "load":
+                ax.axvline(fl, color="#cc3311", ls="--", lw=1)
+            ax.set_title(ptitle, fontsize=9)
+            ax.tick_params(axis="x", labelsize=8)
+        axes[0].legend(fontsize=7, loc="lower right")
+        axes[-1].set_xlabel("seconds (median; whiskers: min-max of the reps)", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(IMG / "bench-load.png", dpi=90)
+        plt.close(fig)
+        made["load"] = "img/bench-load.png"
+
+    sh = wl(r, "sharded")
+    if large or sh:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        if large:
+            S = large["save"]
+            names = list(S)
+            axes[0].barh(range(len(names)), [S[s]["seconds"] for s in names], color="#228833")
+            axes[0].set_yticks(range(len(names)), [SHORT.get(s, s) for s in names], fontsize=8)
+            axes[0].invert_yaxis()
+            axes[0].set_title(f"save / seal {gib(large['model']['bytes'])} (s)", fontsize=9)
+        if sh:
+            S = sh["seal"]
+            names = list(S)
+            axes[1].barh(
+                range(len(names)), [S[s]["maxrss_kib"] / 1024 for s in names], color="#ee7733"
+            )
+            axes[1].axvline(256, color="#cc3311", ls="--", lw=1)
+            axes[1].set_yticks(range(len(names)), [SHORT.get(s, s) for s in names], fontsize=8)
+            axes[1].invert_yaxis()
+            axes[1].set_xscale("log")
+            axes[1].set_title(
+                f"peak RSS sealing the {gib(sh['model']['bytes'])} folder (MiB, log)", fontsize=9
+            )
+        for ax in axes:
+            ax.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        fig.savefig(IMG / "bench-save.png", dpi=90)
+        plt.close(fig)
+        made["save"] = "img/bench-save.png"
+
+    benches = (r.get("micro") or {}).get("benches") or {}
+    tp = {k: v["gbps"] for k, v in benches.items() if "gbps" in v and k.startswith("chunk_open")}
+    if tp:
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(tp) + 1))
+        names = list(tp)
+        ax.barh(range(len(names)), [tp[k] for k in names], color="#4477aa")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("GB/s (criterion median)", fontsize=8)
+        ax.set_title("chunk decryption, 1 MiB chunks", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(IMG / "bench-micro.png", dpi=90)
+        plt.close(fig)
+        made["micro"] = "img/bench-micro.png"
+    return made
+
+
+# -- markdown ---------------------------------------------------------------------------------
+
+
+def load_table(
+    w: dict[str, Any], part: str, size: int, floor_of: dict[str, Any] | None = None
+) -> list[str]:
+    L = w[part]
+    st_t = L["safetensors"]["seconds"]
+    ct_t = L["cryptotensors"]["seconds"] if "cryptotensors" in L else None
+    fl_t = floor_seconds(floor_of if floor_of is not None else L)
+    out = [
+        "| system | total s | min-max | load_file s | sum s | GB/s | peak RSS MiB (growth) "
+        "| resident before | vs safetensors | vs cryptotensors | vs floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s, x in L.items():
+        fl = s.startswith("floor")
+        tot = x["seconds"]
+        ld = x.get("load_seconds", tot)
+        sm = x.get("sum_seconds")
+        rss = (
+            "-" if fl else f"{mib(x['maxrss_kib'])} ({mib(x['maxrss_kib'] - x['rss_before_kib'])})"
+        )
+        vs_floor = ratio(ld, fl_t) + ("" if fl or not fl_t else f" (with sum {ratio(tot, fl_t)})")
+        res = f"{x['resident']:.0%}" if "resident" in x else "-"
+        ok = "" if x.get("checksum_ok", True) else " (checksum differs!)"
+        out.append(
+            f"| {label(s)}{ok} | {tot:.3f} | {spread(x)} | {ld:.3f} "
+            f"| {'-' if sm is None else f'{sm:.3f}'} "
+            f"| {size / tot / 1e9:.2f} | {rss} | {res} | {ratio(tot, st_t)} | {ratio(tot, ct_t)} "
+            f"| {vs_floor} |"
+        )
+    return out
+
+
+def save_table(S: dict[str, Any], size: int) -> list[str]:
+    st = S.get("safetensors", {}).get("seconds")
+    ct = S.get("cryptotensors", {}).get("seconds")
+    out = [
+        "| system | seconds | min-max | GB/s | peak RSS MiB (growth) "
+        "| vs safetensors | vs cryptotensors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s, x in S.items():
+        rss = f"{mib(x['maxrss_kib'])} ({mib(x['maxrss_kib'] - x['rss_before_kib'])})"
+        out.append(
+            f"| {label(s)} | {x['seconds']:.3f} | {spread(x)} "
+            f"| {size / x['seconds'] / 1e9:.2f} | {rss} "
+            f"| {ratio(x['seconds'], st)} | {ratio(x['seconds'], ct)} |"
+        )
+    return out
+
+
+def size_table(sizes: dict[str, int]) -> list[str]:
+    plain = sizes["safetensors"]
+    out = ["| system | bytes | overhead vs plain |", "|---|---:|---:|"]
+    for s, n in sizes.items():
+        out.append(f"| {label(s)} | {n:,} | {n - plain:+,} B ({(n - plain) / plain * 100:.4f}%) |")
+    return out
+
+
+LOAD_EXPLAINED = (
+    "`load_file(path)` (for a sharded model: of every shard, into one dict) then a sum "
+    "over every tensor (safetensors maps the file, so its pages are read by the sum; "
+    "sealtensors and cryptotensors decrypt into fresh memory in `load_file`). The floor is "
+    "`bench/floor` (see below); it does no sum. Peak RSS is `ru_maxrss` of the "
+    "subprocess; 'growth' is the part after imports. 'resident before' is the fraction "
+    "of the files in the page cache just before the load (mincore). Ratios are time "
+    "ratios (lower is faster): 'vs cryptotensors' 0.25x means four times faster; 'vs "
+    "floor' compares the load_file phase with the floor, and in parentheses the total "
+    "with the sum."
+)
+
+
+def markdown(r: dict[str, Any], result_path: str, imgs: dict[str, str] | None = None) -> str:
+    imgs = imgs or {}
     m = r["machine"]
-    model = r["model"]
-    size = model["bytes"]
-    gib = size / 2**30
-    L = r["load"]
-    S = r["save"]
     out: list[str] = []
     w = out.append
     w("# Benchmarks")
     w("")
     w(
-        f"Generated by `bench/run.py` ({r['command']}) on {r['finished']} from "
-        f"[`{result_path}`](../{result_path}). Every number is the median of {r['reps']} "
-        f"repetitions after {r['warmup']} warm-up round; each measurement ran in its own "
-        "subprocess; rounds were interleaved across systems. Times are measured inside "
-        "the subprocess around the operation only (interpreter start, imports and tensor "
-        "generation excluded)."
+        f"Generated by `bench/run.py` (`{r['command']}`"
+        + (f", arguments {' '.join(r['argv'])}" if r.get("argv") else "")
+        + f") on {r['finished']} from [`{result_path}`](../{result_path}), in "
+        f"{r['elapsed_seconds'] / 60:.1f} minutes. Every number is the median of {r['reps']} "
+        f"repetitions after {r['warmup']} warm-up round (sharded seals: at most 3); each "
+        "measurement ran in its own process; rounds were interleaved across systems. Times "
+        "are measured inside the process around the operation only (interpreter start, "
+        "imports and tensor generation excluded), except the CLI's (wall time of the command)."
     )
     if r["mode"] == "quick":
         w("")
         w(
-            f"**Quick mode**: the model is {size / 2**20:.0f} MiB, not the 1 GiB of a full "
-            "run (`make bench`). Ratios are indicative; absolute times are not comparable "
-            "with the DESIGN's 1 GiB figures."
+            "**Quick mode**: every workload is scaled down (the large and small models to "
+            "about 256 MiB, the sharded model to 512 MiB) and the micro-benchmarks measure "
+            "for 1 s each. Ratios are indicative; absolute times and the sharded model's "
+            "peak RSS are not comparable with the full run (`make bench`)."
         )
+    if r.get("partial"):
+        w("")
+        w("**Partial run** (testing options were given): some workloads are missing.")
     w("")
     w("## Machine")
     w("")
@@ -189,172 +524,299 @@ def markdown(r: dict[str, Any], result_path: str) -> str:
         f"safetensors {v.get('safetensors')}, cryptotensors {v.get('cryptotensors')}, "
         f"sealtensors {v.get('sealtensors')} at commit `{m['commit']}`"
     )
-    w("")
-    w("## Workload: 1 model, 8 large tensors" if r["mode"] == "full" else "## Workload (quick)")
-    w("")
+    la = r["loadavg"]
     w(
-        f"{model['tensors']} float32 tensors of shape [{model['rows']}, {model['cols']}] "
-        f"(normal random values, seed {model['seed']}), {size / 2**20:.0f} MiB "
-        f"({gib:.2f} GiB) of tensor data. Sealed files use {model['chunk_size'] // 1024} KiB "
-        "chunks (the default); cryptotensors uses its defaults (AES-256-GCM, 2 MiB chunks, "
-        "Ed25519 signature, which its save requires). The sealed AES and ChaCha files have "
-        "one X25519 recipient and no signature; the sign-only file has an Ed25519 signature "
-        "and per-chunk SHA-256 digests and is opened with the signer trusted."
+        f"- Load average (1 min) during the run: start {la['start']:.2f}, end {la['end']:.2f}, "
+        f"highest seen before a measurement {la['max']:.2f} on {m['nproc']} CPUs "
+        "(each measurement's own value is in the JSON)"
+    )
+    c = r.get("cache") or {}
+    w(
+        f"- Cold page cache: {c.get('method')}; `/proc/sys/vm/drop_caches` writable: "
+        f"{c.get('drop_caches_writable')} (not used: it would empty the cache of every "
+        "other process on this shared machine). Cold means cold for this VM; the host may "
+        "still cache its virtual disk."
     )
     w("")
-    w("### Targets")
+    w("## Targets")
     w("")
     w("| target | measured | goal | result | how |")
     w("|---|---|---|---|---|")
     for t in targets(r):
-        w(f"| {t['target']} | {_fmt_val(t)} | {t['goal']} | {_met(t['met'])} | {t['how']} |")
+        w(f"| {t['target']} | {val_str(t)} | {t['goal']} | {met_str(t['met'])} | {t['how']} |")
     w("")
-    w("### Load, warm page cache, every byte materialised")
-    w("")
-    w(
-        "`load_file(path)` then `float(t.sum())` for every tensor (safetensors maps the "
-        "file, so its pages are read by the sum; sealtensors and cryptotensors decrypt "
-        "into fresh memory in `load_file`). The floor is `bench/floor` (see below); it "
-        "does no sum. Peak RSS is `ru_maxrss` of the subprocess; 'growth' is the part "
-        "after imports."
-    )
-    w("")
-    w(
-        "| system | total s | min-max | load_file s | sum s | GB/s | peak RSS MiB (growth) "
-        "| vs safetensors | vs cryptotensors | vs floor |"
-    )
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    st_t = L["safetensors"]["seconds"]
-    ct_t = L["cryptotensors"]["seconds"]
-    fl_t = floor_seconds(r)
-    for s, x in L.items():
-        fl = s.startswith("floor")
-        tot = x["seconds"]
-        ld = x.get("load_seconds", tot)
-        sm = x.get("sum_seconds")
-        rss = (
-            "-"
-            if fl
-            else f"{_mib(x['maxrss_kib'])} ({_mib(x['maxrss_kib'] - x['rss_before_kib'])})"
-        )
-        vs_floor = _ratio(ld, fl_t) + ("" if fl else f" (with sum {_ratio(tot, fl_t)})")
+    if "load" in imgs:
+        w(f"![Load times per workload]({imgs['load']})")
+        w("")
         w(
-            f"| {label(s, r)} | {tot:.3f} | {_spread(x)} | {ld:.3f} "
-            f"| {'-' if sm is None else f'{sm:.3f}'} "
-            f"| {size / tot / 1e9:.2f} | {rss} | {_ratio(tot, st_t)} | {_ratio(tot, ct_t)} "
-            f"| {vs_floor} |"
+            "Load times: dark is `load_file`, light the sum over every tensor; the dashed "
+            "red line is the floor (the faster variant)."
         )
-    w("")
-    w(
-        "Ratios are time ratios (lower is faster): 'vs cryptotensors' 0.25x means four "
-        "times faster. 'vs floor' compares the load_file phase (decryption into fresh "
-        "memory) with the floor, and in parentheses the total with the sum."
-    )
-    w("")
-    w("### Save / seal")
-    w("")
-    w(
-        "Tensors are generated in the subprocess before the clock starts, so the peak RSS "
-        "includes the model itself; 'growth' is what the save added on top of it. "
-        "sealtensors writes aside, fsyncs and renames; safetensors does not fsync "
-        "('safetensors + fsync' adds one `fsync` to compare like with like)."
-    )
-    w("")
-    w(
-        "| system | seconds | min-max | GB/s | peak RSS MiB (growth) "
-        "| vs safetensors | vs cryptotensors |"
-    )
-    w("|---|---:|---:|---:|---:|---:|---:|")
-    for s, x in S.items():
-        rss = f"{_mib(x['maxrss_kib'])} ({_mib(x['maxrss_kib'] - x['rss_before_kib'])})"
+        w("")
+
+    large = wl(r, "large")
+    if large:
+        model = large["model"]
+        size = model["bytes"]
+        w(f"## Workload: {title(r, 'large')}")
+        w("")
         w(
-            f"| {label(s, r)} | {x['seconds']:.3f} | {_spread(x)} "
-            f"| {size / x['seconds'] / 1e9:.2f} | {rss} "
-            f"| {_ratio(x['seconds'], S['safetensors']['seconds'])} "
-            f"| {_ratio(x['seconds'], S['cryptotensors']['seconds'])} |"
+            f"{model['tensors']} float32 tensors of shape [{model['rows']}, {model['cols']}] "
+            f"(normal random values), {gib(size)} of tensor data. Sealed files use "
+            f"{model['chunk_size'] // 1024} KiB chunks (the default); cryptotensors uses its "
+            "defaults (AES-256-GCM, Ed25519 signature, which its save requires). The sealed "
+            "AES and ChaCha files have one X25519 recipient and no signature; the sign-only "
+            "file has an Ed25519 signature and per-chunk SHA-256 digests and is opened with "
+            "the signer trusted."
         )
-    w("")
-    w("### A 1/8 slice of one tensor")
-    w("")
-    rows = model["rows"]
-    w(
-        f"`safe_open` + `get_slice('{model['slice_tensor']}')[0:{rows // 8}]` + sum, against "
-        f"`safe_open` + `get_tensor('{model['slice_tensor']}')` + sum (one tensor of "
-        f"{rows * model['cols'] * 4 / 2**20:.0f} MiB)."
-    )
-    w("")
-    w("| system | full tensor s | 1/8 slice s | slice / full | open s |")
-    w("|---|---:|---:|---:|---:|")
-    systems = list(dict.fromkeys(k.split(":")[0] for k in r["slice"]))
-    for s in systems:
-        f, p = r["slice"][f"{s}:full"], r["slice"][f"{s}:slice"]
+        w("")
+        w("### Load, warm page cache, every byte materialised")
+        w("")
+        w(LOAD_EXPLAINED)
+        w("")
+        out.extend(load_table(large, "load", size))
+        if "cold" in large:
+            w("")
+            w("### Load, cold page cache")
+            w("")
+            w(
+                "The same loads after the file was evicted from the page cache (fsync, "
+                "`posix_fadvise(POSIX_FADV_DONTNEED)`, checked with mincore: 'resident "
+                "before'). The floor reads its own copy of the data, evicted the same way; "
+                "'vs floor' is against the cold floor."
+            )
+            w("")
+            out.extend(load_table(large, "cold", size))
+        w("")
+        w("### Save / seal")
+        w("")
         w(
-            f"| {label(s, r)} | {f['seconds']:.4f} | {p['seconds']:.4f} "
-            f"| {p['seconds'] / f['seconds']:.2f}x | {f['open_seconds']:.4f} |"
+            "Tensors are generated in the subprocess before the clock starts, so the peak RSS "
+            "includes the model itself; 'growth' is what the save added on top of it. "
+            "sealtensors writes aside, fsyncs and renames; safetensors does not fsync "
+            "('safetensors + fsync' adds one `fsync` to compare like with like)."
         )
-    w("")
-    w("### File size")
-    w("")
-    w("| system | bytes | overhead vs plain |")
-    w("|---|---:|---:|")
-    plain = r["sizes"]["safetensors"]
-    for s, n in r["sizes"].items():
-        w(f"| {label(s, r)} | {n:,} | {n - plain:+,} B ({(n - plain) / plain * 100:.4f}%) |")
-    w("")
+        w("")
+        out.extend(save_table(large["save"], size))
+        if "slice" in large:
+            w("")
+            w("### A 1/8 slice of one tensor")
+            w("")
+            rows = model["rows"]
+            w(
+                f"`safe_open` + `get_slice('{model['slice_tensor']}')[0:{rows // 8}]` + sum, "
+                f"against `safe_open` + `get_tensor('{model['slice_tensor']}')` + sum (one "
+                f"tensor of {rows * model['cols'] * 4 / 2**20:.0f} MiB)."
+            )
+            w("")
+            w("| system | full tensor s | 1/8 slice s | slice / full | open s |")
+            w("|---|---:|---:|---:|---:|")
+            for s in dict.fromkeys(k.split(":")[0] for k in large["slice"]):
+                f, p = large["slice"][f"{s}:full"], large["slice"][f"{s}:slice"]
+                w(
+                    f"| {label(s)} | {f['seconds']:.4f} | {p['seconds']:.4f} "
+                    f"| {p['seconds'] / f['seconds']:.2f}x | {f['open_seconds']:.4f} |"
+                )
+        w("")
+        w("### File size")
+        w("")
+        out.extend(size_table(large["sizes"]))
+        w("")
+
+    npw = wl(r, "large-numpy")
+    if npw:
+        w(f"## Workload: {title(r, 'large-numpy')}")
+        w("")
+        w(
+            "The files of the large workload loaded with `safetensors.numpy`, "
+            "`sealtensors.numpy` and `cryptotensors.numpy` `load_file`, then `a.sum()` for "
+            "every array (numpy's float32 pairwise sum; checksums are compared within the "
+            "workload). 'vs floor' uses the large workload's floor."
+        )
+        w("")
+        out.extend(load_table(npw, "load", npw["model"]["bytes"], large["load"] if large else {}))
+        w("")
+
+    small = wl(r, "small")
+    if small:
+        model = small["model"]
+        w(f"## Workload: {title(r, 'small')}")
+        w("")
+        w(
+            f"{model['tensors']} float32 tensors of shape [{model['rows']}, {model['cols']}] "
+            f"({model['rows'] * model['cols'] * 4 // 1024} KiB each), {gib(model['bytes'])}: "
+            "per-tensor costs (header entries, key derivation, one allocation and one "
+            "short chunk per tensor) dominate more than in the large model. The floor opens "
+            "the same data region in the sealed file's chunk size, ignoring tensor "
+            "boundaries."
+        )
+        w("")
+        w("### Load, warm page cache")
+        w("")
+        out.extend(load_table(small, "load", model["bytes"]))
+        w("")
+        w("### Save / seal")
+        w("")
+        out.extend(save_table(small["save"], model["bytes"]))
+        w("")
+        w("### File size")
+        w("")
+        out.extend(size_table(small["sizes"]))
+        w("")
+
+    sh = wl(r, "sharded")
+    if sh:
+        model = sh["model"]
+        w(f"## Workload: {title(r, 'sharded')}")
+        w("")
+        w(
+            f"A Hugging Face-style folder: {model['shards']} shards "
+            f"(`model-0000i-of-0000{model['shards']}.safetensors`) of "
+            f"{model['tensors_per_shard']} float32 tensors of [{model['rows']}, {model['cols']}], "
+            f"{gib(model['bytes'])} in all, with `model.safetensors.index.json` and a config "
+            f"(written by safetensors in {sh['plain_save_seconds']:.1f} s). sealtensors seals "
+            "the folder with one model key (`sealtensors seal -r ... -o sealed/ plain/` and "
+            "`sealtensors.seal(plain, sealed, recipients=[...])`); cryptotensors, which has "
+            "no folder sealing, loads each shard with safetensors and saves it encrypted "
+            "with its defaults. Loads read every shard (sealed: the CLI's output) into one "
+            "dict, then sum every tensor."
+        )
+        w("")
+        w("### Seal the folder, from a warm cache")
+        w("")
+        w(
+            "Peak RSS: for the CLI, the command's own `ru_maxrss` (wait4); for Python, the "
+            "child process's (numpy and sealtensors imported; 'growth' is what the call "
+            "added); for cryptotensors, its process loading and saving one shard at a time."
+        )
+        w("")
+        w("| system | seconds | min-max | GB/s | peak RSS MiB (growth) | vs cryptotensors |")
+        w("|---|---:|---:|---:|---:|---:|")
+        ct = sh["seal"]["cryptotensors"]["seconds"]
+        for s, x in sh["seal"].items():
+            growth = x["maxrss_kib"] - x["rss_before_kib"] if x["rss_before_kib"] else None
+            rss = mib(x["maxrss_kib"]) + ("" if growth is None else f" ({mib(growth)})")
+            w(
+                f"| {label(s)} | {x['seconds']:.2f} | {spread(x)} "
+                f"| {model['bytes'] / x['seconds'] / 1e9:.2f} | {rss} | {ratio(x['seconds'], ct)} |"
+            )
+        w("")
+        w("### Load every shard, warm page cache")
+        w("")
+        out.extend(load_table(sh, "load", model["bytes"]))
+        w("")
+        w("### Size of all shards")
+        w("")
+        out.extend(size_table(sh["sizes"]))
+        w("")
+
+    if "save" in imgs:
+        w("![Save times and peak RSS while sealing](" + imgs["save"] + ")")
+        w("")
+
+    mi = r.get("micro")
+    if mi:
+        w("## Rust micro-benchmarks (criterion, `bench/micro`)")
+        w("")
+        if mi.get("error"):
+            w(f"**The micro-benchmarks failed in this run**: `{mi['error'][-300:]}`")
+            w("")
+        w(
+            "Through the library's public API, one core unless named; medians of criterion's "
+            f"samples. Command: `{mi['command']}` (with `CARGO_TARGET_DIR=/tmp/target-bench`)."
+        )
+        w("")
+        w("| benchmark | median | mean 95% CI | throughput |")
+        w("|---|---:|---:|---:|")
+        for k, x in (mi.get("benches") or {}).items():
+            lo, hi = x["mean_ci_ns"]
+            gbps = f"{x['gbps']:.2f} GB/s" if "gbps" in x else "-"
+            w(f"| `{k}` | {fmt_ns(x['median_ns'])} | {fmt_ns(lo)} - {fmt_ns(hi)} | {gbps} |")
+        w("")
+        w(
+            "`chunk_open/*`: one 1 MiB chunk opened in place with its real chunk AAD "
+            "(sealtensors `ChunkKey::open` against aws-lc-rs `LessSafeKey::"
+            "open_in_place_separate_tag`, same key, nonce, AAD, tag and buffer; the "
+            "ciphertext is restored outside the timed region). `chunk_open_parallel`: 64 "
+            "such chunks on all cores (rayon). `header_2000/*`: a sealed, signed header of "
+            "2000 tensors: `format::Header::parse_json`, `seal::parse`, the signed message, "
+            "the Ed25519 check, and `SealedFile::open` with signer and identity (parse, "
+            "signature, key slot, header MAC). `slot_unwrap/*`: one key slot opened. "
+            "`policy_2000/*`: the expiry and tensors templates evaluated for a 2000-tensor "
+            "file's input document, and compiling one."
+        )
+        w("")
+        if "micro" in imgs:
+            w(f"![Chunk decryption throughput]({imgs['micro']})")
+            w("")
+
     w("## The floor")
     w("")
     w(
         "`bench/floor` is a standalone Rust crate (aws-lc-rs, rayon; outside the workspace). "
-        "`floor prepare` copies the sealed AES file's data region and encrypts it with "
+        "`floor prepare` copies a sealed AES file's data region and encrypts it with "
         "AES-256-GCM under a fresh key of its own, in the sealed file's chunk size, keeping "
         "the real tags; `floor run` is timed in a fresh process: it maps fresh anonymous "
-        "memory (with `MADV_HUGEPAGE`, or without for `floor-no-thp`; the floor is the "
-        "faster of the two) and, on all cores, "
-        "preads every chunk into place and opens it in place with its tag; any "
+        "memory for every file given (the shards of a model; with `MADV_HUGEPAGE`, or "
+        "without for `floor-no-thp`; the floor is the faster of the two) and, on all cores, "
+        "in one pass, preads every chunk into place and opens it in place with its tag; any "
         "authentication failure aborts the run. It is what a sealed load must do at "
         "least, with nothing else."
     )
-    la = r.get("loadavg")
-    if la:
-        w("")
-        w(
-            f"Load average (1 min) during the run: start {la['start']:.2f}, end {la['end']:.2f}, "
-            f"highest seen before a measurement {la['max']:.2f} on {m['nproc']} CPUs."
-        )
     notes = ROOT / Path(result_path).with_suffix(".notes.md")
     if notes.exists():
         w("")
         w(f"## Notes on this run (written by hand after it: `{notes.relative_to(ROOT)}`)")
         w("")
         w(notes.read_text().rstrip())
-    if r.get("checksum_mismatches"):
-        w("")
-        w(f"**Checksum mismatches against safetensors**: `{r['checksum_mismatches']}`")
     w("")
     w("## Reproduce")
     w("")
     w("```")
-    w("make bench              # full: 1 GiB, 5 reps (about 10 minutes here)")
-    w("make bench ARGS=--quick # 256 MiB, 3 reps")
+    w("make bench               # full: 1 GiB + 1 GiB + 4 GiB workloads, 5 reps (see above)")
+    w("make bench ARGS=--quick  # every workload scaled down, 3 reps: a few minutes")
+    w("# the suite alone, after `make py-build`:")
+    w(".venv/bin/python bench/run.py [--quick] [--workdir DIR] [--keep]")
+    w("# re-render this page from a result file:")
+    w(".venv/bin/python bench/report.py bench/results/<date>-<mode>.json --write-docs")
     w("```")
     w("")
     w(
-        "Requirements: `requirements-bench.txt` (cryptotensors 0.2.3) in the project venv, "
-        "a Rust toolchain for the floor (built into `$CARGO_TARGET_DIR`, default "
-        "`/work/target-bench`), about 7 GiB free under `/tmp/sealtensors-bench` "
-        "(`--workdir`)."
+        "Requirements: `requirements-bench.txt` (cryptotensors 0.2.3, matplotlib) in the "
+        "project venv; a Rust toolchain for the floor and the criterion benchmarks (built "
+        "into `$CARGO_TARGET_DIR_BENCH`, default `/tmp/target-bench`) and the CLI "
+        "(`target/release/sealtensors`). Disk: the full run needs about 22 GiB free under "
+        "`--workdir` (default `/tmp/sealtensors-bench`, removed at the end unless `--keep`); "
+        "memory: the sharded loads hold the 4 GiB model in one process."
     )
     w("")
     return "\n".join(out)
 
 
+def fmt_ns(ns: float) -> str:
+    if ns >= 1e9:
+        return f"{ns / 1e9:.2f} s"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.1f} µs"
+    return f"{ns:.0f} ns"
+
+
+def write_docs(r: dict[str, Any], result_path: str) -> None:
+    DOC.write_text(markdown(r, result_path, plots(r)))
+
+
 def main() -> None:
     path = Path(sys.argv[1])
     r = json.loads(path.read_text())
+    if r.get("format") != 2:
+        raise SystemExit(
+            f"{path}: written by the first cut of the suite; this report reads format 2"
+        )
     print(console(r))
     if "--write-docs" in sys.argv:
-        rel = path.resolve().relative_to(ROOT).as_posix()
-        (ROOT / "docs" / "benchmarks.md").write_text(markdown(r, rel))
+        write_docs(r, path.resolve().relative_to(ROOT).as_posix())
 
 
 if __name__ == "__main__":

@@ -1,19 +1,27 @@
 """The sealtensors benchmark suite: `make bench` (full) or `make bench ARGS=--quick`.
 
-Generates one model of 8 large random float32 tensors (1 GiB; 256 MiB with
---quick), saves it with every system, then measures side by side, each
-measurement in its own subprocess (bench/child.py), after one warm-up round,
-rounds interleaved across systems, medians over --reps repetitions:
+Workloads (full size; --quick scales each down, see WORKLOADS):
+- large: 1 GiB in 8 large float32 tensors (torch): save/seal every system,
+  load warm and cold, a 1/8 slice, file sizes;
+- large-numpy: the same files loaded through the numpy APIs;
+- small: 1 GiB in 2000 small float32 tensors (torch): save, warm load;
+- sharded: a 4 GiB Hugging Face-style folder of shards with
+  model.safetensors.index.json: sealed by the CLI (`sealtensors seal`, one
+  model key) and by the Python `sealtensors.seal`, with their peak RSS;
+  cryptotensors sealed shard by shard with its defaults; warm loads of every
+  shard into one dict.
 
-- save/seal time and peak RSS;
-- load time with every byte materialised (load_file, then a float sum over
-  every tensor), warm page cache, and peak RSS;
-- the floor (bench/floor: pread + aws-lc-rs AES-256-GCM on all cores);
-- a 1/8 row slice of one tensor against the whole tensor;
-- file sizes.
+Every measurement runs in its own subprocess (bench/child.py, the CLI, or the
+floor), after one warm-up round, rounds interleaved across systems, medians
+over --reps repetitions. Warm loads first read the files once (and record the
+resident fraction); cold loads first evict the files from the page cache
+(bench/cache.py: fsync + POSIX_FADV_DONTNEED, checked with mincore).
+The floor (bench/floor: pread + aws-lc-rs AES-256-GCM on all cores into
+fresh memory) runs on the same data in the same rounds. The criterion
+micro-benchmarks (bench/micro) run last (--no-micro skips them).
 
-Results go to bench/results/<date>-<mode>.json and docs/benchmarks.md
-(bench/report.py renders the latter from the former).
+Results go to bench/results/<date>-<mode>.json, docs/benchmarks.md and its
+plots in docs/img/ (bench/report.py renders the latter from the former).
 """
 
 from __future__ import annotations
@@ -24,29 +32,49 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import cache  # noqa: E402 (after the path insert)
+
 CHILD = HERE / "child.py"
 FLOOR_DIR = HERE / "floor"
-TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", str(ROOT / "bench" / "floor" / "target")))
+MICRO_DIR = HERE / "micro"
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR_BENCH", "/tmp/target-bench"))
+CLI_TARGET = Path(os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")))
+CLI = CLI_TARGET / "release" / "sealtensors"
 
-SAVE_SYSTEMS = [
-    "safetensors",
-    "safetensors+fsync",
-    "seal-aes",
-    "seal-chacha",
-    "seal-sign",
-    "cryptotensors",
-]
+# Full sizes; quick sizes in parentheses of each entry's "quick".
+WORKLOADS: dict[str, dict[str, Any]] = {
+    # 8 x [8192, 4096] float32 = 1 GiB (quick: [2048, 4096], 256 MiB)
+    "large": {"tensors": 8, "rows": 8192, "cols": 4096, "quick_rows": 2048},
+    # 2000 x [131, 1024] float32 = 2000 x 524 KiB = 0.999 GiB (quick: [32, 1024], 250 MiB)
+    "small": {"tensors": 2000, "rows": 131, "cols": 1024, "quick_rows": 32},
+    # 8 shards x 4 x [8192, 4096] float32 = 4 GiB (quick: 4 shards x 4 x [2048, 4096], 512 MiB)
+    "sharded": {
+        "shards": 8,
+        "tensors_per_shard": 4,
+        "rows": 8192,
+        "cols": 4096,
+        "quick_shards": 4,
+        "quick_rows": 2048,
+    },
+}
+
+LARGE_SAVE = ["safetensors", "safetensors+fsync", "seal-aes", "seal-chacha", "seal-sign"]
+LARGE_SAVE += ["cryptotensors"]
 # Which saved file each load system reads.
-LOAD_SYSTEMS = {
+LOAD_FILE = {
     "safetensors": "safetensors",
     "sealtensors-plain": "safetensors",
     "seal-aes": "seal-aes",
@@ -54,7 +82,14 @@ LOAD_SYSTEMS = {
     "seal-sign": "seal-sign",
     "cryptotensors": "cryptotensors",
 }
+NUMPY_LOADS = ["safetensors", "sealtensors-plain", "seal-aes", "cryptotensors"]
+SMALL_SAVE = ["safetensors", "seal-aes", "cryptotensors"]
+SMALL_LOADS = ["safetensors", "sealtensors-plain", "seal-aes", "cryptotensors"]
+COLD_LOADS = ["safetensors", "sealtensors-plain", "seal-aes", "cryptotensors"]
+SHARDED_SEAL = ["cli-seal", "py-seal", "cryptotensors"]
+SHARDED_LOADS = ["safetensors", "sealtensors-plain", "seal-aes", "cryptotensors"]
 SLICE_SYSTEMS = ["safetensors", "seal-aes", "cryptotensors"]
+FLOORS = ["floor", "floor-no-thp"]
 
 
 def log(msg: str) -> None:
@@ -68,6 +103,19 @@ def child(task: dict[str, Any]) -> dict[str, Any]:
     if p.returncode != 0:
         raise SystemExit(f"child failed: {task}\n{p.stdout}\n{p.stderr}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def measured_command(argv: list[str]) -> dict[str, Any]:
+    """Run a command; its wall time and its own peak RSS (wait4's rusage)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    secs = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err = p.stderr.read().decode() if p.stderr else ""
+    if p.returncode != 0:
+        raise SystemExit(f"{argv} failed ({p.returncode}): {err}")
+    return {"seconds": secs, "maxrss_kib": ru.ru_maxrss, "rss_before_kib": 0}
 
 
 def b64std(b: bytes) -> str:
@@ -113,7 +161,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": runs}
     for k in runs[0]:
         vals = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
-        if vals and k != "checksum":
+        if vals and k != "checksum" and not isinstance(runs[0][k], bool):
             out[k] = statistics.median(vals)
     if "checksum" in runs[0]:
         out["checksum"] = runs[0]["checksum"]
@@ -124,7 +172,7 @@ LOADAVG: list[float] = []
 
 
 def rounds(
-    names: list[str], task_of: Any, reps: int, warmup: int, what: str
+    names: list[str], task_of: Callable[[str], dict[str, Any]], reps: int, warmup: int, what: str
 ) -> dict[str, dict[str, Any]]:
     """Run every system once per round, warm-up rounds discarded."""
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
@@ -132,28 +180,31 @@ def rounds(
         for n in names:
             LOADAVG.append(os.getloadavg()[0])
             res = task_of(n)
+            res["loadavg"] = LOADAVG[-1]
             tag = "warm-up" if r < warmup else f"rep {r - warmup + 1}/{reps}"
-            log(f"{what} {n:<18} {tag:<10} {res['seconds']:.3f} s")
+            extra = f" (resident before {res['resident']:.0%})" if "resident" in res else ""
+            log(f"{what} {n:<18} {tag:<10} {res['seconds']:.3f} s{extra}")
             if r >= warmup:
                 runs[n].append(res)
     return {n: summary(v) for n, v in runs.items()}
 
 
-def build_floor() -> Path:
+def cargo_build(manifest: Path, *extra: str) -> None:
     env = dict(os.environ, CARGO_TARGET_DIR=str(TARGET_DIR))
-    subprocess.run(
-        [
-            "cargo",
-            "build",
-            "--release",
-            "--quiet",
-            "--manifest-path",
-            str(FLOOR_DIR / "Cargo.toml"),
-        ],
-        check=True,
-        env=env,
-    )
+    cmd = ["cargo", "build", "--release", "--quiet", "--manifest-path", str(manifest), *extra]
+    subprocess.run(cmd, check=True, env=env)
+
+
+def build_floor() -> Path:
+    cargo_build(FLOOR_DIR / "Cargo.toml")
     return TARGET_DIR / "release" / "sealtensors-bench-floor"
+
+
+def build_cli() -> Path:
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "-p", "sealtensors-cli"], cwd=ROOT, check=True
+    )
+    return CLI
 
 
 def chunk_size_of(path: Path) -> int:
@@ -206,132 +257,366 @@ def machine() -> dict[str, Any]:
     }
 
 
+class Suite:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.quick = args.quick
+        self.reps = args.reps or (3 if args.quick else 5)
+        self.warmup = args.warmup
+        self.work = work
+        self.keys = make_keys(work)
+        log("building the floor (bench/floor) and the CLI")
+        self.floor_bin = build_floor()
+        self.cli = build_cli()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def floor_prepare(self, sealed: list[str], tag: str) -> list[str]:
+        chunk = chunk_size_of(Path(sealed[0]))
+        outs = []
+        for i, s in enumerate(sealed):
+            out = str(self.work / f"floor-{tag}-{i}")
+            subprocess.run([str(self.floor_bin), "prepare", s, out, str(chunk)], check=True)
+            outs.append(out)
+        return outs
+
+    def floor_run(self, outs: list[str], variant: str) -> dict[str, Any]:
+        argv = [str(self.floor_bin), "run", *outs] + (["--no-thp"] if variant != "floor" else [])
+        p = subprocess.run(argv, capture_output=True, text=True, check=True)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    def load_rounds(
+        self,
+        names: list[str],
+        files_of: Callable[[str], list[str]],
+        floor_outs: list[str] | None,
+        framework: str,
+        cold: bool,
+        what: str,
+    ) -> dict[str, dict[str, Any]]:
+        """Loads of every system (and the floors), warm or cold."""
+
+        def task(s: str) -> dict[str, Any]:
+            is_floor = s.startswith("floor")
+            paths = (
+                [f"{o}.bin" for o in floor_outs or []] if is_floor else files_of(s)
+            )  # what the page cache must (not) hold
+            if cold:
+                cache.evict(paths)
+            else:
+                cache.warm(paths)
+            res_frac = cache.resident(paths)
+            if is_floor:
+                res = self.floor_run(floor_outs or [], s)
+            else:
+                res = child(
+                    {
+                        "kind": "load",
+                        "system": s,
+                        "paths": paths,
+                        "framework": framework,
+                        "keys": self.keys,
+                    }
+                )
+            res["resident"] = res_frac
+            return res
+
+        all_names = names + (FLOORS if floor_outs else [])
+        if cold:
+            all_names = names + (["floor-no-thp"] if floor_outs else [])
+        out = rounds(all_names, task, self.reps, self.warmup, what)
+        ref = out["safetensors"]["checksum"]
+        bad = {
+            s: v["checksum"]
+            for s, v in out.items()
+            if not s.startswith("floor") and abs(v["checksum"] - ref) > 1e-3 * max(1.0, abs(ref))
+        }
+        if bad:
+            log(f"WARNING: {what}: checksums differ from safetensors ({ref}): {bad}")
+        for s, v in out.items():
+            v["checksum_ok"] = s.startswith("floor") or s not in bad
+        return out
+
+    # -- workloads -------------------------------------------------------------------------
+
+    def model_of(self, name: str) -> dict[str, Any]:
+        w = WORKLOADS[name]
+        m = {k: v for k, v in w.items() if not k.startswith("quick_")}
+        if self.quick:
+            for k, v in w.items():
+                if k.startswith("quick_"):
+                    m[k[len("quick_") :]] = v
+        if self.args.rows:
+            m["rows"] = self.args.rows
+        m.update(dtype="F32", seed=1234)
+        n = m["tensors"] if "tensors" in m else m["shards"] * m["tensors_per_shard"]
+        m["total_tensors"] = n
+        m["bytes"] = n * m["rows"] * m["cols"] * 4
+        return m
+
+    def saved_files(
+        self, name: str, model: dict[str, Any], systems: list[str]
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        d = self.work / name
+        d.mkdir(exist_ok=True)
+        files = {s: str(d / f"{s.replace('+', '-')}.safetensors") for s in systems}
+        if "cryptotensors" in files:
+            files["cryptotensors"] = str(d / "model.cryptotensors")
+        save = rounds(
+            systems,
+            lambda s: child(
+                {"kind": "save", "system": s, "model": model, "out": files[s], "keys": self.keys}
+            ),
+            self.reps,
+            self.warmup,
+            f"{name} save",
+        )
+        if "safetensors+fsync" in files:
+            os.unlink(files.pop("safetensors+fsync"))
+        return files, save
+
+    def large(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        model = self.model_of("large")
+        log(f"workload large: {model}")
+        files, save = self.saved_files("large", model, LARGE_SAVE)
+        sizes = {s: os.path.getsize(f) for s, f in files.items()}
+        model["chunk_size"] = chunk_size_of(Path(files["seal-aes"]))
+        model["slice_tensor"] = "layers.3.weight"
+        floor = self.floor_prepare([files["seal-aes"]], "large")
+        loads = list(LOAD_FILE)
+        warm = self.load_rounds(
+            loads, lambda s: [files[LOAD_FILE[s]]], floor, "pt", False, "large load"
+        )
+        res: dict[str, Any] = {"model": model, "sizes": sizes, "save": save, "load": warm}
+        if not self.args.no_cold:
+            res["cold"] = self.load_rounds(
+                COLD_LOADS, lambda s: [files[LOAD_FILE[s]]], floor, "pt", True, "large cold"
+            )
+
+        def slice_task(sp: str) -> dict[str, Any]:
+            s, part = sp.split(":")
+            cache.warm([files[s]])
+            return child(
+                {
+                    "kind": "slice",
+                    "system": s,
+                    "part": part,
+                    "path": files[s],
+                    "tensor": model["slice_tensor"],
+                    "keys": self.keys,
+                }
+            )
+
+        names = [f"{s}:{p}" for s in SLICE_SYSTEMS for p in ("full", "slice")]
+        res["slice"] = rounds(names, slice_task, self.reps, self.warmup, "large slice")
+        np_res = {
+            "model": model,
+            "load": self.load_rounds(
+                NUMPY_LOADS, lambda s: [files[LOAD_FILE[s]]], None, "np", False, "numpy load"
+            ),
+        }
+        if not self.args.keep:
+            remove(list(files.values()) + [f"{o}{ext}" for o in floor for ext in (".bin", ".tags")])
+        return res, np_res
+
+    def small(self) -> dict[str, Any]:
+        model = self.model_of("small")
+        log(f"workload small: {model}")
+        files, save = self.saved_files("small", model, SMALL_SAVE)
+        sizes = {s: os.path.getsize(f) for s, f in files.items()}
+        model["chunk_size"] = chunk_size_of(Path(files["seal-aes"]))
+        floor = self.floor_prepare([files["seal-aes"]], "small")
+        load = self.load_rounds(
+            SMALL_LOADS, lambda s: [files[LOAD_FILE[s]]], floor, "pt", False, "small load"
+        )
+        if not self.args.keep:
+            remove(list(files.values()) + [f"{o}{ext}" for o in floor for ext in (".bin", ".tags")])
+        return {"model": model, "sizes": sizes, "save": save, "load": load}
+
+    def sharded(self) -> dict[str, Any]:
+        model = self.model_of("sharded")
+        log(f"workload sharded: {model}")
+        d = self.work / "sharded"
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir()
+        plain = d / "plain"
+        made = child({"kind": "make-sharded", "model": model, "out": str(plain)})
+        log(f"wrote the plain shards with safetensors in {made['seconds']:.2f} s")
+        outs = {"cli-seal": d / "sealed", "py-seal": d / "sealed-py", "cryptotensors": d / "ct"}
+        seal_reps = min(self.reps, 3)
+
+        def seal_task(s: str) -> dict[str, Any]:
+            out = outs[s]
+            if out.exists():
+                shutil.rmtree(out)
+            cache.warm(shards(plain))
+            if s == "cli-seal":
+                argv = [str(self.cli), "-q", "seal", "-r", self.keys["recipient"]]
+                return measured_command(argv + ["-o", str(out), str(plain)])
+            kind = "py-seal" if s == "py-seal" else "ct-seal-shards"
+            return child({"kind": kind, "input": str(plain), "out": str(out), "keys": self.keys})
+
+        seal = rounds(SHARDED_SEAL, seal_task, seal_reps, self.warmup, "sharded seal")
+        shutil.rmtree(outs["py-seal"])
+        sizes = {
+            "safetensors": sum(os.path.getsize(p) for p in shards(plain)),
+            "seal-aes": sum(os.path.getsize(p) for p in shards(outs["cli-seal"])),
+            "cryptotensors": sum(os.path.getsize(p) for p in shards(outs["cryptotensors"])),
+        }
+        model["chunk_size"] = chunk_size_of(Path(shards(outs["cli-seal"])[0]))
+        folder = {
+            "safetensors": plain,
+            "sealtensors-plain": plain,
+            "seal-aes": outs["cli-seal"],
+            "cryptotensors": outs["cryptotensors"],
+        }
+        floor = self.floor_prepare(shards(outs["cli-seal"]), "sharded")
+        load = self.load_rounds(
+            SHARDED_LOADS, lambda s: shards(folder[s]), floor, "pt", False, "sharded load"
+        )
+        return {
+            "model": model,
+            "plain_save_seconds": made["seconds"],
+            "sizes": sizes,
+            "seal": seal,
+            "load": load,
+        }
+
+    def micro(self) -> dict[str, Any]:
+        """criterion micro-benchmarks (bench/micro); their estimates, read back."""
+        env = dict(os.environ, CARGO_TARGET_DIR=str(TARGET_DIR))
+        crit = TARGET_DIR / "criterion"
+        times = ["--warm-up-time", "1", "--measurement-time", "1" if self.quick else "5"]
+        cmd = ["cargo", "bench", "--quiet", "--manifest-path", str(MICRO_DIR / "Cargo.toml")]
+        cmd += ["--bench", "micro", "--", "--noplot", *times]
+        log("micro-benchmarks: " + " ".join(cmd))
+        t0 = time.time()
+        LOADAVG.append(os.getloadavg()[0])
+        p = subprocess.run(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        out: dict[str, Any] = {"command": " ".join(cmd), "seconds": round(time.time() - t0, 1)}
+        if p.returncode != 0:
+            # Never lose the suite's other results to a library that does not build now.
+            log(f"WARNING: the micro-benchmarks failed ({p.returncode}): {p.stderr[-2000:]}")
+            out["error"] = p.stderr[-2000:]
+            return out
+        benches: dict[str, Any] = {}
+        for est in sorted(crit.glob("**/new/estimates.json")):
+            bdir = est.parent
+            meta = json.loads((bdir / "benchmark.json").read_text())
+            if os.path.getmtime(est) < t0:
+                continue  # a benchmark no longer in the suite
+            e = json.loads(est.read_text())
+            row = {
+                "mean_ns": e["mean"]["point_estimate"],
+                "median_ns": e["median"]["point_estimate"],
+                "mean_ci_ns": [
+                    e["mean"]["confidence_interval"]["lower_bound"],
+                    e["mean"]["confidence_interval"]["upper_bound"],
+                ],
+            }
+            tp = meta.get("throughput") or {}
+            if "Bytes" in tp:
+                row["bytes"] = tp["Bytes"]
+                row["gbps"] = tp["Bytes"] / row["median_ns"]
+            benches[meta["full_id"]] = row
+        out["benches"] = benches
+        return out
+
+
+def remove(paths: list[str]) -> None:
+    """Free the disk (and page cache) a finished workload used."""
+    for p in paths:
+        os.unlink(p)
+
+
+def shards(folder: Path) -> list[str]:
+    return sorted(str(p) for p in Path(folder).glob("*.safetensors"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="256 MiB model, 3 reps")
+    ap.add_argument("--quick", action="store_true", help="every workload scaled down, 3 reps")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 3)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rows", type=int, default=None, help="rows per tensor (testing only)")
+    ap.add_argument(
+        "--only",
+        default="large,small,sharded,micro",
+        help="comma-separated workloads to run (large,small,sharded,micro); testing only",
+    )
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache loads")
+    ap.add_argument("--no-micro", action="store_true", help="skip the criterion benchmarks")
     ap.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/sealtensors-bench"))
+    ap.add_argument("--keep", action="store_true", help="keep the generated files in --workdir")
     ap.add_argument("--no-render", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args()
 
     mode = "quick" if args.quick else "full"
-    reps = args.reps or (3 if args.quick else 5)
-    if reps < 3:
+    only = set(args.only.split(","))
+    if args.no_micro:
+        only.discard("micro")
+    partial = only != {"large", "small", "sharded", "micro"} or args.rows or args.no_cold
+    if args.reps is not None and args.reps < 3:
         raise SystemExit("--reps must be at least 3")
-    rows, cols, n = args.rows or (2048 if args.quick else 8192), 4096, 8
-    model = {"tensors": n, "rows": rows, "cols": cols, "dtype": "F32", "seed": 1234}
-    total = n * rows * cols * 4
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     started = time.time()
+    log(f"mode {mode}, workloads {sorted(only)}, files in {work}")
+    suite = Suite(args, work)
     log(
-        f"mode {mode}: {n} float32 tensors of [{rows}, {cols}], {total / 2**20:.0f} MiB in all"
-        + (" (quick mode: 256 MiB, not the 1 GiB of the full run)" if args.quick else "")
-        + f"; {args.warmup} warm-up round, {reps} reps, files in {work}"
+        f"{suite.warmup} warm-up round, {suite.reps} reps; page cache: evicting the "
+        f"benchmark's own files (drop_caches writable: {cache.drop_caches_writable()})"
     )
-
-    keys = make_keys(work)
-    files = {s: str(work / f"{s.replace('+', '-')}.safetensors") for s in SAVE_SYSTEMS}
-    files["cryptotensors"] = str(work / "model.cryptotensors")
-
-    log("building the floor (bench/floor)")
-    floor_bin = build_floor()
-
-    # Saves: each writes the file the loads read (the last rep's output stays).
-    save = rounds(
-        SAVE_SYSTEMS,
-        lambda s: child(
-            {"kind": "save", "system": s, "model": model, "out": files[s], "keys": keys}
-        ),
-        reps,
-        args.warmup,
-        "save",
-    )
-    sizes = {s: os.path.getsize(files[s]) for s in SAVE_SYSTEMS if s != "safetensors+fsync"}
-    os.unlink(files["safetensors+fsync"])
-
-    chunk = chunk_size_of(Path(files["seal-aes"]))
-    floor_out = str(work / "floor")
-    subprocess.run(
-        [str(floor_bin), "prepare", files["seal-aes"], floor_out, str(chunk)], check=True
-    )
-
-    def floor_task(variant: str) -> dict[str, Any]:
-        argv = [str(floor_bin), "run", floor_out] + (["--no-thp"] if variant == "no-thp" else [])
-        p = subprocess.run(argv, capture_output=True, text=True, check=True)
-        return json.loads(p.stdout.strip().splitlines()[-1])
-
-    load_names = list(LOAD_SYSTEMS) + ["floor", "floor-no-thp"]
-
-    def load_task(s: str) -> dict[str, Any]:
-        if s == "floor":
-            return floor_task("thp")
-        if s == "floor-no-thp":
-            return floor_task("no-thp")
-        return child({"kind": "load", "system": s, "path": files[LOAD_SYSTEMS[s]], "keys": keys})
-
-    load = rounds(load_names, load_task, reps, args.warmup, "load")
-
-    slice_names = [f"{s}:{p}" for s in SLICE_SYSTEMS for p in ("full", "slice")]
-
-    def slice_task(sp: str) -> dict[str, Any]:
-        s, part = sp.split(":")
-        return child(
-            {
-                "kind": "slice",
-                "system": s,
-                "part": part,
-                "path": files[s],
-                "tensor": "layers.3.weight",
-                "keys": keys,
-            }
-        )
-
-    sl = rounds(slice_names, slice_task, reps, args.warmup, "slice")
-
-    # Every system must have read the same numbers.
-    ref = load["safetensors"]["checksum"]
-    mismatches = {
-        s: v["checksum"]
-        for s, v in load.items()
-        if "checksum" in v and not s.startswith("floor") and abs(v["checksum"] - ref) > 1e-3
-    }
-    if mismatches:
-        log(f"WARNING: checksums differ from safetensors ({ref}): {mismatches}")
+    workloads: dict[str, Any] = {}
+    if "large" in only:
+        workloads["large"], workloads["large-numpy"] = suite.large()
+    if "small" in only:
+        workloads["small"] = suite.small()
+    if "sharded" in only:
+        workloads["sharded"] = suite.sharded()
+    micro = suite.micro() if "micro" in only else None
 
     date = datetime.date.today().isoformat()
+    name = f"{date}-{mode}" + ("-partial" if partial else "")
     result = {
+        "format": 2,
         "date": date,
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         "mode": mode,
+        "partial": bool(partial),
         "elapsed_seconds": round(time.time() - started, 1),
         "command": "make bench" + (" ARGS=--quick" if args.quick else ""),
+        "argv": sys.argv[1:],
         "machine": machine(),
-        "model": {**model, "bytes": total, "chunk_size": chunk, "slice_tensor": "layers.3.weight"},
-        "reps": reps,
-        "warmup": args.warmup,
-        "sizes": sizes,
-        "save": save,
-        "load": load,
-        "slice": sl,
-        "checksum_mismatches": mismatches,
+        "reps": suite.reps,
+        "warmup": suite.warmup,
+        "cache": {
+            "method": "fsync + posix_fadvise(POSIX_FADV_DONTNEED) on the benchmark's files, "
+            "checked with mincore",
+            "drop_caches_writable": cache.drop_caches_writable(),
+        },
+        "workloads": workloads,
+        "micro": micro,
         "loadavg": {"start": LOADAVG[0], "end": os.getloadavg()[0], "max": max(LOADAVG)},
     }
-    out = HERE / "results" / f"{date}-{mode}.json"
+    out = HERE / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     log(f"wrote {out.relative_to(ROOT)} ({result['elapsed_seconds']} s)")
+    if not args.keep:
+        shutil.rmtree(work)
 
-    sys.path.insert(0, str(HERE))
     import report
 
     print(report.console(result))
     if not args.no_render:
-        doc = ROOT / "docs" / "benchmarks.md"
-        doc.write_text(report.markdown(result, out.relative_to(ROOT).as_posix()))
-        log(f"wrote {doc.relative_to(ROOT)}")
+        report.write_docs(result, out.relative_to(ROOT).as_posix())
+        log("wrote docs/benchmarks.md and docs/img/")
 
 
 if __name__ == "__main__":

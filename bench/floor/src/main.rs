@@ -8,10 +8,11 @@
 //! chunk size and tags to `OUT.tags`. The floor therefore opens real tags:
 //! every chunk must authenticate, and a failure aborts the run.
 //!
-//! `floor run OUT [--no-thp]`: the measurement, in one fresh process. Maps a
-//! fresh anonymous buffer (asking for transparent huge pages unless
-//! `--no-thp`), then on all cores (rayon) preads each chunk into its place and
-//! opens it in place with aws-lc-rs. Prints one JSON line: seconds from
+//! `floor run OUT... [--no-thp]`: the measurement, in one fresh process. Maps a
+//! fresh anonymous buffer for all the files given (the shards of a model;
+//! asking for transparent huge pages unless `--no-thp`), then on all cores
+//! (rayon), in one pass over every chunk of every file, preads each chunk into
+//! its place and opens it in place with aws-lc-rs. Prints one JSON line: seconds from
 //! before the open of the file to the last chunk authenticated, bytes, chunks,
 //! threads, and a checksum of the plaintext computed after the clock stops.
 
@@ -77,18 +78,50 @@ fn prepare(sealed: &str, out: &str, chunk: usize) {
     t.write_all(&tags).unwrap();
 }
 
-fn run(out: &str, thp: bool) {
-    let t0 = Instant::now();
+/// One prepared file: its key, chunk size and tags, and the ciphertext file.
+struct Prepared {
+    key: LessSafeKey,
+    chunk: usize,
+    tags: Vec<u8>,
+    file: File,
+    len: usize,
+}
+
+fn load_prepared(out: &str) -> Prepared {
     let mut meta = Vec::new();
     File::open(format!("{out}.tags"))
-        .unwrap()
+        .unwrap_or_else(|e| die(&format!("{out}.tags: {e}")))
         .read_to_end(&mut meta)
         .unwrap();
-    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &meta[..32]).unwrap());
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &meta[..32]).unwrap());
     let chunk = u64::from_le_bytes(meta[32..40].try_into().unwrap()) as usize;
-    let tags = &meta[40..];
-    let f = File::open(format!("{out}.bin")).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
+    let file = File::open(format!("{out}.bin")).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    Prepared {
+        key,
+        chunk,
+        tags: meta[40..].to_vec(),
+        file,
+        len,
+    }
+}
+
+/// `outs`: one or more prepared files (the shards of a model), read into one
+/// fresh buffer, every chunk of every file in one parallel pass.
+fn run(outs: &[&str], thp: bool) {
+    let t0 = Instant::now();
+    let files: Vec<Prepared> = outs.iter().map(|o| load_prepared(o)).collect();
+    let len: usize = files.iter().map(|p| p.len).sum();
+    // (file, chunk index, offset in the buffer, length) of every chunk.
+    let mut jobs = Vec::new();
+    let mut pos = 0;
+    for (fi, p) in files.iter().enumerate() {
+        for (ci, start) in (0..p.len).step_by(p.chunk).enumerate() {
+            let n = p.chunk.min(p.len - start);
+            jobs.push((fi, ci, pos + start, n));
+        }
+        pos += p.len;
+    }
 
     // Fresh memory: an anonymous mapping, 2 MiB aligned so huge pages can back it.
     let map_len = len + HUGE;
@@ -111,18 +144,19 @@ fn run(out: &str, thp: bool) {
         // SAFETY: the range lies inside the mapping made above.
         unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
     }
-    // SAFETY: `aligned .. aligned + len` is inside the mapping, writable, and
-    // only this slice refers to it until the process exits.
-    let buf = unsafe { std::slice::from_raw_parts_mut(aligned as *mut u8, len) };
-
-    let failures: usize = buf
-        .par_chunks_mut(chunk)
-        .enumerate()
-        .map(|(i, c)| {
-            f.read_exact_at(c, (i * chunk) as u64).unwrap();
-            let tag = &tags[i * TAG..(i + 1) * TAG];
-            let ok = k
-                .open_in_place_separate_tag(nonce(i as u64), Aad::from(aad(i as u64)), tag, c)
+    // Each job writes only its own disjoint range of the mapping.
+    let failures: usize = jobs
+        .par_iter()
+        .map(|&(fi, ci, at, n)| {
+            // SAFETY: `at .. at + n` lies inside the mapping, and the jobs'
+            // ranges are disjoint, so no two threads alias a byte.
+            let c = unsafe { std::slice::from_raw_parts_mut((aligned + at) as *mut u8, n) };
+            let p = &files[fi];
+            p.file.read_exact_at(c, (ci * p.chunk) as u64).unwrap();
+            let tag = &p.tags[ci * TAG..(ci + 1) * TAG];
+            let ok = p
+                .key
+                .open_in_place_separate_tag(nonce(ci as u64), Aad::from(aad(ci as u64)), tag, c)
                 .is_ok();
             usize::from(!ok)
         })
@@ -131,6 +165,8 @@ fn run(out: &str, thp: bool) {
     if failures != 0 {
         die(&format!("{failures} chunks failed to authenticate"));
     }
+    // SAFETY: the whole range is initialised now and no other reference exists.
+    let buf = unsafe { std::slice::from_raw_parts(aligned as *const u8, len) };
     let checksum = buf
         .par_chunks(1 << 20)
         .map(|c| {
@@ -140,9 +176,10 @@ fn run(out: &str, thp: bool) {
         })
         .reduce(|| 0, u64::wrapping_add);
     println!(
-        "{{\"seconds\": {secs:.6}, \"bytes\": {len}, \"chunk_size\": {chunk}, \"chunks\": {}, \
+        "{{\"seconds\": {secs:.6}, \"bytes\": {len}, \"files\": {}, \"chunks\": {}, \
          \"threads\": {}, \"thp\": {thp}, \"checksum\": {checksum}}}",
-        len.div_ceil(chunk),
+        files.len(),
+        jobs.len(),
         rayon::current_num_threads()
     );
 }
@@ -154,7 +191,14 @@ fn main() {
             let chunk = args[4].parse().unwrap_or_else(|_| die("bad chunk size"));
             prepare(&args[2], &args[3], chunk)
         }
-        Some("run") if args.len() >= 3 => run(&args[2], !args[3..].iter().any(|a| a == "--no-thp")),
-        _ => die("usage: floor prepare SEALED OUT CHUNK | floor run OUT [--no-thp]"),
+        Some("run") if args.len() >= 3 => {
+            let outs: Vec<&str> = args[2..]
+                .iter()
+                .map(String::as_str)
+                .filter(|a| *a != "--no-thp")
+                .collect();
+            run(&outs, !args[2..].iter().any(|a| a == "--no-thp"))
+        }
+        _ => die("usage: floor prepare SEALED OUT CHUNK | floor run OUT... [--no-thp]"),
     }
 }
