@@ -41,13 +41,29 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// `base`: the broker's root URL (`https://keys.example.com`).
-    pub fn new(base: &str, token: &str) -> AdminClient {
+    /// `base`: the broker's root URL (`https://keys.example.com`); `ca`:
+    /// PEM CA certificates to trust instead of the public web roots.
+    pub fn new(base: &str, token: &str, ca: Option<&[u8]>) -> Result<AdminClient, AdminError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = ureq::tls::TlsConfig::builder()
+        let mut tls = ureq::tls::TlsConfig::builder()
             .provider(ureq::tls::TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(provider)
-            .build();
+            .unversioned_rustls_crypto_provider(provider);
+        if let Some(pem) = ca {
+            let certs: Vec<_> = ureq::tls::parse_pem(pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(AdminError::Unreachable {
+                    url: base.to_string(),
+                    reason: "the CA file holds no PEM certificate".into(),
+                });
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        let tls = tls.build();
         let cfg = ureq::Agent::config_builder()
             .tls_config(tls)
             .timeout_connect(Some(Duration::from_secs(5)))
@@ -55,11 +71,11 @@ impl AdminClient {
             .max_redirects(0)
             .http_status_as_error(false)
             .build();
-        AdminClient {
+        Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token: Zeroizing::new(token.trim().to_string()),
             agent: ureq::Agent::new_with_config(cfg),
-        }
+        })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, AdminError> {

@@ -17,14 +17,31 @@ pub struct KeyConfig {
     pub identity: PathBuf,
 }
 
+/// HTTPS: a PEM certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), mode 0600.
+    pub key: PathBuf,
+}
+
 /// The broker's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on. Plain HTTP: keep it on loopback behind a TLS
-    /// proxy (docs/broker.md).
+    /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate; without it, plain HTTP, which is
+    /// refused on a non-loopback address unless `insecure_plain_http` is set
+    /// (licence tokens are bearer secrets).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Allow plain HTTP on a non-loopback address (behind a TLS proxy).
+    #[serde(default)]
+    pub insecure_plain_http: bool,
     /// SQLite database file (created when missing).
     pub database: PathBuf,
     /// SHA-256 (hex) of the admin bearer token; the token itself is never stored.
@@ -78,6 +95,14 @@ impl Config {
         if c.database.is_relative() {
             c.database = base.join(&c.database);
         }
+        if let Some(t) = &mut c.tls {
+            if t.cert.is_relative() {
+                t.cert = base.join(&t.cert);
+            }
+            if t.key.is_relative() {
+                t.key = base.join(&t.key);
+            }
+        }
         for k in &mut c.keys {
             if k.identity.is_relative() {
                 k.identity = base.join(&k.identity);
@@ -100,11 +125,64 @@ impl Config {
                 "no [[keys]]: give at least one kid and X25519 identity file".into(),
             ));
         }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure_plain_http {
+            return Err(BrokerError::Config(format!(
+                "listen = {} is not a loopback address and there is no [tls]: add [tls] cert/key, or set insecure_plain_http = true behind a TLS proxy",
+                self.listen
+            )));
+        }
         if self.max_body < 1024 || self.rate_per_minute == 0 || self.replay_window == 0 {
             return Err(BrokerError::Config(
                 "max_body must be at least 1024, rate_per_minute and replay_window above 0".into(),
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+    fn load(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().map_err(BrokerError::Io)?;
+        let p = dir.path().join("broker.toml");
+        std::fs::write(&p, text).map_err(BrokerError::Io)?;
+        let c = Config::load(&p)?;
+        assert!(c.database.starts_with(dir.path()), "relative to the file");
+        Ok(c)
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let c = load(&format!(
+            "database = \"b.db\"\nadmin_token_sha256 = \"{HASH}\"\n[[keys]]\nkid = \"k1\"\nidentity = \"kek.jwk\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8470");
+        assert_eq!((c.release_ttl, c.replay_window), (300, 300));
+        assert!(c.keys[0].identity.is_absolute());
+    }
+
+    #[test]
+    fn unsafe_or_broken_settings_are_refused() {
+        let base = format!("database = \"b.db\"\nadmin_token_sha256 = \"{HASH}\"\n");
+        let key = "[[keys]]\nkid = \"k1\"\nidentity = \"kek.jwk\"\n";
+        // Plain HTTP on a public address.
+        let e = load(&format!("listen = \"0.0.0.0:80\"\n{base}{key}")).unwrap_err();
+        assert!(e.to_string().contains("[tls]"), "{e}");
+        assert!(load(&format!(
+            "listen = \"0.0.0.0:80\"\ninsecure_plain_http = true\n{base}{key}"
+        ))
+        .is_ok());
+        // No keys, a bad hash, an unknown setting.
+        assert!(load(&base).is_err());
+        assert!(load(&format!(
+            "database = \"b.db\"\nadmin_token_sha256 = \"abc\"\n{key}"
+        ))
+        .is_err());
+        assert!(load(&format!("{base}typo = 1\n{key}")).is_err());
     }
 }

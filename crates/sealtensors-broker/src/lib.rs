@@ -158,18 +158,39 @@ impl Broker {
             .with_state(self.clone())
     }
 
-    /// Serve on a bound listener until `shutdown` resolves.
+    /// Serve on a bound listener until `shutdown` resolves: HTTPS when `tls`
+    /// is given, else plain HTTP.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await?
+            }
+            Some(cfg) => {
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    shutdown.await;
+                    h.graceful_shutdown(Some(Duration::from_secs(10)));
+                });
+                axum_server::from_tcp_rustls(
+                    listener.into_std()?,
+                    axum_server::tls_rustls::RustlsConfig::from_config(cfg),
+                )?
+                .handle(handle)
+                .serve(app)
+                .await?
+            }
+        }
         Ok(())
     }
 
@@ -187,8 +208,17 @@ pub struct Running {
 }
 
 impl Running {
-    /// Start `broker` on `addr` (port 0: any free port).
+    /// Start `broker` on `addr` (port 0: any free port), plain HTTP.
     pub fn start(broker: Arc<Broker>, addr: SocketAddr) -> Result<Running> {
+        Self::start_with_tls(broker, addr, None)
+    }
+
+    /// Start `broker` on `addr`, HTTPS when `tls` is given.
+    pub fn start_with_tls(
+        broker: Arc<Broker>,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Running> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -197,7 +227,7 @@ impl Running {
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            rt.block_on(broker.serve(listener, async {
+            rt.block_on(broker.serve(listener, tls, async {
                 let _ = rx.await;
             }))
         });
@@ -231,18 +261,47 @@ impl Drop for Running {
     }
 }
 
+/// The rustls server configuration for a PEM certificate chain and key,
+/// with the aws-lc-rs provider (the one crypto backend).
+pub fn server_tls(tls: &config::TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, p: &std::path::Path, e: &dyn std::fmt::Display| {
+        BrokerError::Config(format!("[tls] {what} {}: {e}", p.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| bad("cert", &tls.cert, &e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad("cert", &tls.cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad("cert", &tls.cert, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| bad("key", &tls.key, &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BrokerError::Config(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("cert/key", &tls.cert, &e))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Serve a configuration until Ctrl-C (the `sealtensors serve` command).
 pub fn serve_config(config: &Config) -> Result<()> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database)?);
     let broker = Broker::new(config, store)?;
+    let tls = config.tls.as_ref().map(server_tls).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        tracing::info!(addr = %listener.local_addr()?, "sealtensors broker listening (plain HTTP)");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %listener.local_addr()?, scheme, "sealtensors broker listening");
         broker
-            .serve(listener, async {
+            .serve(listener, tls, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await

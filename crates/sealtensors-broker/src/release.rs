@@ -76,7 +76,7 @@ impl Releaser {
             client: seen.client.unwrap_or_else(|| "unknown".into()),
             machine_id: seen.machine_id,
             model: seen.model,
-            kid: kid.to_string(),
+            kid: kid.chars().take(256).collect(),
             decision: decision.into(),
             code: code.into(),
             reason,

@@ -75,6 +75,8 @@ impl Fx {
         let kek_public = kek.public_key();
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            insecure_plain_http: false,
             database: dir.path().join("broker.db"),
             admin_token_sha256: hash_token(ADMIN),
             keys: vec![KeyConfig {
@@ -599,4 +601,113 @@ fn admin_operations_need_the_admin_token() {
     let (s, v) = fx.admin("GET", "/admin/licences", None);
     assert_eq!(s, 200);
     assert!(!v.to_string().contains(&token));
+}
+
+#[test]
+fn https_with_a_private_ca() {
+    use sealtensors_broker::admin::AdminClient;
+    use sealtensors_broker::config::TlsConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let ca = ck.cert.pem().into_bytes();
+    std::fs::write(dir.path().join("cert.pem"), &ca).unwrap();
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let tls = sealtensors_broker::server_tls(&TlsConfig {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    })
+    .unwrap();
+
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let kek = BrokerKek::new("k1", X25519Identity::generate().unwrap()).unwrap();
+    let public = kek.public_key();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        insecure_plain_http: false,
+        database: dir.path().join("unused.db"),
+        admin_token_sha256: hash_token(ADMIN),
+        keys: vec![],
+        release_ttl: 0,
+        max_body: 1 << 20,
+        rate_per_minute: 1000,
+        replay_window: 300,
+    };
+    let broker =
+        Broker::with_keks(&config, store.clone(), HashMap::from([("k1".into(), kek)])).unwrap();
+    let running =
+        Running::start_with_tls(broker, "127.0.0.1:0".parse().unwrap(), Some(tls)).unwrap();
+    let url = format!("https://{}/keys/k1", running.addr);
+
+    let seed: [u8; 32] = sealtensors::crypto::random_array().unwrap();
+    let signer = SigningKey::from_seed(seed).unwrap();
+    store
+        .register_model(&sealtensors_broker::ModelRecord {
+            model_id: MODEL.into(),
+            signer: signer.verifying_key().to_string(),
+            kid: "k1".into(),
+            created: now(),
+        })
+        .unwrap();
+    let token = "stl_https-test-token";
+    store
+        .insert_licence(
+            &sealtensors_broker::LicenceRecord {
+                id: "lic_https".into(),
+                customer: "acme".into(),
+                models: vec![MODEL.into()],
+                seats: 1,
+                expires: None,
+                claims: json!({}),
+                created: now(),
+                revoked: None,
+            },
+            &sealtensors::crypto::sha256(token.as_bytes()),
+        )
+        .unwrap();
+
+    let data = vec![5u8; 4096];
+    let plain = dir.path().join("plain.safetensors");
+    let t = sealtensors::TensorRef {
+        name: "w".into(),
+        dtype: Dtype::U8,
+        shape: vec![4096],
+        data: &data,
+    };
+    sealtensors::write_plain(&plain, &[t], None, false).unwrap();
+    let sealed = dir.path().join("sealed.safetensors");
+    Sealer::new(SealOptions {
+        recipients: vec![Box::new(BrokerRecipient::new(&url, public).unwrap())],
+        signing_key: Some(SigningKey::from_seed(seed).unwrap()),
+        model_id: MODEL.into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&plain, &sealed)
+    .unwrap();
+
+    let access =
+        || BrokerAccess::new([running.addr.to_string()], Some(token.into())).with_machine_id("m1");
+    let open = |a: BrokerAccess| {
+        SealedFile::open(
+            &sealed,
+            &OpenOptions {
+                trusted: vec![signer.verifying_key()],
+                broker: Some(a),
+                ..Default::default()
+            },
+        )
+    };
+    // The public web roots do not vouch for a self-signed broker.
+    let e = open(access()).err().unwrap();
+    assert!(matches!(e.kind(), Error::BrokerUnavailable { .. }), "{e}");
+    // With the broker's CA, the release goes through over TLS.
+    let f = open(access().with_ca_pem(ca.clone())).unwrap();
+    assert_eq!(f.read_tensor("w").unwrap(), data);
+    // The admin API over TLS too.
+    let admin = AdminClient::new(&format!("https://{}", running.addr), ADMIN, Some(&ca)).unwrap();
+    let rows = admin.audit(10).unwrap();
+    assert_eq!(rows[0]["code"], "released");
+    running.stop().unwrap();
 }

@@ -53,6 +53,26 @@ pub struct Admin {
     /// The admin token (better: in SEALTENSORS_BROKER_ADMIN_TOKEN).
     #[arg(long, env = ENV_ADMIN, hide_env_values = true)]
     pub admin_token: String,
+    /// PEM CA certificates to trust for an https broker instead of the public roots.
+    #[arg(long, env = "SEALTENSORS_BROKER_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Admin {
+    fn client(&self) -> Result<AdminClient> {
+        let ca = match &self.ca {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| CliError::usage(format!("reading --ca {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        Ok(AdminClient::new(
+            &self.broker,
+            &self.admin_token,
+            ca.as_deref(),
+        )?)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -141,7 +161,15 @@ pub fn serve(a: Serve) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    eprintln!("sealtensors broker: listening on http://{}", config.listen);
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!(
+        "sealtensors broker: listening on {scheme}://{}",
+        config.listen
+    );
     sealtensors_broker::serve_config(&config)
         .map_err(|e| CliError::with_code(e.to_string(), code::ERROR))
 }
@@ -180,7 +208,7 @@ pub fn run(c: BrokerCommand) -> Result<()> {
         }
         BrokerCommand::Register(a) => {
             let signer = sealtensors::keys::load_verifying_key(&a.signer)?.to_string();
-            let client = AdminClient::new(&a.admin.broker, &a.admin.admin_token);
+            let client = a.admin.client()?;
             print(&client.register_model(&a.model_id, &signer, &a.kid)?);
         }
         BrokerCommand::Licence(LicenceCommand::Issue(a)) => {
@@ -192,7 +220,7 @@ pub fn run(c: BrokerCommand) -> Result<()> {
                     None => None,
                 };
             let exp = a.expires.as_deref().map(expires).transpose()?;
-            let client = AdminClient::new(&a.admin.broker, &a.admin.admin_token);
+            let client = a.admin.client()?;
             let v = client.issue_licence(&a.customer, &a.models, a.seats, exp, claims)?;
             print(&v);
             eprintln!(
@@ -200,13 +228,13 @@ pub fn run(c: BrokerCommand) -> Result<()> {
             );
         }
         BrokerCommand::Licence(LicenceCommand::List(a)) => {
-            print(&AdminClient::new(&a.broker, &a.admin_token).licences()?);
+            print(&a.client()?.licences()?);
         }
         BrokerCommand::Licence(LicenceCommand::Revoke(a)) => {
-            print(&AdminClient::new(&a.admin.broker, &a.admin.admin_token).revoke(&a.id)?);
+            print(&a.admin.client()?.revoke(&a.id)?);
         }
         BrokerCommand::Audit(a) => {
-            print(&AdminClient::new(&a.admin.broker, &a.admin.admin_token).audit(a.limit)?);
+            print(&a.admin.client()?.audit(a.limit)?);
         }
     }
     Ok(())

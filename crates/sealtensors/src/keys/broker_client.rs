@@ -28,6 +28,9 @@ use crate::seal::SealMeta;
 pub const ENV_BROKERS: &str = "SEALTENSORS_BROKERS";
 /// The licence token sent to allowed brokers.
 pub const ENV_BROKER_TOKEN: &str = "SEALTENSORS_BROKER_TOKEN";
+/// A PEM file of CA certificates that replaces the public roots for brokers
+/// (a private broker CA).
+pub const ENV_BROKER_CA: &str = "SEALTENSORS_BROKER_CA";
 
 /// Bounds of one HTTP exchange (SPEC §10).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,6 +106,7 @@ pub struct BrokerAccess {
     allowed: Vec<String>,
     token: Option<Arc<Zeroizing<String>>>,
     machine_id: Option<String>,
+    ca: Option<Arc<Vec<u8>>>,
     cache: Arc<Mutex<Cache>>,
 }
 
@@ -112,6 +116,7 @@ impl std::fmt::Debug for BrokerAccess {
             .field("allowed", &self.allowed)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("machine_id", &self.machine_id)
+            .field("private_ca", &self.ca.is_some())
             .finish()
     }
 }
@@ -127,8 +132,16 @@ impl BrokerAccess {
                 .collect(),
             token: token.map(|t| Arc::new(Zeroizing::new(t.trim().to_string()))),
             machine_id: None,
+            ca: None,
             cache: Arc::default(),
         }
+    }
+
+    /// Trust only these CA certificates (PEM) for brokers, instead of the
+    /// public web roots.
+    pub fn with_ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.ca = Some(Arc::new(pem));
+        self
     }
 
     /// Send this machine id instead of `/etc/machine-id`.
@@ -175,7 +188,15 @@ impl BrokerAccess {
             Some(t) => Some(t),
             None => read("broker-token")?.and_then(|t| t.lines().next().map(str::to_string)),
         };
-        Ok(Some(BrokerAccess::new(hosts, token)))
+        let mut access = BrokerAccess::new(hosts, token);
+        let ca = match ca_from_env()? {
+            Some(pem) => Some(pem),
+            None => read("broker-ca.pem")?.map(|p| p.as_bytes().to_vec()),
+        };
+        if let Some(pem) = ca {
+            access = access.with_ca_pem(pem);
+        }
+        Ok(Some(access))
     }
 
     /// Whether the configuration allows the broker at `u`.
@@ -251,7 +272,7 @@ impl BrokerAccess {
             "framework": ctx.framework,
             "framework_version": ctx.framework_version,
         });
-        let agent = agent();
+        let agent = agent(self.ca.as_deref().map(Vec::as_slice)).map_err(unavailable)?;
         let endpoint = format!("{}/release", u.url);
         let info = release_info(&meta.file_id, &mk_id);
         let mut attempt = 0;
@@ -332,22 +353,48 @@ fn transient(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
 }
 
+/// `SEALTENSORS_BROKER_CA`, read.
+fn ca_from_env() -> Result<Option<Vec<u8>>> {
+    match std::env::var_os(ENV_BROKER_CA).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(p) => std::fs::read(&p)
+            .map(Some)
+            .map_err(|e| Error::io(format!("reading {ENV_BROKER_CA}"), e).in_file(p)),
+    }
+}
+
 /// One agent per release: rustls over aws-lc-rs (the one crypto backend),
-/// bounded timeouts, no redirects, statuses returned rather than raised.
-fn agent() -> ureq::Agent {
+/// the public web roots or only the given CA, bounded timeouts, no redirects,
+/// statuses returned rather than raised.
+fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = ureq::tls::TlsConfig::builder()
+    let mut tls = ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
-        .unversioned_rustls_crypto_provider(provider)
-        .build();
+        .unversioned_rustls_crypto_provider(provider);
+    if let Some(pem) = ca {
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(format!("the broker CA file is not PEM: {e}")),
+            }
+        }
+        if certs.is_empty() {
+            return Err(format!(
+                "the broker CA file ({ENV_BROKER_CA}) holds no certificate"
+            ));
+        }
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+    }
     let cfg = ureq::Agent::config_builder()
-        .tls_config(tls)
+        .tls_config(tls.build())
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(Some(TOTAL_TIMEOUT))
         .max_redirects(0)
         .http_status_as_error(false)
         .build();
-    ureq::Agent::new_with_config(cfg)
+    Ok(ureq::Agent::new_with_config(cfg))
 }
 
 fn read_body(mut resp: ureq::http::Response<ureq::Body>) -> Result<(u16, Vec<u8>), String> {
@@ -383,7 +430,8 @@ pub(crate) fn fetch_public_key(u: &BrokerUrl) -> Result<X25519Recipient> {
         broker: u.authority(),
         reason,
     };
-    let agent = agent();
+    let ca = ca_from_env()?;
+    let agent = agent(ca.as_deref()).map_err(unavailable)?;
     let mut attempt = 0;
     let (status, body) = loop {
         match agent

@@ -15,10 +15,11 @@ mod symmetric;
 mod x25519;
 
 pub use broker::{is_loopback, BrokerKek, BrokerRecipient, BrokerUrl};
-pub use broker_client::{
-    release_info, BrokerAccess, ReleaseAnswer, ReleaseRequest, ENV_BROKERS, ENV_BROKER_TOKEN,
-};
 pub(crate) use broker_client::release_after_miss;
+pub use broker_client::{
+    release_info, BrokerAccess, ReleaseAnswer, ReleaseRequest, ENV_BROKERS, ENV_BROKER_CA,
+    ENV_BROKER_TOKEN,
+};
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
 pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};
