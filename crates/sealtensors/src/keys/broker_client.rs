@@ -335,6 +335,7 @@ impl BrokerAccess {
                         reason,
                     });
                 }
+                Err(Fail::Stop(e)) => return Err(unavailable(e)),
                 Err(e) if attempt >= RETRIES => {
                     return Err(unavailable(format!(
                         "{e} (after {} attempts); check that the broker is running and reachable",
@@ -397,14 +398,39 @@ fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, String> {
     Ok(ureq::Agent::new_with_config(cfg))
 }
 
-fn read_body(mut resp: ureq::http::Response<ureq::Body>) -> Result<(u16, Vec<u8>), String> {
+/// Why an exchange failed: worth another attempt (the broker may come
+/// back) or not (it answered, but something we refuse).
+enum Fail {
+    Retry(String),
+    Stop(String),
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fail::Retry(s) | Fail::Stop(s) => f.write_str(s),
+        }
+    }
+}
+
+fn transport(e: ureq::Error) -> Fail {
+    use ureq::Error as E;
+    match e {
+        E::Io(_) | E::Timeout(_) | E::HostNotFound | E::ConnectionFailed | E::BodyStalled => {
+            Fail::Retry(e.to_string())
+        }
+        e => Fail::Stop(e.to_string()),
+    }
+}
+
+fn read_body(mut resp: ureq::http::Response<ureq::Body>) -> Result<(u16, Vec<u8>), Fail> {
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
         .with_config()
         .limit(MAX_ANSWER)
         .read_to_vec()
-        .map_err(|e| format!("reading the answer: {e}"))?;
+        .map_err(|e| Fail::Stop(format!("reading the answer: {e}")))?;
     Ok((status, body))
 }
 
@@ -413,14 +439,14 @@ fn post(
     url: &str,
     token: &Zeroizing<String>,
     body: &[u8],
-) -> Result<(u16, Vec<u8>), String> {
+) -> Result<(u16, Vec<u8>), Fail> {
     let auth = Zeroizing::new(format!("Bearer {}", token.as_str()));
     let resp = agent
         .post(url)
         .header("authorization", auth.as_str())
         .header("content-type", "application/json")
         .send(body)
-        .map_err(|e| e.to_string())?;
+        .map_err(transport)?;
     read_body(resp)
 }
 
@@ -437,10 +463,11 @@ pub(crate) fn fetch_public_key(u: &BrokerUrl) -> Result<X25519Recipient> {
         match agent
             .get(&u.url)
             .call()
-            .map_err(|e| e.to_string())
+            .map_err(transport)
             .and_then(read_body)
         {
             Ok((s, b)) if !transient(s) || attempt >= RETRIES => break (s, b),
+            Err(Fail::Stop(e)) => return Err(unavailable(e)),
             Err(e) if attempt >= RETRIES => {
                 return Err(unavailable(format!(
                     "{e}; check the URL and that the broker is running"
