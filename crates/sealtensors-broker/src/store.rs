@@ -356,6 +356,17 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// Every test runs against each store implementation (PostgreSQL joins
+    /// this list when it exists): SQLite in memory and in a file.
+    fn stores() -> Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        vec![
+            (Box::new(SqliteStore::in_memory().unwrap()), None),
+            (Box::new(file), Some(dir)),
+        ]
+    }
+
     fn licence(id: &str, seats: u32) -> LicenceRecord {
         LicenceRecord {
             id: id.into(),
@@ -371,7 +382,12 @@ mod tests {
 
     #[test]
     fn licences_by_token_hash_and_revocation() {
-        let s = SqliteStore::in_memory().unwrap();
+        for (s, _dir) in stores() {
+            licences(&*s);
+        }
+    }
+
+    fn licences(s: &dyn Store) {
         s.insert_licence(&licence("l1", 2), &[7; 32]).unwrap();
         assert_eq!(s.licence_by_token(&[7; 32]).unwrap().unwrap().id, "l1");
         assert!(s.licence_by_token(&[8; 32]).unwrap().is_none());
@@ -388,7 +404,12 @@ mod tests {
 
     #[test]
     fn seats_count_distinct_machines() {
-        let s = SqliteStore::in_memory().unwrap();
+        for (s, _dir) in stores() {
+            seats(&*s);
+        }
+    }
+
+    fn seats(s: &dyn Store) {
         assert_eq!(s.take_seat("l", "a", 2, 1).unwrap(), Seat::Granted);
         assert_eq!(s.take_seat("l", "a", 2, 1).unwrap(), Seat::Granted);
         assert_eq!(s.take_seat("l", "b", 2, 1).unwrap(), Seat::Granted);
@@ -399,7 +420,12 @@ mod tests {
 
     #[test]
     fn nonces_are_single_use_within_the_window() {
-        let s = SqliteStore::in_memory().unwrap();
+        for (s, _dir) in stores() {
+            nonces(&*s);
+        }
+    }
+
+    fn nonces(s: &dyn Store) {
         assert!(s.fresh_nonce(b"n1", 1000, 600).unwrap());
         assert!(!s.fresh_nonce(b"n1", 1001, 600).unwrap());
         assert!(s.fresh_nonce(b"n2", 1001, 600).unwrap());
@@ -409,7 +435,12 @@ mod tests {
 
     #[test]
     fn audit_rows_newest_first() {
-        let s = SqliteStore::in_memory().unwrap();
+        for (s, _dir) in stores() {
+            audit(&*s);
+        }
+    }
+
+    fn audit(s: &dyn Store) {
         for k in 0..3 {
             s.audit(&AuditRow {
                 id: 0,
@@ -427,5 +458,23 @@ mod tests {
         let rows = s.audit_rows(2).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].code, "c2");
+    }
+
+    #[test]
+    fn state_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert_licence(&licence("l1", 1), &[1; 32]).unwrap();
+            s.revoke_licence("l1", 9).unwrap();
+            audit(&s);
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            s.licence_by_token(&[1; 32]).unwrap().unwrap().revoked,
+            Some(9)
+        );
+        assert_eq!(s.audit_rows(10).unwrap().len(), 3);
     }
 }
