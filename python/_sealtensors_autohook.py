@@ -5,34 +5,45 @@ every interpreter start::
 
     SEALTENSORS_AUTO=1 python serve.py ...     # sealed models load transparently
 
-When the variable is on, it calls `install()`, which puts a finder on
-``sys.meta_path`` and returns: nothing else is imported, so a process that
-never loads safetensors pays nothing but this module. When ``safetensors`` is
-first imported, the finder imports ``sealtensors.auto`` right after it, before
-any other module can take a reference to ``safetensors.safe_open``; when
-``safetensors.torch`` or ``safetensors.numpy`` are imported later,
+When the variable is on, it calls `install()`, which puts a finder first on
+``sys.meta_path`` and returns. When ``safetensors`` is first imported, the
+finder imports ``sealtensors.auto`` right after it, before any other module
+can take a reference to ``safetensors.safe_open``; when ``safetensors.torch``
+or ``safetensors.numpy`` are imported (or re-imported) later,
 ``sealtensors.auto`` patches their ``load`` as they arrive.
 
-If sealtensors itself fails to import, the import of safetensors fails too:
-loading ciphertext as weights is never the silent fallback.
+The switch is on for any value but "", "0", "false", "no" and "off": a value
+it does not understand turns it on rather than silently leaving it off.
 
-This module must stay standard-library only and must not import sealtensors
-at start-up.
+If sealtensors itself fails to import, the import of safetensors fails too:
+loading ciphertext as weights is never the silent fallback. What the hook
+cannot see (docs in README, "SEALTENSORS_AUTO"): a process started with
+``python -S`` (no site-packages processing, so no ``.pth``), and an import
+hook that a program puts before this one on ``sys.meta_path``. Where the
+guarantee matters, open files through sealtensors itself (``--load-format
+sealtensors`` in vLLM, `sealtensors.safe_open`, ``require_encrypted``).
+
+This module must stay cheap: it runs in every process started with the
+variable on, so it imports only what the interpreter has already loaded
+(``sys``, ``os``, ``_thread``) and never sealtensors at start-up.
 """
 
 from __future__ import annotations
 
-import importlib
+import _thread
 import os
 import sys
-from collections.abc import Sequence
-from importlib.abc import Loader, MetaPathFinder
-from importlib.machinery import ModuleSpec
-from types import ModuleType
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (7 ms)
+if TYPE_CHECKING:  # annotations only
+    from collections.abc import Callable, Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Any
 
 ENV = "SEALTENSORS_AUTO"
 WATCHED = ("safetensors", "safetensors.torch", "safetensors.numpy")
+_OFF = ("", "0", "false", "no", "off")
 
 # Set by sealtensors.auto once it is imported; until then the hook's only job
 # is to import it when safetensors arrives.
@@ -40,41 +51,54 @@ _handler: Callable[[str], None] | None = None
 
 
 def env_enabled(environ: Any = None) -> bool:
-    """Whether SEALTENSORS_AUTO asks for transparent loading ("1", "true", "yes", "on")."""
+    """Whether SEALTENSORS_AUTO asks for transparent loading: any value but
+    "", "0", "false", "no" or "off" (case and spaces ignored)."""
     value = (environ if environ is not None else os.environ).get(ENV, "")
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    return value.strip().lower() not in _OFF
 
 
 def _loaded(name: str) -> None:
     if _handler is not None:
         _handler(name)
     elif name == "safetensors":
-        importlib.import_module("sealtensors.auto")
+        __import__("sealtensors.auto")
 
 
-class _ThenNotify(Loader):
-    """Runs the real loader, then tells sealtensors which module arrived."""
+class _ThenNotify:
+    """A loader that runs the real one, then tells sealtensors which module
+    arrived. Other attributes (get_data, get_resource_reader, is_package, ...)
+    are the real loader's."""
 
-    def __init__(self, loader: Loader) -> None:
-        self._loader = loader
+    def __init__(self, loader: Any) -> None:
+        self.__dict__["_loader"] = loader
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        return self._loader.create_module(spec)
+        create = getattr(self.__dict__["_loader"], "create_module", None)
+        return create(spec) if create is not None else None
 
     def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
+        self.__dict__["_loader"].exec_module(module)
         _loaded(module.__name__)
 
+    def load_module(self, fullname: str) -> ModuleType:
+        # Loaders from before PEP 451 (no exec_module): wrapped the same way.
+        module = self.__dict__["_loader"].load_module(fullname)
+        _loaded(fullname)
+        return module
+
     def __getattr__(self, name: str) -> Any:
-        # get_data, get_resource_reader, is_package...: the real loader's.
-        return getattr(self._loader, name)
+        if name.startswith("__") or name == "_loader":
+            raise AttributeError(name)
+        return getattr(self.__dict__["_loader"], name)
 
 
-class _Finder(MetaPathFinder):
+class _Finder:
     """Finds the watched modules through the other finders and wraps their loader."""
 
     def __init__(self) -> None:
-        self._busy: set[str] = set()
+        # (thread, module) pairs being looked up: a lookup in one thread
+        # never makes another thread's lookup skip the wrapping.
+        self._busy: set[tuple[int, str]] = set()
 
     def find_spec(
         self,
@@ -82,9 +106,10 @@ class _Finder(MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> ModuleSpec | None:
-        if fullname not in WATCHED or fullname in self._busy:
+        key = (_thread.get_ident(), fullname)
+        if fullname not in WATCHED or key in self._busy:
             return None
-        self._busy.add(fullname)
+        self._busy.add(key)
         try:
             spec = None
             for finder in sys.meta_path:
@@ -95,11 +120,14 @@ class _Finder(MetaPathFinder):
                 if spec is not None:
                     break
         finally:
-            self._busy.discard(fullname)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            self._busy.discard(key)
+        if spec is None or spec.loader is None:
             return spec
         spec.loader = _ThenNotify(spec.loader)
         return spec
+
+    def invalidate_caches(self) -> None:
+        """Nothing cached here (importlib.invalidate_caches calls this)."""
 
 
 def install(handler: Callable[[str], None] | None = None) -> None:
@@ -112,4 +140,4 @@ def install(handler: Callable[[str], None] | None = None) -> None:
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
     if handler is None and "safetensors" in sys.modules:
-        importlib.import_module("sealtensors.auto")
+        __import__("sealtensors.auto")

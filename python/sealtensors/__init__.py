@@ -13,6 +13,11 @@ SEALTENSORS_TRUST, colon-separated), then ~/.config/sealtensors/.
 
 from __future__ import annotations
 
+# First, before any sealtensors module: under SEALTENSORS_AUTO=1 this import
+# runs sealtensors.auto (the import hook), which needs sealtensors._open
+# whole; importing safetensors from inside _open would hand it half a module.
+import safetensors  # noqa: F401  (isort: skip)
+
 from sealtensors._native import (
     ConfigError,
     InvalidFileError,

@@ -95,12 +95,12 @@ class LazyTensor:
         d = dim + nd if dim < 0 else dim
         if self._full_tensor is not None or d != 0 or nd == 0:
             return self.materialize().narrow(dim, start, length)
+        # torch's own checks and errors, on a tensor with no data
+        torch.empty(self._shape, dtype=self.dtype, device="meta").narrow(dim, start, length)
         rows = self._shape[0]
+        start = start + rows if start < 0 else start
         if not (0 <= start <= rows and 0 <= length <= rows - start):
-            # the same error torch gives
-            return torch.empty(self._shape, dtype=self.dtype, device="meta").narrow(
-                dim, start, length
-            )
+            raise IndexError(f"narrow({dim}, {start}, {length}) is out of range for {self!r}")
         part = self._opener.get_slice(self._name)[start : start + length]
         self.stats["bytes_read"] += part.numel() * part.element_size()
         return part
@@ -114,7 +114,9 @@ class LazyTensor:
 
     def __getattr__(self, attr: str) -> Any:
         # Everything else a tensor has (t(), view(), to(), contiguous(), ...).
-        if attr.startswith("__"):
+        # Anything a tensor lacks is missing here too, without decrypting:
+        # vLLM probes loaded weights with getattr(w, "shard_id", None).
+        if attr.startswith("__") or not hasattr(torch.Tensor, attr):
             raise AttributeError(attr)
         return getattr(self.materialize(), attr)
 
@@ -173,6 +175,40 @@ for _name, _op in {
     "ge": operator.ge,
 }.items():
     setattr(LazyTensor, f"__{_name}__", _binary(_op, False))
-LazyTensor.__neg__ = lambda self: -self.materialize()  # type: ignore[attr-defined]
+for _name, _op in {
+    "mod": operator.mod,
+    "lshift": operator.lshift,
+    "rshift": operator.rshift,
+}.items():
+    setattr(LazyTensor, f"__{_name}__", _binary(_op, False))
+    setattr(LazyTensor, f"__r{_name}__", _binary(_op, True))
+# One-operand protocols: the real tensor's answer (bool() of a 1-element
+# tensor is its value, of a larger one an error, exactly as torch says).
+for _name in (
+    "neg",
+    "pos",
+    "abs",
+    "invert",
+    "bool",
+    "int",
+    "float",
+    "complex",
+    "index",
+    "iter",
+):
+    setattr(
+        LazyTensor,
+        f"__{_name}__",
+        (lambda n: lambda self: getattr(self.materialize(), f"__{n}__")())(_name),
+    )
+LazyTensor.__format__ = lambda self, spec: format(self.materialize(), spec)  # type: ignore[method-assign]
+LazyTensor.__contains__ = lambda self, x: x in self.materialize()  # type: ignore[attr-defined]
+
+
+def _setitem(self: LazyTensor, index: Any, value: Any) -> None:
+    self.materialize()[index] = _real(value)
+
+
+LazyTensor.__setitem__ = _setitem  # type: ignore[attr-defined]
 LazyTensor.__hash__ = object.__hash__  # type: ignore[method-assign]
 LazyTensor.__array__ = lambda self, *a, **k: self.materialize().numpy().__array__(*a, **k)  # type: ignore[attr-defined]

@@ -57,27 +57,40 @@ def _patched_numpy_load(data: bytes) -> Any:
 # The originals, captured before they are replaced: safe_open now, the
 # submodules' `load` when they are first imported (safetensors.torch imports
 # torch, which sealtensors never imports on its own account).
-_REAL: dict[str, Any] = {"safe_open": _open._REAL_SAFE_OPEN}
 _PATCHED: dict[str, Any] = {
     "safe_open": _patched_safe_open,
     "torch.load": _patched_torch_load,
     "numpy.load": _patched_numpy_load,
 }
+# Every original ever seen, per entry point: a re-import of safetensors.torch
+# (importlib.reload, or a fresh import after `del sys.modules[...]`) defines a
+# new `load`, which is an original too.
+_REAL: dict[str, list[Any]] = {
+    "safe_open": [_open._REAL_SAFE_OPEN],
+    "torch.load": [],
+    "numpy.load": [],
+}
+_SUBMODULES = {"safetensors.torch": "torch.load", "safetensors.numpy": "numpy.load"}
 
 
 def _capture() -> None:
-    for key, mod_name in (("torch.load", "safetensors.torch"), ("numpy.load", "safetensors.numpy")):
+    for mod_name, key in _SUBMODULES.items():
         mod = sys.modules.get(mod_name)
-        if key not in _REAL and mod is not None and hasattr(mod, "load"):
-            _REAL[key] = mod.load
+        load = getattr(mod, "load", None) if mod is not None else None
+        if load is None or load is _PATCHED[key] or any(load is o for o in _REAL[key]):
+            continue
+        _REAL[key].append(load)
 
 
-def _originals() -> list[Any]:
-    return [_REAL[k] for k in _REAL]
+def _to_patched() -> tuple[list[Any], list[Any]]:
+    old = [o for key in _REAL for o in _REAL[key]]
+    new = [_PATCHED[key] for key in _REAL for _ in _REAL[key]]
+    return old, new
 
 
-def _replacements() -> list[Any]:
-    return [_PATCHED[k] for k in _REAL]
+def _to_originals() -> tuple[list[Any], list[Any]]:
+    keys = [key for key in _REAL if _REAL[key]]
+    return [_PATCHED[k] for k in keys], [_REAL[k][-1] for k in keys]
 
 
 def _swap(old: list[Any], new: list[Any]) -> None:
@@ -123,7 +136,7 @@ def enable(
     global _enabled
     _enabled = True
     _capture()
-    _swap(_originals(), _replacements())
+    _swap(*_to_patched())
     _hook.install(_on_import)
 
 
@@ -131,14 +144,14 @@ def _on_import(name: str) -> None:
     """Called by the import hook after a watched safetensors module executed."""
     if _enabled:
         _capture()
-        _swap(_originals(), _replacements())
+        _swap(*_to_patched())
 
 
 def disable() -> None:
     """Undo `enable()`."""
     global _enabled
     _enabled = False
-    _swap(_replacements(), _originals())
+    _swap(*_to_originals())
     _defaults.clear()
 
 

@@ -78,7 +78,8 @@ def _log_stats(stats: dict[str, int]) -> None:
 
     total, read = stats["bytes_total"], stats["bytes_read"]
     init_logger("vllm.sealtensors").info(
-        "sealtensors: this worker decrypted %d of %d bytes of sealed weights (%.1f%%)",
+        "sealtensors: this worker read %d of %d bytes of sealed weights (%.1f%%; "
+        "only the chunks holding them were decrypted)",
         read,
         total,
         100.0 * read / total if total else 0.0,

@@ -73,7 +73,7 @@ LOAD_EVERY_WAY = """
 """
 
 
-@pytest.mark.parametrize("value", ["1", "true", "ON"])
+@pytest.mark.parametrize("value", ["1", "true", "ON", "2", "enabled"])
 def test_env_switch_opens_sealed_files_in_a_fresh_process(setup: dict, value: str) -> None:
     proc = _run(setup, LOAD_EVERY_WAY.format(path=str(setup["sealed"])), value)
     assert proc.returncode == 0, proc.stderr
@@ -160,3 +160,69 @@ def test_the_switch_reaches_transformers(setup: dict) -> None:
     proc = _run(setup, code, "1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "EQUAL True" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["import sealtensors", "import sealtensors.torch", "from sealtensors.vllm import register"],
+)
+def test_sealtensors_imported_before_safetensors(setup: dict, first: str) -> None:
+    """The vLLM plugin (and any user) imports sealtensors first: the hook
+    then runs while sealtensors is importing, and must not trip over it."""
+    code = first + "\n" + textwrap.dedent(LOAD_EVERY_WAY.format(path=str(setup["sealed"])))
+    proc = _run(setup, code, "1")
+    assert proc.returncode == 0, proc.stderr
+    total = float(setup["data"].sum())
+    assert f"SUMS {total} {total} {total}" in proc.stdout
+
+
+def test_reimported_submodules_are_patched_again(setup: dict) -> None:
+    """A reload (or a fresh import after `del sys.modules[...]`) defines a new
+    `load`: it is patched as it arrives, never left reading ciphertext."""
+    code = """
+        import importlib
+        import safetensors.numpy
+        path = {path!r}
+        data = open(path, "rb").read()
+        importlib.reload(safetensors.numpy)
+        a = safetensors.numpy.load(data)["w"]
+        for name in [m for m in sys.modules if m.startswith("safetensors")]:
+            del sys.modules[name]
+        import safetensors.numpy as again
+        b = again.load(data)["w"]
+        with again.safe_open(path, framework="np") as f:
+            c = f.get_tensor("w")
+        print("SUMS", float(a.sum()), float(b.sum()), float(c.sum()))
+    """.format(path=str(setup["sealed"]))
+    proc = _run(setup, code, "1")
+    assert proc.returncode == 0, proc.stderr
+    total = float(setup["data"].sum())
+    assert f"SUMS {total} {total} {total}" in proc.stdout
+
+
+def test_start_up_imports_only_the_hook(setup: dict) -> None:
+    """A process that never loads safetensors pays for one small module."""
+    code = "print('NEW', sorted(set(sys.modules) - BEFORE))"
+    env = dict(setup["env"], SEALTENSORS_AUTO="1")
+    prelude = (
+        f"import sys, site\nBEFORE = set(sys.modules)\nsite.addsitedir({str(setup['site'])!r})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + code], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "NEW ['__future__', '_sealtensors_autohook']" in proc.stdout, proc.stdout
+
+
+def test_the_wrapped_loader_copies_and_serves_resources(setup: dict) -> None:
+    code = """
+        import copy, importlib.util, importlib.resources
+        spec = importlib.util.find_spec("safetensors.numpy")
+        copy.copy(spec.loader)
+        copy.deepcopy(spec)
+        print("PKG", spec.loader.is_package("safetensors.numpy"))
+        print("RES", importlib.resources.files("safetensors").joinpath("__init__.py").is_file())
+    """
+    proc = _run(setup, code, "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "PKG False" in proc.stdout and "RES True" in proc.stdout

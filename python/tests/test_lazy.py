@@ -107,3 +107,33 @@ def test_tampered_chunk_outside_the_rows_is_not_read_inside_is_refused(sealed: d
         LazyTensor(f, "w").narrow(0, 200, 56)
     with pytest.raises(sealtensors.NotAuthenticError):
         LazyTensor(f, "w").materialize()
+
+
+def test_negative_start_and_one_operand_protocols_match_torch(sealed: dict) -> None:
+    full = sealed["tensors"]["w"]
+    f = _open(sealed)
+    assert torch.equal(LazyTensor(f, "w").narrow(0, -16, 16), full.narrow(0, -16, 16))
+    with pytest.raises((RuntimeError, IndexError)):
+        LazyTensor(f, "w").narrow(0, -300, 1)
+    one = sealed["tensors"]["b"][:1]
+    path = sealed["path"].with_name("one.safetensors")
+    stt.save_file(
+        {"zero": torch.zeros(1), "one": one.clone(), "two": torch.ones(2)},
+        path,
+        recipients=[sealtensors.keygen(sealed["path"].with_name("k1.jwk"))],
+    )
+    g = safe_open(path, framework="pt", identities=[str(sealed["path"].with_name("k1.jwk"))])
+    assert bool(LazyTensor(g, "zero")) is False
+    assert float(LazyTensor(g, "one")) == float(one)
+    with pytest.raises(RuntimeError):
+        bool(LazyTensor(g, "two"))  # ambiguous, as torch says
+    assert [float(x) for x in LazyTensor(g, "two")] == [1.0, 1.0]
+    assert f"{LazyTensor(g, 'zero')}" == f"{torch.zeros(1)}"
+
+
+def test_probing_for_attributes_a_tensor_lacks_reads_nothing(sealed: dict) -> None:
+    stats: dict[str, int] = {}
+    lazy = LazyTensor(_open(sealed), "w", stats)
+    assert getattr(lazy, "shard_id", None) is None  # what vLLM's loaders ask
+    assert not hasattr(lazy, "weight_loader")
+    assert stats["bytes_read"] == 0
