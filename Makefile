@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 # 1 GiB in 8 tensors (torch and numpy, warm and cold page cache, slices), 1 GiB in 2000
 # tensors, a 4 GiB sharded folder (CLI and Python seal: time, peak RSS), each against
 # safetensors, cryptotensors 0.2.3 and a raw aws-lc-rs floor (bench/floor), then the
-# criterion micro-benchmarks (bench/micro). Writes bench/results/<date>-<mode>.json,
+# criterion micro-benchmarks (bench/micro). Writes bench/results/<date>-<HHMM>-<mode>.json,
 # docs/benchmarks.md and docs/img/*.png. Full run: about 25 minutes here, about 22 GiB
 # free in /tmp; ARGS=--quick scales every workload down (a few minutes).
 # More options: .venv/bin/python bench/run.py --help.
