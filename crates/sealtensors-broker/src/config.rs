@@ -27,6 +27,50 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// Where the broker keeps its state (`[store]`; SQLite when absent).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// SQLite in the file `database` (embedded, one broker instance).
+    #[default]
+    Sqlite,
+    /// PostgreSQL, for several broker instances sharing one database.
+    Postgres {
+        /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or the key-value
+        /// form). No TLS to the database: loopback, a Unix socket
+        /// (`host=/run/postgresql`) or a private network.
+        url: String,
+        /// Schema holding the tables (created when missing).
+        #[serde(default = "default_schema")]
+        schema: String,
+        /// Most connections this instance keeps open.
+        #[serde(default = "default_pool")]
+        pool: usize,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite => f.write_str("Sqlite"),
+            // The URL may hold a password: never printed.
+            StoreConfig::Postgres { schema, pool, .. } => f
+                .debug_struct("Postgres")
+                .field("url", &"<redacted>")
+                .field("schema", schema)
+                .field("pool", pool)
+                .finish(),
+        }
+    }
+}
+
+fn default_schema() -> String {
+    "public".into()
+}
+fn default_pool() -> usize {
+    16
+}
+
 /// The broker's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,8 +86,13 @@ pub struct Config {
     /// Allow plain HTTP on a non-loopback address (behind a TLS proxy).
     #[serde(default)]
     pub insecure_plain_http: bool,
-    /// SQLite database file (created when missing).
+    /// SQLite database file (created when missing); required unless
+    /// `[store]` names another kind.
+    #[serde(default)]
     pub database: PathBuf,
+    /// The store: SQLite (`database`) unless `[store] kind = "postgres"`.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// SHA-256 (hex) of the admin bearer token; the token itself is never stored.
     pub admin_token_sha256: String,
     /// Key-encryption keys.
@@ -92,7 +141,7 @@ impl Config {
         let mut c: Config = toml::from_str(&text)
             .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if c.database.is_relative() {
+        if c.database.is_relative() && !c.database.as_os_str().is_empty() {
             c.database = base.join(&c.database);
         }
         if let Some(t) = &mut c.tls {
@@ -119,6 +168,19 @@ impl Config {
             return Err(BrokerError::Config(
                 "admin_token_sha256 must be 64 hex digits: the SHA-256 of the admin token (`sealtensors broker hash-token`)".into(),
             ));
+        }
+        match &self.store {
+            StoreConfig::Sqlite if self.database.as_os_str().is_empty() => {
+                return Err(BrokerError::Config(
+                    "no database: give database = \"broker.db\" (SQLite), or a [store] section with kind = \"postgres\" and url".into(),
+                ))
+            }
+            StoreConfig::Postgres { url, pool, .. } if url.is_empty() || *pool == 0 => {
+                return Err(BrokerError::Config(
+                    "[store] kind = \"postgres\" needs url = \"postgres://USER:PASSWORD@HOST:PORT/DATABASE\" and pool >= 1".into(),
+                ))
+            }
+            _ => {}
         }
         if self.keys.is_empty() {
             return Err(BrokerError::Config(
@@ -184,5 +246,36 @@ mod tests {
         ))
         .is_err());
         assert!(load(&format!("{base}typo = 1\n{key}")).is_err());
+    }
+
+    #[test]
+    fn a_postgres_store_needs_a_url_and_never_prints_it() {
+        let head = format!(
+            "admin_token_sha256 = \"{HASH}\"\n[[keys]]\nkid = \"k1\"\nidentity = \"kek.jwk\"\n"
+        );
+        let p = tempfile::tempdir().unwrap();
+        let load_pg = |store: &str| {
+            let f = p.path().join("b.toml");
+            std::fs::write(&f, format!("{head}{store}")).unwrap();
+            Config::load(&f)
+        };
+        let c =
+            load_pg("[store]\nkind = \"postgres\"\nurl = \"postgres://b:s3cret@127.0.0.1/b\"\n")
+                .unwrap();
+        assert_eq!(
+            c.store,
+            StoreConfig::Postgres {
+                url: "postgres://b:s3cret@127.0.0.1/b".into(),
+                schema: "public".into(),
+                pool: 16
+            }
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // Without [store] and without database: nowhere to keep state.
+        let e = load_pg("").unwrap_err();
+        assert!(e.to_string().contains("database"), "{e}");
+        assert!(load_pg("[store]\nkind = \"postgres\"\n").is_err());
+        assert!(load_pg("[store]\nkind = \"mysql\"\nurl = \"x\"\n").is_err());
+        assert!(load_pg("[store]\nkind = \"postgres\"\nurl = \"x\"\ntypo = 1\n").is_err());
     }
 }

@@ -11,6 +11,9 @@ pub enum BrokerError {
     /// The store failed (disk full, database locked or corrupt).
     #[error("broker store: {0}; check the database file and its disk")]
     Store(String),
+    /// The PostgreSQL store failed (server down, authentication, schema).
+    #[error("broker store (PostgreSQL): {0}; check that the server is running and the [store] url, user and database")]
+    Postgres(String),
     /// A key file could not be loaded.
     #[error("broker key: {0}")]
     Key(#[from] sealtensors::Error),

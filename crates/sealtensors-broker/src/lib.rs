@@ -40,7 +40,7 @@ use sealtensors::keys::{BrokerKek, KeyFile, VerifyingKey};
 pub use config::Config;
 pub use error::{BrokerError, Result};
 pub use release::Denial;
-pub use store::{AuditRow, LicenceRecord, ModelRecord, SqliteStore, Store};
+pub use store::{AuditRow, LicenceRecord, ModelRecord, PostgresStore, SqliteStore, Store};
 
 pub(crate) fn b64(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
@@ -290,7 +290,7 @@ pub fn server_tls(tls: &config::TlsConfig) -> Result<Arc<rustls::ServerConfig>> 
 
 /// Serve a configuration until Ctrl-C (the `sealtensors serve` command).
 pub fn serve_config(config: &Config) -> Result<()> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database)?);
+    let store = store::open(&config.store, &config.database)?;
     let broker = Broker::new(config, store)?;
     let tls = config.tls.as_ref().map(server_tls).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
