@@ -38,7 +38,12 @@ py-build: $(STAMP)
 demo: py-build
 	$(PY) scripts/demo.py
 
+# The broker's fault test (crates/sealtensors-broker/tests/fault.rs) SIGKILLs the
+# release `sealtensors serve` binary, so it is built first. The broker's PostgreSQL
+# tests run when SEALTENSORS_TEST_POSTGRES_URL is set (they say so when skipped):
+# scripts/pg-test-server.sh run make test (CI does) starts a throwaway cluster.
 rust-test:
+	cargo build --release -p sealtensors-cli
 	cargo test --workspace
 
 py-test: py-build
