@@ -36,7 +36,7 @@ def save_file(
 def load_file(filename: str | os.PathLike[str], **keys: Any) -> dict[str, np.ndarray]:
     """Load every array of a plain or sealed file."""
     with safe_open(filename, framework="np", **keys) as f:
-        return {k: f.get_tensor(k) for k in f.offset_keys()}
+        return f.get_tensors()
 
 
 def save(

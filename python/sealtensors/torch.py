@@ -61,7 +61,7 @@ def load_file(
     """Load every tensor of a plain or sealed file (keys: identities, trusted,
     passphrase, require_encrypted, require_signed)."""
     with safe_open(filename, framework="pt", device=device, **keys) as f:
-        return {k: f.get_tensor(k) for k in f.offset_keys()}
+        return f.get_tensors()
 
 
 def save(

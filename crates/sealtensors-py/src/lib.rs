@@ -199,6 +199,20 @@ impl File {
         Ok(v.into_pyarray(py))
     }
 
+    /// Several whole tensors, read and decrypted in one parallel pass over
+    /// all their chunks (what load_file uses: small tensors keep every core busy).
+    fn read_many<'py>(
+        &self,
+        py: Python<'py>,
+        names: Vec<String>,
+    ) -> PyResult<Vec<Bound<'py, PyArray1<u8>>>> {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let bufs = py
+            .detach(|| self.inner.read_tensors(&refs))
+            .map_err(to_py)?;
+        Ok(bufs.into_iter().map(|v| v.into_pyarray(py)).collect())
+    }
+
     /// Bytes start..end of a tensor; only the chunks covering them are read.
     fn read_range<'py>(
         &self,

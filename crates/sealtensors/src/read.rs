@@ -391,6 +391,80 @@ impl SealedFile {
         r.map_err(|e| e.in_file(&self.path))
     }
 
+    /// Read several whole tensors into fresh memory in one parallel pass
+    /// over all of their chunks (SPEC §8.3), in the order given. Loading a
+    /// model of many small tensors this way keeps every core busy, where a
+    /// tensor at a time would decrypt one-chunk tensors one after another.
+    pub fn read_tensors(&self, names: &[&str]) -> Result<Vec<Vec<u8>>> {
+        let r = (|| {
+            let sources = names
+                .iter()
+                .map(|n| self.chunk_source(self.index(n)?))
+                .collect::<Result<Vec<_>>>()?;
+            let mut outs: Vec<Vec<u8>> = sources.iter().map(|s| vec![0u8; s.t.len()]).collect();
+            let mut jobs = Vec::new();
+            for (k, (src, out)) in sources.iter().zip(outs.iter_mut()).enumerate() {
+                if src.t.is_empty() {
+                    jobs.push((k, 0u64, &mut out[..]));
+                    continue;
+                }
+                for (c, piece) in out.chunks_mut(src.piece).enumerate() {
+                    jobs.push((k, c as u64, piece));
+                }
+            }
+            jobs.into_par_iter()
+                .try_for_each(|(k, c, dst)| sources[k].load(c, dst))?;
+            Ok(outs)
+        })();
+        r.map_err(|e: Error| e.in_file(&self.path))
+    }
+
+    /// How to read and check the chunks of tensor `i`.
+    fn chunk_source(&self, i: usize) -> Result<ChunkSource<'_>> {
+        let t = &self.header.tensors[i];
+        let base = self.header.data_start() + t.begin as u64;
+        let Some(meta) = &self.meta else {
+            // Plain: no chunks; parallel preads of 8 MiB pieces.
+            return Ok(ChunkSource {
+                file: &self.file,
+                t,
+                base,
+                piece: 8 << 20,
+                check: Check::Plain,
+            });
+        };
+        let cs = meta.chunk_size();
+        let check = match self.protection(i) {
+            Protection::Encrypted(tags) => {
+                let (Some(mk), Some(cipher)) = (&self.mk, meta.cipher) else {
+                    return Err(Error::NoMatchingKey {
+                        given: 0,
+                        slots: meta
+                            .slots
+                            .iter()
+                            .map(|s| s.describe())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                };
+                let key = ChunkKey::new(cipher, &seal::tensor_key(mk, &meta.file_id, &t.name)?)?;
+                let aad = ChunkAad::new(&meta.file_id, t, seal::chunk_count(t.len(), cs));
+                Check::Open { key, aad, tags }
+            }
+            Protection::Digests(d) => Check::Digests(d),
+            // Every tensor of a sealed file is encrypted or digested (SPEC
+            // §3.2); nothing here would authenticate it.
+            Protection::None => Check::Refuse,
+        };
+        Ok(ChunkSource {
+            file: &self.file,
+            t,
+            base,
+            piece: cs,
+            check,
+        })
+    }
+
     fn read_range_inner(&self, i: usize, start: usize, end: usize, out: &mut [u8]) -> Result<()> {
         let t = &self.header.tensors[i];
         if start > end || end > t.len() {
@@ -408,68 +482,14 @@ impl SealedFile {
                 got: out.len(),
             });
         }
-        let base = self.header.data_start() + t.begin as u64;
-        let prot = self.protection(i);
-        let Some(meta) = &self.meta else {
-            // Plain: parallel preads of 8 MiB pieces.
-            return out
-                .par_chunks_mut(8 << 20)
-                .enumerate()
-                .try_for_each(|(k, piece)| {
-                    self.file
-                        .read_exact_at(piece, base + (start + k * (8 << 20)) as u64)
-                        .map_err(|e| Error::io(format!("reading tensor {:?}", t.name), e))
-                });
-        };
-        let cs = meta.chunk_size();
-        let count = seal::chunk_count(t.len(), cs);
-        let aad = ChunkAad::new(&meta.file_id, t, count);
-        let key = match prot {
-            Protection::Encrypted(_) => {
-                let (Some(mk), Some(cipher)) = (&self.mk, meta.cipher) else {
-                    return Err(Error::NoMatchingKey {
-                        given: 0,
-                        slots: meta
-                            .slots
-                            .iter()
-                            .map(|s| s.describe())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    });
-                };
-                Some(ChunkKey::new(
-                    cipher,
-                    &seal::tensor_key(mk, &meta.file_id, &t.name)?,
-                )?)
-            }
-            _ => None,
-        };
-        let load = |c: u64, dst: &mut [u8]| -> Result<()> {
-            self.file
-                .read_exact_at(dst, base + c * cs as u64)
-                .map_err(|e| Error::io(format!("reading tensor {:?}", t.name), e))?;
-            let ok = match (prot, &key) {
-                (Protection::Encrypted(tags), Some(k)) => {
-                    k.open(c, &aad.for_chunk(c), &tags[c as usize], dst)
-                }
-                (Protection::Digests(d), _) => crypto::ct_eq(&crypto::sha256(dst), &d[c as usize]),
-                _ => false,
-            };
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::ChunkAuthFailed {
-                    name: t.name.clone(),
-                    chunk: c,
-                })
-            }
-        };
+        let src = self.chunk_source(i)?;
         if t.is_empty() {
-            return load(0, &mut []);
+            return src.load(0, &mut []);
         }
         if start == end {
             return Ok(());
         }
+        let cs = src.piece;
         let first = start / cs;
         let last = (end - 1) / cs;
         let mut pieces = Vec::with_capacity(last - first + 1);
@@ -484,11 +504,12 @@ impl SealedFile {
             pieces.push((c as u64, c0, c1, s, piece));
         }
         pieces.into_par_iter().try_for_each(|(c, c0, c1, s, dst)| {
-            if dst.len() == c1 - c0 {
-                load(c, dst)
+            if dst.len() == c1 - c0 || matches!(src.check, Check::Plain) {
+                // A whole chunk, or a plain file's bytes (no chunk to check).
+                src.load_at(c, s - c0, dst)
             } else {
                 let mut tmp = vec![0u8; c1 - c0];
-                load(c, &mut tmp)?;
+                src.load(c, &mut tmp)?;
                 let off = s - c0;
                 dst.copy_from_slice(&tmp[off..off + dst.len()]);
                 Ok(())
@@ -556,5 +577,69 @@ impl SealedFile {
             })?;
         }
         out.commit(overwrite).map_err(|e| e.in_file(output))
+    }
+}
+
+/// How one tensor's chunks are checked (SPEC §5, §3.2).
+enum Check<'a> {
+    /// A plain file: nothing to check.
+    Plain,
+    /// AEAD chunks: the tensor's key, its associated data, the tags.
+    Open {
+        key: ChunkKey,
+        aad: ChunkAad,
+        tags: &'a [[u8; crypto::TAG_LEN]],
+    },
+    /// Plaintext chunks with SHA-256 digests.
+    Digests(&'a [[u8; crypto::DIGEST_LEN]]),
+    /// A sealed file's tensor with neither: never returned.
+    Refuse,
+}
+
+/// One tensor's bytes in the file and how to check them, chunk by chunk.
+struct ChunkSource<'a> {
+    file: &'a File,
+    t: &'a TensorInfo,
+    /// File offset of the tensor's first byte.
+    base: u64,
+    /// The chunk size (plain files: the size of one parallel read).
+    piece: usize,
+    check: Check<'a>,
+}
+
+impl ChunkSource<'_> {
+    /// Read chunk `c` whole into `dst` and authenticate it (decrypting in
+    /// place). On failure `dst` holds unspecified bytes.
+    fn load(&self, c: u64, dst: &mut [u8]) -> Result<()> {
+        self.load_at(c, 0, dst)
+    }
+
+    /// Read `dst.len()` bytes from offset `off` of chunk `c`. Only a plain
+    /// file may start inside a chunk (a sealed chunk is checked whole).
+    fn load_at(&self, c: u64, off: usize, dst: &mut [u8]) -> Result<()> {
+        let at = self.base + c * self.piece as u64 + off as u64;
+        self.file
+            .read_exact_at(dst, at)
+            .map_err(|e| Error::io(format!("reading tensor {:?}", self.t.name), e))?;
+        let i = c as usize;
+        let ok = match &self.check {
+            Check::Plain => return Ok(()),
+            _ if off != 0 => false,
+            Check::Open { key, aad, tags } => tags
+                .get(i)
+                .is_some_and(|tag| key.open(c, &aad.for_chunk(c), tag, dst)),
+            Check::Digests(d) => d
+                .get(i)
+                .is_some_and(|want| crypto::ct_eq(&crypto::sha256(dst), want)),
+            Check::Refuse => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::ChunkAuthFailed {
+                name: self.t.name.clone(),
+                chunk: c,
+            })
+        }
     }
 }
