@@ -15,8 +15,9 @@ STAMP := $(VENV)/.installed
 # tensors, a 4 GiB sharded folder (CLI and Python seal: time, peak RSS), each against
 # safetensors, cryptotensors 0.2.3 and a raw aws-lc-rs floor (bench/floor), then the
 # criterion micro-benchmarks (bench/micro). Writes bench/results/<date>-<HHMM>-<mode>.json,
-# docs/benchmarks.md and docs/img/*.png. Full run: about 25 minutes here, about 22 GiB
-# free in /tmp; ARGS=--quick scales every workload down (a few minutes).
+# docs/benchmarks.md and docs/img/*.png. Full run: 30-40 minutes here (its 1 GiB
+# workload alone took 15 on the busy shared machine), about 22 GiB free in /tmp;
+# ARGS=--quick scales every workload down (7-8 minutes here, builds included).
 # More options: .venv/bin/python bench/run.py --help.
 .PHONY: bench
 bench: py-build

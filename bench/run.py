@@ -591,6 +591,8 @@ def main() -> None:
     started = time.time()
     log(f"mode {mode}, workloads {sorted(only)}, files in {work}")
     workloads: dict[str, Any] = {}
+    micro: dict[str, Any] | None = None
+    error: str | None = None
     try:
         suite = Suite(args, work)
         log(
@@ -604,27 +606,45 @@ def main() -> None:
         if "sharded" in only:
             workloads["sharded"] = suite.sharded()
         micro = suite.micro() if "micro" in only else None
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"[-4000:]
+        raise
     finally:
         # Gigabytes of generated files: never leave them behind, even on failure.
         shutil.rmtree(Path("/dev/shm") / f"sealtensors-bench-{os.getpid()}", ignore_errors=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+        # A failed run still keeps the workloads it finished (never rendered).
+        if error is None or workloads:
+            write_result(args, mode, bool(partial), started, workloads, micro, error)
 
+
+def write_result(
+    args: argparse.Namespace,
+    mode: str,
+    partial: bool,
+    started: float,
+    workloads: dict[str, Any],
+    micro: dict[str, Any] | None,
+    error: str | None,
+) -> None:
     date = datetime.date.today().isoformat()
     # One file per run, never overwriting an earlier run's.
-    name = f"{date}-{time.strftime('%H%M')}-{mode}" + ("-partial" if partial else "")
+    suffix = "-failed" if error else ("-partial" if partial else "")
+    name = f"{date}-{time.strftime('%H%M')}-{mode}{suffix}"
     result = {
         "format": 2,
         "date": date,
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         "mode": mode,
-        "partial": bool(partial),
+        "partial": partial or error is not None,
+        "error": error,
         "elapsed_seconds": round(time.time() - started, 1),
         "command": "make bench" + (" ARGS=--quick" if args.quick else ""),
         "argv": sys.argv[1:],
         "machine": machine(),
-        "reps": suite.reps,
-        "warmup": suite.warmup,
+        "reps": args.reps or (3 if args.quick else 5),
+        "warmup": args.warmup,
         "cache": {
             "method": "fsync + posix_fadvise(POSIX_FADV_DONTNEED) on the benchmark's files, "
             "checked with mincore",
@@ -632,12 +652,19 @@ def main() -> None:
         },
         "workloads": workloads,
         "micro": micro,
-        "loadavg": {"start": LOADAVG[0], "end": os.getloadavg()[0], "max": max(LOADAVG)},
+        "loadavg": {
+            "start": LOADAVG[0] if LOADAVG else None,
+            "end": os.getloadavg()[0],
+            "max": max(LOADAVG, default=None),
+        },
     }
     out = HERE / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     log(f"wrote {out.relative_to(ROOT)} ({result['elapsed_seconds']} s)")
+    if error:
+        log(f"the run failed ({error.splitlines()[0][:200]}); docs/benchmarks.md left as it was")
+        return
 
     import report
 
