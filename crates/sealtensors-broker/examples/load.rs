@@ -181,10 +181,8 @@ fn main() -> Result<(), Error> {
                 );
                 let mut lat = Vec::new();
                 let mut failed = 0usize;
-                loop {
-                    let Some(body) = bodies.lock().ok().and_then(|mut b| b.pop()) else {
-                        break;
-                    };
+                // The guard is dropped inside and_then: not held while sending.
+                while let Some(body) = bodies.lock().ok().and_then(|mut b| b.pop()) {
                     if Instant::now() > deadline {
                         break;
                     }
