@@ -263,6 +263,7 @@ impl Fx {
             file_name: None,
             process: None,
             tensors: None,
+            attestation: None,
         })
         .unwrap()
     }

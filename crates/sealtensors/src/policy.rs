@@ -629,6 +629,10 @@ pub fn input_document<'a>(
         "request": {"all": ctx.requested.is_none(), "tensors": requested},
         "licence": licence,
         "attestation": ctx.attestation.clone().unwrap_or_else(|| json!({})),
+        // Who evaluates: the loader itself, or a key broker (which replaces
+        // this with "broker"), so a policy can require broker-only claims
+        // such as attestation without refusing the loader's own check.
+        "evaluator": "loader",
     }))
 }
 

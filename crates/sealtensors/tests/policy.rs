@@ -220,6 +220,7 @@ fn input_document_has_the_documented_shape() {
     assert_eq!(v["process"]["framework"], "torch");
     assert_eq!(v["request"], json!({"all": true, "tensors": ["a", "b"]}));
     assert_eq!(v["attestation"], json!({}));
+    assert_eq!(v["evaluator"], "loader");
     assert_eq!(v["file"]["name"], "m.safetensors");
     assert!(v["host"].get("machine_id").is_some());
     assert_eq!(

@@ -8,7 +8,8 @@
 //! the size of the answer, and transient failures are retried with backoff.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,23 @@ pub const ENV_BROKER_TOKEN: &str = "SEALTENSORS_BROKER_TOKEN";
 /// A PEM file of CA certificates that replaces the public roots for brokers
 /// (a private broker CA).
 pub const ENV_BROKER_CA: &str = "SEALTENSORS_BROKER_CA";
+
+/// The TPM attestation key the loader quotes with: a persistent handle
+/// (`0x81010002`) or a context file (docs/broker.md "Attestation"). Setting
+/// it makes every release request carry a TPM 2.0 quote.
+pub const ENV_TPM_AK: &str = "SEALTENSORS_TPM_AK";
+/// The TCTI tpm2-tools use to reach the TPM (`device:/dev/tpmrm0`,
+/// `swtpm:host=127.0.0.1,port=2321`); unset: tpm2-tools' own default.
+pub const ENV_TPM_TCTI: &str = "SEALTENSORS_TPM_TCTI";
+/// The PCRs quoted, in tpm2-tools' syntax (`sha256:0,1,7`); default
+/// [`DEFAULT_TPM_PCRS`].
+pub const ENV_TPM_PCRS: &str = "SEALTENSORS_TPM_PCRS";
+/// The PCRs quoted when [`ENV_TPM_PCRS`] is not set.
+pub const DEFAULT_TPM_PCRS: &str = "sha256:0,1,2,3,4,5,6,7";
+/// How long `tpm2_quote` may run.
+const QUOTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest file read back from `tpm2_quote`.
+const MAX_QUOTE_FILE: u64 = 16 * 1024;
 
 /// Bounds of one HTTP exchange (SPEC §10).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +84,11 @@ pub struct ReleaseRequest {
     /// The tensors the client asks for; absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensors: Option<Vec<String>>,
+    /// Attestation evidence by kind, e.g. `{"tpm": {"quote", "signature",
+    /// "pcr_values"}}` (docs/broker.md "Attestation"), bound to this request
+    /// by [`attestation_nonce`]; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<serde_json::Value>,
 }
 
 /// The broker's answer to an allowed release.
@@ -97,6 +120,215 @@ pub fn release_info(file_id: &[u8; 32], mk_id: &[u8; 16]) -> Vec<u8> {
     v
 }
 
+/// The qualifying data an attestation must carry (a TPM quote's
+/// `extraData`): SHA-256 over a label, the request's nonce and its ephemeral
+/// key, so that evidence made for one request is refused in any other.
+pub fn attestation_nonce(nonce: &[u8], ek: &[u8]) -> [u8; 32] {
+    let mut m = b"sealtensors/1 attestation\0".to_vec();
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(ek);
+    crypto::sha256(&m)
+}
+
+/// Makes TPM 2.0 quotes with tpm2-tools' `tpm2_quote` for release requests
+/// (docs/broker.md "Attestation"). The attestation key must be usable by
+/// `tpm2_quote -c`: a persistent handle, or a context file when a resource
+/// manager (`tabrmd`, `/dev/tpmrm0`) keeps it loadable.
+#[derive(Debug, Clone)]
+pub struct TpmQuoter {
+    ak: String,
+    tcti: Option<String>,
+    pcrs: String,
+    program: PathBuf,
+}
+
+impl TpmQuoter {
+    /// Quote with this attestation key (handle or context file).
+    pub fn new(ak: impl Into<String>) -> Self {
+        TpmQuoter {
+            ak: ak.into().trim().to_string(),
+            tcti: None,
+            pcrs: DEFAULT_TPM_PCRS.into(),
+            program: PathBuf::from("tpm2_quote"),
+        }
+    }
+
+    /// Reach the TPM through this TCTI (`tpm2_quote -T`).
+    pub fn with_tcti(mut self, tcti: impl Into<String>) -> Self {
+        self.tcti = Some(tcti.into().trim().to_string()).filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Quote these PCRs (`sha256:0,7`; several banks with `+`).
+    pub fn with_pcrs(mut self, pcrs: impl Into<String>) -> Self {
+        self.pcrs = pcrs.into().trim().to_string();
+        self
+    }
+
+    /// Run this program instead of `tpm2_quote` from `PATH`.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// From [`ENV_TPM_AK`], [`ENV_TPM_TCTI`] and [`ENV_TPM_PCRS`]; `None`
+    /// when no attestation key is set.
+    pub fn from_env() -> Option<TpmQuoter> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let mut q = TpmQuoter::new(var(ENV_TPM_AK)?);
+        if let Some(t) = var(ENV_TPM_TCTI) {
+            q = q.with_tcti(t);
+        }
+        if let Some(p) = var(ENV_TPM_PCRS) {
+            q = q.with_pcrs(p);
+        }
+        Some(q)
+    }
+
+    /// Quote the configured PCRs with `qualifying` as the quote's
+    /// `extraData`: `{"quote", "signature", "pcr_values"}` (base64url of
+    /// TPMS_ATTEST, TPMT_SIGNATURE and the PCR values in the quote's
+    /// selection order). Bounded: the tool is killed after 10 s.
+    pub fn quote(&self, qualifying: &[u8]) -> std::result::Result<serde_json::Value, String> {
+        let arg_ok =
+            |a: &str| !a.is_empty() && !a.starts_with('-') && a.len() <= 4096 && !a.contains('\0');
+        if !arg_ok(&self.ak) {
+            return Err(format!(
+                "{ENV_TPM_AK} must be a key handle or a context file"
+            ));
+        }
+        if !self
+            .pcrs
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ",:+_".contains(c))
+            || !arg_ok(&self.pcrs)
+        {
+            return Err(format!(
+                "{ENV_TPM_PCRS} must be a PCR selection such as sha256:0,7"
+            ));
+        }
+        let dir = QuoteDir::new()?;
+        let file = |n: &str| dir.0.join(n);
+        let stderr = std::fs::File::create(file("stderr"))
+            .map_err(|e| format!("cannot create a temporary file: {e}"))?;
+        let qhex: String = qualifying.iter().map(|b| format!("{b:02x}")).collect();
+        let mut cmd = std::process::Command::new(&self.program);
+        if let Some(t) = &self.tcti {
+            cmd.arg("-T").arg(t);
+        }
+        cmd.arg("-c")
+            .arg(&self.ak)
+            .arg("-l")
+            .arg(&self.pcrs)
+            .arg("-q")
+            .arg(&qhex)
+            .arg("-g")
+            .arg("sha256")
+            .arg("-m")
+            .arg(file("quote"))
+            .arg("-s")
+            .arg(file("sig"))
+            .arg("-o")
+            .arg(file("pcrs"))
+            .arg("-F")
+            .arg("values")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "{} not found: install tpm2-tools (apt-get install tpm2-tools), or unset {ENV_TPM_AK}",
+                    self.program.display()
+                )
+            } else {
+                format!("cannot run {}: {e}", self.program.display())
+            }
+        })?;
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if start.elapsed() < QUOTE_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "tpm2_quote did not finish within {} s; check {ENV_TPM_TCTI}",
+                        QUOTE_TIMEOUT.as_secs()
+                    ));
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("waiting for tpm2_quote: {e}"));
+                }
+            }
+        };
+        if !status.success() {
+            let err = read_bounded(&file("stderr")).unwrap_or_default();
+            let last = String::from_utf8_lossy(&err)
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect::<String>();
+            return Err(format!(
+                "tpm2_quote failed ({status}): {last}; check {ENV_TPM_TCTI} and {ENV_TPM_AK}"
+            ));
+        }
+        Ok(serde_json::json!({
+            "quote": b64(&read_bounded(&file("quote"))?),
+            "signature": b64(&read_bounded(&file("sig"))?),
+            "pcr_values": b64(&read_bounded(&file("pcrs"))?),
+        }))
+    }
+}
+
+/// A private temporary folder, removed when dropped.
+struct QuoteDir(PathBuf);
+
+impl QuoteDir {
+    fn new() -> std::result::Result<QuoteDir, String> {
+        let r: [u8; 12] =
+            crypto::random_array().map_err(|e| format!("random generator failed: {e}"))?;
+        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let p = std::env::temp_dir().join(format!("sealtensors-quote-{name}"));
+        let mut b = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(&p)
+            .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        Ok(QuoteDir(p))
+    }
+}
+
+impl Drop for QuoteDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn read_bounded(p: &Path) -> std::result::Result<Vec<u8>, String> {
+    let f =
+        std::fs::File::open(p).map_err(|e| format!("tpm2_quote wrote no {}: {e}", p.display()))?;
+    let mut v = Vec::new();
+    f.take(MAX_QUOTE_FILE + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| format!("reading {}: {e}", p.display()))?;
+    if v.len() as u64 > MAX_QUOTE_FILE {
+        return Err(format!(
+            "{} is larger than {MAX_QUOTE_FILE} bytes",
+            p.display()
+        ));
+    }
+    Ok(v)
+}
+
 type Cache = HashMap<(String, [u8; 16]), (ModelKey, Instant)>;
 
 /// A loader's permission to use key brokers: the hosts it allows and the
@@ -107,6 +339,7 @@ pub struct BrokerAccess {
     token: Option<Arc<Zeroizing<String>>>,
     machine_id: Option<String>,
     ca: Option<Arc<Vec<u8>>>,
+    tpm: Option<Arc<TpmQuoter>>,
     cache: Arc<Mutex<Cache>>,
 }
 
@@ -117,6 +350,7 @@ impl std::fmt::Debug for BrokerAccess {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("machine_id", &self.machine_id)
             .field("private_ca", &self.ca.is_some())
+            .field("tpm", &self.tpm)
             .finish()
     }
 }
@@ -133,6 +367,7 @@ impl BrokerAccess {
             token: token.map(|t| Arc::new(Zeroizing::new(t.trim().to_string()))),
             machine_id: None,
             ca: None,
+            tpm: None,
             cache: Arc::default(),
         }
     }
@@ -141,6 +376,12 @@ impl BrokerAccess {
     /// public web roots.
     pub fn with_ca_pem(mut self, pem: Vec<u8>) -> Self {
         self.ca = Some(Arc::new(pem));
+        self
+    }
+
+    /// Attach a TPM 2.0 quote, made by `q`, to every release request.
+    pub fn with_tpm(mut self, q: TpmQuoter) -> Self {
+        self.tpm = Some(Arc::new(q));
         self
     }
 
@@ -195,6 +436,9 @@ impl BrokerAccess {
         };
         if let Some(pem) = ca {
             access = access.with_ca_pem(pem);
+        }
+        if let Some(q) = TpmQuoter::from_env() {
+            access = access.with_tpm(q);
         }
         Ok(Some(access))
     }
@@ -280,6 +524,16 @@ impl BrokerAccess {
             // A fresh key and nonce per attempt: the broker refuses a nonce twice.
             let ek = HpkeSecretKey::generate()?;
             let nonce: [u8; 16] = crypto::random_array()?;
+            let attestation = match &self.tpm {
+                None => None,
+                Some(q) => {
+                    let bind = attestation_nonce(&nonce, &ek.public_key());
+                    let ev = q.quote(&bind).map_err(|e| {
+                        unavailable(format!("the TPM quote for attestation failed: {e}"))
+                    })?;
+                    Some(serde_json::json!({ "tpm": ev }))
+                }
+            };
             let req = ReleaseRequest {
                 header: b64(&hdr),
                 ek: b64(&ek.public_key()),
@@ -289,6 +543,7 @@ impl BrokerAccess {
                 file_name: file_name.map(str::to_string),
                 process: Some(process.clone()),
                 tensors: ctx.requested.clone(),
+                attestation,
             };
             let body = serde_json::to_vec(&req)
                 .map_err(|e| unavailable(format!("cannot encode the request: {e}")))?;

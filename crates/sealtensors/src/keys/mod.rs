@@ -17,8 +17,9 @@ mod x25519;
 pub use broker::{is_loopback, BrokerKek, BrokerRecipient, BrokerUrl};
 pub(crate) use broker_client::release_after_miss;
 pub use broker_client::{
-    release_info, BrokerAccess, ReleaseAnswer, ReleaseRequest, ENV_BROKERS, ENV_BROKER_CA,
-    ENV_BROKER_TOKEN,
+    attestation_nonce, release_info, BrokerAccess, ReleaseAnswer, ReleaseRequest, TpmQuoter,
+    DEFAULT_TPM_PCRS, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN, ENV_TPM_AK, ENV_TPM_PCRS,
+    ENV_TPM_TCTI,
 };
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
