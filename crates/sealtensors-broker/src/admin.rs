@@ -168,6 +168,25 @@ impl AdminClient {
         self.call("POST", &format!("/admin/licences/{id}/revoke"), None)
     }
 
+    /// Enrol the attestation key (a PEM or base64 DER SubjectPublicKeyInfo)
+    /// of one machine under a licence; `kind` is `tpm`.
+    pub fn enrol_attestation_key(
+        &self,
+        licence: &str,
+        machine_id: &str,
+        kind: &str,
+        public_key: &str,
+    ) -> Result<Value, AdminError> {
+        self.call(
+            "POST",
+            "/admin/attestation-keys",
+            Some(
+                json!({"licence": licence, "machine_id": machine_id, "kind": kind,
+                        "public_key": public_key}),
+            ),
+        )
+    }
+
     /// The newest audit rows.
     pub fn audit(&self, limit: u32) -> Result<Value, AdminError> {
         self.call("GET", &format!("/admin/audit?limit={limit}"), None)

@@ -11,10 +11,12 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod attest;
 pub mod config;
 mod error;
 pub mod release;
 pub mod store;
+pub mod tpm;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -133,6 +135,7 @@ impl Broker {
                 keks,
                 ttl: config.release_ttl,
                 window: config.replay_window,
+                verifiers: attest::default_verifiers(),
             },
             admin_sha256: admin,
             limiter: RateLimiter {
@@ -153,6 +156,7 @@ impl Broker {
             .route("/admin/licences", get(list_licences).post(issue_licence))
             .route("/admin/licences/{id}/revoke", post(revoke_licence))
             .route("/admin/audit", get(audit))
+            .route("/admin/attestation-keys", post(enrol_attestation_key))
             .layer(DefaultBodyLimit::max(self.max_body))
             .layer(middleware::from_fn_with_state(self.clone(), rate_limit))
             .with_state(self.clone())
@@ -611,6 +615,76 @@ async fn audit(
     let limit = q.limit.unwrap_or(100).min(10_000);
     match blocking(move || store.audit_rows(limit)).await {
         Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolKey {
+    licence: String,
+    machine_id: String,
+    #[serde(default = "tpm_kind")]
+    kind: String,
+    public_key: String,
+}
+
+fn tpm_kind() -> String {
+    "tpm".into()
+}
+
+/// Enrol the attestation key of one machine under a licence
+/// (docs/broker.md "Attestation").
+async fn enrol_attestation_key(
+    State(b): State<Arc<Broker>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    admin!(b, headers);
+    let r: EnrolKey = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if r.machine_id.is_empty() || r.machine_id.len() > 256 {
+        return error(400, "bad_request", "machine_id must be 1 to 256 bytes");
+    }
+    let Some(v) = b.releaser.verifiers.iter().find(|v| v.kind() == r.kind) else {
+        return error(
+            400,
+            "bad_request",
+            &format!("this broker verifies no {:?} evidence", r.kind),
+        );
+    };
+    let (der, alg) = match v.enrol(&r.public_key) {
+        Ok(k) => k,
+        Err(e) => return error(400, "bad_request", &e),
+    };
+    let store = b.releaser.store.clone();
+    let id = r.licence.clone();
+    let known = match blocking(move || Ok(store.licences()?.iter().any(|l| l.id == id))).await {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    if !known {
+        return error(
+            404,
+            "unknown_licence",
+            &format!("no licence {:?}", r.licence),
+        );
+    }
+    let k = store::AttestationKey {
+        licence_id: r.licence,
+        machine_id: r.machine_id,
+        kind: r.kind,
+        alg: alg.into(),
+        public_key: der,
+        created: now_unix(),
+    };
+    let answer = json!({"licence": k.licence_id, "machine_id": k.machine_id, "kind": k.kind,
+                        "alg": k.alg, "fingerprint": tpm::fingerprint(&k.public_key)});
+    let store = b.releaser.store.clone();
+    match blocking(move || store.enrol_attestation_key(&k)).await {
+        Ok(()) => (StatusCode::CREATED, Json(answer)).into_response(),
         Err(e) => e.into_response(),
     }
 }

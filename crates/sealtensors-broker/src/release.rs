@@ -13,6 +13,7 @@ use sealtensors::keys::{BrokerKek, ReleaseAnswer, ReleaseRequest, Slot, Verifyin
 use sealtensors::policy::{input_document, CompileError, Decision, Policy, PolicyContext};
 use sealtensors::seal;
 
+use crate::attest::{self, AttestationVerifier};
 use crate::store::{AuditRow, LicenceRecord, Seat, Store};
 use crate::{b64, unb64};
 
@@ -30,7 +31,7 @@ pub struct Denial {
     pub reason: String,
 }
 
-fn deny(status: u16, code: &'static str, reason: impl Into<String>) -> Denial {
+pub(crate) fn deny(status: u16, code: &'static str, reason: impl Into<String>) -> Denial {
     Denial {
         status,
         code,
@@ -52,6 +53,7 @@ pub struct Releaser {
     pub(crate) keks: HashMap<String, BrokerKek>,
     pub(crate) ttl: u64,
     pub(crate) window: u64,
+    pub(crate) verifiers: Vec<Arc<dyn AttestationVerifier>>,
 }
 
 impl Releaser {
@@ -284,12 +286,26 @@ impl Releaser {
             }
         }
 
-        // 6. The file's policy, with the broker's own input.
+        // 6. Attestation evidence, verified against the key enrolled for this
+        // licence and machine, and bound to this request (nonce and ek).
+        let binding = sealtensors::keys::attestation_nonce(&nonce, &ek);
+        let attestation = attest::verify_all(
+            &self.verifiers,
+            req.attestation.as_ref(),
+            &binding,
+            |kind| {
+                self.store
+                    .attestation_key(&licence.id, &req.machine_id, kind)
+                    .map_err(store_err)
+            },
+        )?;
+
+        // 7. The file's policy, with the broker's own input.
         if let Some(text) = &meta.policy {
-            evaluate_policy(text, &req, &licence, &meta, &header, now)?;
+            evaluate_policy(text, &req, &licence, attestation, &meta, &header, now)?;
         }
 
-        // 7. The key: this broker's slot, the model key id, the header MAC.
+        // 8. The key: this broker's slot, the model key id, the header MAC.
         let mk_id = meta.mk_id.ok_or_else(|| {
             deny(
                 400,
@@ -322,7 +338,7 @@ impl Releaser {
             ));
         }
 
-        // 8. Seats, last: a refused request takes none.
+        // 9. Seats, last: a refused request takes none.
         match self
             .store
             .take_seat(&licence.id, &req.machine_id, licence.seats, now)
@@ -341,7 +357,7 @@ impl Releaser {
             }
         }
 
-        // 9. Seal the model key to the client's ephemeral key.
+        // 10. Seal the model key to the client's ephemeral key.
         let info = sealtensors::keys::release_info(&meta.file_id, &mk_id);
         let (enc, ct) = hpke::seal(&ek, &info, &nonce, model_key_bytes(&mk))
             .map_err(|_| deny(400, "bad_request", "ek is not a usable X25519 public key"))?;
@@ -415,6 +431,7 @@ fn evaluate_policy(
     text: &str,
     req: &ReleaseRequest,
     licence: &LicenceRecord,
+    attestation: serde_json::Value,
     meta: &seal::SealMeta,
     header: &Header,
     now: u64,
@@ -439,7 +456,7 @@ fn evaluate_policy(
     };
     let ctx = PolicyContext {
         licence: Some(licence_claims(licence)),
-        attestation: Some(serde_json::json!({})),
+        attestation: Some(attestation),
         runtime: s("runtime"),
         runtime_version: s("runtime_version"),
         framework: s("framework"),
@@ -451,6 +468,7 @@ fn evaluate_policy(
         .map_err(|e| deny(403, "policy_invalid", e.to_string()))?;
     // The host is the client's, as it identified itself, never the broker's.
     input["host"] = serde_json::json!({"hostname": null, "machine_id": req.machine_id});
+    input["evaluator"] = "broker".into();
     match p.evaluate(&input) {
         Ok(Decision::Allow) => Ok(()),
         Ok(Decision::Deny { reasons }) => Err(deny(

@@ -89,6 +89,25 @@ pub struct AuditRow {
     pub reason: String,
 }
 
+/// An attestation key an admin enrolled for one machine under a licence
+/// (docs/broker.md "Attestation"): evidence of `kind` from that machine must
+/// be signed by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationKey {
+    /// The licence the machine uses.
+    pub licence_id: String,
+    /// The machine id the client sends.
+    pub machine_id: String,
+    /// The evidence kind, `tpm`.
+    pub kind: String,
+    /// The key's algorithm (`ecdsa-p256`, `rsa`).
+    pub alg: String,
+    /// The public key, DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    /// Enrolment time, Unix seconds.
+    pub created: u64,
+}
+
 /// What taking a seat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seat {
@@ -122,6 +141,25 @@ pub trait Store: Send + Sync {
     fn audit(&self, row: &AuditRow) -> Result<()>;
     /// The last `limit` audit rows, newest first.
     fn audit_rows(&self, limit: u32) -> Result<Vec<AuditRow>>;
+    /// Enrol an attestation key: add, or replace the one for the same
+    /// licence, machine id and kind.
+    fn enrol_attestation_key(&self, k: &AttestationKey) -> Result<()> {
+        let _ = k;
+        Err(BrokerError::Store(
+            "this store cannot keep attestation keys; use the SQLite store".into(),
+        ))
+    }
+    /// The attestation key enrolled for a licence, machine id and kind.
+    /// (The default, for stores without enrolment, knows none: fail closed.)
+    fn attestation_key(
+        &self,
+        licence_id: &str,
+        machine_id: &str,
+        kind: &str,
+    ) -> Result<Option<AttestationKey>> {
+        let _ = (licence_id, machine_id, kind);
+        Ok(None)
+    }
 }
 
 /// SQLite, embedded: nothing to install.
@@ -140,6 +178,10 @@ CREATE TABLE IF NOT EXISTS seats (
     licence_id TEXT NOT NULL, machine_id TEXT NOT NULL, first_seen INTEGER NOT NULL,
     PRIMARY KEY (licence_id, machine_id));
 CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, seen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS attestation_keys (
+    licence_id TEXT NOT NULL, machine_id TEXT NOT NULL, kind TEXT NOT NULL, alg TEXT NOT NULL,
+    public_key BLOB NOT NULL, created INTEGER NOT NULL,
+    PRIMARY KEY (licence_id, machine_id, kind));
 CREATE INDEX IF NOT EXISTS nonces_seen ON nonces (seen);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, client TEXT NOT NULL,
@@ -369,6 +411,50 @@ impl Store for SqliteStore {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+
+    fn enrol_attestation_key(&self, k: &AttestationKey) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO attestation_keys (licence_id, machine_id, kind, alg, public_key, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (licence_id, machine_id, kind)
+             DO UPDATE SET alg = ?4, public_key = ?5, created = ?6",
+            params![
+                k.licence_id,
+                k.machine_id,
+                k.kind,
+                k.alg,
+                k.public_key,
+                i(k.created)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn attestation_key(
+        &self,
+        licence_id: &str,
+        machine_id: &str,
+        kind: &str,
+    ) -> Result<Option<AttestationKey>> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT licence_id, machine_id, kind, alg, public_key, created FROM attestation_keys
+                 WHERE licence_id = ?1 AND machine_id = ?2 AND kind = ?3",
+                params![licence_id, machine_id, kind],
+                |r| {
+                    Ok(AttestationKey {
+                        licence_id: r.get(0)?,
+                        machine_id: r.get(1)?,
+                        kind: r.get(2)?,
+                        alg: r.get(3)?,
+                        public_key: r.get(4)?,
+                        created: r.get::<_, i64>(5)?.max(0) as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
 }
 
 #[cfg(test)]
@@ -486,6 +572,36 @@ mod tests {
         let rows = s.audit_rows(2).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].code, "c2");
+    }
+
+    #[test]
+    fn attestation_keys_by_licence_machine_and_kind() {
+        for (s, _dir) in stores() {
+            attestation_keys(&*s);
+        }
+    }
+
+    fn attestation_keys(s: &dyn Store) {
+        let k = AttestationKey {
+            licence_id: "l".into(),
+            machine_id: "m".into(),
+            kind: "tpm".into(),
+            alg: "ecdsa-p256".into(),
+            public_key: vec![1, 2, 3],
+            created: 5,
+        };
+        assert!(s.attestation_key("l", "m", "tpm").unwrap().is_none());
+        s.enrol_attestation_key(&k).unwrap();
+        assert_eq!(s.attestation_key("l", "m", "tpm").unwrap(), Some(k.clone()));
+        assert!(s.attestation_key("l", "other", "tpm").unwrap().is_none());
+        assert!(s.attestation_key("l2", "m", "tpm").unwrap().is_none());
+        // Re-enrolling replaces the key.
+        let k2 = AttestationKey {
+            public_key: vec![9],
+            ..k
+        };
+        s.enrol_attestation_key(&k2).unwrap();
+        assert_eq!(s.attestation_key("l", "m", "tpm").unwrap(), Some(k2));
     }
 
     /// Several broker instances sharing one database: each thread has its
