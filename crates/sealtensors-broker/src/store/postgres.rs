@@ -27,7 +27,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::Json;
 use tokio_postgres::{NoTls, Row};
 
-use super::{i, AuditRow, LicenceRecord, ModelRecord, Seat, Store};
+use super::{i, AttestationKey, AuditRow, LicenceRecord, ModelRecord, Seat, Store};
 use crate::error::{BrokerError, Result};
 
 /// The schema version this code writes; `schema_version` records it.
@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS seats (
     PRIMARY KEY (licence_id, machine_id));
 CREATE TABLE IF NOT EXISTS nonces (nonce BYTEA PRIMARY KEY, seen BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS nonces_seen ON nonces (seen);
+CREATE TABLE IF NOT EXISTS attestation_keys (
+    licence_id TEXT NOT NULL, machine_id TEXT NOT NULL, kind TEXT NOT NULL, alg TEXT NOT NULL,
+    public_key BYTEA NOT NULL, created BIGINT NOT NULL,
+    PRIMARY KEY (licence_id, machine_id, kind));
 CREATE TABLE IF NOT EXISTS audit (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, time BIGINT NOT NULL,
     client TEXT NOT NULL, machine_id TEXT NOT NULL, model TEXT NOT NULL, kid TEXT NOT NULL,
@@ -478,6 +482,66 @@ impl Store for PostgresStore {
                 .map_err(pg)?;
             let n = c.execute(&ins, &[&nonce, &i(now)]).await.map_err(pg)?;
             Ok(n == 1)
+        })
+    }
+
+    fn enrol_attestation_key(&self, k: &AttestationKey) -> Result<()> {
+        self.run(async {
+            let c = self.pool.get().await.map_err(pool_err)?;
+            c.execute(
+                "INSERT INTO attestation_keys (licence_id, machine_id, kind, alg, public_key, created)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (licence_id, machine_id, kind)
+                 DO UPDATE SET alg = $4, public_key = $5, created = $6",
+                &[
+                    &k.licence_id,
+                    &k.machine_id,
+                    &k.kind,
+                    &k.alg,
+                    &k.public_key,
+                    &i(k.created),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(())
+        })
+    }
+
+    fn attestation_key(
+        &self,
+        licence_id: &str,
+        machine_id: &str,
+        kind: &str,
+    ) -> Result<Option<AttestationKey>> {
+        self.run(async {
+            let c = self.pool.get().await.map_err(pool_err)?;
+            let st = c
+                .prepare_cached(
+                    "SELECT licence_id, machine_id, kind, alg, public_key, created FROM attestation_keys
+                     WHERE licence_id = $1 AND machine_id = $2 AND kind = $3",
+                )
+                .await
+                .map_err(pg)?;
+            let Some(r) = c
+                .query_opt(&st, &[&licence_id, &machine_id, &kind])
+                .await
+                .map_err(pg)?
+            else {
+                return Ok(None);
+            };
+            let key = (|| -> RowResult<AttestationKey> {
+                Ok(AttestationKey {
+                    licence_id: r.try_get(0)?,
+                    machine_id: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    alg: r.try_get(3)?,
+                    public_key: r.try_get(4)?,
+                    created: u(r.try_get(5)?),
+                })
+            })()
+            .map_err(pg)?;
+            Ok(Some(key))
         })
     }
 
