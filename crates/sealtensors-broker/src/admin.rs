@@ -44,6 +44,13 @@ impl AdminClient {
     /// `base`: the broker's root URL (`https://keys.example.com`); `ca`:
     /// PEM CA certificates to trust instead of the public web roots.
     pub fn new(base: &str, token: &str, ca: Option<&[u8]>) -> Result<AdminClient, AdminError> {
+        // The admin token crosses the network only under TLS: http:// is
+        // accepted for a loopback address only (the broker URL rules, §6.6).
+        sealtensors::keys::BrokerUrl::parse(&format!("{}/keys/admin", base.trim_end_matches('/')))
+            .map_err(|e| AdminError::Unreachable {
+                url: base.to_string(),
+                reason: format!("refusing to send the admin token there: {e}"),
+            })?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut tls = ureq::tls::TlsConfig::builder()
             .provider(ureq::tls::TlsProvider::Rustls)
@@ -70,6 +77,7 @@ impl AdminClient {
             .timeout_global(Some(Duration::from_secs(30)))
             .max_redirects(0)
             .http_status_as_error(false)
+            .proxy(None)
             .build();
         Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),

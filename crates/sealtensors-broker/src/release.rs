@@ -72,16 +72,19 @@ impl Releaser {
             Ok(_) => ("release", "released", "model key released".to_string()),
             Err(d) => ("deny", d.code, d.reason.clone()),
         };
+        // Every text in the row is bounded and free of control characters:
+        // an unauthenticated caller chooses most of them (a 4 MiB value
+        // echoed in a parse error, a NUL that PostgreSQL refuses in TEXT).
         let row = AuditRow {
             id: 0,
             time: now,
-            client: seen.client.unwrap_or_else(|| "unknown".into()),
-            machine_id: seen.machine_id,
-            model: seen.model,
-            kid: kid.chars().take(256).collect(),
+            client: audit_text(&seen.client.unwrap_or_else(|| "unknown".into())),
+            machine_id: audit_text(&seen.machine_id),
+            model: audit_text(&seen.model),
+            kid: audit_text(kid),
             decision: decision.into(),
             code: code.into(),
-            reason,
+            reason: audit_text(&reason),
         };
         if let Err(e) = self.store.audit(&row) {
             tracing::error!(error = %e, "audit write failed; refusing");
@@ -338,7 +341,12 @@ impl Releaser {
             ));
         }
 
-        // 9. Seats, last: a refused request takes none.
+        // 9. Seal the model key to the client's ephemeral key, before the seat:
+        // an unusable ek must not take one.
+        let info = sealtensors::keys::release_info(&meta.file_id, &mk_id);
+        let (enc, ct) = hpke::seal(&ek, &info, &nonce, model_key_bytes(&mk))
+            .map_err(|_| deny(400, "bad_request", "ek is not a usable X25519 public key"))?;
+        // 10. Seats, last: a refused request takes none.
         match self
             .store
             .take_seat(&licence.id, &req.machine_id, licence.seats, now)
@@ -357,10 +365,6 @@ impl Releaser {
             }
         }
 
-        // 10. Seal the model key to the client's ephemeral key.
-        let info = sealtensors::keys::release_info(&meta.file_id, &mk_id);
-        let (enc, ct) = hpke::seal(&ek, &info, &nonce, model_key_bytes(&mk))
-            .map_err(|_| deny(400, "bad_request", "ek is not a usable X25519 public key"))?;
         Ok(ReleaseAnswer {
             enc: b64(&enc),
             ct: b64(&ct),
@@ -461,7 +465,11 @@ fn evaluate_policy(
         runtime_version: s("runtime_version"),
         framework: s("framework"),
         framework_version: s("framework_version"),
-        requested: req.tensors.clone(),
+        // The key released opens every tensor (tensor keys derive from it),
+        // so the policy judges a request for all of them, whatever subset the
+        // client says it wants: a client-chosen list would let a licence for
+        // some tensors release the key to all.
+        requested: None,
     };
     let names = header.tensors.iter().map(|t| t.name.as_str());
     let mut input = input_document(&ctx, &meta.doc.model, req.file_name.as_deref(), names, now)
@@ -480,5 +488,42 @@ fn evaluate_policy(
             ),
         )),
         Err(e) => Err(deny(403, "policy_invalid", e.to_string())),
+    }
+}
+
+/// Longest text kept in an audit field, in characters.
+const AUDIT_TEXT_MAX: usize = 512;
+
+/// An audit field: control characters escaped, at most AUDIT_TEXT_MAX
+/// characters (then "...").
+fn audit_text(s: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == AUDIT_TEXT_MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod audit_text_tests {
+    use super::audit_text;
+
+    #[test]
+    fn audit_text_is_bounded_and_printable() {
+        assert_eq!(audit_text("m1"), "m1");
+        assert_eq!(audit_text("a\0b\nc"), "a\\u{0}b\\nc");
+        let long = "x".repeat(4 << 20);
+        let t = audit_text(&long);
+        assert_eq!(t.len(), 512 + 3);
+        assert!(t.ends_with("..."));
+        assert!(!audit_text("\u{1b}[31mred").contains('\u{1b}'));
     }
 }

@@ -604,6 +604,80 @@ deny_reasons contains "machine not allowed" if input.host.machine_id == "banned-
 }
 
 #[test]
+fn the_client_cannot_narrow_the_tensors_the_broker_policy_judges() {
+    // A licence for some tensors must not release the key to all: the key
+    // opens every tensor, so the broker's policy sees them all, whatever the
+    // request claims to want.
+    let Some(fx) = Fx::new(Opts::default()) else {
+        return;
+    };
+    let policy = r#"package sealtensors
+
+import rego.v1
+
+default allow := false
+
+allow if count(deny_reasons) == 0
+
+deny_reasons contains concat("", ["tensor ", n, " is not licensed"]) if {
+    some n in input.request.tensors
+    not startswith(n, "public.")
+}
+"#;
+    let r = BrokerRecipient::new(&fx.url("k1"), fx.kek_public).unwrap();
+    let p = fx.seal("narrow.safetensors", Box::new(r), Some(policy), true);
+    let (_, token) = fx.licence(5, None, json!({}));
+    let h = header_bytes(&p);
+    for (i, claimed) in [json!([]), json!(["public.x"]), Value::Null]
+        .into_iter()
+        .enumerate()
+    {
+        let mut body: Value = serde_json::from_slice(&fx.request(&h, &[40 + i as u8; 16])).unwrap();
+        body["tensors"] = claimed.clone();
+        let (status, v) = fx.raw_release("k1", &token, &serde_json::to_vec(&body).unwrap());
+        assert_eq!(status, 403, "{claimed}: {v}");
+        assert_eq!(v["error"], "policy_denied", "{claimed}: {v}");
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .contains("tensor w is not licensed"),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn audit_rows_stay_small_and_printable_whatever_the_caller_sends() {
+    let Some(fx) = Fx::new(Opts::default()) else {
+        return;
+    };
+    let (_, token) = fx.licence(1, None, json!({}));
+    let h = header_bytes(&fx.sealed());
+    // A 32 KiB value echoed by the JSON error, and a NUL machine id (which
+    // PostgreSQL refuses in TEXT: the row must still be written).
+    let huge = format!(r#"{{"time":"{}"}}"#, "A".repeat(32 << 10));
+    let (status, _) = fx.raw_release("k1", "no-such-token", huge.as_bytes());
+    assert_eq!(status, 400);
+    let mut body: Value = serde_json::from_slice(&fx.request(&h, &[50; 16])).unwrap();
+    body["machine_id"] = json!("m\u{0}\u{1b}[2J");
+    let (status, v) = fx.raw_release("k1", &token, &serde_json::to_vec(&body).unwrap());
+    assert_eq!(status, 200, "{v}");
+    let rows = fx.store.audit_rows(10).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        for t in [&r.reason, &r.machine_id, &r.model, &r.client, &r.kid] {
+            assert!(t.chars().count() <= 515, "{} chars", t.len());
+            assert!(!t.chars().any(char::is_control), "{t:?}");
+        }
+    }
+    assert!(
+        rows.iter().any(|r| r.machine_id == "m\\u{0}\\u{1b}[2J"),
+        "{rows:?}"
+    );
+}
+
+#[test]
 fn hosts_not_allowed_are_never_contacted() {
     let Some(fx) = Fx::new(Opts::default()) else {
         return;

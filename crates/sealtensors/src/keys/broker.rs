@@ -38,7 +38,11 @@ pub struct BrokerUrl {
 
 /// Whether a host is a loopback name or address.
 pub fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host == "::1" || host.starts_with("127.")
+    // An address, parsed: "127.evil.example" is a name anyone can point anywhere.
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 fn valid_kid(kid: &str) -> bool {
@@ -318,6 +322,24 @@ impl Identity for BrokerKek {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_addresses_and_localhost_are_loopback() {
+        for h in ["localhost", "127.0.0.1", "127.1.2.3", "::1"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "127.evil.example",
+            "127.0.0.1.nip.io",
+            "localhost.example",
+            "10.0.0.1",
+            "::2",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+        assert!(BrokerUrl::parse("http://127.evil.example/keys/k").is_err());
+        assert!(BrokerUrl::parse("http://127.0.0.1:8/keys/k").is_ok());
+    }
 
     fn kek() -> BrokerKek {
         BrokerKek::new("k1", X25519Identity::generate().unwrap()).unwrap()

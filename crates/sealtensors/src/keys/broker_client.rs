@@ -649,6 +649,9 @@ fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, String> {
         .timeout_global(Some(TOTAL_TIMEOUT))
         .max_redirects(0)
         .http_status_as_error(false)
+        // Never a proxy from HTTPS_PROXY/ALL_PROXY: the token would leave
+        // for the proxy (in the clear, for a loopback http:// broker).
+        .proxy(None)
         .build();
     Ok(ureq::Agent::new_with_config(cfg))
 }
