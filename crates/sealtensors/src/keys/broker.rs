@@ -215,13 +215,7 @@ impl fmt::Debug for BrokerRecipient {
 
 impl Recipient for BrokerRecipient {
     fn wrap(&self, key: &ModelKey) -> Result<Slot> {
-        let esk = PrivateKey::generate(&X25519).map_err(|_| Error::Crypto("X25519 keygen"))?;
-        let epk: [u8; 32] = esk
-            .compute_public_key()
-            .map_err(|_| Error::Crypto("X25519 public key"))?
-            .as_ref()
-            .try_into()
-            .map_err(|_| Error::Crypto("X25519 public key length"))?;
+        let (esk, epk) = super::x25519::ephemeral()?;
         let pk = self.pk.as_bytes();
         let kek = slot_kek(&esk, pk, &epk, pk, &self.url.url)?;
         let ct = crypto::wrap_key(&kek, &slot_aad(SLOT_TYPE, &key.id()?), key.secret())?;

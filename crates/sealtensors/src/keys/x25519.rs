@@ -115,13 +115,7 @@ impl Identity for X25519Identity {
 
 impl Recipient for X25519Recipient {
     fn wrap(&self, key: &ModelKey) -> Result<Slot> {
-        let esk = PrivateKey::generate(&X25519).map_err(|_| Error::Crypto("X25519 keygen"))?;
-        let epk: [u8; 32] = esk
-            .compute_public_key()
-            .map_err(|_| Error::Crypto("X25519 public key"))?
-            .as_ref()
-            .try_into()
-            .map_err(|_| Error::Crypto("X25519 public key length"))?;
+        let (esk, epk) = ephemeral()?;
         let kek = agree(&esk, &self.0, &epk, &self.0)?;
         let ct = crypto::wrap_key(&kek, &slot_aad("x25519", &key.id()?), key.secret())?;
         Ok(Slot::X25519 {
@@ -165,4 +159,16 @@ impl FromStr for X25519Recipient {
             .ok_or_else(|| Error::InvalidKey(format!("a recipient must start with {PREFIX:?}")))?;
         Ok(X25519Recipient(unb64_array("x25519 public key", body)?))
     }
+}
+
+/// A fresh ephemeral X25519 key and its public half (SPEC §6.1, §6.6).
+pub(super) fn ephemeral() -> Result<(PrivateKey, [u8; 32])> {
+    let esk = PrivateKey::generate(&X25519).map_err(|_| Error::Crypto("X25519 keygen"))?;
+    let epk: [u8; 32] = esk
+        .compute_public_key()
+        .map_err(|_| Error::Crypto("X25519 public key"))?
+        .as_ref()
+        .try_into()
+        .map_err(|_| Error::Crypto("X25519 public key length"))?;
+    Ok((esk, epk))
 }
