@@ -645,8 +645,8 @@ async fn enrol_attestation_key(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    if r.machine_id.is_empty() || r.machine_id.len() > 256 {
-        return error(400, "bad_request", "machine_id must be 1 to 256 bytes");
+    if let Err(why) = release::check_machine_id(&r.machine_id) {
+        return error(400, "bad_request", why);
     }
     let Some(v) = b.releaser.verifiers.iter().find(|v| v.kind() == r.kind) else {
         return error(

@@ -145,12 +145,8 @@ impl Releaser {
         seen.client = Some(format!("licence:{}", licence.id));
 
         // 2. Fresh: the client's clock near ours, the nonce never seen.
-        if req.machine_id.is_empty() || req.machine_id.len() > 256 {
-            return Err(deny(
-                400,
-                "bad_request",
-                "machine_id must be 1 to 256 bytes",
-            ));
+        if let Err(why) = check_machine_id(&req.machine_id) {
+            return Err(deny(400, "bad_request", why));
         }
         if now.abs_diff(req.time) > self.window {
             return Err(deny(400, "stale_request", format!(
@@ -496,6 +492,20 @@ const AUDIT_TEXT_MAX: usize = 512;
 
 /// An audit field: control characters escaped, at most AUDIT_TEXT_MAX
 /// characters (then "...").
+/// A machine id names a seat and an enrolled attestation key: 1 to 256
+/// bytes of printable text. Control characters are refused rather than
+/// stored (PostgreSQL refuses a NUL in TEXT, and an id that differs from
+/// another only by an invisible character would take a second seat).
+pub(crate) fn check_machine_id(id: &str) -> std::result::Result<(), &'static str> {
+    if id.is_empty() || id.len() > 256 {
+        return Err("machine_id must be 1 to 256 bytes");
+    }
+    if id.chars().any(char::is_control) {
+        return Err("machine_id must not contain control characters");
+    }
+    Ok(())
+}
+
 fn audit_text(s: &str) -> String {
     let mut out = String::new();
     for (n, c) in s.chars().enumerate() {

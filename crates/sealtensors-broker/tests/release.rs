@@ -655,14 +655,19 @@ fn audit_rows_stay_small_and_printable_whatever_the_caller_sends() {
     let (_, token) = fx.licence(1, None, json!({}));
     let h = header_bytes(&fx.sealed());
     // A 32 KiB value echoed by the JSON error, and a NUL machine id (which
-    // PostgreSQL refuses in TEXT: the row must still be written).
+    // PostgreSQL refuses in TEXT): refused, and the refusal's row is still
+    // written, escaped.
     let huge = format!(r#"{{"time":"{}"}}"#, "A".repeat(32 << 10));
     let (status, _) = fx.raw_release("k1", "no-such-token", huge.as_bytes());
     assert_eq!(status, 400);
     let mut body: Value = serde_json::from_slice(&fx.request(&h, &[50; 16])).unwrap();
     body["machine_id"] = json!("m\u{0}\u{1b}[2J");
     let (status, v) = fx.raw_release("k1", &token, &serde_json::to_vec(&body).unwrap());
-    assert_eq!(status, 200, "{v}");
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("control characters"),
+        "{v}"
+    );
     let rows = fx.store.audit_rows(10).unwrap();
     assert_eq!(rows.len(), 2);
     for r in &rows {
