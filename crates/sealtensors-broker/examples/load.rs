@@ -101,6 +101,8 @@ fn main() -> Result<(), Error> {
         max_body: 1 << 20,
         rate_per_minute: u32::MAX,
         replay_window: 300,
+        max_connections: 1024,
+        request_timeout: 30,
         store: Default::default(),
     };
     let broker = Broker::with_keks(&config, store.clone(), HashMap::from([("k1".into(), kek)]))?;

@@ -107,6 +107,16 @@ pub struct Config {
     /// Requests per minute allowed from one client address.
     #[serde(default = "default_rate")]
     pub rate_per_minute: u32,
+    /// Connections served at once; one more is closed as soon as it is
+    /// accepted (bounds what idle or slow clients can hold).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a request may take, from its first byte to its answer,
+    /// reading the body included (408 after; a slow sender cannot hold a
+    /// connection). The TLS handshake and the first request's headers each
+    /// have 10 s.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: u64,
     /// A release's `time` may differ from the broker's clock by at most this
     /// many seconds; its nonce is remembered for twice as long.
     #[serde(default = "default_window")]
@@ -124,6 +134,12 @@ fn default_max_body() -> usize {
 }
 fn default_rate() -> u32 {
     600
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_request_timeout() -> u64 {
+    30
 }
 fn default_window() -> u64 {
     300
@@ -181,6 +197,11 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        if self.max_connections == 0 || self.request_timeout == 0 {
+            return Err(BrokerError::Config(
+                "max_connections and request_timeout must be at least 1".into(),
+            ));
         }
         if self.keys.is_empty() {
             return Err(BrokerError::Config(

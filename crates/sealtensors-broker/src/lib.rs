@@ -66,10 +66,28 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Requests per minute per client address; a fixed window, bounded memory.
+/// Client addresses the rate limiter remembers at most.
+const RATE_CLIENTS_MAX: usize = 100_000;
+
+/// Requests per minute per client; a fixed window, bounded memory. A client
+/// is an IPv4 address or an IPv6 /64 (one host is routinely given a whole
+/// /64, so counting /128s would let it pick a fresh address per request).
 struct RateLimiter {
     per_minute: u32,
     seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+/// The rate limiter's key for a peer address.
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
 }
 
 impl RateLimiter {
@@ -78,8 +96,14 @@ impl RateLimiter {
             return false;
         };
         let now = Instant::now();
-        if m.len() > 100_000 {
+        let ip = rate_key(ip);
+        if m.len() >= RATE_CLIENTS_MAX && !m.contains_key(&ip) {
             m.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+            // Still full of clients seen this minute: a new one waits for a
+            // window to end, rather than the table growing without bound.
+            if m.len() >= RATE_CLIENTS_MAX {
+                return false;
+            }
         }
         let e = m.entry(ip).or_insert((now, 0));
         if now.duration_since(e.0) >= Duration::from_secs(60) {
@@ -96,6 +120,8 @@ pub struct Broker {
     admin_sha256: [u8; 32],
     limiter: RateLimiter,
     max_body: usize,
+    max_connections: usize,
+    request_timeout: Duration,
 }
 
 impl Broker {
@@ -143,6 +169,8 @@ impl Broker {
                 seen: Mutex::new(HashMap::new()),
             },
             max_body: config.max_body,
+            max_connections: config.max_connections,
+            request_timeout: Duration::from_secs(config.request_timeout),
         }))
     }
 
@@ -158,6 +186,7 @@ impl Broker {
             .route("/admin/audit", get(audit))
             .route("/admin/attestation-keys", post(enrol_attestation_key))
             .layer(DefaultBodyLimit::max(self.max_body))
+            .layer(middleware::from_fn_with_state(self.clone(), deadline))
             .layer(middleware::from_fn_with_state(self.clone(), rate_limit))
             .with_state(self.clone())
     }
@@ -170,27 +199,46 @@ impl Broker {
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
+        // Each connection holds one permit for its life; without a free one
+        // it is closed as soon as it is accepted.
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
+        let router = self.router();
+        let app = tower::service_fn(move |peer: SocketAddr| {
+            let permit = permits.clone().try_acquire_owned();
+            let router = router.clone();
+            async move {
+                let permit = permit
+                    .map_err(|_| std::io::Error::other(format!("{peer}: too many connections")))?;
+                let svc = tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), router);
+                Ok::<_, std::io::Error>(Permitted {
+                    inner: svc,
+                    _permit: Arc::new(permit),
+                })
+            }
+        });
+        let handle = axum_server::Handle::new();
+        let h = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            h.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+        let listener = listener.into_std()?;
+        let first_request = Some(Duration::from_secs(10));
         match tls {
             None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
+                axum_server::from_tcp(listener)?
+                    .handle(handle)
+                    .first_request_timeout(first_request)
+                    .serve(app)
                     .await?
             }
             Some(cfg) => {
-                let handle = axum_server::Handle::new();
-                let h = handle.clone();
-                tokio::spawn(async move {
-                    shutdown.await;
-                    h.graceful_shutdown(Some(Duration::from_secs(10)));
-                });
                 axum_server::from_tcp_rustls(
-                    listener.into_std()?,
+                    listener,
                     axum_server::tls_rustls::RustlsConfig::from_config(cfg),
                 )?
                 .handle(handle)
+                .first_request_timeout(first_request)
                 .serve(app)
                 .await?
             }
@@ -347,6 +395,42 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .ok()?
         .strip_prefix("Bearer ")
         .map(str::trim)
+}
+
+/// A connection's service, holding its connection permit while it lives.
+#[derive(Clone)]
+struct Permitted<S> {
+    inner: S,
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for Permitted<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+/// Every request answered within `request_timeout`, its body read included.
+async fn deadline(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(b.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            408,
+            "request_timeout",
+            "the request took too long to arrive or to answer; retry",
+        ),
+    }
 }
 
 async fn rate_limit(
@@ -686,5 +770,43 @@ async fn enrol_attestation_key(
     match blocking(move || store.enrol_attestation_key(&k)).await {
         Ok(()) => (StatusCode::CREATED, Json(answer)).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_mapped_v4_as_v4() {
+        let k = |s: &str| rate_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:ffff::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
+        let l = RateLimiter {
+            per_minute: 2,
+            seen: Mutex::new(HashMap::new()),
+        };
+        // A fresh address in the same /64 shares the budget.
+        assert!(l.allow("2001:db8::1".parse().unwrap()));
+        assert!(l.allow("2001:db8::2".parse().unwrap()));
+        assert!(!l.allow("2001:db8::3".parse().unwrap()));
+        assert!(l.allow("2001:db8:0:1::3".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_rate_table_never_grows_past_its_bound() {
+        let l = RateLimiter {
+            per_minute: 10,
+            seen: Mutex::new(HashMap::new()),
+        };
+        for i in 0..RATE_CLIENTS_MAX as u32 + 10 {
+            let _ = l.allow(IpAddr::V4(i.into()));
+        }
+        assert_eq!(l.seen.lock().unwrap().len(), RATE_CLIENTS_MAX);
+        // Known clients keep their budget; new ones wait for a window.
+        assert!(l.allow(IpAddr::V4(5u32.into())));
+        assert!(!l.allow(IpAddr::V4(u32::MAX.into())));
     }
 }

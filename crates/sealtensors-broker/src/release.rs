@@ -349,6 +349,13 @@ impl Releaser {
             .map_err(store_err)?
         {
             Seat::Granted => {}
+            Seat::Revoked => {
+                return Err(deny(
+                    403,
+                    "licence_revoked",
+                    format!("licence {} was revoked", licence.id),
+                ))
+            }
             Seat::Full(n) => {
                 return Err(deny(
                     403,
@@ -490,12 +497,10 @@ fn evaluate_policy(
 /// Longest text kept in an audit field, in characters.
 const AUDIT_TEXT_MAX: usize = 512;
 
-/// An audit field: control characters escaped, at most AUDIT_TEXT_MAX
-/// characters (then "...").
 /// A machine id names a seat and an enrolled attestation key: 1 to 256
 /// bytes of printable text. Control characters are refused rather than
-/// stored (PostgreSQL refuses a NUL in TEXT, and an id that differs from
-/// another only by an invisible character would take a second seat).
+/// stored (PostgreSQL refuses a NUL in TEXT, and terminal escapes have no
+/// place in a seat list an operator reads).
 pub(crate) fn check_machine_id(id: &str) -> std::result::Result<(), &'static str> {
     if id.is_empty() || id.len() > 256 {
         return Err("machine_id must be 1 to 256 bytes");
@@ -506,20 +511,10 @@ pub(crate) fn check_machine_id(id: &str) -> std::result::Result<(), &'static str
     Ok(())
 }
 
+/// An audit field: control characters escaped, at most AUDIT_TEXT_MAX
+/// characters (then "...").
 fn audit_text(s: &str) -> String {
-    let mut out = String::new();
-    for (n, c) in s.chars().enumerate() {
-        if n == AUDIT_TEXT_MAX {
-            out.push_str("...");
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    sealtensors::printable(s, AUDIT_TEXT_MAX)
 }
 
 #[cfg(test)]

@@ -115,6 +115,9 @@ pub enum Seat {
     Granted,
     /// Every seat is taken by other machines; the count.
     Full(u32),
+    /// The licence was revoked (or deleted) after the release read it: a
+    /// revocation that commits before the seat is taken refuses the release.
+    Revoked,
 }
 
 /// The broker's persistent state.
@@ -133,7 +136,9 @@ pub trait Store: Send + Sync {
     fn licences(&self) -> Result<Vec<LicenceRecord>>;
     /// Revoke; `false` when there is no such licence.
     fn revoke_licence(&self, id: &str, now: u64) -> Result<bool>;
-    /// Take a seat for a machine (atomically: check and insert).
+    /// Take a seat for a machine (atomically: check the licence is still
+    /// unrevoked, then check and insert the seat). This is the release's last
+    /// store step, so a revocation committed before it refuses the release.
     fn take_seat(&self, licence: &str, machine_id: &str, seats: u32, now: u64) -> Result<Seat>;
     /// Remember a nonce; `false` when it was seen in the last `keep` seconds.
     fn fresh_nonce(&self, nonce: &[u8], now: u64, keep: u64) -> Result<bool>;
@@ -332,6 +337,17 @@ impl Store for SqliteStore {
     fn take_seat(&self, licence: &str, machine_id: &str, seats: u32, now: u64) -> Result<Seat> {
         let mut c = self.conn()?;
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The write lock is held from here: a revocation is before or after.
+        let revoked: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT revoked FROM licences WHERE id = ?1",
+                params![licence],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if !matches!(revoked, Some(None)) {
+            return Ok(Seat::Revoked);
+        }
         let held: bool = tx
             .query_row(
                 "SELECT 1 FROM seats WHERE licence_id = ?1 AND machine_id = ?2",
@@ -524,12 +540,19 @@ mod tests {
     }
 
     fn seats(s: &dyn Store) {
+        s.insert_licence(&licence("l", 2), &[1; 32]).unwrap();
+        s.insert_licence(&licence("other", 1), &[2; 32]).unwrap();
         assert_eq!(s.take_seat("l", "a", 2, 1).unwrap(), Seat::Granted);
         assert_eq!(s.take_seat("l", "a", 2, 1).unwrap(), Seat::Granted);
         assert_eq!(s.take_seat("l", "b", 2, 1).unwrap(), Seat::Granted);
         assert_eq!(s.take_seat("l", "c", 2, 1).unwrap(), Seat::Full(2));
         assert_eq!(s.take_seat("l", "a", 2, 1).unwrap(), Seat::Granted);
         assert_eq!(s.take_seat("other", "c", 1, 1).unwrap(), Seat::Granted);
+        // Revoked (or unknown): refused at the seat, held or not.
+        assert!(s.revoke_licence("l", 2).unwrap());
+        assert_eq!(s.take_seat("l", "a", 2, 3).unwrap(), Seat::Revoked);
+        assert_eq!(s.take_seat("l", "z", 9, 3).unwrap(), Seat::Revoked);
+        assert_eq!(s.take_seat("nope", "a", 2, 3).unwrap(), Seat::Revoked);
     }
 
     #[test]
@@ -630,6 +653,7 @@ mod tests {
     #[test]
     fn seats_and_nonces_hold_across_instances_under_concurrency() {
         for set in instances(6) {
+            set[0].insert_licence(&licence("lic", 7), &[3; 32]).unwrap();
             let barrier = Arc::new(std::sync::Barrier::new(set.len()));
             let handles: Vec<_> = set
                 .iter()

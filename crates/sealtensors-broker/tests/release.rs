@@ -59,6 +59,8 @@ struct Opts {
     rate: u32,
     max_body: usize,
     ttl: u64,
+    max_connections: usize,
+    request_timeout: u64,
 }
 
 impl Default for Opts {
@@ -67,6 +69,8 @@ impl Default for Opts {
             rate: 10_000,
             max_body: 256 * 1024,
             ttl: 0,
+            max_connections: 64,
+            request_timeout: 30,
         }
     }
 }
@@ -104,6 +108,8 @@ impl Fx {
             max_body: o.max_body,
             rate_per_minute: o.rate,
             replay_window: 300,
+            max_connections: o.max_connections,
+            request_timeout: o.request_timeout,
             store: Default::default(),
         };
         let keks = HashMap::from([("k1".to_string(), kek)]);
@@ -549,6 +555,56 @@ fn rate_limit_answers_429() {
 }
 
 #[test]
+fn idle_connections_beyond_the_cap_are_closed_and_slow_bodies_time_out() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let Some(fx) = Fx::new(Opts {
+        max_connections: 2,
+        request_timeout: 1,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let connect = || {
+        let s = TcpStream::connect(fx.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // Two silent connections hold both permits; a third is closed at once.
+    let idle = [connect(), connect()];
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = connect();
+    let mut buf = [0u8; 64];
+    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert!(
+        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        "a connection over the cap was served"
+    );
+    // A permit comes back when a connection closes.
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    let url = format!("http://{}/healthz", fx.addr);
+    assert_eq!(agent().get(&url).call().unwrap().status().as_u16(), 200);
+
+    // A body promised but sent a byte at a time: 408 after request_timeout,
+    // and the connection is given back.
+    let mut slow = connect();
+    write!(
+        slow,
+        "POST /keys/k1/release HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
 fn the_files_policy_runs_at_the_broker_with_the_stored_licence() {
     let Some(fx) = Fx::new(Opts::default()) else {
         return;
@@ -645,6 +701,35 @@ deny_reasons contains concat("", ["tensor ", n, " is not licensed"]) if {
             "{v}"
         );
     }
+}
+
+#[test]
+fn a_revocation_committed_before_the_seat_step_refuses_a_release_in_flight() {
+    let Some(fx) = Fx::new(Opts::default()) else {
+        return;
+    };
+    let (id, _) = fx.licence(2, None, json!({}));
+    // A release in flight has read the licence (unrevoked) and reaches its
+    // last store step, the seat, after the revocation has committed.
+    assert_eq!(
+        fx.store.take_seat(&id, "m1", 2, now()).unwrap(),
+        sealtensors_broker::store::Seat::Granted
+    );
+    let (s, _) = fx.admin("POST", &format!("/admin/licences/{id}/revoke"), None);
+    assert_eq!(s, 200);
+    for machine in ["m1", "m2"] {
+        assert_eq!(
+            fx.store.take_seat(&id, machine, 2, now()).unwrap(),
+            sealtensors_broker::store::Seat::Revoked,
+            "{machine}: a held seat and a new one are both refused"
+        );
+    }
+    assert_eq!(
+        fx.store
+            .take_seat("no-such-licence", "m1", 2, now())
+            .unwrap(),
+        sealtensors_broker::store::Seat::Revoked
+    );
 }
 
 #[test]
@@ -757,6 +842,8 @@ fn https_with_a_private_ca() {
         max_body: 1 << 20,
         rate_per_minute: 1000,
         replay_window: 300,
+        max_connections: 1024,
+        request_timeout: 30,
         store: Default::default(),
     };
     let broker =

@@ -355,3 +355,22 @@ fn reasons_text(reasons: &[String]) -> String {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Untrusted text made fit to show in a terminal or a log: control
+/// characters (escape sequences, new lines, NUL) escaped as `\u{..}`, `\n`,
+/// and at most `max_chars` characters, then `...`.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max_chars {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

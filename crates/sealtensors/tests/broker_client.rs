@@ -21,6 +21,17 @@ use sealtensors::{Error, ErrorClass, OpenOptions, SealedFile};
 
 type Handler = dyn Fn(usize, &ReleaseRequest) -> (u16, Vec<u8>) + Send + Sync;
 
+/// The `Authorization` header of every request each fake broker saw, by port.
+static AUTHORIZATION: Mutex<Vec<(u16, String)>> = Mutex::new(Vec::new());
+
+fn authorizations(port: u16) -> Vec<String> {
+    let seen = AUTHORIZATION.lock().unwrap();
+    seen.iter()
+        .filter(|(p, _)| *p == port)
+        .map(|(_, a)| a.clone())
+        .collect()
+}
+
 /// A one-thread HTTP server answering `n` requests with `handler`; returns
 /// its port and the requests it saw.
 fn fake_broker(n: usize, handler: Arc<Handler>) -> (u16, Arc<Mutex<Vec<ReleaseRequest>>>) {
@@ -40,7 +51,11 @@ fn fake_broker(n: usize, handler: Arc<Handler>) -> (u16, Arc<Mutex<Vec<ReleaseRe
                     break p + 4;
                 }
             };
-            let head = String::from_utf8_lossy(&buf[..body_at]).to_lowercase();
+            let head = String::from_utf8_lossy(&buf[..body_at]).to_string();
+            if let Some(a) = head.lines().find_map(|l| l.strip_prefix("authorization: ")) {
+                AUTHORIZATION.lock().unwrap().push((port, a.to_string()));
+            }
+            let head = head.to_lowercase();
             let len: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
@@ -250,12 +265,15 @@ fn a_refusal_is_final_and_redirects_are_not_followed() {
     let (c, port, seen) = serve(1, |_, _, _| {
         (
             403,
-            br#"{"error":"licence_revoked","reason":"licence L was revoked at 5"}"#.to_vec(),
+            br#"{"error":"licence_revoked","reason":"licence L was revoked at 5\u001b[2J"}"#
+                .to_vec(),
         )
     });
     let e = open(&c, port).err().unwrap();
     assert_eq!(e.class(), ErrorClass::PolicyDenied);
     assert!(e.to_string().contains("licence L was revoked at 5"), "{e}");
+    // A broker's text never reaches the terminal with its escapes.
+    assert!(!e.to_string().contains('\u{1b}'), "{e:?}");
     assert_eq!(seen.lock().unwrap().len(), 1);
     let (c, port, seen) = serve(1, |_, _, _| (302, b"{}".to_vec()));
     let e = open(&c, port).err().unwrap();
@@ -264,6 +282,36 @@ fn a_refusal_is_final_and_redirects_are_not_followed() {
         "{e}"
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_token_reaches_only_the_broker_it_is_written_for() {
+    let open_with = |c: &Case, hosts: Vec<String>, tokens: &str| {
+        SealedFile::open(
+            &c.path,
+            &OpenOptions {
+                trusted: vec![c.fx.signer.verifying_key()],
+                broker: Some(BrokerAccess::new(hosts, Some(tokens.into())).with_machine_id("m1")),
+                ..Default::default()
+            },
+        )
+    };
+    // Two allowed brokers and one bare token: no request at all.
+    let (c, port, seen) = serve(1, |c, _, req| {
+        (200, answer(c.mk.expose_secret(), &c.file_id, &c.mk_id, req))
+    });
+    let hosts = vec![
+        format!("127.0.0.1:{port}"),
+        "keys.other.example".to_string(),
+    ];
+    let e = open_with(&c, hosts.clone(), "stl_mine").err().unwrap();
+    assert!(unavailable(&e).contains("127.0.0.1=TOKEN"), "{e}");
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(authorizations(port).is_empty());
+    // Tokens written per host: this broker gets its own, and only that.
+    let tokens = format!("keys.other.example=stl_theirs,127.0.0.1:{port}=stl_mine");
+    open_with(&c, hosts, &tokens).unwrap();
+    assert_eq!(authorizations(port), ["Bearer stl_mine"]);
 }
 
 #[test]

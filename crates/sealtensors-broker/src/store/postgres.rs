@@ -413,17 +413,29 @@ impl Store for PostgresStore {
     fn take_seat(&self, licence: &str, machine_id: &str, seats: u32, now: u64) -> Result<Seat> {
         self.run(async {
             let mut c = self.pool.get().await.map_err(pool_err)?;
-            const HELD: &str = "SELECT 1 FROM seats WHERE licence_id = $1 AND machine_id = $2";
-            // Seats are never given back: a held seat needs no lock.
-            let st = c.prepare_cached(HELD).await.map_err(pg)?;
-            if c.query_opt(&st, &[&licence, &machine_id])
+            let tx = c.transaction().await.map_err(pg)?;
+            // FOR SHARE holds the licence row until commit: a revocation (an
+            // UPDATE of that row) commits before this reads it, or waits.
+            const LICENCE: &str = "SELECT l.revoked, EXISTS (SELECT 1 FROM seats s
+                 WHERE s.licence_id = l.id AND s.machine_id = $2)
+                 FROM licences l WHERE l.id = $1 FOR SHARE OF l";
+            let st = tx.prepare_cached(LICENCE).await.map_err(pg)?;
+            let Some(row) = tx
+                .query_opt(&st, &[&licence, &machine_id])
                 .await
                 .map_err(pg)?
-                .is_some()
-            {
+            else {
+                return Ok(Seat::Revoked);
+            };
+            let revoked: Option<i64> = row.try_get(0).map_err(pg)?;
+            if revoked.is_some() {
+                return Ok(Seat::Revoked);
+            }
+            // Seats are never given back: a held seat needs no more.
+            if row.try_get::<_, bool>(1).map_err(pg)? {
+                tx.commit().await.map_err(pg)?;
                 return Ok(Seat::Granted);
             }
-            let tx = c.transaction().await.map_err(pg)?;
             // One seat-taker per licence at a time, across every instance.
             tx.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -432,7 +444,10 @@ impl Store for PostgresStore {
             .await
             .map_err(pg)?;
             if tx
-                .query_opt(HELD, &[&licence, &machine_id])
+                .query_opt(
+                    "SELECT 1 FROM seats WHERE licence_id = $1 AND machine_id = $2",
+                    &[&licence, &machine_id],
+                )
                 .await
                 .map_err(pg)?
                 .is_some()

@@ -331,12 +331,57 @@ fn read_bounded(p: &Path) -> std::result::Result<Vec<u8>, String> {
 
 type Cache = HashMap<(String, [u8; 16]), (ModelKey, Instant)>;
 
+/// A licence token and the broker host it may be sent to (SPEC §10).
+#[derive(Clone)]
+struct Token {
+    /// `HOST` or `HOST:PORT`, as in the allowed list; `None` for a bare
+    /// token, which is sent only when exactly one host is allowed.
+    host: Option<String>,
+    secret: Arc<Zeroizing<String>>,
+}
+
+/// Tokens from text: entries separated by `,` or new lines, `#` comments,
+/// each `HOST=TOKEN` or a bare `TOKEN` (split at the first `=`: a token
+/// that holds `=` must be written after its host).
+fn parse_tokens(text: &str) -> Vec<Token> {
+    text.split([',', '\n'])
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.split_once('=') {
+            Some((h, t)) => Token {
+                host: Some(h.trim().to_lowercase()),
+                secret: Arc::new(Zeroizing::new(t.trim().to_string())),
+            },
+            None => Token {
+                host: None,
+                secret: Arc::new(Zeroizing::new(l.to_string())),
+            },
+        })
+        .collect()
+}
+
+/// Whether an allowed-host entry (`HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT`)
+/// names the broker at `u`.
+fn host_matches(entry: &str, u: &BrokerUrl) -> bool {
+    let bracketed = u.port.map(|p| format!("[{}]:{p}", u.host));
+    entry == u.host
+        || entry == u.authority()
+        || Some(entry) == bracketed.as_deref()
+        || entry.strip_prefix('[').and_then(|r| r.strip_suffix(']')) == Some(&u.host)
+}
+
+/// Text from a broker, fit to show (it may hold terminal escapes).
+fn shown(reason: &str) -> String {
+    crate::error::printable(reason, 512)
+}
+
 /// A loader's permission to use key brokers: the hosts it allows and the
-/// licence token it sends them. Cloning shares the key cache.
+/// licence tokens it sends them, each to its own host. Cloning shares the key
+/// cache.
 #[derive(Clone, Default)]
 pub struct BrokerAccess {
     allowed: Vec<String>,
-    token: Option<Arc<Zeroizing<String>>>,
+    tokens: Vec<Token>,
     machine_id: Option<String>,
     ca: Option<Arc<Vec<u8>>>,
     tpm: Option<Arc<TpmQuoter>>,
@@ -347,7 +392,15 @@ impl std::fmt::Debug for BrokerAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerAccess")
             .field("allowed", &self.allowed)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "tokens",
+                &self
+                    .tokens
+                    .iter()
+                    .map(|t| t.host.as_deref().unwrap_or("*"))
+                    .map(|h| format!("{h}=<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
             .field("machine_id", &self.machine_id)
             .field("private_ca", &self.ca.is_some())
             .field("tpm", &self.tpm)
@@ -356,7 +409,10 @@ impl std::fmt::Debug for BrokerAccess {
 }
 
 impl BrokerAccess {
-    /// Allow these hosts (`HOST` for any port, or `HOST:PORT`), with a token.
+    /// Allow these hosts (`HOST` for any port, or `HOST:PORT`), with licence
+    /// tokens: `HOST=TOKEN` entries separated by `,`, or one bare `TOKEN`,
+    /// which is sent only while exactly one host is allowed (a token goes to
+    /// the broker that issued it, never to every allowed one).
     pub fn new<S: AsRef<str>>(allowed: impl IntoIterator<Item = S>, token: Option<String>) -> Self {
         BrokerAccess {
             allowed: allowed
@@ -364,7 +420,7 @@ impl BrokerAccess {
                 .map(|h| h.as_ref().trim().to_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
-            token: token.map(|t| Arc::new(Zeroizing::new(t.trim().to_string()))),
+            tokens: token.as_deref().map(parse_tokens).unwrap_or_default(),
             machine_id: None,
             ca: None,
             tpm: None,
@@ -427,7 +483,7 @@ impl BrokerAccess {
         }
         let token = match env_token {
             Some(t) => Some(t),
-            None => read("broker-token")?.and_then(|t| t.lines().next().map(str::to_string)),
+            None => read("broker-token")?.map(|t| t.to_string()),
         };
         let mut access = BrokerAccess::new(hosts, token);
         let ca = match ca_from_env()? {
@@ -445,15 +501,35 @@ impl BrokerAccess {
 
     /// Whether the configuration allows the broker at `u`.
     pub fn allows(&self, u: &BrokerUrl) -> bool {
-        let auth = u.authority();
-        let bracketed = u.port.map(|p| format!("[{}]:{p}", u.host));
-        self.allowed.iter().any(|a| {
-            let a = a.as_str();
-            a == u.host
-                || a == auth
-                || Some(a) == bracketed.as_deref()
-                || a.strip_prefix('[').and_then(|r| r.strip_suffix(']')) == Some(&u.host)
-        })
+        self.allowed.iter().any(|a| host_matches(a, u))
+    }
+
+    /// The token for the broker at `u`: the one written for its host, else
+    /// a bare token while it is the only allowed host.
+    fn token_for(&self, u: &BrokerUrl) -> std::result::Result<&Zeroizing<String>, String> {
+        if let Some(t) = self
+            .tokens
+            .iter()
+            .find(|t| t.host.as_deref().is_some_and(|h| host_matches(h, u)))
+        {
+            return Ok(&t.secret);
+        }
+        let bare: Vec<&Token> = self.tokens.iter().filter(|t| t.host.is_none()).collect();
+        match (bare.as_slice(), self.allowed.len()) {
+            ([t], 1) => Ok(&t.secret),
+            ([], _) if self.tokens.is_empty() => Err(format!(
+                "no licence token: set {ENV_BROKER_TOKEN} or write it to broker-token in the configuration directory"
+            )),
+            ([], _) => Err(format!(
+                "no licence token for {}: the configured tokens are for other hosts; add {}=TOKEN to {ENV_BROKER_TOKEN}",
+                u.authority(),
+                u.host
+            )),
+            (_, n) => Err(format!(
+                "{ENV_BROKER_TOKEN} holds a token without a host and {n} broker hosts are allowed, so it could reach a broker that did not issue it; write it as {}=TOKEN",
+                u.host
+            )),
+        }
     }
 
     fn cached(&self, url: &str, mk_id: &[u8; 16]) -> Option<ModelKey> {
@@ -494,11 +570,7 @@ impl BrokerAccess {
         if let Some(k) = self.cached(&u.url, &mk_id) {
             return Ok(k);
         }
-        let token = self.token.as_ref().ok_or_else(|| {
-            unavailable(format!(
-                "no licence token: set {ENV_BROKER_TOKEN} or write it to broker-token in the configuration directory"
-            ))
-        })?;
+        let token = self.token_for(u).map_err(unavailable)?;
         let machine_id = self
             .machine_id
             .clone()
@@ -581,7 +653,7 @@ impl BrokerAccess {
                 }
                 Ok((status, answer)) if !transient(status) || attempt >= RETRIES => {
                     let reason = match serde_json::from_slice::<ErrorAnswer>(&answer) {
-                        Ok(e) => e.reason,
+                        Ok(e) => shown(&e.reason),
                         Err(_) => format!("HTTP status {status}"),
                     };
                     return Err(Error::BrokerDenied {
@@ -738,7 +810,7 @@ pub(crate) fn fetch_public_key(u: &BrokerUrl) -> Result<X25519Recipient> {
     };
     if status != 200 {
         let reason = serde_json::from_slice::<ErrorAnswer>(&body)
-            .map(|e| e.reason)
+            .map(|e| shown(&e.reason))
             .unwrap_or_else(|_| format!("HTTP status {status}"));
         return Err(unavailable(format!("asking for its public key: {reason}")));
     }
@@ -825,6 +897,50 @@ mod tests {
         let a = BrokerAccess::new(["h"], Some("s3cret-token".into()));
         let d = format!("{a:?}");
         assert!(!d.contains("s3cret") && d.contains("redacted"));
+        let a = BrokerAccess::new(["h"], Some("h=s3cret-token".into()));
+        let d = format!("{a:?}");
+        assert!(!d.contains("s3cret") && d.contains("h=<redacted>"), "{d}");
+    }
+
+    #[test]
+    fn each_token_goes_only_to_its_own_broker() {
+        let u = |s: &str| BrokerUrl::parse(s).unwrap();
+        let a = u("https://a.example/keys/k");
+        let b = u("https://b.example:8443/keys/k");
+        let secret = |r: std::result::Result<&Zeroizing<String>, String>| r.map(|t| t.to_string());
+        // One host: a bare token is its token.
+        let one = BrokerAccess::new(["a.example"], Some(" stl_a ".into()));
+        assert_eq!(secret(one.token_for(&a)), Ok("stl_a".into()));
+        // Two hosts: a bare token is refused for both, never sent to either.
+        let two = BrokerAccess::new(["a.example", "b.example"], Some("stl_a".into()));
+        for url in [&a, &b] {
+            let e = secret(two.token_for(url)).unwrap_err();
+            assert!(e.contains("=TOKEN") && !e.contains("stl_a"), "{e}");
+        }
+        // Host-qualified tokens: each to its host (and port), and only there.
+        let q = BrokerAccess::new(
+            ["a.example", "b.example"],
+            Some("A.example=stl_a, b.example:8443=stl=b # comment".into()),
+        );
+        assert_eq!(secret(q.token_for(&a)), Ok("stl_a".into()));
+        assert_eq!(secret(q.token_for(&b)), Ok("stl=b".into()));
+        let e = secret(q.token_for(&u("https://b.example:9/keys/k"))).unwrap_err();
+        assert!(e.contains("other hosts") && !e.contains("stl"), "{e}");
+        // Qualified and bare together: the bare one only for the sole host.
+        let mixed = BrokerAccess::new(["a.example"], Some("b.example=stl_b\nstl_a".into()));
+        assert_eq!(secret(mixed.token_for(&a)), Ok("stl_a".into()));
+        let none = BrokerAccess::new(["a.example"], None);
+        assert!(secret(none.token_for(&a))
+            .unwrap_err()
+            .contains("no licence token"));
+    }
+
+    #[test]
+    fn broker_reasons_are_shown_without_control_characters() {
+        assert_eq!(shown("licence L was revoked"), "licence L was revoked");
+        let s = shown("\u{1b}[2J\u{1b}]0;pwned\u{7}line\nnext");
+        assert!(!s.chars().any(char::is_control), "{s:?}");
+        assert_eq!(shown(&"x".repeat(10_000)).chars().count(), 515);
     }
 
     #[test]
