@@ -25,7 +25,8 @@ use serde_json::{json, Value};
 
 use sealtensors::crypto::{self, Secret32};
 use sealtensors::keys::{
-    Argon2Params, KeyFile, ModelKey, Passphrase, SigningKey, SymmetricKey, X25519Identity,
+    Argon2Params, BrokerRecipient, KeyFile, ModelKey, Passphrase, SigningKey, SymmetricKey,
+    X25519Identity,
 };
 use sealtensors::seal::{self, SignatureDoc};
 use sealtensors::{Cipher, Dtype, Header, SealOptions, Sealer, TensorRef};
@@ -347,6 +348,52 @@ fn policy_vectors(out: &mut Out, dir: &Path, mk_b: &ModelKey, fid_b: [u8; 32]) -
     Ok(())
 }
 
+const BROKER_URL: &str = "https://keys.example.com/keys/vector-kek";
+
+/// SPEC §6.6: a file whose only slot is a `broker` slot, sealed from the
+/// plain vector. It is opened as the broker opens it, with its KEK; the KEK
+/// given to a loader as an ordinary identity opens nothing.
+fn broker_vectors(out: &mut Out, dir: &Path) -> Res {
+    let p = |name: &str| dir.join(format!("{name}.safetensors"));
+    let file = |name: &str| format!("{name}.safetensors");
+    let kek = X25519Identity::from_secret_bytes(fixed("broker kek"))?;
+    KeyFile::X25519Identity(X25519Identity::from_secret_bytes(fixed("broker kek"))?)
+        .save(&dir.join("keys/broker-kek.jwk"), true)?;
+    let signer = SigningKey::from_seed(fixed("ed25519 signer"))?;
+    let sealer = Sealer::new(SealOptions {
+        recipients: vec![Box::new(BrokerRecipient::new(BROKER_URL, kek.recipient())?)],
+        cipher: Cipher::Aes256Gcm,
+        ..base_opts(Some(&signer))?
+    })?;
+    sealer.seal_file(&p("plain"), &p("broker_slot"))?;
+    let model = model();
+    out.manifest(
+        "broker_slot_at_the_broker",
+        json!({
+            "description": format!("AES-256-GCM, signed, one broker slot (SPEC §6.6) for kid vector-kek at {BROKER_URL}; opened as the broker opens it, with its KEK (broker_kek), which is what a broker's release returns to an allowed client."),
+            "file": file("broker_slot"),
+            "broker_kek": {"kid": "vector-kek", "identity": "keys/broker-kek.jwk"},
+            "trusted": ["keys/signer.pub.jwk"],
+            "expect": "ok",
+            "authenticity": "trusted",
+            "metadata": plain_metadata(),
+            "tensors": tensor_table(&model, |_| true),
+        }),
+    )?;
+    out.manifest(
+        "fail_broker_slot_local_identity",
+        json!({
+            "description": "The broker vector given to a loader with the broker's KEK as an ordinary identity and no broker allowed: a reader never opens a broker slot locally, and contacts no broker its configuration does not allow.",
+            "file": file("broker_slot"),
+            "identities": ["keys/broker-kek.jwk"],
+            "trusted": ["keys/signer.pub.jwk"],
+            "expect": "BrokerUnavailable",
+            "fails_at": "open",
+        }),
+    )?;
+    Ok(())
+}
+
 /// `make_vectors DIR --only policy`: write the policy vectors alone, from
 /// the existing symmetric vector (its MK is recovered with its key), leaving
 /// every other vector as it is.
@@ -374,10 +421,22 @@ fn main() -> Res {
     let dir = PathBuf::from(
         std::env::args()
             .nth(1)
-            .ok_or("usage: make_vectors OUTPUT_DIR [--only policy]")?,
+            .ok_or("usage: make_vectors OUTPUT_DIR [--only policy|broker]")?,
     );
     if std::env::args().nth(2).as_deref() == Some("--only") {
-        return only_policy(&dir);
+        return match std::env::args().nth(3).as_deref() {
+            Some("policy") => only_policy(&dir),
+            Some("broker") => {
+                let mut out = Out {
+                    dir: dir.clone(),
+                    count: 0,
+                };
+                broker_vectors(&mut out, &dir)?;
+                println!("wrote {} broker manifests", out.count);
+                Ok(())
+            }
+            _ => Err("usage: make_vectors OUTPUT_DIR [--only policy|broker]".into()),
+        };
     }
     fs::create_dir_all(&dir)?;
     for e in fs::read_dir(&dir)? {
@@ -846,6 +905,7 @@ fn main() -> Res {
     )?;
 
     policy_vectors(&mut out, &dir, &mk_b, fid_b)?;
+    broker_vectors(&mut out, &dir)?;
 
     // Unknown reserved key.
     let mut e = Edit::load(&p("chacha_oct_unsigned"))?;

@@ -60,6 +60,8 @@ fn variant(e: &Error) -> &'static str {
         Error::OutputExists(_) => "OutputExists",
         Error::ApiMisuse(_) => "ApiMisuse",
         Error::Crypto(_) => "Crypto",
+        Error::BrokerUnavailable { .. } => "BrokerUnavailable",
+        Error::BrokerDenied { .. } => "BrokerDenied",
         _ => "unknown variant",
     }
 }
@@ -130,8 +132,33 @@ fn keys(m: &Value) -> Keys {
     }
 }
 
+/// The model key a broker releases, for a manifest with `broker_kek`:
+/// its slot opened with the broker's KEK, as the broker does.
+fn released_by_broker(v: &Vector) -> Option<sealtensors::keys::ModelKey> {
+    let b = v.m.get("broker_kek")?;
+    let id = match sealtensors::keys::KeyFile::load(
+        &vectors_dir().join(b["identity"].as_str().expect("identity")),
+    )
+    .expect("broker KEK")
+    {
+        sealtensors::keys::KeyFile::X25519Identity(id) => id,
+        _ => panic!("{}: the broker KEK is not an X25519 identity", v.name),
+    };
+    let kek = sealtensors::keys::BrokerKek::new(b["kid"].as_str().expect("kid"), id).unwrap();
+    let (_, h) = sealtensors::read_header(&v.file).unwrap();
+    let meta = sealtensors::seal::parse(&h).unwrap();
+    let mk_id = meta.mk_id.expect("mk_id");
+    let mk = meta
+        .slots
+        .iter()
+        .find_map(|slot| kek.open(slot, &mk_id))
+        .unwrap_or_else(|| panic!("{}: no broker slot for the KEK's kid", v.name));
+    Some(mk.unwrap_or_else(|e| panic!("{}: {e}", v.name)))
+}
+
 fn open(v: &Vector, k: &Keys) -> sealtensors::Result<SealedFile> {
     let opts = OpenOptions {
+        model_key: released_by_broker(v),
         identities: k.identities.iter().map(|b| b.as_ref()).collect(),
         trusted: k.trusted.clone(),
         require_encrypted: v.m["require_encrypted"].as_bool().unwrap_or(false),
@@ -342,6 +369,30 @@ fn open_slot(slot: &Value, m: &Value, mk_id: &[u8]) -> Option<[u8; 32]> {
             let salt = [epk.as_slice(), pk.as_slice()].concat();
             let kek = hkdf(&shared, &salt, &[b"sealtensors/1 x25519 slot"]);
             unwrap(&kek, &slot_aad("x25519", mk_id), &unb64(s("ct")))
+        }),
+        // The broker's side (§6.6): its KEK, the URL bound into the KDF.
+        "broker" => m.get("broker_kek").and_then(|b| {
+            let j = jwk(b["identity"].as_str()?);
+            if s("kid") != b["kid"].as_str()? {
+                return None;
+            }
+            let d = unb64(j["d"].as_str()?);
+            let pk = unb64(j["x"].as_str()?);
+            let epk = unb64(s("epk"));
+            use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
+            let sk = PrivateKey::from_private_key(&X25519, &d).ok()?;
+            let shared = agree(&sk, UnparsedPublicKey::new(&X25519, &epk), (), |z| {
+                Ok(z.to_vec())
+            })
+            .ok()?;
+            assert_ne!(shared, [0u8; 32]);
+            let salt = [epk.as_slice(), pk.as_slice()].concat();
+            let kek = hkdf(
+                &shared,
+                &salt,
+                &[b"sealtensors/1 broker slot\0", s("url").as_bytes()],
+            );
+            unwrap(&kek, &slot_aad("broker", mk_id), &unb64(s("ct")))
         }),
         "oct" => strs(m, "identities").iter().find_map(|p| {
             let j = jwk(p);
