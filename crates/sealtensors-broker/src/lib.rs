@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -464,11 +464,24 @@ async fn public_key(State(b): State<Arc<Broker>>, Path(kid): Path<String>) -> Re
 
 async fn release_handler(
     State(b): State<Arc<Broker>>,
-    Path(kid): Path<String>,
+    kid: std::result::Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
     let token = bearer(&headers).map(str::to_string);
+    // A key id that is not even text (a bad percent-escape) is still a
+    // release request: refused through the releaser, so it is audited.
+    let (kid, bad_kid) = match kid {
+        Ok(Path(kid)) => (kid, None),
+        Err(r) => (
+            "<not UTF-8>".to_string(),
+            Some(Denial {
+                status: 400,
+                code: "bad_request",
+                reason: format!("the key id in the path is not valid: {}", r.body_text()),
+            }),
+        ),
+    };
     let body = body.map_err(|r| {
         let status = r.status().as_u16();
         let (code, reason) = if status == 413 {
@@ -485,6 +498,10 @@ async fn release_handler(
             reason,
         }
     });
+    let body = match bad_kid {
+        Some(d) => Err(d),
+        None => body,
+    };
     let now = now_unix();
     let b2 = b.clone();
     let res = tokio::task::spawn_blocking(move || {

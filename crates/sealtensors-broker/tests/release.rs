@@ -428,6 +428,14 @@ fn unknown_key_id_is_refused() {
     let e = fx.open(&p, fx.access(&token, "m1")).err().unwrap();
     assert_eq!(denied(&e), (404, "this broker has no key id \"k9\"".into()));
     assert_eq!(fx.audit_codes(), ["unknown_key"]);
+    // A key id that is not UTF-8 once unescaped: refused, and audited too.
+    let (status, v) = fx.raw_release("%FF%FE", &token, b"{}");
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    assert_eq!(fx.audit_codes(), ["unknown_key", "bad_request"]);
 }
 
 #[test]
