@@ -102,6 +102,7 @@ fn main() -> Result<(), Error> {
         rate_per_minute: u32::MAX,
         replay_window: 300,
         max_connections: 1024,
+        max_connections_per_client: 1024,
         request_timeout: 30,
         store: Default::default(),
     };

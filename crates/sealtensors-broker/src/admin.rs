@@ -125,10 +125,10 @@ impl AdminClient {
         } else {
             Err(AdminError::Refused {
                 status,
-                reason: v["reason"]
-                    .as_str()
-                    .unwrap_or("no reason given")
-                    .to_string(),
+                reason: sealtensors::printable(
+                    v["reason"].as_str().unwrap_or("no reason given"),
+                    512,
+                ),
             })
         }
     }

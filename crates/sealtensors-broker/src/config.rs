@@ -107,14 +107,18 @@ pub struct Config {
     /// Requests per minute allowed from one client address.
     #[serde(default = "default_rate")]
     pub rate_per_minute: u32,
-    /// Connections served at once; one more is closed as soon as it is
-    /// accepted (bounds what idle or slow clients can hold).
+    /// Connections open at once; one more is closed as soon as it is
+    /// accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Seconds a request may take, from its first byte to its answer,
-    /// reading the body included (408 after; a slow sender cannot hold a
-    /// connection). The TLS handshake and the first request's headers each
-    /// have 10 s.
+    /// Connections open at once from one client (an IPv4 address or an IPv6
+    /// /64), so that one client cannot take them all.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Seconds a request body may take to arrive (408 after, audited for a
+    /// release). A request's headers, and an idle kept-alive connection's
+    /// next request, get at most 10 s (less when this is less); the TLS
+    /// handshake 10 s.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: u64,
     /// A release's `time` may differ from the broker's clock by at most this
@@ -137,6 +141,9 @@ fn default_rate() -> u32 {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_client() -> usize {
+    32
 }
 fn default_request_timeout() -> u64 {
     30
@@ -198,9 +205,13 @@ impl Config {
             }
             _ => {}
         }
-        if self.max_connections == 0 || self.request_timeout == 0 {
+        if self.max_connections == 0
+            || self.max_connections_per_client == 0
+            || self.request_timeout == 0
+        {
             return Err(BrokerError::Config(
-                "max_connections and request_timeout must be at least 1".into(),
+                "max_connections, max_connections_per_client and request_timeout must be at least 1"
+                    .into(),
             ));
         }
         if self.keys.is_empty() {

@@ -23,8 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -74,7 +74,15 @@ const RATE_CLIENTS_MAX: usize = 100_000;
 /// /64, so counting /128s would let it pick a fresh address per request).
 struct RateLimiter {
     per_minute: u32,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    seen: Mutex<RateTable>,
+}
+
+#[derive(Default)]
+struct RateTable {
+    clients: HashMap<IpAddr, (Instant, u32)>,
+    /// When the table was last swept of ended windows (at most once a
+    /// second: a sweep walks the whole table under the lock).
+    swept: Option<Instant>,
 }
 
 /// The rate limiter's key for a peer address.
@@ -92,20 +100,26 @@ fn rate_key(ip: IpAddr) -> IpAddr {
 
 impl RateLimiter {
     fn allow(&self, ip: IpAddr) -> bool {
-        let Ok(mut m) = self.seen.lock() else {
+        let Ok(mut t) = self.seen.lock() else {
             return false;
         };
         let now = Instant::now();
         let ip = rate_key(ip);
-        if m.len() >= RATE_CLIENTS_MAX && !m.contains_key(&ip) {
-            m.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+        if t.clients.len() >= RATE_CLIENTS_MAX && !t.clients.contains_key(&ip) {
+            if t.swept
+                .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+            {
+                t.clients
+                    .retain(|_, (w, _)| now.duration_since(*w) < Duration::from_secs(60));
+                t.swept = Some(now);
+            }
             // Still full of clients seen this minute: a new one waits for a
             // window to end, rather than the table growing without bound.
-            if m.len() >= RATE_CLIENTS_MAX {
+            if t.clients.len() >= RATE_CLIENTS_MAX {
                 return false;
             }
         }
-        let e = m.entry(ip).or_insert((now, 0));
+        let e = t.clients.entry(ip).or_insert((now, 0));
         if now.duration_since(e.0) >= Duration::from_secs(60) {
             *e = (now, 0);
         }
@@ -120,8 +134,75 @@ pub struct Broker {
     admin_sha256: [u8; 32],
     limiter: RateLimiter,
     max_body: usize,
-    max_connections: usize,
+    connections: Arc<Connections>,
     request_timeout: Duration,
+}
+
+/// Open connections, in all and per client (an IPv4 address or IPv6 /64):
+/// each holds a [`ConnectionSlot`] from accept to close.
+struct Connections {
+    total: usize,
+    per_client: usize,
+    held: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// When a refusal was last logged (at most one warning per 10 s).
+    warned: Mutex<Option<Instant>>,
+}
+
+/// One open connection's place; given back when dropped.
+struct ConnectionSlot {
+    of: Arc<Connections>,
+    client: IpAddr,
+}
+
+impl Connections {
+    fn take(self: &Arc<Self>, peer: IpAddr) -> Option<ConnectionSlot> {
+        let client = rate_key(peer);
+        let refused = {
+            let mut held = self.held.lock().ok()?;
+            let (total, per) = &mut *held;
+            let mine = per.get(&client).copied().unwrap_or(0);
+            if *total >= self.total || mine >= self.per_client {
+                Some((*total, mine))
+            } else {
+                *total += 1;
+                per.insert(client, mine + 1);
+                None
+            }
+        };
+        if let Some((total, mine)) = refused {
+            let now = Instant::now();
+            if let Ok(mut w) = self.warned.lock() {
+                if w.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    *w = Some(now);
+                    tracing::warn!(
+                        client = %client, open = total, client_open = mine,
+                        max_connections = self.total, max_connections_per_client = self.per_client,
+                        "connection refused: too many open connections"
+                    );
+                }
+            }
+            return None;
+        }
+        Some(ConnectionSlot {
+            of: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.of.held.lock() {
+            let (total, per) = &mut *held;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&self.client);
+                }
+            }
+        }
+    }
 }
 
 impl Broker {
@@ -166,10 +247,15 @@ impl Broker {
             admin_sha256: admin,
             limiter: RateLimiter {
                 per_minute: config.rate_per_minute,
-                seen: Mutex::new(HashMap::new()),
+                seen: Mutex::default(),
             },
+            connections: Arc::new(Connections {
+                total: config.max_connections,
+                per_client: config.max_connections_per_client,
+                held: Mutex::default(),
+                warned: Mutex::default(),
+            }),
             max_body: config.max_body,
-            max_connections: config.max_connections,
             request_timeout: Duration::from_secs(config.request_timeout),
         }))
     }
@@ -186,7 +272,6 @@ impl Broker {
             .route("/admin/audit", get(audit))
             .route("/admin/attestation-keys", post(enrol_attestation_key))
             .layer(DefaultBodyLimit::max(self.max_body))
-            .layer(middleware::from_fn_with_state(self.clone(), deadline))
             .layer(middleware::from_fn_with_state(self.clone(), rate_limit))
             .with_state(self.clone())
     }
@@ -199,20 +284,21 @@ impl Broker {
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        // Each connection holds one permit for its life; without a free one
+        // Each connection holds its place for its life; without a free one
         // it is closed as soon as it is accepted.
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
+        let connections = self.connections.clone();
         let router = self.router();
         let app = tower::service_fn(move |peer: SocketAddr| {
-            let permit = permits.clone().try_acquire_owned();
+            let slot = connections.take(peer.ip());
             let router = router.clone();
             async move {
-                let permit = permit
-                    .map_err(|_| std::io::Error::other(format!("{peer}: too many connections")))?;
+                let slot = slot.ok_or_else(|| {
+                    std::io::Error::other(format!("{peer}: too many connections"))
+                })?;
                 let svc = tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), router);
                 Ok::<_, std::io::Error>(Permitted {
                     inner: svc,
-                    _permit: Arc::new(permit),
+                    _slot: Arc::new(slot),
                 })
             }
         });
@@ -223,24 +309,30 @@ impl Broker {
             h.graceful_shutdown(Some(Duration::from_secs(10)));
         });
         let listener = listener.into_std()?;
-        let first_request = Some(Duration::from_secs(10));
+        // HTTP/1.1 only (hyper would otherwise accept an HTTP/2 preface, with
+        // no idle bound); headers within `headers`, for the first request and
+        // for every later one on a kept-alive connection (an idle connection
+        // is closed then); the TLS handshake within 10 s (axum-server).
+        let headers = self.request_timeout.min(Duration::from_secs(10));
         match tls {
             None => {
-                axum_server::from_tcp(listener)?
+                let mut server = axum_server::from_tcp(listener)?
+                    .http1_only()
                     .handle(handle)
-                    .first_request_timeout(first_request)
-                    .serve(app)
-                    .await?
+                    .first_request_timeout(Some(headers));
+                server.http_builder().http1().header_read_timeout(headers);
+                server.serve(app).await?
             }
             Some(cfg) => {
-                axum_server::from_tcp_rustls(
+                let mut server = axum_server::from_tcp_rustls(
                     listener,
                     axum_server::tls_rustls::RustlsConfig::from_config(cfg),
                 )?
+                .http1_only()
                 .handle(handle)
-                .first_request_timeout(first_request)
-                .serve(app)
-                .await?
+                .first_request_timeout(Some(headers));
+                server.http_builder().http1().header_read_timeout(headers);
+                server.serve(app).await?
             }
         }
         Ok(())
@@ -397,11 +489,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// A connection's service, holding its connection permit while it lives.
+/// A connection's service, holding the connection's place while it lives.
 #[derive(Clone)]
 struct Permitted<S> {
     inner: S,
-    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    _slot: Arc<ConnectionSlot>,
 }
 
 impl<S: tower::Service<R>, R> tower::Service<R> for Permitted<S> {
@@ -421,15 +513,35 @@ impl<S: tower::Service<R>, R> tower::Service<R> for Permitted<S> {
     }
 }
 
-/// Every request answered within `request_timeout`, its body read included.
-async fn deadline(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(b.request_timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => error(
+/// A request body, read within `request_timeout` and `max_body`. Only the
+/// reading is timed: once a request has arrived, its store work is never cut
+/// short (an answer lost after a commit would contradict the audit).
+async fn read_body(b: &Broker, body: Body) -> std::result::Result<Bytes, Denial> {
+    match tokio::time::timeout(b.request_timeout, axum::body::to_bytes(body, b.max_body)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            Err(if too_large {
+                release::deny(
+                    413,
+                    "too_large",
+                    format!("the request body exceeds {} bytes", b.max_body),
+                )
+            } else {
+                release::deny(400, "bad_request", "the request body could not be read")
+            })
+        }
+        Err(_) => Err(release::deny(
             408,
             "request_timeout",
-            "the request took too long to arrive or to answer; retry",
-        ),
+            format!(
+                "the request body did not arrive within {} s; retry",
+                b.request_timeout.as_secs()
+            ),
+        )),
     }
 }
 
@@ -466,7 +578,7 @@ async fn release_handler(
     State(b): State<Arc<Broker>>,
     kid: std::result::Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let token = bearer(&headers).map(str::to_string);
     // A key id that is not even text (a bad percent-escape) is still a
@@ -482,25 +594,11 @@ async fn release_handler(
             }),
         ),
     };
-    let body = body.map_err(|r| {
-        let status = r.status().as_u16();
-        let (code, reason) = if status == 413 {
-            (
-                "too_large",
-                format!("the request body exceeds {} bytes", b.max_body),
-            )
-        } else {
-            ("bad_request", r.body_text())
-        };
-        Denial {
-            status,
-            code,
-            reason,
-        }
-    });
+    // A body that is too large or too slow is refused through the releaser
+    // too, so it is audited.
     let body = match bad_kid {
         Some(d) => Err(d),
-        None => body,
+        None => read_body(&b, body).await,
     };
     let now = now_unix();
     let b2 = b.clone();
@@ -516,10 +614,13 @@ async fn release_handler(
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
-    body: std::result::Result<Bytes, BytesRejection>,
+async fn parse<T: serde::de::DeserializeOwned>(
+    b: &Broker,
+    body: Body,
 ) -> std::result::Result<T, ApiError> {
-    let body = body.map_err(|r| api(r.status().as_u16(), "bad_request", r.body_text()))?;
+    let body = read_body(b, body)
+        .await
+        .map_err(|d| api(d.status, d.code, d.reason))?;
     serde_json::from_slice(&body).map_err(|e| api(400, "bad_request", e.to_string()))
 }
 
@@ -560,13 +661,9 @@ struct RegisterModel {
     kid: String,
 }
 
-async fn register_model(
-    State(b): State<Arc<Broker>>,
-    headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
+async fn register_model(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Body) -> Response {
     admin!(b, headers);
-    let r: RegisterModel = match parse(body) {
+    let r: RegisterModel = match parse(&b, body).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -627,13 +724,9 @@ fn one() -> u32 {
     1
 }
 
-async fn issue_licence(
-    State(b): State<Arc<Broker>>,
-    headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
+async fn issue_licence(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Body) -> Response {
     admin!(b, headers);
-    let r: IssueLicence = match parse(body) {
+    let r: IssueLicence = match parse(&b, body).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -739,10 +832,10 @@ fn tpm_kind() -> String {
 async fn enrol_attestation_key(
     State(b): State<Arc<Broker>>,
     headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     admin!(b, headers);
-    let r: EnrolKey = match parse(body) {
+    let r: EnrolKey = match parse(&b, body).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -803,7 +896,7 @@ mod tests {
         assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
         let l = RateLimiter {
             per_minute: 2,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::default(),
         };
         // A fresh address in the same /64 shares the budget.
         assert!(l.allow("2001:db8::1".parse().unwrap()));
@@ -816,12 +909,12 @@ mod tests {
     fn the_rate_table_never_grows_past_its_bound() {
         let l = RateLimiter {
             per_minute: 10,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::default(),
         };
         for i in 0..RATE_CLIENTS_MAX as u32 + 10 {
             let _ = l.allow(IpAddr::V4(i.into()));
         }
-        assert_eq!(l.seen.lock().unwrap().len(), RATE_CLIENTS_MAX);
+        assert_eq!(l.seen.lock().unwrap().clients.len(), RATE_CLIENTS_MAX);
         // Known clients keep their budget; new ones wait for a window.
         assert!(l.allow(IpAddr::V4(5u32.into())));
         assert!(!l.allow(IpAddr::V4(u32::MAX.into())));

@@ -218,6 +218,15 @@ impl Releaser {
             )
         })?;
         seen.model = meta.doc.model.id.clone();
+        // Checked before the store sees it (PostgreSQL refuses a NUL in TEXT:
+        // a 500 instead of a refusal).
+        if meta.doc.model.id.chars().any(char::is_control) {
+            return Err(deny(
+                400,
+                "invalid_header",
+                "the model id holds control characters",
+            ));
+        }
         let model = self
             .store
             .model(&meta.doc.model.id)
@@ -505,7 +514,7 @@ pub(crate) fn check_machine_id(id: &str) -> std::result::Result<(), &'static str
     if id.is_empty() || id.len() > 256 {
         return Err("machine_id must be 1 to 256 bytes");
     }
-    if id.chars().any(char::is_control) {
+    if id.chars().any(sealtensors::is_invisible) {
         return Err("machine_id must not contain control characters");
     }
     Ok(())

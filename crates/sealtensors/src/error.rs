@@ -356,9 +356,25 @@ fn reasons_text(reasons: &[String]) -> String {
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Untrusted text made fit to show in a terminal or a log: control
-/// characters (escape sequences, new lines, NUL) escaped as `\u{..}`, `\n`,
-/// and at most `max_chars` characters, then `...`.
+/// Whether `c` changes how text around it is shown rather than showing
+/// itself: control characters (Cc: escape sequences, new lines, NUL), line
+/// and paragraph separators, and the format characters that reorder or hide
+/// text (bidirectional overrides and isolates, zero-width characters, the
+/// byte-order mark, the soft hyphen).
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// Untrusted text made fit to show in a terminal or a log: control and
+/// invisible formatting characters ([`is_invisible`]: escape sequences, new
+/// lines, NUL, bidirectional overrides) escaped as `\u{..}`, `\n`, and at
+/// most `max_chars` characters, then `...`.
 pub fn printable(text: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for (n, c) in text.chars().enumerate() {
@@ -366,7 +382,7 @@ pub fn printable(text: &str, max_chars: usize) -> String {
             out.push_str("...");
             break;
         }
-        if c.is_control() {
+        if is_invisible(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

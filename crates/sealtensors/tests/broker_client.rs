@@ -37,6 +37,8 @@ fn authorizations(port: u16) -> Vec<String> {
 fn fake_broker(n: usize, handler: Arc<Handler>) -> (u16, Arc<Mutex<Vec<ReleaseRequest>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
+    // A port can be reused by a later test: forget what an earlier one saw.
+    AUTHORIZATION.lock().unwrap().retain(|(p, _)| *p != port);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();
     std::thread::spawn(move || {

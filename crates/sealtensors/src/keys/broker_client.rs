@@ -331,43 +331,117 @@ fn read_bounded(p: &Path) -> std::result::Result<Vec<u8>, String> {
 
 type Cache = HashMap<(String, [u8; 16]), (ModelKey, Instant)>;
 
+/// An allowed-host or token entry, parsed: a host (an IPv6 address in its
+/// canonical form) and a port, or any port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HostEntry {
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostEntry {
+    /// `HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT`, or a bare IPv6 address,
+    /// which never carries a port (`2001:db8::10:443` is one address; write
+    /// `[2001:db8::10]:443`). `None` when it is none of these.
+    fn parse(entry: &str) -> Option<HostEntry> {
+        let e = entry.trim().to_lowercase();
+        if e.is_empty() {
+            return None;
+        }
+        if let Ok(v6) = e.parse::<std::net::Ipv6Addr>() {
+            return Some(HostEntry {
+                host: v6.to_string(),
+                port: None,
+            });
+        }
+        if let Some(rest) = e.strip_prefix('[') {
+            let (h, after) = rest.split_once(']')?;
+            let v6: std::net::Ipv6Addr = h.parse().ok()?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':')?.parse().ok()?),
+            };
+            return Some(HostEntry {
+                host: v6.to_string(),
+                port,
+            });
+        }
+        match e.split_once(':') {
+            None => Some(HostEntry {
+                host: e,
+                port: None,
+            }),
+            Some((h, p)) if !h.is_empty() => Some(HostEntry {
+                host: h.to_string(),
+                port: Some(p.parse().ok()?),
+            }),
+            Some(_) => None,
+        }
+    }
+
+    /// Whether it names the broker at `u`: `Some(true)` host and port,
+    /// `Some(false)` the host with any port, `None` not it. A URL without a
+    /// port has its scheme's (443, or 80 for loopback `http`).
+    fn names(&self, u: &BrokerUrl) -> Option<bool> {
+        let host = u
+            .host
+            .parse::<std::net::Ipv6Addr>()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| u.host.clone());
+        if self.host != host {
+            return None;
+        }
+        match self.port {
+            None => Some(false),
+            Some(p) if p == u.port.unwrap_or(if u.https { 443 } else { 80 }) => Some(true),
+            Some(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for HostEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match self.port {
+            Some(p) => write!(f, "{host}:{p}"),
+            None => write!(f, "{host}"),
+        }
+    }
+}
+
 /// A licence token and the broker host it may be sent to (SPEC §10).
 #[derive(Clone)]
 struct Token {
-    /// `HOST` or `HOST:PORT`, as in the allowed list; `None` for a bare
-    /// token, which is sent only when exactly one host is allowed.
-    host: Option<String>,
+    /// Where it may go: `Some(Some(entry))` for `HOST=TOKEN`;
+    /// `Some(None)` when the text before `=` is not a host (the token then
+    /// goes nowhere); `None` for a bare token, sent only when exactly one
+    /// host is allowed.
+    host: Option<Option<HostEntry>>,
     secret: Arc<Zeroizing<String>>,
 }
 
 /// Tokens from text: entries separated by `,` or new lines, `#` comments,
 /// each `HOST=TOKEN` or a bare `TOKEN` (split at the first `=`: a token
-/// that holds `=` must be written after its host).
+/// that holds `=` must be written after its host). Empty tokens are dropped.
 fn parse_tokens(text: &str) -> Vec<Token> {
     text.split([',', '\n'])
         .map(|l| l.split('#').next().unwrap_or_default().trim())
         .filter(|l| !l.is_empty())
-        .map(|l| match l.split_once('=') {
-            Some((h, t)) => Token {
-                host: Some(h.trim().to_lowercase()),
-                secret: Arc::new(Zeroizing::new(t.trim().to_string())),
-            },
-            None => Token {
-                host: None,
-                secret: Arc::new(Zeroizing::new(l.to_string())),
-            },
+        .filter_map(|l| {
+            let (host, secret) = match l.split_once('=') {
+                Some((h, t)) => (Some(HostEntry::parse(h)), t.trim()),
+                None => (None, l),
+            };
+            (!secret.is_empty()).then(|| Token {
+                host,
+                secret: Arc::new(Zeroizing::new(secret.to_string())),
+            })
         })
         .collect()
-}
-
-/// Whether an allowed-host entry (`HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT`)
-/// names the broker at `u`.
-fn host_matches(entry: &str, u: &BrokerUrl) -> bool {
-    let bracketed = u.port.map(|p| format!("[{}]:{p}", u.host));
-    entry == u.host
-        || entry == u.authority()
-        || Some(entry) == bracketed.as_deref()
-        || entry.strip_prefix('[').and_then(|r| r.strip_suffix(']')) == Some(&u.host)
 }
 
 /// Text from a broker, fit to show (it may hold terminal escapes).
@@ -380,7 +454,10 @@ fn shown(reason: &str) -> String {
 /// cache.
 #[derive(Clone, Default)]
 pub struct BrokerAccess {
-    allowed: Vec<String>,
+    /// Allowed hosts as parsed; `allowed_entries` counts every entry given,
+    /// unparsable ones included (they allow nothing).
+    allowed: Vec<HostEntry>,
+    allowed_entries: usize,
     tokens: Vec<Token>,
     machine_id: Option<String>,
     ca: Option<Arc<Vec<u8>>>,
@@ -391,14 +468,24 @@ pub struct BrokerAccess {
 impl std::fmt::Debug for BrokerAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerAccess")
-            .field("allowed", &self.allowed)
+            .field(
+                "allowed",
+                &self
+                    .allowed
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect::<Vec<_>>(),
+            )
             .field(
                 "tokens",
                 &self
                     .tokens
                     .iter()
-                    .map(|t| t.host.as_deref().unwrap_or("*"))
-                    .map(|h| format!("{h}=<redacted>"))
+                    .map(|t| match &t.host {
+                        None => "*=<redacted>".to_string(),
+                        Some(None) => "<not a host>=<redacted>".to_string(),
+                        Some(Some(h)) => format!("{h}=<redacted>"),
+                    })
                     .collect::<Vec<_>>(),
             )
             .field("machine_id", &self.machine_id)
@@ -414,13 +501,23 @@ impl BrokerAccess {
     /// which is sent only while exactly one host is allowed (a token goes to
     /// the broker that issued it, never to every allowed one).
     pub fn new<S: AsRef<str>>(allowed: impl IntoIterator<Item = S>, token: Option<String>) -> Self {
+        let token = token.map(Zeroizing::new);
+        Self::with_token_text(allowed, token.as_deref().map(String::as_str))
+    }
+
+    fn with_token_text<S: AsRef<str>>(
+        allowed: impl IntoIterator<Item = S>,
+        token: Option<&str>,
+    ) -> Self {
+        let given: Vec<String> = allowed
+            .into_iter()
+            .map(|h| h.as_ref().trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect();
         BrokerAccess {
-            allowed: allowed
-                .into_iter()
-                .map(|h| h.as_ref().trim().to_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
-            tokens: token.as_deref().map(parse_tokens).unwrap_or_default(),
+            allowed: given.iter().filter_map(|h| HostEntry::parse(h)).collect(),
+            allowed_entries: given.len(),
+            tokens: token.map(parse_tokens).unwrap_or_default(),
             machine_id: None,
             ca: None,
             tpm: None,
@@ -481,11 +578,14 @@ impl BrokerAccess {
         if hosts.is_empty() {
             return Ok(None);
         }
-        let token = match env_token {
-            Some(t) => Some(t),
-            None => read("broker-token")?.map(|t| t.to_string()),
+        let file_token = match env_token {
+            Some(_) => None,
+            None => read("broker-token")?,
         };
-        let mut access = BrokerAccess::new(hosts, token);
+        let token = env_token
+            .as_deref()
+            .or(file_token.as_deref().map(String::as_str));
+        let mut access = BrokerAccess::with_token_text(hosts, token);
         let ca = match ca_from_env()? {
             Some(pem) => Some(pem),
             None => read("broker-ca.pem")?.map(|p| p.as_bytes().to_vec()),
@@ -501,21 +601,23 @@ impl BrokerAccess {
 
     /// Whether the configuration allows the broker at `u`.
     pub fn allows(&self, u: &BrokerUrl) -> bool {
-        self.allowed.iter().any(|a| host_matches(a, u))
+        self.allowed.iter().any(|a| a.names(u).is_some())
     }
 
     /// The token for the broker at `u`: the one written for its host, else
     /// a bare token while it is the only allowed host.
     fn token_for(&self, u: &BrokerUrl) -> std::result::Result<&Zeroizing<String>, String> {
-        if let Some(t) = self
-            .tokens
-            .iter()
-            .find(|t| t.host.as_deref().is_some_and(|h| host_matches(h, u)))
-        {
+        // The token written for this host and port, else for the host.
+        let written_for = |with_port: bool| {
+            self.tokens
+                .iter()
+                .find(|t| matches!(&t.host, Some(Some(h)) if h.names(u) == Some(with_port)))
+        };
+        if let Some(t) = written_for(true).or_else(|| written_for(false)) {
             return Ok(&t.secret);
         }
         let bare: Vec<&Token> = self.tokens.iter().filter(|t| t.host.is_none()).collect();
-        match (bare.as_slice(), self.allowed.len()) {
+        match (bare.as_slice(), self.allowed_entries) {
             ([t], 1) => Ok(&t.secret),
             ([], _) if self.tokens.is_empty() => Err(format!(
                 "no licence token: set {ENV_BROKER_TOKEN} or write it to broker-token in the configuration directory"
@@ -621,8 +723,9 @@ impl BrokerAccess {
                 .map_err(|e| unavailable(format!("cannot encode the request: {e}")))?;
             match post(&agent, &endpoint, token, &body) {
                 Ok((200, answer)) => {
-                    let a: ReleaseAnswer = serde_json::from_slice(&answer)
-                        .map_err(|e| unavailable(format!("malformed answer: {e}")))?;
+                    let a: ReleaseAnswer = serde_json::from_slice(&answer).map_err(|e| {
+                        unavailable(format!("malformed answer: {}", shown(&e.to_string())))
+                    })?;
                     let enc = unb64("enc", &a.enc)
                         .map_err(|_| unavailable("malformed answer: enc".into()))?;
                     let ct = unb64("ct", &a.ct)
@@ -678,7 +781,7 @@ impl BrokerAccess {
 }
 
 fn transient(status: u16) -> bool {
-    matches!(status, 429 | 500 | 502 | 503 | 504)
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
 /// `SEALTENSORS_BROKER_CA`, read.
@@ -880,6 +983,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ipv6_entries_are_parsed_not_compared_as_text() {
+        let u = |s: &str| BrokerUrl::parse(s).unwrap();
+        // A bare IPv6 address is one address, never address-and-port.
+        let a = BrokerAccess::new(["2001:db8::10:443"], None);
+        assert!(a.allows(&u("https://[2001:db8::10:443]/keys/k")));
+        assert!(!a.allows(&u("https://[2001:db8::10]:443/keys/k")));
+        let b = BrokerAccess::new(["[2001:DB8::10]:443"], None);
+        assert!(b.allows(&u("https://[2001:db8:0::10]:443/keys/k")));
+        assert!(
+            b.allows(&u("https://[2001:db8::10]/keys/k")),
+            "443 is https's port"
+        );
+        assert!(!b.allows(&u("https://[2001:db8::10:443]/keys/k")));
+        // Entries that are not hosts allow nothing.
+        for bad in ["[2001:db8::10", "host:port", ":443", "[x]:1"] {
+            let c = BrokerAccess::new([bad], None);
+            assert!(!c.allows(&u("https://host/keys/k")), "{bad}");
+        }
+    }
+
+    #[test]
     fn allowed_hosts_match_host_or_host_and_port() {
         let a = BrokerAccess::new(["Keys.Example.com", "127.0.0.1:8080", "[::1]"], None);
         let u = |s: &str| BrokerUrl::parse(s).unwrap();
@@ -926,6 +1050,25 @@ mod tests {
         assert_eq!(secret(q.token_for(&b)), Ok("stl=b".into()));
         let e = secret(q.token_for(&u("https://b.example:9/keys/k"))).unwrap_err();
         assert!(e.contains("other hosts") && !e.contains("stl"), "{e}");
+        // The entry with the port wins over the host alone, in any order.
+        let p = BrokerAccess::new(
+            ["b.example"],
+            Some("b.example=stl_any,b.example:8443=stl_8443".into()),
+        );
+        assert_eq!(secret(p.token_for(&b)), Ok("stl_8443".into()));
+        assert_eq!(
+            secret(p.token_for(&u("https://b.example/keys/k"))),
+            Ok("stl_any".into())
+        );
+        // An empty token is no token; text before `=` that is not a host
+        // sends its token nowhere, and is not printed.
+        let e = BrokerAccess::new(["a.example"], Some("a.example=".into()));
+        assert!(secret(e.token_for(&a))
+            .unwrap_err()
+            .contains("no licence token"));
+        let odd = BrokerAccess::new(["a.example"], Some("s3cret:part=rest".into()));
+        assert!(secret(odd.token_for(&a)).is_err());
+        assert!(!format!("{odd:?}").contains("s3cret"), "{odd:?}");
         // Qualified and bare together: the bare one only for the sole host.
         let mixed = BrokerAccess::new(["a.example"], Some("b.example=stl_b\nstl_a".into()));
         assert_eq!(secret(mixed.token_for(&a)), Ok("stl_a".into()));
@@ -941,6 +1084,9 @@ mod tests {
         let s = shown("\u{1b}[2J\u{1b}]0;pwned\u{7}line\nnext");
         assert!(!s.chars().any(char::is_control), "{s:?}");
         assert_eq!(shown(&"x".repeat(10_000)).chars().count(), 515);
+        // Text that reorders or hides what follows is escaped too.
+        let s = shown("ok\u{202E}dexoveR\u{2066}\u{200B}\u{2028}");
+        assert_eq!(s, "ok\\u{202e}dexoveR\\u{2066}\\u{200b}\\u{2028}");
     }
 
     #[test]
