@@ -689,6 +689,14 @@ fn until_closed(s: &mut std::net::TcpStream) -> (bool, bool) {
     }
 }
 
+/// A raw connection whose reads give up after 5 s.
+fn connect_with_timeout(addr: SocketAddr) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s
+}
+
 /// Whether the server closed `s` within its read timeout.
 fn closed_by_server(s: &mut std::net::TcpStream) -> bool {
     until_closed(s).0
@@ -697,7 +705,6 @@ fn closed_by_server(s: &mut std::net::TcpStream) -> bool {
 #[test]
 fn connections_beyond_the_caps_are_closed_and_idle_or_slow_ones_time_out() {
     use std::io::{Read, Write};
-    use std::net::TcpStream;
     use std::time::Duration;
     // The cap in all, then the cap per client (all of these come from 127.0.0.1).
     for (total, per_client) in [(2, 64), (64, 2)] {
@@ -709,11 +716,7 @@ fn connections_beyond_the_caps_are_closed_and_idle_or_slow_ones_time_out() {
         }) else {
             return;
         };
-        let connect = || {
-            let s = TcpStream::connect(fx.addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s
-        };
+        let connect = || connect_with_timeout(fx.addr);
         // Two silent connections hold both places; a third is closed at once.
         let idle = [connect(), connect()];
         std::thread::sleep(Duration::from_millis(200));
@@ -738,11 +741,7 @@ fn connections_beyond_the_caps_are_closed_and_idle_or_slow_ones_time_out() {
     }) else {
         return;
     };
-    let connect = || {
-        let s = TcpStream::connect(fx.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s
-    };
+    let connect = || connect_with_timeout(fx.addr);
     // A kept-alive connection that goes quiet after one request is closed
     // once the header timeout passes (1 s here), and its place comes back.
     let mut kept = connect();

@@ -342,6 +342,19 @@ fn hkdf(ikm: &[u8], salt: &[u8], info: &[&[u8]]) -> [u8; 32] {
     *crypto::hkdf32(ikm, salt, info).unwrap().expose()
 }
 
+/// The KEK of an X25519-wrapped slot (§6.1, §6.6): `Z = X25519(d, epk)`,
+/// never all zero, `HKDF(Z, epk || pk, info)`.
+fn x25519_kek(d: &[u8], pk: &[u8], epk: &[u8], info: &[&[u8]]) -> Option<[u8; 32]> {
+    use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
+    let sk = PrivateKey::from_private_key(&X25519, d).ok()?;
+    let shared = agree(&sk, UnparsedPublicKey::new(&X25519, epk), (), |z| {
+        Ok(z.to_vec())
+    })
+    .ok()?;
+    assert_ne!(shared, [0u8; 32]);
+    Some(hkdf(&shared, &[epk, pk].concat(), info))
+}
+
 /// Try to open one slot with the manifest's keys (SPEC §6.1-§6.3).
 fn open_slot(slot: &Value, m: &Value, mk_id: &[u8]) -> Option<[u8; 32]> {
     let s = |k: &str| slot[k].as_str().unwrap_or("");
@@ -358,16 +371,7 @@ fn open_slot(slot: &Value, m: &Value, mk_id: &[u8]) -> Option<[u8; 32]> {
             if hex(&crypto::sha256(&rid_in)[..8]) != s("rid") {
                 return None;
             }
-            let epk = unb64(s("epk"));
-            use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
-            let sk = PrivateKey::from_private_key(&X25519, &d).ok()?;
-            let shared = agree(&sk, UnparsedPublicKey::new(&X25519, &epk), (), |z| {
-                Ok(z.to_vec())
-            })
-            .ok()?;
-            assert_ne!(shared, [0u8; 32]);
-            let salt = [epk.as_slice(), pk.as_slice()].concat();
-            let kek = hkdf(&shared, &salt, &[b"sealtensors/1 x25519 slot"]);
+            let kek = x25519_kek(&d, &pk, &unb64(s("epk")), &[b"sealtensors/1 x25519 slot"])?;
             unwrap(&kek, &slot_aad("x25519", mk_id), &unb64(s("ct")))
         }),
         // The broker's side (§6.6): its KEK, the URL bound into the KDF.
@@ -378,20 +382,8 @@ fn open_slot(slot: &Value, m: &Value, mk_id: &[u8]) -> Option<[u8; 32]> {
             }
             let d = unb64(j["d"].as_str()?);
             let pk = unb64(j["x"].as_str()?);
-            let epk = unb64(s("epk"));
-            use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
-            let sk = PrivateKey::from_private_key(&X25519, &d).ok()?;
-            let shared = agree(&sk, UnparsedPublicKey::new(&X25519, &epk), (), |z| {
-                Ok(z.to_vec())
-            })
-            .ok()?;
-            assert_ne!(shared, [0u8; 32]);
-            let salt = [epk.as_slice(), pk.as_slice()].concat();
-            let kek = hkdf(
-                &shared,
-                &salt,
-                &[b"sealtensors/1 broker slot\0", s("url").as_bytes()],
-            );
+            let info: [&[u8]; 2] = [b"sealtensors/1 broker slot\0", s("url").as_bytes()];
+            let kek = x25519_kek(&d, &pk, &unb64(s("epk")), &info)?;
             unwrap(&kek, &slot_aad("broker", mk_id), &unb64(s("ct")))
         }),
         "oct" => strs(m, "identities").iter().find_map(|p| {
