@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -271,7 +271,6 @@ impl Broker {
             .route("/admin/licences/{id}/revoke", post(revoke_licence))
             .route("/admin/audit", get(audit))
             .route("/admin/attestation-keys", post(enrol_attestation_key))
-            .layer(DefaultBodyLimit::max(self.max_body))
             .layer(middleware::from_fn_with_state(self.clone(), rate_limit))
             .with_state(self.clone())
     }

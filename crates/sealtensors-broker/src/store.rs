@@ -148,23 +148,14 @@ pub trait Store: Send + Sync {
     fn audit_rows(&self, limit: u32) -> Result<Vec<AuditRow>>;
     /// Enrol an attestation key: add, or replace the one for the same
     /// licence, machine id and kind.
-    fn enrol_attestation_key(&self, k: &AttestationKey) -> Result<()> {
-        let _ = k;
-        Err(BrokerError::Store(
-            "this store cannot keep attestation keys; use the SQLite store".into(),
-        ))
-    }
+    fn enrol_attestation_key(&self, k: &AttestationKey) -> Result<()>;
     /// The attestation key enrolled for a licence, machine id and kind.
-    /// (The default, for stores without enrolment, knows none: fail closed.)
     fn attestation_key(
         &self,
         licence_id: &str,
         machine_id: &str,
         kind: &str,
-    ) -> Result<Option<AttestationKey>> {
-        let _ = (licence_id, machine_id, kind);
-        Ok(None)
-    }
+    ) -> Result<Option<AttestationKey>>;
 }
 
 /// SQLite, embedded: nothing to install.
