@@ -16,7 +16,10 @@ use sealtensors::keys::{
     load_recipient, load_signing_key, Identity, KeyConfig, KeyFile, Passphrase, Recipient,
     SigningKey, SymmetricKey, X25519Identity,
 };
-use sealtensors::model::{seal_model_dir, unseal_model_dir, weight_files};
+use sealtensors::model::{
+    rekey_model_dir, seal_model_dir, seal_model_in_place, unseal_model_dir, weight_files,
+    SealedModel,
+};
 use sealtensors::policy::{self, Decision, Policy, PolicyContext, Template, TemplateParams};
 use sealtensors::rekey::{rekey_file, RekeyOptions};
 use sealtensors::seal::Protection;
@@ -296,13 +299,15 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
     let mut reports = Vec::new();
     let mut all_ok = true;
     let mut any_plain = false;
-    let mut model_key = None;
-    for path in files_of(&a.input)? {
-        opts.model_key = model_key.clone();
-        let f = SealedFile::open(&path, &opts)?;
-        if model_key.is_none() {
-            model_key = f.model_key().cloned();
-        }
+    // A folder is verified as one model (SPEC §8.5): one key unwrap, and its
+    // shards must be the complete set of one sealing, as every loader checks.
+    let files = if a.input.is_dir() {
+        SealedModel::open(&a.input, &opts)?.into_files()
+    } else {
+        vec![SealedFile::open(&a.input, &opts)?]
+    };
+    for f in &files {
+        let path = f.path();
         let encrypted: Vec<&str> = f
             .tensors()
             .iter()
@@ -544,44 +549,21 @@ fn rekey(a: cli::Rekey) -> Result<()> {
         }
     }
     let keys = Keys::load(&a.keys)?;
-    let files = files_of(&a.input)?;
-    let out_dir = match (&a.output, a.input.is_dir()) {
-        (Some(o), true) => {
-            check_output(o, a.force)?;
-            std::fs::create_dir_all(o)
-                .map_err(|e| CliError::with_code(format!("{}: {e}", o.display()), code::OUTPUT))?;
-            for e in std::fs::read_dir(&a.input).map_err(|e| CliError::usage(e.to_string()))? {
-                let p = e.map_err(|e| CliError::usage(e.to_string()))?.path();
-                if p.is_file() && !files.contains(&p) {
-                    if let Some(n) = p.file_name() {
-                        std::fs::copy(&p, o.join(n))
-                            .map_err(|e| CliError::with_code(e.to_string(), code::OUTPUT))?;
-                    }
-                }
-            }
-            Some(o.clone())
-        }
-        (Some(o), false) => {
-            check_output(o, a.force)?;
-            None
-        }
-        _ => None,
+    if let Some(o) = &a.output {
+        check_output(o, a.force)?;
+    }
+    let opts = RekeyOptions {
+        open: keys.options(&a.keys),
+        add: recipients(&a.add)?,
+        remove: recipients(&a.remove)?,
+        signing_key: a.sign_key.as_deref().map(load_signing_key).transpose()?,
+        drop_signature: a.drop_signature,
+        overwrite: a.force,
     };
-    for f in &files {
-        let opts = RekeyOptions {
-            open: keys.options(&a.keys),
-            add: recipients(&a.add)?,
-            remove: recipients(&a.remove)?,
-            signing_key: a.sign_key.as_deref().map(load_signing_key).transpose()?,
-            drop_signature: a.drop_signature,
-            overwrite: a.force,
-        };
-        let target = match (&out_dir, &a.output) {
-            (Some(d), _) => f.file_name().map(|n| d.join(n)),
-            (None, Some(o)) => Some(o.clone()),
-            (None, None) => None,
-        };
-        rekey_file(f, target.as_deref(), &opts)?;
+    if a.input.is_dir() {
+        rekey_model_dir(&a.input, a.output.as_deref(), &opts)?;
+    } else {
+        rekey_file(&a.input, a.output.as_deref(), &opts)?;
     }
     Ok(())
 }
@@ -604,9 +586,7 @@ fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
     })?;
     if a.input.is_dir() {
         if in_place {
-            for f in weight_files(&a.input)? {
-                sealer.seal_file(&f, &f)?;
-            }
+            seal_model_in_place(&sealer, &a.input)?;
         } else {
             seal_model_dir(&sealer, &a.input, &output, a.force)?;
         }

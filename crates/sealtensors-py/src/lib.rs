@@ -143,7 +143,12 @@ impl File {
                 opts.policy.framework_version = Some(version);
             }
             opts.policy.requested = requested;
-            SealedFile::open(&path, &opts)
+            let f = SealedFile::open(&path, &opts)?;
+            // A shard (or a file the folder's index names) is used only as
+            // part of its complete sealed model (SPEC §8.5): transformers and
+            // vLLM open shards one at a time.
+            sealtensors::model::check_member(&f, &opts)?;
+            Ok(f)
         })
         .map(|inner| File { inner })
         .map_err(to_py)
@@ -222,12 +227,7 @@ impl File {
         end: usize,
     ) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let v = py
-            .detach(|| {
-                let mut out = vec![0u8; end.saturating_sub(start)];
-                self.inner
-                    .read_range_into(name, start, end, &mut out)
-                    .map(|_| out)
-            })
+            .detach(|| self.inner.read_range(name, start, end))
             .map_err(to_py)?;
         Ok(v.into_pyarray(py))
     }

@@ -348,6 +348,45 @@ fn policy_vectors(out: &mut Out, dir: &Path, mk_b: &ModelKey, fid_b: [u8; 32]) -
     Ok(())
 }
 
+/// SPEC §3.1, §8.5: the symmetric vector numbered as shard 1 of 2 (MAC
+/// recomputed): it opens as a file on its own; a shard number out of range
+/// is malformed seal metadata. (Folder-level rules, a missing or foreign
+/// shard, are tested on folders by tests/folders.rs.)
+fn shard_vectors(out: &mut Out, dir: &Path, mk_b: &ModelKey, fid_b: [u8; 32]) -> Res {
+    let p = |name: &str| dir.join(format!("{name}.safetensors"));
+    let file = |name: &str| format!("{name}.safetensors");
+    let base: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("chacha_oct_unsigned.json"))?)?;
+    let set = b64(&fixed("shard set")[..16]);
+    for (name, index, expect) in [
+        ("shard_1_of_2", 1, "ok"),
+        ("fail_shard_index_out_of_range", 3, "InvalidSealMetadata"),
+    ] {
+        let mut e = Edit::load(&p("chacha_oct_unsigned"))?;
+        let mut doc: Value = serde_json::from_str(&e.meta()[seal::KEY_SEAL])?;
+        doc["shard"] = json!({"set": set, "index": index, "count": 2});
+        e.meta()
+            .insert(seal::KEY_SEAL.into(), serde_json::to_string(&doc)?);
+        e.reauth(fid_b, Some(mk_b), None)?;
+        e.save(&p(name))?;
+        let mut m = json!({
+            "description": format!("The symmetric vector with \"shard\": {{\"set\": \"{set}\", \"index\": {index}, \"count\": 2}} in sealtensors.seal (MAC recomputed)."),
+            "file": file(name),
+            "identities": ["keys/symmetric.jwk"],
+            "expect": expect,
+        });
+        if expect == "ok" {
+            m["authenticity"] = json!("unsigned");
+            m["tensors"] = base["tensors"].clone();
+            m["metadata"] = base["metadata"].clone();
+        } else {
+            m["fails_at"] = json!("open");
+        }
+        out.manifest(name, m)?;
+    }
+    Ok(())
+}
+
 const BROKER_URL: &str = "https://keys.example.com/keys/vector-kek";
 
 /// SPEC §6.6: a file whose only slot is a `broker` slot, sealed from the
@@ -413,7 +452,8 @@ fn only_policy(dir: &Path) -> Res {
         count: 0,
     };
     policy_vectors(&mut out, dir, &mk, fid)?;
-    println!("wrote {} policy manifests", out.count);
+    shard_vectors(&mut out, dir, &mk, fid)?;
+    println!("wrote {} policy and shard manifests", out.count);
     Ok(())
 }
 
@@ -905,6 +945,7 @@ fn main() -> Res {
     )?;
 
     policy_vectors(&mut out, &dir, &mk_b, fid_b)?;
+    shard_vectors(&mut out, &dir, &mk_b, fid_b)?;
     broker_vectors(&mut out, &dir)?;
 
     // Unknown reserved key.

@@ -1,6 +1,14 @@
-//! Atomic output: write aside, fsync, rename (DESIGN property 10).
+//! Atomic output: write aside, fsync, rename (SPEC §8.4).
+//!
+//! A temporary is named `.<name>.<pid>.<random>.tmp`, beside its destination,
+//! and is mode 0600 (a folder: 0700) while it is written: it may hold
+//! plaintext (`unseal`). It gets its final mode only when it is renamed into
+//! place. A process killed mid-write leaves its temporary behind; the next
+//! write to the same destination removes every such temporary whose owner
+//! is this user and whose process is gone.
 
-use std::fs::{self, File};
+use std::fs::{self, File, Permissions};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::crypto;
@@ -12,6 +20,7 @@ pub(crate) struct AtomicFile {
     tmp: PathBuf,
     dest: PathBuf,
     file: File,
+    final_mode: Permissions,
 }
 
 impl AtomicFile {
@@ -28,11 +37,11 @@ impl AtomicFile {
         let name = dest
             .file_name()
             .ok_or_else(|| Error::ApiMisuse(format!("{} has no file name", dest.display())))?;
-        let rnd: [u8; 6] = crypto::random_array()?;
-        let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = dir.join(format!(".{}.{suffix}.tmp", name.to_string_lossy()));
+        let tmp = temp_name(&dir, &name.to_string_lossy())?;
         // Replacing a file keeps its permissions (a private model stays
-        // private); a new file gets the process's defaults.
+        // private); a new file gets the process's defaults (umask). std has
+        // no umask call (libc, unsafe), so the default is read off the
+        // temporary as created, and it is made 0600 before a byte is written.
         let keep_mode = fs::metadata(dest).ok().map(|m| m.permissions());
         let file = fs::OpenOptions::new()
             .read(true)
@@ -40,14 +49,28 @@ impl AtomicFile {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::output("creating temporary output", e).in_file(&tmp))?;
-        if let Some(mode) = keep_mode {
-            file.set_permissions(mode)
-                .map_err(|e| Error::output("setting the output's mode", e).in_file(&tmp))?;
+        let created = file
+            .metadata()
+            .map_err(|e| Error::output("reading temporary output", e).in_file(&tmp));
+        let created = match created {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = file.set_permissions(Permissions::from_mode(0o600)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::output("making the temporary output private", e).in_file(&tmp));
         }
+        let final_mode = keep_mode.unwrap_or_else(|| created.permissions());
+        let uid = created.uid();
+        remove_stale(&dir, &name.to_string_lossy(), uid, &tmp);
         Ok(AtomicFile {
             tmp,
             dest: dest.to_path_buf(),
             file,
+            final_mode,
         })
     }
 
@@ -57,6 +80,9 @@ impl AtomicFile {
 
     /// fsync, rename over the destination, fsync the directory.
     pub(crate) fn commit(mut self, overwrite: bool) -> Result<()> {
+        self.file
+            .set_permissions(self.final_mode.clone())
+            .map_err(|e| Error::output("setting the output's mode", e).in_file(&self.tmp))?;
         self.file
             .sync_all()
             .map_err(|e| Error::output("syncing output", e).in_file(&self.tmp))?;
@@ -84,6 +110,59 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// `.<name>.<pid>.<random>.tmp` in `dir`.
+pub(crate) fn temp_name(dir: &Path, name: &str) -> Result<PathBuf> {
+    let rnd: [u8; 6] = crypto::random_array()?;
+    let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(dir.join(format!(".{name}.{}.{suffix}.tmp", std::process::id())))
+}
+
+/// Remove temporaries of `name` in `dir` left by processes of this user
+/// (`uid`) that no longer run (killed mid-write). Best effort: anything it
+/// cannot read or remove is left alone.
+pub(crate) fn remove_stale(dir: &Path, name: &str, uid: u32, keep: &Path) {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p == keep {
+            continue;
+        }
+        let file_name = e.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        // <pid>.<12 hex digits>
+        let Some((pid, rnd)) = rest.split_once('.') else {
+            continue;
+        };
+        let ours = rnd.len() == 12 && rnd.bytes().all(|b| b.is_ascii_hexdigit());
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if !ours || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.uid() != uid {
+            continue;
+        }
+        if m.file_type().is_dir() {
+            let _ = fs::remove_dir_all(&p);
+        } else if m.file_type().is_file() {
+            let _ = fs::remove_file(&p);
         }
     }
 }

@@ -221,6 +221,39 @@ pub enum Error {
         chunk: u64,
     },
 
+    // ---- model folders --------------------------------------------------------------------
+    /// The shards of a model folder are not the complete set of one sealing
+    /// (SPEC §8.5): one is missing, extra, duplicated or from another sealing.
+    #[error("the folder is not one complete sealed model: {0}; get the publisher's folder again, complete and unmodified")]
+    IncompleteModel(String),
+
+    /// A symbolic link in a model folder that sealtensors will not follow
+    /// while copying the folder (it leads out of the folder, or to a folder).
+    #[error("{} is a symbolic link to {target}, which leads out of the model folder or to a folder; sealtensors does not follow such links when copying a model: replace the link with the file it should hold, or remove it", link.display())]
+    UnsafeLink {
+        /// The link.
+        link: PathBuf,
+        /// Where it points, as read.
+        target: String,
+    },
+
+    /// Rekeying with a signing key would vouch for content that no trusted
+    /// signer vouched for (SPEC §8.4).
+    #[error("refusing to re-sign: the file is {found}, so its content is not verified against a trusted signer and signing it would vouch for whatever it holds; pass the current signer's public key as trusted (--trust) or re-seal the model from its plaintext")]
+    ResignUnverified {
+        /// What the file's authenticity was ("unsigned", "signed by an untrusted key").
+        found: String,
+    },
+
+    /// Memory for a tensor could not be allocated.
+    #[error("could not allocate {bytes} bytes for {what}: not enough memory (a hostile file can declare huge tensors; check its header with `sealtensors inspect`)")]
+    OutOfMemory {
+        /// What the memory was for.
+        what: String,
+        /// How many bytes were asked for.
+        bytes: usize,
+    },
+
     // ---- writing --------------------------------------------------------------------------
     /// The seal options are inconsistent or incomplete.
     #[error("cannot seal: {0}")]
@@ -270,6 +303,8 @@ impl Error {
             | Error::UntrustedSigner { .. }
             | Error::NotSigned { .. }
             | Error::NotSealed { .. }
+            | Error::IncompleteModel(_)
+            | Error::ResignUnverified { .. }
             | Error::Expired { .. } => ErrorClass::NotAuthentic,
             Error::NoMatchingKey { .. } | Error::InvalidKey(_) | Error::ExcessiveWork { .. } => {
                 ErrorClass::NoKey
@@ -282,6 +317,8 @@ impl Error {
             | Error::PolicyInvalid { .. }
             | Error::NoSuchTensor(_)
             | Error::RangeOutOfBounds { .. }
+            | Error::UnsafeLink { .. }
+            | Error::OutOfMemory { .. }
             | Error::Io { .. } => ErrorClass::InvalidInput,
             Error::PolicyDenied { .. } | Error::BrokerDenied { .. } => ErrorClass::PolicyDenied,
             Error::BrokerUnavailable { .. } => ErrorClass::NoKey,

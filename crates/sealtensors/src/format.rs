@@ -339,9 +339,12 @@ pub fn official_layout(mut specs: Vec<(String, Dtype, Vec<u64>)>) -> Result<Vec<
     specs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let mut at = 0usize;
     let mut out = Vec::with_capacity(specs.len());
-    for w in specs.windows(2) {
-        if w[0].0 == w[1].0 {
-            return Err(Error::ApiMisuse(format!("tensor {:?} given twice", w[0].0)));
+    // Sorted by dtype first, so a name given twice with two dtypes is not
+    // adjacent: a set finds it either way.
+    let mut seen = std::collections::HashSet::with_capacity(specs.len());
+    for (name, _, _) in &specs {
+        if !seen.insert(name.as_str()) {
+            return Err(Error::ApiMisuse(format!("tensor {name:?} given twice")));
         }
     }
     for (name, dtype, shape) in specs {

@@ -5,13 +5,17 @@
 //! so the index file stays valid and is copied as it is; every other file
 //! (config, tokenizer) is copied unchanged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::crypto;
-use crate::error::{Error, Result};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use crate::atomic;
+use crate::error::{printable, Error, Result};
 use crate::read::{read_header, OpenOptions, SealedFile};
+use crate::rekey::{rekey_opened, RekeyOptions};
+use crate::seal::{Shard, MAX_SHARDS};
 use crate::write::Sealer;
 
 /// The index file name.
@@ -43,7 +47,14 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Check the index (when present) against the shards' headers.
+/// Whether an index entry names a file directly in the folder: a bare file
+/// name, never a path (SPEC §8.5).
+fn is_bare_file_name(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\', '\0'])
+}
+
+/// Check the index (when present) against the shards' headers: every entry
+/// names a file beside the index that holds that tensor.
 fn check_index(dir: &Path, names_by_file: &BTreeMap<String, Vec<String>>) -> Result<()> {
     let p = dir.join(INDEX_FILE);
     if !p.exists() {
@@ -56,16 +67,216 @@ fn check_index(dir: &Path, names_by_file: &BTreeMap<String, Vec<String>>) -> Res
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::container("index has no weight_map").in_file(&p))?;
+    let held: HashMap<&str, HashSet<&str>> = names_by_file
+        .iter()
+        .map(|(f, names)| (f.as_str(), names.iter().map(String::as_str).collect()))
+        .collect();
     for (name, file) in map {
-        let file = file.as_str().unwrap_or("");
-        let ok = names_by_file
-            .get(file)
-            .is_some_and(|n| n.iter().any(|x| x == name));
-        if !ok {
+        let Some(file) = file.as_str().filter(|f| is_bare_file_name(f)) else {
             return Err(Error::container(format!(
-                "index maps tensor {name:?} to {file:?}, which does not hold it"
+                "index maps tensor \"{}\" to {}, which is not a file name beside the index; an index may only name files in its own folder",
+                printable(name, 256),
+                printable(&file.to_string(), 256)
             ))
             .in_file(&p));
+        };
+        if !held.get(file).is_some_and(|n| n.contains(name.as_str())) {
+            return Err(Error::container(format!(
+                "index maps tensor \"{}\" to \"{}\", which does not hold it",
+                printable(name, 256),
+                printable(file, 256)
+            ))
+            .in_file(&p));
+        }
+    }
+    Ok(())
+}
+
+/// Check that sealed shards are exactly the shards of one sealing (SPEC §8.5):
+/// the same model key, model id and version, the same shard set, every
+/// index from 1 to the count present once, nothing else.
+fn check_shard_set(dir: &Path, files: &[SealedFile]) -> Result<()> {
+    let name = |f: &SealedFile| {
+        f.path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let Some(first) = files.first() else {
+        return Ok(());
+    };
+    // Shards of one model: one model key, one model id and version, all
+    // sealed or all plain.
+    let ident = |f: &SealedFile| {
+        f.seal()
+            .map(|m| (m.mk_id, m.doc.model.id.clone(), m.doc.model.version.clone()))
+    };
+    let want = ident(first);
+    for f in &files[1..] {
+        if ident(f) != want {
+            return Err(Error::IncompleteModel(format!(
+                "{} and {} are not shards of one sealed model (model key, id or version differ, or one is plain)",
+                name(first),
+                name(f)
+            ))
+            .in_file(dir));
+        }
+    }
+    if first.seal().is_none() {
+        return Ok(()); // a plain model: nothing binds its files together
+    }
+    let shards: Vec<(String, Option<Shard>)> = files
+        .iter()
+        .map(|f| (name(f), f.seal().and_then(|m| m.shard)))
+        .collect();
+    if shards.len() == 1 {
+        return match &shards[0] {
+            (_, None) => Ok(()),
+            (n, Some(s)) => Err(Error::IncompleteModel(format!(
+                "{n} is shard {} of {} of a sealed model, and the folder holds no other shard",
+                s.index, s.count
+            ))
+            .in_file(dir)),
+        };
+    }
+    let mut set = None;
+    let mut seen: HashMap<u64, &str> = HashMap::new();
+    for (n, s) in &shards {
+        let Some(s) = s else {
+            return Err(Error::IncompleteModel(format!(
+                "the folder holds {} weight files, but {n} is not numbered as a shard of a sealed model (it was sealed on its own, or by a sealtensors older than shard binding)",
+                shards.len()
+            ))
+            .in_file(dir));
+        };
+        match set {
+            None => set = Some((s.set, s.count)),
+            Some((id, count)) => {
+                if id != s.set || count != s.count {
+                    return Err(Error::IncompleteModel(format!(
+                        "{n} belongs to another sealing of the model than {} (shard sets differ)",
+                        shards[0].0
+                    ))
+                    .in_file(dir));
+                }
+            }
+        }
+        if let Some(other) = seen.insert(s.index, n) {
+            return Err(Error::IncompleteModel(format!(
+                "{other} and {n} are both shard {} of {}",
+                s.index, s.count
+            ))
+            .in_file(dir));
+        }
+    }
+    let count = set.map_or(0, |(_, c)| c);
+    if seen.len() as u64 != count {
+        let missing: Vec<String> = (1..=count)
+            .filter(|i| !seen.contains_key(i))
+            .take(8)
+            .map(|i| i.to_string())
+            .collect();
+        return Err(Error::IncompleteModel(format!(
+            "the model was sealed as {count} shards but the folder holds {}; missing: shard {}",
+            seen.len(),
+            missing.join(", ")
+        ))
+        .in_file(dir));
+    }
+    Ok(())
+}
+
+// ---- copying the other files of a folder ------------------------------------------------
+
+/// Where symbolic links in a model folder may lead when the folder is
+/// copied: inside the folder itself, and, for a Hugging Face hub cache
+/// snapshot (`.../snapshots/<revision>/`), into that repository's `blobs/`.
+struct LinkRoots {
+    roots: Vec<PathBuf>,
+}
+
+impl LinkRoots {
+    fn of(folder: &Path) -> Result<LinkRoots> {
+        let root = fs::canonicalize(folder).map_err(io("resolving the model folder", folder))?;
+        let mut roots = vec![root.clone()];
+        if let Some(snapshots) = root.parent() {
+            if snapshots.file_name().is_some_and(|n| n == "snapshots") {
+                if let Some(blobs) = snapshots.parent().map(|r| r.join("blobs")) {
+                    if let Ok(b) = fs::canonicalize(&blobs) {
+                        roots.push(b);
+                    }
+                }
+            }
+        }
+        Ok(LinkRoots { roots })
+    }
+
+    /// What `p` is, for copying: a file to copy (a link only when it leads
+    /// to a regular file inside the roots), a folder to descend into (never
+    /// through a link), or an error naming the link.
+    fn classify(&self, p: &Path) -> Result<Entry> {
+        let m = fs::symlink_metadata(p).map_err(io("reading", p))?;
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(p)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            let unsafe_link = || Error::UnsafeLink {
+                link: p.to_path_buf(),
+                target: printable(&target, 256),
+            };
+            let resolved = fs::canonicalize(p).map_err(|_| unsafe_link())?;
+            let is_file = fs::metadata(&resolved).is_ok_and(|m| m.is_file());
+            if is_file && self.roots.iter().any(|r| resolved.starts_with(r)) {
+                return Ok(Entry::File);
+            }
+            return Err(unsafe_link());
+        }
+        if ft.is_dir() {
+            Ok(Entry::Dir)
+        } else if ft.is_file() {
+            Ok(Entry::File)
+        } else {
+            Err(Error::container(
+                "neither a regular file nor a folder (a FIFO, socket or device); remove it from the model folder",
+            )
+            .in_file(p))
+        }
+    }
+}
+
+enum Entry {
+    File,
+    Dir,
+}
+
+/// Copy every file of `input` except `weights` into `out`, refusing links
+/// that lead out of the folder (SPEC §8.5).
+fn copy_others(input: &Path, out: &Path, weights: &[PathBuf]) -> Result<()> {
+    let roots = LinkRoots::of(input)?;
+    copy_entries(&roots, input, out, weights)
+}
+
+fn copy_entries(roots: &LinkRoots, from: &Path, to: &Path, skip: &[PathBuf]) -> Result<()> {
+    let mut entries = Vec::new();
+    for e in fs::read_dir(from).map_err(io("listing", from))? {
+        entries.push(e.map_err(io("listing", from))?.path());
+    }
+    entries.sort();
+    for p in entries {
+        if skip.contains(&p) {
+            continue;
+        }
+        let Some(name) = p.file_name() else { continue };
+        let dest = to.join(name);
+        match roots.classify(&p)? {
+            Entry::File => {
+                fs::copy(&p, &dest).map_err(out("copying", &p))?;
+            }
+            Entry::Dir => {
+                fs::create_dir(&dest).map_err(out("creating", &dest))?;
+                copy_entries(roots, &p, &dest, &[])?;
+            }
         }
     }
     Ok(())
@@ -75,6 +286,7 @@ fn check_index(dir: &Path, names_by_file: &BTreeMap<String, Vec<String>>) -> Res
 struct AtomicDir {
     tmp: PathBuf,
     dest: PathBuf,
+    mode: fs::Permissions,
 }
 
 impl AtomicDir {
@@ -87,7 +299,6 @@ impl AtomicDir {
                 return Err(Error::OutputExists(dest.to_path_buf()));
             }
         }
-        let rnd: [u8; 6] = crypto::random_array()?;
         let name = dest
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -96,17 +307,31 @@ impl AtomicDir {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let tmp = parent.join(format!(
-            ".{name}.{}.tmp",
-            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ));
+        let tmp = atomic::temp_name(parent, &name)?;
         fs::create_dir(&tmp).map_err(out("creating the output folder", &tmp))?;
+        // Private (0700) while it is written, as temporary files are (it may
+        // hold plaintext); the mode it was created with (umask) on commit.
+        let made = fs::metadata(&tmp).map(|m| m.permissions());
+        let private = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700));
+        let mode = match (made, private) {
+            (Ok(m), Ok(())) => m,
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = fs::remove_dir(&tmp);
+                return Err(Error::output("making the output folder private", e).in_file(&tmp));
+            }
+        };
+        if let Ok(m) = fs::metadata(&tmp) {
+            atomic::remove_stale(parent, &name, m.uid(), &tmp);
+        }
         Ok(AtomicDir {
             tmp,
             dest: dest.to_path_buf(),
+            mode,
         })
     }
     fn commit(mut self) -> Result<()> {
+        fs::set_permissions(&self.tmp, self.mode.clone())
+            .map_err(out("setting the output folder's mode", &self.tmp))?;
         if self.dest.exists() {
             fs::remove_dir_all(&self.dest)
                 .map_err(out("replacing the output folder", &self.dest))?;
@@ -125,61 +350,84 @@ impl Drop for AtomicDir {
     }
 }
 
-fn copy_others(input: &Path, out: &Path, weights: &[PathBuf]) -> Result<()> {
-    for e in fs::read_dir(input).map_err(io("listing", input))? {
-        let p = e.map_err(io("listing", input))?.path();
-        if weights.contains(&p) {
-            continue;
-        }
-        let Some(name) = p.file_name() else { continue };
-        copy_tree(&p, &out.join(name))?;
-    }
-    Ok(())
+/// The weight files of a folder about to be sealed, their headers, and the
+/// shard number each will carry (SPEC §3.1, §8.5).
+struct Plan {
+    weights: Vec<PathBuf>,
+    headers: Vec<(fs::File, crate::format::Header)>,
+    shards: Vec<Option<Shard>>,
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    if from.is_dir() {
-        fs::create_dir_all(to).map_err(out("creating", to))?;
-        for e in fs::read_dir(from).map_err(io("listing", from))? {
-            let p = e.map_err(io("listing", from))?.path();
-            if let Some(n) = p.file_name() {
-                copy_tree(&p, &to.join(n))?;
-            }
+impl Plan {
+    fn of(sealer: &Sealer, input: &Path) -> Result<Plan> {
+        let weights = weight_files(input)?;
+        let mut headers = Vec::new();
+        let mut names_by_file = BTreeMap::new();
+        for w in &weights {
+            let (file, h) = read_header(w)?;
+            let fname = w
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            names_by_file.insert(
+                fname,
+                h.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+            );
+            headers.push((file, h));
         }
-    } else {
-        fs::copy(from, to).map_err(out("copying", from))?;
+        check_index(input, &names_by_file)?;
+        sealer
+            .check_selection(names_by_file.values().flatten().map(String::as_str))
+            .map_err(|e| e.in_file(input))?;
+        // One file is a model of one file; several are numbered shards of
+        // one sealing, so that none can be dropped or swapped unnoticed.
+        let count = weights.len() as u64;
+        let shards = if count < 2 {
+            vec![None; weights.len()]
+        } else if count > MAX_SHARDS {
+            return Err(Error::Config(format!(
+                "the folder holds {count} weight files; a sealed model has at most {MAX_SHARDS} shards"
+            ))
+            .in_file(input));
+        } else {
+            let set = Shard::new_set()?;
+            (1..=count)
+                .map(|index| Some(Shard { set, index, count }))
+                .collect()
+        };
+        Ok(Plan {
+            weights,
+            headers,
+            shards,
+        })
     }
-    Ok(())
+
+    fn seal_into(&self, sealer: &Sealer, out_dir: Option<&Path>) -> Result<()> {
+        for ((w, (file, h)), shard) in self.weights.iter().zip(&self.headers).zip(&self.shards) {
+            let Some(name) = w.file_name() else { continue };
+            let dest = out_dir.map_or_else(|| w.clone(), |d| d.join(name));
+            sealer.seal_from(file, h, w, &dest, *shard)?;
+        }
+        Ok(())
+    }
 }
 
-/// Seal every weight file of a model folder with one model key; copy the rest.
+/// Seal every weight file of a model folder with one model key, numbered as
+/// the shards of one sealing; copy the rest (links leading out of the folder
+/// are refused, never followed).
 pub fn seal_model_dir(sealer: &Sealer, input: &Path, output: &Path, overwrite: bool) -> Result<()> {
-    let weights = weight_files(input)?;
-    let mut headers = Vec::new();
-    let mut names_by_file = BTreeMap::new();
-    for w in &weights {
-        let (file, h) = read_header(w)?;
-        let fname = w
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        names_by_file.insert(
-            fname,
-            h.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
-        );
-        headers.push((file, h));
-    }
-    check_index(input, &names_by_file)?;
-    sealer
-        .check_selection(names_by_file.values().flatten().map(String::as_str))
-        .map_err(|e| e.in_file(input))?;
+    let plan = Plan::of(sealer, input)?;
     let dir = AtomicDir::create(output, overwrite)?;
-    for (w, (file, h)) in weights.iter().zip(&headers) {
-        let Some(name) = w.file_name() else { continue };
-        sealer.seal_from(file, h, w, &dir.tmp.join(name))?;
-    }
-    copy_others(input, &dir.tmp, &weights)?;
+    copy_others(input, &dir.tmp, &plan.weights)?;
+    plan.seal_into(sealer, Some(&dir.tmp))?;
     dir.commit()
+}
+
+/// Seal (in practice: sign) every weight file of a folder where it lies, each
+/// file replaced atomically. The sealer must allow overwriting.
+pub fn seal_model_in_place(sealer: &Sealer, dir: &Path) -> Result<()> {
+    let plan = Plan::of(sealer, dir)?;
+    plan.seal_into(sealer, None)
 }
 
 /// Unseal every weight file of a model folder; copy the rest.
@@ -191,15 +439,84 @@ pub fn unseal_model_dir(
 ) -> Result<()> {
     let model = SealedModel::open(input, opts)?;
     let dir = AtomicDir::create(output, overwrite)?;
+    let weights: Vec<PathBuf> = model.files.iter().map(|f| f.path().to_path_buf()).collect();
+    copy_others(input, &dir.tmp, &weights)?;
     for f in &model.files {
         let Some(name) = f.path().file_name() else {
             continue;
         };
         f.unseal_to(&dir.tmp.join(name), false)?;
     }
-    let weights: Vec<PathBuf> = model.files.iter().map(|f| f.path().to_path_buf()).collect();
-    copy_others(input, &dir.tmp, &weights)?;
     dir.commit()
+}
+
+/// Rekey every shard of a sealed model folder (SPEC §8.4): into `output`
+/// (a new folder, the other files copied), or in place when `None`. The
+/// folder is first opened as one model, so a folder with a missing or
+/// foreign shard is refused before anything is written.
+pub fn rekey_model_dir(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) -> Result<()> {
+    let model = SealedModel::open(input, &opts.open)?;
+    match output {
+        Some(out) => {
+            let dir = AtomicDir::create(out, opts.overwrite)?;
+            let weights: Vec<PathBuf> =
+                model.files.iter().map(|f| f.path().to_path_buf()).collect();
+            copy_others(input, &dir.tmp, &weights)?;
+            for f in &model.files {
+                let Some(name) = f.path().file_name() else {
+                    continue;
+                };
+                rekey_opened(f, Some(&dir.tmp.join(name)), opts)?;
+            }
+            dir.commit()
+        }
+        None => {
+            for f in &model.files {
+                rekey_opened(f, None, opts)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Check a sealed file opened on its own against the folder it lies in
+/// (SPEC §8.5): a shard of a sharded model, or a file named by the
+/// folder's index, is used only when the whole folder is one complete
+/// sealed model that holds it. Loaders that open shards one at a time
+/// (Python's `safe_open` under transformers and vLLM) call this after
+/// opening each one; `file.model_key()` is reused, so no key is unwrapped
+/// again.
+pub fn check_member(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<()> {
+    let Some(meta) = file.seal() else {
+        return Ok(()); // plain files open as plain safetensors files do
+    };
+    let path = file.path();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if meta.shard.is_none() && !dir.join(INDEX_FILE).exists() {
+        return Ok(());
+    }
+    let mut opts = opts.clone();
+    if opts.model_key.is_none() {
+        opts.model_key = file.model_key().cloned();
+    }
+    opts.progress = None;
+    let model = SealedModel::open(dir, &opts)?;
+    let me = fs::canonicalize(path).map_err(io("resolving", path))?;
+    let member = model
+        .files
+        .iter()
+        .any(|f| fs::canonicalize(f.path()).is_ok_and(|p| p == me));
+    if !member {
+        return Err(Error::IncompleteModel(format!(
+            "{} is not one of the model's weight files",
+            path.display()
+        ))
+        .in_file(dir));
+    }
+    Ok(())
 }
 
 /// Every weight file of a model folder, opened with one key release.
@@ -222,25 +539,7 @@ impl SealedModel {
             }
             files.push(f);
         }
-        // Shards of one model: one model key, one model id and version, all
-        // sealed or all plain. Mixing shards of different seals is refused.
-        let ident = |f: &SealedFile| {
-            f.seal()
-                .map(|m| (m.mk_id, m.doc.model.id.clone(), m.doc.model.version.clone()))
-        };
-        if let Some(first) = files.first() {
-            let want = ident(first);
-            for f in &files[1..] {
-                if ident(f) != want {
-                    return Err(Error::container(format!(
-                        "{} and {} are not shards of one sealed model (model key, id or version differ, or one is plain)",
-                        first.path().display(),
-                        f.path().display()
-                    ))
-                    .in_file(dir));
-                }
-            }
-        }
+        check_shard_set(dir, &files)?;
         let mut by_tensor = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             for t in f.tensors() {

@@ -2,7 +2,7 @@
 //! in parallel over chunks, straight into the caller's memory; a byte range
 //! decrypts only the chunks that cover it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -103,6 +103,9 @@ pub struct SealedFile {
     path: PathBuf,
     file: File,
     header: Header,
+    /// Tensor name to its index in `header.tensors`: lookups by name are
+    /// constant-time, so a file of 100k tensors is not read in quadratic time.
+    by_name: HashMap<String, usize>,
     meta: Option<SealMeta>,
     mk: Option<ModelKey>,
     auth: Authenticity,
@@ -131,6 +134,25 @@ fn evaluate_policy(
         header.tensors.iter().map(|t| t.name.as_str()),
         now,
     )
+}
+
+/// A zeroed buffer of `len` bytes, or `OutOfMemory`: a header can declare
+/// a tensor larger than memory (a sparse file passes the length check), and
+/// failing to allocate must be an error, never an abort.
+pub(crate) fn zeroed(len: usize, what: &str) -> Result<Vec<u8>> {
+    // Probe with a fallible reservation of the same size, then allocate
+    // zeroed: `vec![0; n]` gets pages the kernel zeroes lazily (calloc),
+    // where filling a reserved Vec would write every byte once more. An
+    // allocation the probe got is one the allocator can give again.
+    let mut probe: Vec<u8> = Vec::new();
+    probe
+        .try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory {
+            what: format!("tensor \"{}\"", crate::error::printable(what, 256)),
+            bytes: len,
+        })?;
+    drop(probe);
+    Ok(vec![0u8; len])
 }
 
 /// Open a file and parse its header (SPEC §2), checking its total length.
@@ -180,9 +202,16 @@ impl SealedFile {
         header: Header,
         opts: &OpenOptions<'_>,
     ) -> Result<SealedFile> {
+        let by_name = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         let base = |meta, mk, auth, decision| SealedFile {
             path: path.to_path_buf(),
             file,
+            by_name,
             header: header.clone(),
             meta,
             mk,
@@ -311,10 +340,10 @@ impl SealedFile {
     }
     /// One tensor's entry.
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        let i = self.index(name)?;
         self.header
             .tensors
-            .iter()
-            .find(|t| t.name == name)
+            .get(i)
             .ok_or_else(|| Error::NoSuchTensor(name.to_string()))
     }
     /// The publisher's metadata, without the seal's reserved keys.
@@ -348,8 +377,9 @@ impl SealedFile {
     }
 
     fn index(&self, name: &str) -> Result<usize> {
-        self.header
-            .index_of(name)
+        self.by_name
+            .get(name)
+            .copied()
             .ok_or_else(|| Error::NoSuchTensor(name.to_string()))
     }
 
@@ -363,8 +393,26 @@ impl SealedFile {
     /// Read a whole tensor into fresh memory.
     pub fn read_tensor(&self, name: &str) -> Result<Vec<u8>> {
         let t = self.tensor(name)?;
-        let mut out = vec![0u8; t.len()];
+        let mut out = zeroed(t.len(), name).map_err(|e| e.in_file(&self.path))?;
         self.read_range_into(name, 0, t.len(), &mut out)?;
+        Ok(out)
+    }
+
+    /// Read bytes `start..end` of a tensor into fresh memory; the range is
+    /// checked against the tensor before anything is allocated.
+    pub fn read_range(&self, name: &str, start: usize, end: usize) -> Result<Vec<u8>> {
+        let len = self.tensor(name)?.len();
+        if start > end || end > len {
+            return Err(Error::RangeOutOfBounds {
+                name: name.to_string(),
+                start,
+                end,
+                len,
+            }
+            .in_file(&self.path));
+        }
+        let mut out = zeroed(end - start, name).map_err(|e| e.in_file(&self.path))?;
+        self.read_range_into(name, start, end, &mut out)?;
         Ok(out)
     }
 
@@ -401,7 +449,10 @@ impl SealedFile {
                 .iter()
                 .map(|n| self.chunk_source(self.index(n)?))
                 .collect::<Result<Vec<_>>>()?;
-            let mut outs: Vec<Vec<u8>> = sources.iter().map(|s| vec![0u8; s.t.len()]).collect();
+            let mut outs: Vec<Vec<u8>> = sources
+                .iter()
+                .map(|s| zeroed(s.t.len(), &s.t.name))
+                .collect::<Result<_>>()?;
             let mut jobs = Vec::new();
             for (k, (src, out)) in sources.iter().zip(outs.iter_mut()).enumerate() {
                 if src.t.is_empty() {

@@ -10,7 +10,7 @@ use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
 use crate::format::Header;
 use crate::keys::{Recipient, SigningKey, Slot, MAX_SLOTS};
-use crate::read::{OpenOptions, SealedFile};
+use crate::read::{Authenticity, OpenOptions, SealedFile};
 use crate::seal::{self, Mode};
 
 /// What to change.
@@ -32,8 +32,41 @@ pub struct RekeyOptions<'a> {
 }
 
 /// Rewrite the header of `input` into `output` (in place when `None`).
+///
+/// With a signing key, the file must already be vouched for: signed by a
+/// signer the loader trusts, or by the new signing key itself. Otherwise
+/// the new signature would vouch for content nobody verified
+/// (`ResignUnverified`, SPEC §8.4).
 pub fn rekey_file(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) -> Result<()> {
     let f = SealedFile::open(input, &opts.open)?;
+    rekey_opened(&f, output, opts)
+}
+
+/// Whether signing `f` with `key` only re-states what is already verified.
+fn check_resign(f: &SealedFile, key: &SigningKey) -> Result<()> {
+    let new = key.verifying_key();
+    match f.authenticity() {
+        Authenticity::Trusted(_) => Ok(()),
+        Authenticity::UntrustedSigner(k) if *k == new => Ok(()),
+        Authenticity::UntrustedSigner(k) => Err(Error::ResignUnverified {
+            found: format!("signed by {k}, a signer this rekey was not told to trust"),
+        }),
+        Authenticity::Unsigned => Err(Error::ResignUnverified {
+            found: "unsigned".into(),
+        }),
+        Authenticity::Plain => Err(Error::ResignUnverified {
+            found: "plain".into(),
+        }),
+    }
+}
+
+/// [`rekey_file`] on a file already opened (and verified) with `opts.open`.
+pub(crate) fn rekey_opened(
+    f: &SealedFile,
+    output: Option<&Path>,
+    opts: &RekeyOptions<'_>,
+) -> Result<()> {
+    let input = f.path();
     let inner = || -> Result<()> {
         let meta = f
             .seal()
@@ -78,6 +111,9 @@ pub fn rekey_file(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) 
             }
         }
         let signing = opts.signing_key.as_ref();
+        if let Some(key) = signing {
+            check_resign(f, key)?;
+        }
         if signing.is_none() && meta.signature.is_some() && !opts.drop_signature {
             return Err(Error::Config(
                 "the file is signed: pass the signing key to re-sign it, or ask explicitly to drop the signature".into(),

@@ -95,6 +95,79 @@ pub struct SealDoc {
     pub plain_metadata: bool,
     /// Model identity.
     pub model: ModelInfo,
+    /// This file's place in a sharded model (SPEC §3.1, §8.5); absent for a
+    /// model of one file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardDoc>,
+}
+
+/// `shard` of `sealtensors.seal` (SPEC §3.1): which sealing of a sharded
+/// model this file belongs to, and where. Signed and MACed with the rest of
+/// the header, so a shard cannot be dropped, duplicated or taken from
+/// another sealing without a reader of the folder noticing (§8.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardDoc {
+    /// 16 random bytes, base64url, shared by every shard of one sealing.
+    pub set: String,
+    /// This shard's position, 1 ..= `count`.
+    pub index: u64,
+    /// How many shards the sealing wrote, 2 ..= [`MAX_SHARDS`].
+    pub count: u64,
+}
+
+/// The most shards one sealed model may have (SPEC §9).
+pub const MAX_SHARDS: u64 = 65_536;
+
+/// A validated [`ShardDoc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// The sealing's shard-set id.
+    pub set: [u8; 16],
+    /// 1 ..= `count`.
+    pub index: u64,
+    /// 2 ..= [`MAX_SHARDS`].
+    pub count: u64,
+}
+
+impl Shard {
+    /// A fresh shard-set id for a sealing of `count` shards.
+    pub(crate) fn new_set() -> Result<[u8; 16]> {
+        crypto::random_array()
+    }
+
+    /// The document written into `sealtensors.seal`.
+    pub(crate) fn to_doc(self) -> ShardDoc {
+        ShardDoc {
+            set: b64(&self.set),
+            index: self.index,
+            count: self.count,
+        }
+    }
+
+    fn from_doc(d: &ShardDoc) -> Result<Shard> {
+        let set: [u8; 16] = unb64("shard set", &d.set)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::seal_meta(KEY_SEAL, "shard.set must be 16 bytes of base64url"))?;
+        if d.count < 2 || d.count > MAX_SHARDS {
+            return Err(Error::seal_meta(
+                KEY_SEAL,
+                format!("shard.count {} is outside 2..={MAX_SHARDS}", d.count),
+            ));
+        }
+        if d.index < 1 || d.index > d.count {
+            return Err(Error::seal_meta(
+                KEY_SEAL,
+                format!("shard.index {} is outside 1..={}", d.index, d.count),
+            ));
+        }
+        Ok(Shard {
+            set,
+            index: d.index,
+            count: d.count,
+        })
+    }
 }
 
 /// One entry of `sealtensors.tensors` (SPEC §3.2): exactly one field is set.
@@ -155,6 +228,8 @@ pub struct SealMeta {
     pub signature: Option<SignatureDoc>,
     /// Metadata the publisher set (reserved keys removed).
     pub user_metadata: BTreeMap<String, String>,
+    /// The file's place in a sharded model, validated.
+    pub shard: Option<Shard>,
 }
 
 impl SealMeta {
@@ -232,6 +307,7 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
             format!("chunk_size {cs} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"),
         ));
     }
+    let shard = doc.shard.as_ref().map(Shard::from_doc).transpose()?;
     let file_id: [u8; 32] = unb64(KEY_SEAL, &doc.file_id)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -405,6 +481,7 @@ pub fn parse(h: &Header) -> Result<SealMeta> {
         mac,
         signature,
         user_metadata,
+        shard,
         doc,
     })
 }

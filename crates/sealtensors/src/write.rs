@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Header, TensorInfo};
 use crate::keys::{b64, ModelKey, Recipient, SigningKey, Slot, MAX_SLOTS};
 use crate::policy::{self, Decision, Policy, PolicyContext};
-use crate::seal::{self, ChunkAad, Mode, ModelInfo, SealDoc, TensorSealDoc};
+use crate::seal::{self, ChunkAad, Mode, ModelInfo, SealDoc, Shard, TensorSealDoc};
 
 const BATCH: usize = 16 << 20;
 
@@ -250,7 +250,7 @@ impl Sealer {
         tensors: Vec<TensorInfo>,
         metadata: Option<BTreeMap<String, String>>,
     ) -> Result<SealWriter<'_>> {
-        SealWriter::new(SealerRef::Borrowed(self), path, tensors, metadata)
+        SealWriter::new(SealerRef::Borrowed(self), path, tensors, metadata, None)
             .map_err(|e| e.in_file(path))
     }
 
@@ -263,8 +263,14 @@ impl Sealer {
         metadata: Option<BTreeMap<String, String>>,
     ) -> Result<SealWriter<'static>> {
         self.check_selection(tensors.iter().map(|t| t.name.as_str()))?;
-        SealWriter::new(SealerRef::Shared(self.clone()), path, tensors, metadata)
-            .map_err(|e| e.in_file(path))
+        SealWriter::new(
+            SealerRef::Shared(self.clone()),
+            path,
+            tensors,
+            metadata,
+            None,
+        )
+        .map_err(|e| e.in_file(path))
     }
 
     /// Seal the safetensors file `input` into `output`, keeping its layout.
@@ -272,23 +278,31 @@ impl Sealer {
         let (file, header) = crate::read::read_header(input)?;
         self.check_selection(header.tensors.iter().map(|t| t.name.as_str()))
             .map_err(|e| e.in_file(input))?;
-        self.seal_from(&file, &header, input, output)
+        self.seal_from(&file, &header, input, output, None)
     }
 
+    /// Seal one file; `shard` places it in a sharded model (SPEC §8.5).
     pub(crate) fn seal_from(
         &self,
         file: &File,
         header: &Header,
         input: &Path,
         output: &Path,
+        shard: Option<Shard>,
     ) -> Result<()> {
         if seal::is_sealed(header) {
             return Err(
                 Error::Config("the input is already sealed; unseal it first".into()).in_file(input),
             );
         }
-        let mut w =
-            self.create_unchecked(output, header.tensors.clone(), header.metadata.clone())?;
+        let mut w = SealWriter::new(
+            SealerRef::Borrowed(self),
+            output,
+            header.tensors.clone(),
+            header.metadata.clone(),
+            shard,
+        )
+        .map_err(|e| e.in_file(output))?;
         let mut buf = vec![0u8; BATCH];
         let total = header.data_len() as u64;
         let mut at = 0u64;
@@ -322,6 +336,7 @@ pub struct SealWriter<'s> {
     metadata: BTreeMap<String, String>,
     plain_metadata: bool,
     file_id: [u8; 32],
+    shard: Option<Shard>,
     header_len: usize,
     values: Vec<Vec<u8>>,
     cur: usize,
@@ -353,6 +368,7 @@ impl<'s> SealWriter<'s> {
         path: &Path,
         tensors: Vec<TensorInfo>,
         metadata: Option<BTreeMap<String, String>>,
+        shard: Option<Shard>,
     ) -> Result<Self> {
         let mut at = 0;
         for t in &tensors {
@@ -395,6 +411,7 @@ impl<'s> SealWriter<'s> {
             metadata,
             plain_metadata,
             file_id,
+            shard,
             header_len: 0,
             values,
             cur: 0,
@@ -423,6 +440,7 @@ impl<'s> SealWriter<'s> {
             mk_id: s.mk_id.map(|i| b64(&i)),
             plain_metadata: self.plain_metadata,
             model: s.model.clone(),
+            shard: self.shard.map(Shard::to_doc),
         };
         meta.insert(seal::KEY_SEAL.into(), json(&doc)?);
         if let Some((text, _)) = &s.policy {
@@ -670,11 +688,15 @@ fn plain_header(
             .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
             .collect(),
     )?;
+    let by_name: std::collections::HashMap<&str, usize> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     let mut order = Vec::with_capacity(infos.len());
     for info in &infos {
-        let i = tensors
-            .iter()
-            .position(|t| t.name == info.name)
+        let i = *by_name
+            .get(info.name.as_str())
             .ok_or_else(|| Error::ApiMisuse("tensor lost in layout".into()))?;
         if tensors[i].data.len() != info.len() {
             return Err(Error::ApiMisuse(format!(

@@ -144,3 +144,53 @@ impl Fixture {
         Ok(())
     }
 }
+
+/// A plain model folder of three shards (four F32 tensors each), its index,
+/// a config and a tokenizer in a subfolder. Returns every tensor's bytes.
+pub fn write_sharded(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let mut all = BTreeMap::new();
+    let mut weight_map = serde_json::Map::new();
+    for shard in 1..=3u64 {
+        let file = format!("model-0000{shard}-of-00003.safetensors");
+        let names: Vec<String> = (0..4)
+            .map(|i| format!("layers.{shard}.{i}.weight"))
+            .collect();
+        let data: Vec<Vec<u8>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, _)| bytes(shard * 10 + i as u64, 4 * 3000))
+            .collect();
+        let refs: Vec<TensorRef<'_>> = names
+            .iter()
+            .zip(&data)
+            .map(|(n, d)| TensorRef {
+                name: n.clone(),
+                dtype: Dtype::F32,
+                shape: vec![3000],
+                data: d,
+            })
+            .collect();
+        sealtensors::write_plain(
+            &dir.join(&file),
+            &refs,
+            Some([("format".into(), "pt".into())].into()),
+            false,
+        )
+        .unwrap();
+        for (n, d) in names.iter().zip(data) {
+            weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
+            all.insert(n.clone(), d);
+        }
+    }
+    let index =
+        serde_json::json!({"metadata": {"total_size": 36 * 3000 * 4}, "weight_map": weight_map});
+    std::fs::write(
+        dir.join(sealtensors::model::INDEX_FILE),
+        serde_json::to_string_pretty(&index).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"llama\"}").unwrap();
+    std::fs::write(dir.join("sub").join("tokenizer.json"), "{}").unwrap();
+    all
+}
