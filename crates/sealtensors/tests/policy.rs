@@ -700,3 +700,209 @@ fn concat_cannot_build_huge_strings() {
         "the capped concat must fail the evaluation: {r:?}"
     );
 }
+
+// ---- issue 15: the profile cannot be bypassed, parsing is bounded -----------------------
+
+fn compile_error(text: &str) -> Error {
+    match Policy::compile(text) {
+        Ok(_) => panic!("the policy compiled:\n{text}"),
+        Err(e) => Error::from(e),
+    }
+}
+
+fn assert_policy_invalid(text: &str, needle: &str) {
+    match compile_error(text) {
+        Error::PolicyInvalid { reason } => {
+            assert!(
+                reason.contains(needle),
+                "{reason:?} lacks {needle:?}\n{text}"
+            )
+        }
+        e => panic!("expected PolicyInvalid, got {e:?}\n{text}"),
+    }
+}
+
+/// An unsigned copy of an allow-all file, its policy replaced by `text`
+/// (what anyone can make: no key is needed, the policy runs first).
+fn file_with_policy(fx: &Fixture, name: &str, text: &str) -> std::path::PathBuf {
+    let p = seal_with(fx, name, ALLOW_ALL);
+    let (mut h, data) = split(&p);
+    meta(&mut h).insert(seal::KEY_POLICY.into(), text.into());
+    meta(&mut h).remove(seal::KEY_SIGNATURE);
+    join(&p, &h, &data);
+    p
+}
+
+/// Found in review: the check accepted a call whose name is also a rule the
+/// policy defines, and regorus resolved it to the builtin (the rule is not a
+/// function), so `sprintf := 1` opened the way to `sprintf`.
+#[test]
+fn policy_shadowing_sprintf_cannot_reach_the_builtin() {
+    for text in [
+        "package sealtensors\nimport rego.v1\nsprintf := 1\nallow if sprintf(\"%d\", [1]) == \"1\"\n",
+        "package sealtensors\nimport rego.v1\nreplace := 1\nallow if replace(\"a\", \"a\", \"bb\") != \"\"\n",
+        "package sealtensors\nimport rego.v1\ndefault sprintf(_) := 1\nallow if sprintf(1) == 1\n",
+        "package sealtensors\nimport rego.v1\nsprintf(x) := x\nallow if sprintf(1) == 1\n",
+        "package sealtensors\nimport rego.v1\nsprintf contains 1\nallow if count(sprintf) == 1\n",
+        // An allowed builtin may not be shadowed either.
+        "package sealtensors\nimport rego.v1\ncount := 1\nallow if count == 1\n",
+        // A body continued on the next line is not taken for a definition.
+        "package sealtensors\nimport rego.v1\nallow if\n  sprintf(\"%d\", [1]) == \"1\"\n",
+    ] {
+        assert_policy_invalid(text, "builtin");
+    }
+    // An import alias may not take a builtin's name.
+    assert_policy_invalid(
+        "package sealtensors\nimport rego.v1\nimport data.sealtensors as sprintf\nallow := true\n",
+        "builtin",
+    );
+    // Defining a name that is not a builtin, and calling it, still works, and
+    // so does an allowed builtin called on a continued line.
+    for text in [
+        "package sealtensors\nimport rego.v1\nsprintf_ok(x) := x\nallow if sprintf_ok(1) == 1\n",
+        "package sealtensors\nimport rego.v1\nallow if\n  count([1]) == 1\n",
+    ] {
+        let mut p = Policy::compile(text).unwrap_or_else(|e| panic!("{:?}", Error::from(e)));
+        assert_eq!(p.evaluate(&json!({})).unwrap(), Decision::Allow, "{text}");
+    }
+}
+
+/// Found in review: one `sprintf` with a huge width allocated gigabytes
+/// before the 100 ms timer could act, and `verify` (and Python `safe_open`)
+/// died with SIGABRT; no key and no signer were needed. Now the file is
+/// refused with an error, before anything is allocated.
+#[test]
+fn policy_sprintf_huge_width_is_refused_not_aborted() {
+    let fx = Fixture::new();
+    let text = "package sealtensors\nimport rego.v1\nsprintf := 1\n\
+                allow if sprintf(\"%999999999999d\", [1]) != \"\"\n";
+    let p = file_with_policy(&fx, "sprintf.safetensors", text);
+    // A loader that pins no signer and holds no key (the default).
+    for opts in [
+        OpenOptions::default(),
+        OpenOptions {
+            locked: true,
+            ..Default::default()
+        },
+        OpenOptions {
+            identities: vec![&fx.id],
+            ..Default::default()
+        },
+    ] {
+        match kind(SealedFile::open(&p, &opts)) {
+            Error::PolicyInvalid { reason } => assert!(reason.contains("sprintf"), "{reason}"),
+            e => panic!("expected PolicyInvalid, got {e:?}"),
+        }
+    }
+    // Without the shadowing rule it was already outside the profile.
+    assert_policy_invalid(
+        "package sealtensors\nallow if sprintf(\"%999999999999d\", [1]) != \"\"\n",
+        "sprintf",
+    );
+}
+
+/// Found in review: regorus reads a number literal with an exponent as an
+/// exact integer, computing 10^exponent while parsing (`0e999999999` passes
+/// its f64 range check): minutes of work before any timer.
+#[test]
+fn policy_number_with_huge_exponent_is_refused_before_parsing() {
+    for n in [
+        "0e999999999",
+        "0.0E+2000000000",
+        "1e309",
+        "0e0000000000000309",
+    ] {
+        let text = format!("package sealtensors\nx := {n}\nallow := true\n");
+        assert_policy_invalid(&text, "exponent");
+    }
+    for n in ["1e308", "2.5E-3", "0e000308", "12", "0.5"] {
+        let text = format!("package sealtensors\nx := {n}\nallow := true\n");
+        Policy::compile(&text).unwrap_or_else(|e| panic!("{n}: {:?}", Error::from(e)));
+    }
+}
+
+/// Found in review: regorus's `glob.match` rewrites both strings once per
+/// entry of the delimiter list, each pass turning every delimiter into three
+/// bytes: a list of one delimiter repeated 100,000 times grows a 64 KiB
+/// string to 13 GB in one call the timer cannot interrupt.
+#[test]
+fn policy_glob_match_with_many_delimiters_is_refused_not_run() {
+    let text = "package sealtensors\nimport rego.v1\n\
+        a := concat(\"\", [\"a\" | some i in [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]])\n\
+        b := concat(\"\", [a | some i in [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]])\n\
+        c := concat(\"\", [b | some i in [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]])\n\
+        d := array.concat([\"a\"], [\"a\"])\n\
+        e := array.concat(d, d)\n\
+        f := array.concat(e, e)\n\
+        g := array.concat(f, f)\n\
+        h := array.concat(g, g)\n\
+        allow if glob.match(\"*\", h, c)\n";
+    let mut p = Policy::compile(text).unwrap();
+    match p.evaluate(&json!({})) {
+        Err(Error::PolicyInvalid { reason }) => {
+            assert!(reason.contains("delimiters"), "{reason}")
+        }
+        other => panic!("expected PolicyInvalid, got {other:?}"),
+    }
+    // The limit is far from honest use; glob.match behaves as before.
+    let mut p = Policy::compile(
+        "package sealtensors\nimport rego.v1\n\
+         allow if {\n\
+           glob.match(\"model.*.w\", null, \"model.layers.0.w\")\n\
+           glob.match(\"model.*.w\", [\".\"], \"model.x.w\")\n\
+           not glob.match(\"model.*.w\", [\".\"], \"model.layers.0.w\")\n\
+         }\n",
+    )
+    .unwrap();
+    assert_eq!(p.evaluate(&json!({})).unwrap(), Decision::Allow);
+}
+
+/// Found in review: a valid 64 KiB policy of 2,000 rules, each nested 10
+/// deep (within the nesting limit), took 34 s to parse on every open, before
+/// any key check. The parse work is bounded on the text, before parsing.
+#[test]
+fn policy_of_2000_nested_rules_is_refused_quickly() {
+    let mut text = String::from("package sealtensors\nallow := true\n");
+    let mut n = 0;
+    while text.len() < MAX_POLICY_BYTES - 64 {
+        text.push_str(&format!("r{n} := {}1{}\n", "[".repeat(10), "]".repeat(10)));
+        n += 1;
+    }
+    assert!(n >= 2000, "{n} rules");
+    assert_policy_invalid(&text, "too much work to parse");
+    // At open, from a file anyone can make.
+    let fx = Fixture::new();
+    let p = file_with_policy(&fx, "nested.safetensors", &text);
+    match kind(SealedFile::open(&p, &OpenOptions::default())) {
+        Error::PolicyInvalid { reason } => {
+            assert!(reason.contains("too much work to parse"), "{reason}")
+        }
+        e => panic!("expected PolicyInvalid, got {e:?}"),
+    }
+}
+
+/// The parse-work limit leaves room for large honest policies: 64 KiB of
+/// flat rules, and fifty rules nested like the templates.
+#[test]
+fn large_honest_policies_are_within_the_parse_work_limit() {
+    let mut flat = String::from("package sealtensors\nimport rego.v1\ndefault allow := false\n");
+    let mut n = 0;
+    while flat.len() < MAX_POLICY_BYTES - 200 {
+        flat.push_str(&format!(
+            "allow if input.licence.customer == \"customer-{n}\"\n"
+        ));
+        n += 1;
+    }
+    Policy::compile(&flat).unwrap_or_else(|e| panic!("{:?}", Error::from(e)));
+    let mut nested = String::from("package sealtensors\nimport rego.v1\ndefault allow := false\n");
+    for i in 0..50 {
+        nested.push_str(&format!(
+            "deny_reasons contains r if {{\n\tsome name in input.request.tensors\n\t\
+             not startswith(name, \"layer{i}.\")\n\t\
+             r := concat(\"\", [\"tensor \", name, \" is not allowed (\", \"{i}\", \")\"])\n}}\n"
+        ));
+    }
+    nested.push_str("allow if count(deny_reasons) == 0\n");
+    assert!(nested.len() < MAX_POLICY_BYTES);
+    Policy::compile(&nested).unwrap_or_else(|e| panic!("{:?}", Error::from(e)));
+}
