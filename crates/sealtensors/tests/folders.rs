@@ -217,9 +217,7 @@ fn an_index_pointing_out_of_the_folder_is_refused() {
                 &opts,
             ),
         ] {
-            let err = r
-                .err()
-                .expect("an index entry outside the folder is refused");
+            let err = r.expect_err("an index entry outside the folder is refused");
             assert!(
                 matches!(err.kind(), Error::InvalidContainer(_)),
                 "{target}: {err}"
@@ -344,7 +342,7 @@ fn sealer_for(f: &Folder) -> Sealer {
 }
 
 fn assert_unsafe_link(r: sealtensors::Result<()>, link: &str) {
-    let err = r.err().expect("the link must be refused");
+    let err = r.expect_err("the link must be refused");
     assert!(
         matches!(err.kind(), Error::UnsafeLink { .. }),
         "wrong error: {err}"
