@@ -33,8 +33,18 @@ $(STAMP): requirements-test.txt
 setup: $(STAMP)
 
 # The Python package (PyO3 bindings + python/sealtensors), installed editable.
+# `maturin develop` does not install the wheel-only files behind SEALTENSORS_AUTO=1
+# (python/sealtensors_auto.pth and the hook module it imports), so they are put in
+# site-packages here as the wheel would (the hook module as a link to the source, so
+# edits to it take effect), then checked: a fresh interpreter with the variable set
+# must have the hook installed, or the build fails.
 py-build: $(STAMP)
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+		ln -sfn $(abspath python/_sealtensors_autohook.py) "$$site/_sealtensors_autohook.py" && \
+		cp python/sealtensors_auto.pth "$$site/sealtensors_auto.pth"
+	SEALTENSORS_AUTO=1 $(PY) -c 'import _sealtensors_autohook as h, sys; \
+		sys.exit(0 if h.installed() else "SEALTENSORS_AUTO=1 does not install its hook in $(VENV)")'
 
 demo: py-build
 	$(PY) scripts/demo.py
@@ -106,8 +116,8 @@ $(VLLM_STAMP): python/vllm_tests/requirements.txt
 
 vllm-setup: $(VLLM_STAMP)
 
-# The built wheel, installed as a user would (its .pth line is what
-# SEALTENSORS_AUTO=1 needs; `maturin develop` does not install it).
+# The built wheel, installed as a user would (with its .pth line, which
+# SEALTENSORS_AUTO=1 needs).
 vllm-test: $(VLLM_STAMP)
 	rm -rf target/wheels-vllm
 	$(VLLM_VENV)/bin/maturin build --release --quiet --out target/wheels-vllm
