@@ -72,9 +72,17 @@ LOAD_EVERY_WAY = """
     b = safetensors.numpy.load_file(path)["w"]
     with open(path, "rb") as fh:
         c = safetensors.numpy.load(fh.read())["w"]
+    # The lower-level entry points: bytes, and an open file.
+    import safetensors
+    with open(path, "rb") as fh:
+        (name, d), = safetensors.deserialize(fh.read())
+        with safetensors._safe_open_handle(fh, "np") as f:
+            e = f.get_tensor("w")
+    d = np.frombuffer(d["data"], dtype=np.float32)
     print("BEFORE", before)
     print("TORCH", "torch" in sys.modules)
     print("SUMS", float(a.sum()), float(b.sum()), float(c.sum()))
+    print("LOW", float(d.sum()), float(e.sum()))
 """
 
 
@@ -84,6 +92,7 @@ def test_env_switch_opens_sealed_files_in_a_fresh_process(setup: dict, value: st
     assert proc.returncode == 0, proc.stderr
     total = float(setup["data"].sum())
     assert f"SUMS {total} {total} {total}" in proc.stdout
+    assert f"LOW {total} {total}" in proc.stdout
     # Nothing is imported at start-up, and torch is never pulled in by the hook.
     assert "BEFORE (False, False)" in proc.stdout
     assert "TORCH False" in proc.stdout
@@ -179,6 +188,7 @@ def test_sealtensors_imported_before_safetensors(setup: dict, first: str) -> Non
     assert proc.returncode == 0, proc.stderr
     total = float(setup["data"].sum())
     assert f"SUMS {total} {total} {total}" in proc.stdout
+    assert f"LOW {total} {total}" in proc.stdout
 
 
 def test_reimported_submodules_are_patched_again(setup: dict) -> None:
