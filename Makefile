@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup py-build rust-test py-test lint fmt clean
+.PHONY: demo test test-suites system-deps setup py-build rust-test py-test lint fmt clean
 
 # make bench [ARGS=--quick]: the benchmark suite (bench/run.py, see docs/benchmarks.md):
 # 1 GiB in 8 tensors (torch and numpy, warm and cold page cache, slices), 1 GiB in 2000
@@ -33,17 +33,34 @@ $(STAMP): requirements-test.txt
 setup: $(STAMP)
 
 # The Python package (PyO3 bindings + python/sealtensors), installed editable.
+# `maturin develop` does not install the wheel-only files behind SEALTENSORS_AUTO=1
+# (python/sealtensors_auto.pth and the hook module it imports), so they are put in
+# site-packages here as the wheel would (the hook module as a link to the source, so
+# edits to it take effect), then checked: a fresh interpreter with the variable set
+# must have the hook installed, or the build fails.
 py-build: $(STAMP)
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+		ln -sfn $(abspath python/_sealtensors_autohook.py) "$$site/_sealtensors_autohook.py" && \
+		cp python/sealtensors_auto.pth "$$site/sealtensors_auto.pth"
+	SEALTENSORS_AUTO=1 $(PY) -c 'import _sealtensors_autohook as h, sys; \
+		sys.exit(0 if h.installed() else "SEALTENSORS_AUTO=1 does not install its hook in $(VENV)")'
 
 demo: py-build
 	$(PY) scripts/demo.py
 
+# The system packages the tests need (a software TPM, tpm2-tools, PostgreSQL's
+# server programs): installed with apt-get when missing and run as root; otherwise
+# it stops at once with the one command to run (scripts/system-deps.sh; .ci/run
+# calls the same script).
+system-deps:
+	scripts/system-deps.sh
+
 # The broker's fault test (crates/sealtensors-broker/tests/fault.rs) SIGKILLs the
 # release `sealtensors serve` binary, so it is built first. The broker's PostgreSQL
-# tests run when SEALTENSORS_TEST_POSTGRES_URL is set (they say so when skipped):
-# scripts/pg-test-server.sh run make test (CI does) starts a throwaway cluster.
-rust-test:
+# tests run when SEALTENSORS_TEST_POSTGRES_URL is set (they say so when skipped);
+# `make test` starts a throwaway cluster for them.
+rust-test: system-deps
 	cargo build --release -p sealtensors-cli
 	cargo test --workspace
 
@@ -51,7 +68,21 @@ py-test: py-build
 	cargo build --release -p sealtensors-cli
 	$(PY) -m pytest python/tests -q
 
-test: rust-test py-test vllm-test
+# make test: every suite, with a throwaway PostgreSQL cluster (scripts/pg-test-server.sh:
+# a free loopback port, SEALTENSORS_TEST_POSTGRES_URL and _REQUIRED exported, stopped
+# and deleted afterwards, also on failure) unless SEALTENSORS_TEST_POSTGRES_URL already
+# names a server. The sub-make is called through TEST_SUITES rather than a literal
+# $$(MAKE), so that `make -n test` prints the plan instead of starting a cluster.
+TEST_SUITES = $(MAKE) --no-print-directory test-suites
+test: system-deps
+	@if [[ -n "$${SEALTENSORS_TEST_POSTGRES_URL:-}" ]]; then \
+		echo "make test: PostgreSQL at $$SEALTENSORS_TEST_POSTGRES_URL (already set)"; \
+		$(TEST_SUITES); \
+	else \
+		scripts/pg-test-server.sh run $(TEST_SUITES); \
+	fi
+
+test-suites: rust-test py-test vllm-test
 
 lint: $(STAMP)
 	cargo fmt --all -- --check
@@ -85,8 +116,8 @@ $(VLLM_STAMP): python/vllm_tests/requirements.txt
 
 vllm-setup: $(VLLM_STAMP)
 
-# The built wheel, installed as a user would (its .pth line is what
-# SEALTENSORS_AUTO=1 needs; `maturin develop` does not install it).
+# The built wheel, installed as a user would (with its .pth line, which
+# SEALTENSORS_AUTO=1 needs).
 vllm-test: $(VLLM_STAMP)
 	rm -rf target/wheels-vllm
 	$(VLLM_VENV)/bin/maturin build --release --quiet --out target/wheels-vllm

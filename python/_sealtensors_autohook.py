@@ -15,6 +15,12 @@ or ``safetensors.numpy`` are imported (or re-imported) later,
 The switch is on for any value but "", "0", "false", "no" and "off": a value
 it does not understand turns it on rather than silently leaving it off.
 
+Development installs (``make py-build``, i.e. ``maturin develop``) get the
+``.pth`` file and this module in site-packages from the Makefile, as the wheel
+installs them. Where the ``.pth`` line did not run but the variable is on,
+``import sealtensors`` notices (the finder is missing), warns, and turns
+``sealtensors.auto`` on in that process: see `sealtensors._auto_switch_fallback`.
+
 If sealtensors itself fails to import, the import of safetensors fails too:
 loading ciphertext as weights is never the silent fallback. What the hook
 cannot see (docs in README, "SEALTENSORS_AUTO"): a process started with
@@ -130,6 +136,12 @@ class _Finder:
         """Nothing cached here (importlib.invalidate_caches calls this)."""
 
 
+def installed() -> bool:
+    """Whether the finder is on sys.meta_path (the `.pth` line, or
+    `sealtensors.auto`, put it there)."""
+    return any(isinstance(f, _Finder) for f in sys.meta_path)
+
+
 def install(handler: Callable[[str], None] | None = None) -> None:
     """Put the finder on sys.meta_path (once). With `handler`, sealtensors.auto
     takes over the notifications; without, the first import of safetensors
@@ -137,7 +149,7 @@ def install(handler: Callable[[str], None] | None = None) -> None:
     global _handler
     if handler is not None:
         _handler = handler
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+    if not installed():
         sys.meta_path.insert(0, _Finder())
     if handler is None and "safetensors" in sys.modules:
         __import__("sealtensors.auto")

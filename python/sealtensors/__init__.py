@@ -36,6 +36,37 @@ from sealtensors._open import safe_open
 
 __version__ = "0.1.0"
 
+
+def _auto_switch_fallback() -> None:
+    """SEALTENSORS_AUTO is on, but its start-up hook did not run in this process.
+
+    The `.pth` line (sealtensors_auto.pth in site-packages) installs the import
+    hook at interpreter start; when it is missing (an install that lacks it,
+    `python -S`, the variable set after start-up), a process that never imports
+    sealtensors reads sealed files as ciphertext, and nothing of sealtensors
+    runs there to notice. A process that does import sealtensors can notice:
+    it warns, naming the cause, and turns `sealtensors.auto` on here.
+    """
+    import warnings
+
+    import _sealtensors_autohook as hook
+
+    if not hook.env_enabled() or hook.installed():
+        return
+    warnings.warn(
+        "SEALTENSORS_AUTO is set but its start-up hook did not run in this process "
+        "(sealtensors_auto.pth is not in site-packages, Python ran with -S, or the "
+        "variable was set after start-up): sealtensors.auto is turned on now, but "
+        "processes that do not import sealtensors read sealed files as ciphertext. "
+        "Install the sealtensors wheel, or run `make py-build` in a development tree.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    hook.install()  # safetensors is imported: this imports sealtensors.auto
+
+
+_auto_switch_fallback()
+
 __all__ = [
     "ConfigError",
     "InvalidFileError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import safetensors
@@ -13,8 +13,11 @@ import safetensors
 from sealtensors import _convert
 from sealtensors._native import File
 
-# The real safetensors opener, kept before `sealtensors.auto` replaces it.
+# The real safetensors entry points that read a file's bytes, kept before
+# `sealtensors.auto` replaces them (`_safe_open_handle` is in safetensors 0.6+).
 _REAL_SAFE_OPEN = safetensors.safe_open
+_REAL_DESERIALIZE = safetensors.deserialize
+_REAL_SAFE_OPEN_HANDLE = getattr(safetensors, "_safe_open_handle", None)
 
 
 def _licence_text(licence: Any) -> str | None:
@@ -120,6 +123,7 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         require_signed: bool = False,
         licence: Mapping[str, Any] | str | os.PathLike[str] | None = None,
         _caller: tuple[str, str] | None = None,
+        _open_plain: Callable[[], Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self._device = device
@@ -139,6 +143,9 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         self._plain = None
         if self._file.is_sealed():
             self._framework = _convert.framework(framework)
+        elif _open_plain is not None:
+            # sealtensors.auto's other entry points (a file handle): their own opener.
+            self._plain = _open_plain()
         else:
             # Exactly what safetensors does for a plain file (mmap, zero copy).
             self._plain = _REAL_SAFE_OPEN(self._path, framework, device=device, **kwargs)

@@ -1,7 +1,11 @@
 """Transparent loading: after `import sealtensors.auto`, code that calls
-`safetensors.safe_open` (transformers' `from_pretrained` among it) or
-`safetensors.torch.load` / `safetensors.numpy.load` opens sealed files too;
-plain files behave exactly as before.
+`safetensors.safe_open` (transformers' `from_pretrained` among it),
+`safetensors.torch.load` / `safetensors.numpy.load`, or the lower-level
+`safetensors.deserialize(bytes)` and `safetensors._safe_open_handle(file)`
+opens sealed files too; plain files behave exactly as before. These are all
+the entry points through which safetensors reads a file's bytes (its
+`load_file`, `load_model` and the flax, mlx, paddle and tensorflow modules go
+through them), so none of them hands ciphertext to a model as weights.
 
 `SEALTENSORS_AUTO=1` in the environment does the same in every Python process
 started with it (spawned workers included), through a `.pth` file installed
@@ -17,29 +21,138 @@ models are then refused too (that is what pinning a signer means).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import _sealtensors_autohook as _hook
 
 from sealtensors import _open
+from sealtensors._native import InvalidFileError
 
 _defaults: dict[str, Any] = {}
 _enabled = False
 
 
-def _patched_safe_open(filename: Any, framework: str, device: Any = "cpu", **kwargs: Any) -> Any:
+def _options(**kwargs: Any) -> dict[str, Any]:
     opts = {**_defaults, **kwargs}
     tf = sys.modules.get("transformers")
     if tf is not None and "_caller" not in opts:
         # The policy sees who loads the model.
         opts["_caller"] = ("transformers", str(getattr(tf, "__version__", "")))
-    return _open.safe_open(filename, framework, device, **opts)
+    return opts
+
+
+def _patched_safe_open(filename: Any, framework: str, device: Any = "cpu", **kwargs: Any) -> Any:
+    return _open.safe_open(filename, framework, device, **_options(**kwargs))
 
 
 functools.update_wrapper(_patched_safe_open, _open.safe_open)
+
+# The reserved prefix of a sealed (or sign-only) file's metadata keys (spec/SPEC.md §3),
+# and the header size limit of safetensors, for `_header_says_sealed`.
+_SEAL_PREFIX = "sealtensors."
+_MAX_HEADER = 100_000_000
+
+
+def _patched_deserialize(data: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """`safetensors.deserialize`, for plain or sealed bytes.
+
+    The bytes are opened through sealtensors (a private temporary file, as
+    `sealtensors.numpy.load` does), so the loader's keys and trusted signers
+    apply. Plain content then goes to the real `deserialize`, unchanged; a
+    sealed file's tensors are verified, decrypted, and returned in the same
+    form, in file order: ``[(name, {"shape": [...], "dtype": "F32", "data":
+    bytearray(...)}), ...]``.
+    """
+    real = _open._REAL_DESERIALIZE
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "t.safetensors")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        with _open.safe_open(path, "np", **_options()) as f:
+            if f._plain is not None:
+                return real(data)
+            names = f.offset_keys()
+            raws = f._file.read_many(names)
+            out = []
+            for name, raw in zip(names, raws):
+                dtype, shape, _, _ = f._file.info(name)
+                entry = {"shape": list(shape), "dtype": dtype, "data": bytearray(memoryview(raw))}
+                out.append((name, entry))
+            return out
+
+
+def _path_of(handle: Any) -> str | None:
+    """A path that opens the same file as `handle`'s descriptor, or None."""
+    try:
+        fd = handle.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not isinstance(fd, int):
+        return None
+    name = getattr(handle, "name", None)
+    if isinstance(name, (str, os.PathLike)):
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(name)):
+                return os.fspath(name)
+        except OSError:
+            pass
+    proc = f"/proc/self/fd/{fd}"  # Linux: the open file itself, even if renamed or deleted
+    return proc if os.path.exists(proc) else None
+
+
+def _header_says_sealed(handle: Any) -> bool:
+    """Whether the file behind `handle` has sealtensors' reserved metadata keys
+    (read with pread: the handle's position is left alone). A header that does
+    not parse is not called sealed: the real opener then refuses it itself."""
+    try:
+        fd = handle.fileno()
+        head = os.pread(fd, 8, 0)
+        if len(head) != 8:
+            return False
+        n = int.from_bytes(head, "little")
+        if n > _MAX_HEADER:
+            return False
+        doc = json.loads(os.pread(fd, n, 8))
+    except (AttributeError, OSError, ValueError, TypeError):
+        return False
+    meta = doc.get("__metadata__") if isinstance(doc, dict) else None
+    return isinstance(meta, dict) and any(str(k).startswith(_SEAL_PREFIX) for k in meta)
+
+
+def _patched_safe_open_handle(
+    handle: Any, framework: str, device: Any = "cpu", **kwargs: Any
+) -> Any:
+    """`safetensors._safe_open_handle(file, ...)`, for plain or sealed files.
+
+    The file behind the handle is opened through sealtensors by a path to it
+    (its name, or /proc/self/fd on Linux): a sealed file is verified and
+    decrypted like `safe_open`'s; a plain one is handed to the real
+    `_safe_open_handle` with the same handle. Where no path to the handle's file
+    can be found, sealed content is refused (InvalidFileError), never returned
+    as ciphertext.
+    """
+    real = _open._REAL_SAFE_OPEN_HANDLE
+    assert real is not None  # patched only where safetensors has it
+    path = _path_of(handle)
+    if path is None:
+        if _header_says_sealed(handle):
+            raise InvalidFileError(
+                "this file handle holds a sealtensors file and its file cannot be "
+                "reopened by path here: open it with sealtensors.safe_open(path, ...)"
+            )
+        return real(handle, framework, device, **kwargs)
+    return _open.safe_open(
+        path,
+        framework,
+        device,
+        _open_plain=lambda: real(handle, framework, device, **kwargs),
+        **_options(),
+    )
 
 
 def _patched_torch_load(data: bytes) -> Any:
@@ -59,14 +172,19 @@ def _patched_numpy_load(data: bytes) -> Any:
 # torch, which sealtensors never imports on its own account).
 _PATCHED: dict[str, Any] = {
     "safe_open": _patched_safe_open,
+    "deserialize": _patched_deserialize,
+    "_safe_open_handle": _patched_safe_open_handle,
     "torch.load": _patched_torch_load,
     "numpy.load": _patched_numpy_load,
 }
 # Every original ever seen, per entry point: a re-import of safetensors.torch
 # (importlib.reload, or a fresh import after `del sys.modules[...]`) defines a
-# new `load`, which is an original too.
+# new `load`, which is an original too. The package's own functions live in its
+# extension module, which is never re-executed.
 _REAL: dict[str, list[Any]] = {
     "safe_open": [_open._REAL_SAFE_OPEN],
+    "deserialize": [_open._REAL_DESERIALIZE],
+    "_safe_open_handle": [h for h in (_open._REAL_SAFE_OPEN_HANDLE,) if h is not None],
     "torch.load": [],
     "numpy.load": [],
 }
@@ -120,7 +238,9 @@ def enable(
     require_signed: bool = False,
     licence: Any = None,
 ) -> None:
-    """Route `safetensors.safe_open` everywhere through sealtensors.
+    """Route `safetensors.safe_open` (and the other entry points that read a
+    file: `deserialize`, `_safe_open_handle`, `torch.load`, `numpy.load`)
+    everywhere through sealtensors.
 
     Modules that already did `from safetensors import safe_open` (such as
     transformers.modeling_utils) are patched too.

@@ -1,14 +1,19 @@
 """SEALTENSORS_AUTO=1: transparent loading in every Python process, through the
-`.pth` line the wheel installs (python/sealtensors_auto.pth).
+`.pth` line the wheel installs (python/sealtensors_auto.pth), and `make
+py-build` installs in the development venv.
 
-Each case runs a fresh interpreter. The `.pth` file is processed the way
+Each case runs a fresh interpreter. Most process the `.pth` file the way
 site-packages processes it at start-up (`site.addsitedir` on a folder that
 holds a copy of it), so the line itself and the import hook are what is
-tested; test_wheel.py checks that the built wheel installs the file.
+tested; test_wheel.py checks that the built wheel installs the file, and
+`test_the_switch_works_in_this_installation` that this environment has it.
+Where it is missing (`python -S` here), importing sealtensors warns and turns
+sealtensors.auto on.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -67,9 +72,17 @@ LOAD_EVERY_WAY = """
     b = safetensors.numpy.load_file(path)["w"]
     with open(path, "rb") as fh:
         c = safetensors.numpy.load(fh.read())["w"]
+    # The lower-level entry points: bytes, and an open file.
+    import safetensors
+    with open(path, "rb") as fh:
+        (name, d), = safetensors.deserialize(fh.read())
+        with safetensors._safe_open_handle(fh, "np") as f:
+            e = f.get_tensor("w")
+    d = np.frombuffer(d["data"], dtype=np.float32)
     print("BEFORE", before)
     print("TORCH", "torch" in sys.modules)
     print("SUMS", float(a.sum()), float(b.sum()), float(c.sum()))
+    print("LOW", float(d.sum()), float(e.sum()))
 """
 
 
@@ -79,6 +92,7 @@ def test_env_switch_opens_sealed_files_in_a_fresh_process(setup: dict, value: st
     assert proc.returncode == 0, proc.stderr
     total = float(setup["data"].sum())
     assert f"SUMS {total} {total} {total}" in proc.stdout
+    assert f"LOW {total} {total}" in proc.stdout
     # Nothing is imported at start-up, and torch is never pulled in by the hook.
     assert "BEFORE (False, False)" in proc.stdout
     assert "TORCH False" in proc.stdout
@@ -174,6 +188,7 @@ def test_sealtensors_imported_before_safetensors(setup: dict, first: str) -> Non
     assert proc.returncode == 0, proc.stderr
     total = float(setup["data"].sum())
     assert f"SUMS {total} {total} {total}" in proc.stdout
+    assert f"LOW {total} {total}" in proc.stdout
 
 
 def test_reimported_submodules_are_patched_again(setup: dict) -> None:
@@ -201,17 +216,15 @@ def test_reimported_submodules_are_patched_again(setup: dict) -> None:
 
 
 def test_start_up_imports_only_the_hook(setup: dict) -> None:
-    """A process that never loads safetensors pays for one small module."""
-    code = "print('NEW', sorted(set(sys.modules) - BEFORE))"
-    env = dict(setup["env"], SEALTENSORS_AUTO="1")
-    prelude = (
-        f"import sys, site\nBEFORE = set(sys.modules)\nsite.addsitedir({str(setup['site'])!r})\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", prelude + code], env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "NEW ['__future__', '_sealtensors_autohook']" in proc.stdout, proc.stdout
+    """A process that never loads safetensors pays for one small module: the
+    modules loaded at start-up with the switch on and off differ by it alone
+    (whether or not this installation's site-packages has the line too)."""
+    code = "print('MODS', sorted(sys.modules))"
+    on, off = (_run(setup, code, value) for value in ("1", None))
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    mods_on, mods_off = (set(ast.literal_eval(p.stdout.split("MODS", 1)[1])) for p in (on, off))
+    assert mods_on - mods_off <= {"__future__", "_sealtensors_autohook"}, mods_on - mods_off
+    assert "_sealtensors_autohook" in mods_on - mods_off
 
 
 def test_the_wrapped_loader_copies_and_serves_resources(setup: dict) -> None:
@@ -226,3 +239,79 @@ def test_the_wrapped_loader_copies_and_serves_resources(setup: dict) -> None:
     proc = _run(setup, code, "1")
     assert proc.returncode == 0, proc.stderr
     assert "PKG False" in proc.stdout and "RES True" in proc.stdout
+
+
+PLAIN_SAFETENSORS = textwrap.dedent("""
+    hook = "_sealtensors_autohook" in sys.modules
+    from safetensors import safe_open
+    with safe_open({path!r}, framework="np") as f:
+        print("SUM", float(f.get_tensor("w").sum()))
+    print("HOOK", hook, "SEALTENSORS", "sealtensors" in sys.modules)
+""")
+
+
+def test_the_switch_works_in_this_installation(setup: dict) -> None:
+    """This environment's own site-packages carries the `.pth` line: no
+    site.addsitedir here. In the development venv `make py-build` puts it
+    there (`maturin develop` does not); before it did, SEALTENSORS_AUTO=1
+    did nothing in that venv, and plain safetensors read the ciphertext with
+    no error."""
+    code = "import sys\n" + PLAIN_SAFETENSORS.format(path=str(setup["sealed"]))
+    env = dict(setup["env"], SEALTENSORS_AUTO="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"SUM {float(setup['data'].sum())}" in proc.stdout
+    assert "HOOK True SEALTENSORS True" in proc.stdout
+    assert "start-up hook did not run" not in proc.stderr
+
+
+def _without_site(setup: dict, code: str, auto: str | None) -> subprocess.CompletedProcess:
+    """`python -S`: no .pth file is processed, as where the hook is not installed.
+    The packages stay importable through PYTHONPATH (sealtensors' own folder
+    first: in an editable install it is the source tree)."""
+    import sysconfig
+
+    env = dict(setup["env"])
+    if auto is not None:
+        env["SEALTENSORS_AUTO"] = auto
+    pkg_root = Path(sealtensors.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(pkg_root), sysconfig.get_paths()["purelib"]])
+    return subprocess.run(
+        [sys.executable, "-S", "-c", "import sys\n" + code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_without_the_hook_plain_safetensors_reads_ciphertext(setup: dict) -> None:
+    """What the missing hook means (the documented limit of the switch): a
+    process that never imports sealtensors gets the ciphertext."""
+    proc = _without_site(setup, PLAIN_SAFETENSORS.format(path=str(setup["sealed"])), "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "HOOK False SEALTENSORS False" in proc.stdout
+    assert f"SUM {float(setup['data'].sum())}" not in proc.stdout
+
+
+def test_import_sealtensors_warns_and_falls_back_without_the_hook(setup: dict) -> None:
+    """A process that imports sealtensors with the variable on but no hook
+    installed says so on stderr and turns sealtensors.auto on itself."""
+    code = "import sealtensors\n" + PLAIN_SAFETENSORS.format(path=str(setup["sealed"]))
+    proc = _without_site(setup, code, "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning: SEALTENSORS_AUTO is set but its start-up hook did not run" in (
+        proc.stderr
+    )
+    assert f"SUM {float(setup['data'].sum())}" in proc.stdout
+
+
+@pytest.mark.parametrize("value", [None, "0"])
+def test_import_sealtensors_is_quiet_without_the_switch(setup: dict, value: str | None) -> None:
+    code = "import sealtensors\n" + PLAIN_SAFETENSORS.format(path=str(setup["sealed"]))
+    proc = _without_site(setup, code, value)
+    assert proc.returncode == 0, proc.stderr
+    assert "start-up hook did not run" not in proc.stderr
+    assert f"SUM {float(setup['data'].sum())}" not in proc.stdout  # auto stays off

@@ -30,7 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from generate import ENGINE, MAX_TOKENS, PROMPT  # noqa: E402
+from generate import ENGINE, KV_CACHE_ENV, MAX_TOKENS, PROMPT  # noqa: E402
 from prepare_smollm2 import prepare  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,6 +39,8 @@ BASE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
+    # Every vLLM process these tests start gets the same fixed KV cache (see generate.py).
+    **KV_CACHE_ENV,
 }
 for _k in ("SEALTENSORS_IDENTITY", "SEALTENSORS_TRUST", "SEALTENSORS_LICENCE"):
     BASE_ENV.pop(_k, None)
@@ -176,6 +178,11 @@ def test_tensor_parallel_workers_decrypt_only_their_rows(models: dict, plain_tex
     # q/k/v, gate/up and the embedding are cut by rows (1/3 each); o_proj,
     # down_proj and the norms are read whole: about half, never all.
     assert all(s < 75.0 for s in shares), shares
+    # Each worker's KV cache is the fixed size, not a share of whatever memory
+    # was free at start-up (which failed the tests on a busy machine).
+    kv = re.findall(r"Explicitly set \((\d+(?:\.\d+)?)/[\d.]+\) GiB for KV cache", log)
+    fixed = float(KV_CACHE_ENV["VLLM_CPU_KVCACHE_SPACE"])
+    assert [float(g) for g in kv] == [fixed] * 3, log[-4000:]
 
 
 def _free_port() -> int:
@@ -201,8 +208,8 @@ def test_vllm_serve_load_format_sealtensors(models: dict, plain_text: str, tmp_p
         ENGINE["dtype"],
         "--max-model-len",
         str(ENGINE["max_model_len"]),
-        "--gpu-memory-utilization",
-        str(ENGINE["gpu_memory_utilization"]),
+        "--kv-cache-memory-bytes",
+        str(ENGINE["kv_cache_memory_bytes"]),
         "--enforce-eager",
         "--seed",
         "0",
