@@ -371,6 +371,44 @@ pub fn is_invisible(c: char) -> bool {
             | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
+/// A deserialiser's message without the value it quotes. serde's
+/// `invalid type: string "<value>", expected ...`, `invalid value: ...` and
+/// `unknown variant `<value>`, expected ...` repeat what was in the input,
+/// which in a key file, token file or configuration may be a secret; what
+/// was expected, and where (added by the caller), is kept. Other messages
+/// (syntax errors, missing or duplicate fields) carry no value and are kept.
+pub fn without_values(message: &str) -> String {
+    for (prefix, what) in [
+        ("invalid type: ", "wrong type"),
+        ("invalid value: ", "invalid value"),
+        ("unknown variant ", "unknown variant"),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            // The expectation comes last; the value may hold ", expected ".
+            return match rest.rfind(", expected ") {
+                Some(i) => format!("{what}, expected {}", &rest[i + 11..]),
+                None => what.to_string(),
+            };
+        }
+    }
+    message.to_string()
+}
+
+/// A `serde_json` error as text that never quotes the input: the message
+/// without values ([`without_values`]) and the line and column.
+pub fn json_error_text(e: &serde_json::Error) -> String {
+    // `Display` appends " at line L column C" to the message; rebuild it.
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let message = full.strip_suffix(&suffix).unwrap_or(&full);
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            format!("{}{suffix}", without_values(message))
+        }
+        _ => full,
+    }
+}
+
 /// Untrusted text made fit to show in a terminal or a log: control and
 /// invisible formatting characters ([`is_invisible`]: escape sequences, new
 /// lines, NUL, bidirectional overrides) escaped as `\u{..}`, `\n`, and at

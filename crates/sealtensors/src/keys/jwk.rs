@@ -61,8 +61,19 @@ pub enum KeyFile {
 impl KeyFile {
     /// Parse JWK text.
     pub fn from_jwk(text: &str) -> Result<KeyFile> {
-        let j: Jwk = serde_json::from_str(text)
-            .map_err(|e| Error::InvalidKey(format!("not a JSON Web Key: {e}")))?;
+        // serde's message may quote the offending value, which here may be
+        // (part of) the secret: say where and what was expected, not what.
+        if !text.trim_start().starts_with('{') {
+            return Err(Error::InvalidKey(
+                "not a JSON Web Key: the file is not a JSON object".into(),
+            ));
+        }
+        let j: Jwk = serde_json::from_str(text).map_err(|e| {
+            Error::InvalidKey(format!(
+                "not a JSON Web Key: {} (every member, kty, crv, x, d, k and kid, is a string)",
+                crate::error::json_error_text(&e)
+            ))
+        })?;
         match (j.kty.as_str(), j.crv.as_deref()) {
             ("OKP", Some("X25519")) => {
                 let x: [u8; 32] = unb64_array("x", j.x.as_deref().unwrap_or(""))?;
@@ -276,6 +287,59 @@ mod tests {
         // never overwritten silently
         let again = KeyFile::Symmetric(SymmetricKey::generate(None).unwrap());
         assert!(matches!(again.save(&p, false), Err(Error::OutputExists(_))));
+    }
+
+    #[test]
+    fn malformed_jwk_errors_never_echo_the_secret() {
+        // Issue 15: serde's "invalid type: ..." quoted the offending value.
+        const SECRET: &str = "s3cretS3CRETs3cret";
+        let num = "918273645546372819";
+        let cases = [
+            format!(r#"{{"kty":"OKP","crv":"X25519","x":"AAAA","d":{num}}}"#),
+            format!(r#"{{"kty":"oct","kid":"t","k":["{SECRET}"]}}"#),
+            format!(r#"{{"kty":"oct","kid":"t","k":{{"v":"{SECRET}"}}}}"#),
+            format!(r#"{{"kty":"oct","kid":"t","k":"{SECRET}"}}"#),
+            format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"AAAA","d":"{SECRET}"}}"#),
+            format!(r#"{{"kty":"OKP","crv":"X25519","d":"{SECRET}","d":"{SECRET}"}}"#),
+            format!(r#"{{"kty":"OKP","crv":"X25519","d":"{SECRET}"#),
+            format!(r#"{{"kty":"oct","kid":"t","k":"{SECRET}\q"}}"#),
+            format!(r#""{SECRET}""#),
+            format!(r#"["{SECRET}"]"#),
+            format!("{num}"),
+            format!(r#"{{"kty":{num}}}"#),
+        ];
+        for text in &cases {
+            let e = match KeyFile::from_jwk(text) {
+                Err(e) => e,
+                Ok(_) => panic!("accepted {text}"),
+            };
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains(SECRET) && !shown.contains(num), "{shown}");
+        }
+        // Still says where and what was expected.
+        let e = KeyFile::from_jwk(&cases[0]).err().unwrap().to_string();
+        assert!(
+            e.contains("line 1 column") && e.contains("expected a string"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn serde_messages_lose_their_values() {
+        use crate::error::without_values;
+        assert_eq!(
+            without_values("invalid type: string \"x, expected y\", expected u64"),
+            "wrong type, expected u64"
+        );
+        assert_eq!(
+            without_values("invalid value: integer `7`, expected a port"),
+            "invalid value, expected a port"
+        );
+        assert_eq!(
+            without_values("unknown variant `pg`, expected `sqlite` or `postgres`"),
+            "unknown variant, expected `sqlite` or `postgres`"
+        );
+        assert_eq!(without_values("missing field `kty`"), "missing field `kty`");
     }
 
     #[test]
