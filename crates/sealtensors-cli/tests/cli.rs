@@ -159,6 +159,39 @@ fn keygen_writes_0600_keys_and_prints_public_halves() {
         .stderr(predicate::str::contains("public: x25519:"));
 }
 
+#[cfg(unix)]
+#[test]
+fn keygen_force_replaces_a_symlink_and_never_writes_its_target() {
+    // Issue 15: `keygen --force -o LINK` wrote the key through the link.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "do not touch\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("key.jwk");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    bin()
+        .args(["keygen", "-o"])
+        .arg(&link)
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains("--force"));
+    bin()
+        .args(["keygen", "--force", "-o"])
+        .arg(&link)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "do not touch\n");
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let m = std::fs::symlink_metadata(&link).unwrap();
+    assert!(m.file_type().is_file());
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&link).unwrap().contains("\"d\""));
+}
+
 #[test]
 fn seal_unseal_round_trip_is_byte_identical() {
     let e = Env::new();
