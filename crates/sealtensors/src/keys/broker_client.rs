@@ -472,6 +472,39 @@ fn parse_tokens(text: &str) -> Vec<Token> {
         .collect()
 }
 
+/// The `broker-token` file: licence tokens are bearer secrets, so, as ssh
+/// does with private keys, a file that other users can read (or write) is
+/// refused, with the fix. `None` when there is none.
+fn read_token_file(p: &Path) -> Result<Option<Zeroizing<String>>> {
+    let mut f = match std::fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("reading broker configuration", e).in_file(p)),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The opened file's mode (fstat), not the path's: no race.
+        let mode = f
+            .metadata()
+            .map_err(|e| Error::io("reading broker configuration", e).in_file(p))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::Config(format!(
+                "{} holds licence tokens and other users can access it (mode {:04o}); run `chmod 600 {}`",
+                p.display(),
+                mode & 0o7777,
+                p.display()
+            )));
+        }
+    }
+    let mut text = Zeroizing::new(String::new());
+    f.read_to_string(&mut *text)
+        .map_err(|e| Error::io("reading broker configuration", e).in_file(p))?;
+    Ok(Some(text))
+}
+
 /// Text from a broker, fit to show (it may hold terminal escapes).
 fn shown(reason: &str) -> String {
     crate::error::printable(reason, 512)
@@ -607,9 +640,9 @@ impl BrokerAccess {
         if hosts.is_empty() {
             return Ok(None);
         }
-        let file_token = match env_token {
-            Some(_) => None,
-            None => read("broker-token")?,
+        let file_token = match (env_token.is_some(), config_dir) {
+            (false, Some(dir)) => read_token_file(&dir.join("broker-token"))?,
+            _ => None,
         };
         let token = env_token
             .as_deref()
@@ -1162,6 +1195,42 @@ mod tests {
         // Text that reorders or hides what follows is escaped too.
         let s = shown("ok\u{202E}dexoveR\u{2066}\u{200B}\u{2028}");
         assert_eq!(s, "ok\\u{202e}dexoveR\\u{2066}\\u{200b}\\u{2028}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        // Issue 15: the broker-token file's mode was never checked.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("broker-token");
+        assert!(read_token_file(&p).unwrap().is_none());
+        std::fs::write(&p, "keys.example.com=stl_s3cret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_token_file(&p).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(shown.contains("chmod 600") && !shown.contains("s3cret"), "{shown}");
+            assert_eq!(e.class(), crate::ErrorClass::Usage);
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                read_token_file(&p).unwrap().unwrap().as_str(),
+                "keys.example.com=stl_s3cret\n"
+            );
+        }
+        // Through discovery from the configuration directory (when the
+        // environment names no broker, as in this test process).
+        if std::env::var_os(ENV_BROKERS).is_none() && std::env::var_os(ENV_BROKER_TOKEN).is_none()
+        {
+            std::fs::write(dir.path().join("brokers"), "keys.example.com\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = BrokerAccess::discover(Some(dir.path())).unwrap_err();
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert!(BrokerAccess::discover(Some(dir.path())).unwrap().is_some());
+        }
     }
 
     #[test]
