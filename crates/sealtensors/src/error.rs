@@ -341,10 +341,11 @@ impl Error {
 
 fn reasons_text(reasons: &[String]) -> String {
     const SHOWN: usize = 5;
+    // The reasons come from the file's policy: never raw to a terminal.
     let mut s = reasons
         .iter()
         .take(SHOWN)
-        .map(String::as_str)
+        .map(|r| printable(r, 512))
         .collect::<Vec<_>>()
         .join("; ");
     if reasons.len() > SHOWN {
