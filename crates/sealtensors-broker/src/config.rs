@@ -177,8 +177,9 @@ impl Config {
                 path.display()
             ))
         })?;
-        let mut c: Config = toml::from_str(&text)
-            .map_err(|e| BrokerError::Config(format!("{}: {}", path.display(), toml_error(&text, &e))))?;
+        let mut c: Config = toml::from_str(&text).map_err(|e| {
+            BrokerError::Config(format!("{}: {}", path.display(), toml_error(&text, &e)))
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if c.database.is_relative() && !c.database.as_os_str().is_empty() {
             c.database = base.join(&c.database);

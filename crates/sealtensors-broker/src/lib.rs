@@ -786,7 +786,10 @@ async fn register_model_do(
     let store = b.releaser.store.clone();
     let m2 = m.clone();
     blocking(move || store.register_model(&m2)).await?;
-    let done = format!("registered model with signer {} and key id {}", m.signer, m.kid);
+    let done = format!(
+        "registered model with signer {} and key id {}",
+        m.signer, m.kid
+    );
     Ok((StatusCode::CREATED, to_json(&m)?, done))
 }
 

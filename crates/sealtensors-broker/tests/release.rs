@@ -1092,7 +1092,12 @@ fn admin_actions_are_audited_done_or_refused() {
             ("admin", "admin", "issue_licence", id.as_str()),
             ("admin", "admin", "revoke_licence", id.as_str()),
             ("admin", "admin_denied", "revoke_licence", "lic_nope"),
-            ("admin", "admin_denied", "enrol_attestation_key", id.as_str()),
+            (
+                "admin",
+                "admin_denied",
+                "enrol_attestation_key",
+                id.as_str()
+            ),
             ("admin", "admin", "list_licences", ""),
             ("unknown", "admin_denied", "revoke_licence", bad),
             ("unknown", "admin_denied", "revoke_licence", bad),
@@ -1102,9 +1107,20 @@ fn admin_actions_are_audited_done_or_refused() {
         ]
     );
     assert_eq!(rows[0].kid, "k1");
-    assert!(rows[1].reason.contains("customer \"acme\""), "{:?}", rows[1]);
-    assert!(rows[3].reason.starts_with("unknown_licence: "), "{:?}", rows[3]);
-    assert_eq!((rows[4].machine_id.as_str(), rows[4].kid.as_str()), ("m1", "tpm"));
+    assert!(
+        rows[1].reason.contains("customer \"acme\""),
+        "{:?}",
+        rows[1]
+    );
+    assert!(
+        rows[3].reason.starts_with("unknown_licence: "),
+        "{:?}",
+        rows[3]
+    );
+    assert_eq!(
+        (rows[4].machine_id.as_str(), rows[4].kid.as_str()),
+        ("m1", "tpm")
+    );
     assert!(rows[4].reason.starts_with("bad_request: "), "{:?}", rows[4]);
     assert!(rows[6].reason.starts_with("not_admin: "), "{:?}", rows[6]);
     // The licence named in the refused path was not touched, and no row

@@ -489,7 +489,11 @@ fn inspect(a: cli::Inspect) -> Result<()> {
                 shown_value(&j["model"]["id"]),
                 shown_value(&j["model"]["version"]),
                 shown_value(&j["model"]["created"]),
-                shown_value(j["model"].get("expires").unwrap_or(&serde_json::Value::Null))
+                shown_value(
+                    j["model"]
+                        .get("expires")
+                        .unwrap_or(&serde_json::Value::Null)
+                )
             );
             println!(
                 "cipher:      {} (chunks of {} bytes)",

@@ -409,37 +409,82 @@ fn inspect_and_policy_test_never_print_escape_sequences_from_a_file() {
         .assert()
         .success();
     for f in [&hostile, &sealed] {
-        let out = bin().arg("inspect").arg(f).assert().success().get_output().clone();
+        let out = bin()
+            .arg("inspect")
+            .arg(f)
+            .assert()
+            .success()
+            .get_output()
+            .clone();
         let text = String::from_utf8(out.stdout).unwrap();
-        assert!(!text.contains('\x1b') && !text.contains('\u{9b}'), "{text:?}");
-        assert!(!text.contains('\u{202e}') && !text.contains('\x07'), "{text:?}");
+        assert!(
+            !text.contains('\x1b') && !text.contains('\u{9b}'),
+            "{text:?}"
+        );
+        assert!(
+            !text.contains('\u{202e}') && !text.contains('\x07'),
+            "{text:?}"
+        );
         // Escaped, still readable, and one entry per line.
         assert!(text.contains("\\u{1b}]52;c;cHduZWQ="), "{text}");
         assert!(!text.contains("\nfile: fake"), "{text}");
         assert_eq!(text.lines().filter(|l| l.starts_with("file:")).count(), 1);
     }
     let text = String::from_utf8(
-        bin().arg("inspect").arg(&sealed).assert().success().get_output().stdout.clone(),
+        bin()
+            .arg("inspect")
+            .arg(&sealed)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
     )
     .unwrap();
     assert!(text.contains("policy:\npackage sealtensors\n"), "{text}");
     // The model id is shown in its JSON form (C0 controls as \u001b).
     assert!(text.contains(r#"id "id\u001b]52"#), "{text}");
     // JSON output keeps the exact strings (escaped by JSON itself).
-    let out = bin().args(["inspect", "--json"]).arg(&sealed).assert().success().get_output().stdout.clone();
+    let out = bin()
+        .args(["inspect", "--json"])
+        .arg(&sealed)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     assert!(!out.contains(&0x1b));
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["metadata"]["note"], format!("{CLEAR}ok"));
     // `policy test` shows the file's reasons escaped, on stdout and stderr.
-    let out = bin().args(["policy", "test"]).arg(&sealed).assert().code(7).get_output().clone();
+    let out = bin()
+        .args(["policy", "test"])
+        .arg(&sealed)
+        .assert()
+        .code(7)
+        .get_output()
+        .clone();
     for s in [&out.stdout, &out.stderr] {
         let t = String::from_utf8_lossy(s);
         assert!(!s.contains(&0x1b) && !s.contains(&0x07), "{t:?}");
     }
     assert!(String::from_utf8_lossy(&out.stdout).contains("\\u{1b}]52"));
     // And so does a load the policy refuses.
-    let out = bin().args(["unseal", "-i"]).arg(&e.id).arg("-o").arg(e.p("x.safetensors")).arg(&sealed).assert().code(7).get_output().clone();
-    assert!(!out.stderr.contains(&0x1b), "{:?}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["unseal", "-i"])
+        .arg(&e.id)
+        .arg("-o")
+        .arg(e.p("x.safetensors"))
+        .arg(&sealed)
+        .assert()
+        .code(7)
+        .get_output()
+        .clone();
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -327,8 +327,14 @@ fn a_host_allowed_without_a_port_gets_no_token_on_another_port() {
     // default port only.
     for (hosts, tokens) in [
         (vec!["127.0.0.1".to_string()], "stl_secret".to_string()),
-        (vec!["127.0.0.1".to_string()], "127.0.0.1=stl_secret".to_string()),
-        (vec!["localhost".to_string(), "127.0.0.1".to_string()], "127.0.0.1=stl_secret".to_string()),
+        (
+            vec!["127.0.0.1".to_string()],
+            "127.0.0.1=stl_secret".to_string(),
+        ),
+        (
+            vec!["localhost".to_string(), "127.0.0.1".to_string()],
+            "127.0.0.1=stl_secret".to_string(),
+        ),
     ] {
         let (c, port, seen) = serve(1, |c, _, req| {
             (200, answer(c.mk.expose_secret(), &c.file_id, &c.mk_id, req))

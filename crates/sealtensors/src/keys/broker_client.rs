@@ -1210,7 +1210,10 @@ mod tests {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
             let e = read_token_file(&p).unwrap_err();
             let shown = format!("{e} {e:?}");
-            assert!(shown.contains("chmod 600") && !shown.contains("s3cret"), "{shown}");
+            assert!(
+                shown.contains("chmod 600") && !shown.contains("s3cret"),
+                "{shown}"
+            );
             assert_eq!(e.class(), crate::ErrorClass::Usage);
         }
         for mode in [0o600, 0o400] {
@@ -1222,8 +1225,7 @@ mod tests {
         }
         // Through discovery from the configuration directory (when the
         // environment names no broker, as in this test process).
-        if std::env::var_os(ENV_BROKERS).is_none() && std::env::var_os(ENV_BROKER_TOKEN).is_none()
-        {
+        if std::env::var_os(ENV_BROKERS).is_none() && std::env::var_os(ENV_BROKER_TOKEN).is_none() {
             std::fs::write(dir.path().join("brokers"), "keys.example.com\n").unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
             let e = BrokerAccess::discover(Some(dir.path())).unwrap_err();

@@ -299,10 +299,16 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         let key = KeyFile::X25519Identity(X25519Identity::generate().unwrap());
         // Without force a link, dangling or not, is something there.
-        assert!(matches!(key.save(&link, false), Err(Error::OutputExists(_))));
+        assert!(matches!(
+            key.save(&link, false),
+            Err(Error::OutputExists(_))
+        ));
         let dangling = dir.path().join("dangling.jwk");
         std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
-        assert!(matches!(key.save(&dangling, false), Err(Error::OutputExists(_))));
+        assert!(matches!(
+            key.save(&dangling, false),
+            Err(Error::OutputExists(_))
+        ));
         assert!(!dir.path().join("nowhere").exists());
         // With force the link itself is replaced by a private regular file.
         key.save(&link, true).unwrap();
