@@ -500,7 +500,7 @@ fn read_token_file(p: &Path) -> Result<Option<Zeroizing<String>>> {
         }
     }
     let mut text = Zeroizing::new(String::new());
-    f.read_to_string(&mut *text)
+    f.read_to_string(&mut text)
         .map_err(|e| Error::io("reading broker configuration", e).in_file(p))?;
     Ok(Some(text))
 }

@@ -346,7 +346,7 @@ mod tests {
             format!(r#"{{"kty":"oct","kid":"t","k":"{SECRET}\q"}}"#),
             format!(r#""{SECRET}""#),
             format!(r#"["{SECRET}"]"#),
-            format!("{num}"),
+            num.to_string(),
             format!(r#"{{"kty":{num}}}"#),
         ];
         for text in &cases {
