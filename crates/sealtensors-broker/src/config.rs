@@ -152,6 +152,22 @@ fn default_window() -> u64 {
     300
 }
 
+/// A TOML error without the input: toml's `Display` quotes the offending
+/// line (a database URL with its password, say) and serde's message may quote
+/// the value; say what was expected and where instead.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = sealtensors::without_values(e.message());
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("{message} at line {line} column {column}")
+        }
+        None => message,
+    }
+}
+
 impl Config {
     /// Read a TOML file; relative paths in it are taken from its folder.
     pub fn load(path: &Path) -> Result<Config> {
@@ -161,8 +177,9 @@ impl Config {
                 path.display()
             ))
         })?;
-        let mut c: Config = toml::from_str(&text)
-            .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+        let mut c: Config = toml::from_str(&text).map_err(|e| {
+            BrokerError::Config(format!("{}: {}", path.display(), toml_error(&text, &e)))
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if c.database.is_relative() && !c.database.as_os_str().is_empty() {
             c.database = base.join(&c.database);
@@ -309,5 +326,18 @@ mod tests {
         assert!(load_pg("[store]\nkind = \"postgres\"\n").is_err());
         assert!(load_pg("[store]\nkind = \"mysql\"\nurl = \"x\"\n").is_err());
         assert!(load_pg("[store]\nkind = \"postgres\"\nurl = \"x\"\ntypo = 1\n").is_err());
+        // Issue 15: a malformed line or value is reported by place, never
+        // quoted (toml's message shows the line; serde's, the value).
+        for bad in [
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://b:s3cret@127.0.0.1/b\" x\n",
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://b:s3cret@127.0.0.1/b\"\npool = \"s3cret\"\n",
+            "[store]\nkind = \"s3cret\"\nurl = \"x\"\n",
+            "[store]\nkind = \"postgres\"\nurl = [\"postgres://b:s3cret@127.0.0.1/b\"]\n",
+        ] {
+            let e = load_pg(bad).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("line "), "{shown}");
+        }
     }
 }

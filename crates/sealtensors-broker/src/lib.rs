@@ -623,16 +623,96 @@ async fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| api(400, "bad_request", e.to_string()))
 }
 
-macro_rules! admin {
-    ($b:expr, $h:expr) => {
-        if !$b.is_admin(&$h) {
-            return error(
+/// What an admin request is and what it touched, for its audit row
+/// (docs/broker.md "Audit"): the action, its target (a model id, a licence
+/// id) and the key id or evidence kind it names.
+struct AdminAudit {
+    action: &'static str,
+    target: String,
+    machine_id: String,
+    kid: String,
+}
+
+impl AdminAudit {
+    fn new(action: &'static str) -> AdminAudit {
+        AdminAudit {
+            action,
+            target: String::new(),
+            machine_id: String::new(),
+            kid: String::new(),
+        }
+    }
+}
+
+/// What a done admin action answers: its status, its body, and what was done
+/// (for the audit row).
+type AdminDone = (StatusCode, serde_json::Value, String);
+
+impl Broker {
+    fn check_admin(&self, headers: &HeaderMap) -> std::result::Result<(), ApiError> {
+        if self.is_admin(headers) {
+            Ok(())
+        } else {
+            Err(api(
                 401,
                 "not_admin",
                 "admin operations need the admin token (Authorization: Bearer ...)",
-            );
+            ))
         }
-    };
+    }
+
+    /// Audit an admin request (done or refused; committed), then answer it.
+    /// A row that cannot be written withholds the answer (500): the action
+    /// may have been applied, but no one learns its result unrecorded.
+    async fn audited(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        a: AdminAudit,
+        outcome: std::result::Result<AdminDone, ApiError>,
+    ) -> Response {
+        let (decision, reason) = match &outcome {
+            Ok((_, _, done)) => ("admin", done.clone()),
+            Err(e) => ("admin_denied", format!("{}: {}", e.code, e.reason)),
+        };
+        // Every field is bounded and escaped, as in release rows: a refused
+        // caller chooses the target (a licence id in the path, say).
+        let row = AuditRow {
+            id: 0,
+            time: now_unix(),
+            client: if self.is_admin(headers) {
+                "admin"
+            } else {
+                "unknown"
+            }
+            .into(),
+            machine_id: release::audit_text(&a.machine_id),
+            model: release::audit_text(&a.target),
+            kid: release::audit_text(&a.kid),
+            decision: decision.into(),
+            code: a.action.into(),
+            reason: release::audit_text(&reason),
+        };
+        let store = self.releaser.store.clone();
+        let written = tokio::task::spawn_blocking(move || store.audit(&row).map(|()| row)).await;
+        match written {
+            Ok(Ok(row)) => {
+                tracing::info!(client = %row.client, target = %row.model, action = a.action, decision, "admin");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, action = a.action, "admin audit write failed");
+                return error(
+                    500,
+                    "audit_failed",
+                    "the broker could not record this admin request; its effect, if any, is not shown: check with a listing and try again later",
+                );
+            }
+            Err(_) => return error(500, "internal", "internal error"),
+        }
+        match outcome {
+            Ok((status, body, _)) => (status, Json(body)).into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -652,6 +732,10 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+fn to_json<T: serde::Serialize>(v: &T) -> std::result::Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(|_| api(500, "internal", "internal error"))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterModel {
@@ -661,27 +745,37 @@ struct RegisterModel {
 }
 
 async fn register_model(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Body) -> Response {
-    admin!(b, headers);
-    let r: RegisterModel = match parse(&b, body).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+    let mut a = AdminAudit::new("register_model");
+    let outcome = register_model_do(&b, &headers, body, &mut a).await;
+    b.audited(&headers, a, outcome).await
+}
+
+async fn register_model_do(
+    b: &Arc<Broker>,
+    headers: &HeaderMap,
+    body: Body,
+    a: &mut AdminAudit,
+) -> std::result::Result<AdminDone, ApiError> {
+    b.check_admin(headers)?;
+    let r: RegisterModel = parse(b, body).await?;
+    a.target = r.model_id.clone();
+    a.kid = r.kid.clone();
     if r.model_id.is_empty() || r.model_id.len() > 256 {
-        return error(400, "bad_request", "model_id must be 1 to 256 bytes");
+        return Err(api(400, "bad_request", "model_id must be 1 to 256 bytes"));
     }
     let Ok(signer) = r.signer.parse::<VerifyingKey>() else {
-        return error(
+        return Err(api(
             400,
             "bad_request",
             "signer must be an ed25519:... public key",
-        );
+        ));
     };
     if !b.releaser.keks.contains_key(&r.kid) {
-        return error(
+        return Err(api(
             404,
             "unknown_key",
-            &format!("this broker has no key id {:?}", r.kid),
-        );
+            format!("this broker has no key id {:?}", r.kid),
+        ));
     }
     let m = ModelRecord {
         model_id: r.model_id,
@@ -691,19 +785,25 @@ async fn register_model(State(b): State<Arc<Broker>>, headers: HeaderMap, body: 
     };
     let store = b.releaser.store.clone();
     let m2 = m.clone();
-    match blocking(move || store.register_model(&m2)).await {
-        Ok(()) => (StatusCode::CREATED, Json(m)).into_response(),
-        Err(e) => e.into_response(),
-    }
+    blocking(move || store.register_model(&m2)).await?;
+    let done = format!(
+        "registered model with signer {} and key id {}",
+        m.signer, m.kid
+    );
+    Ok((StatusCode::CREATED, to_json(&m)?, done))
 }
 
 async fn list_models(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    admin!(b, headers);
-    let store = b.releaser.store.clone();
-    match blocking(move || store.models()).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
+    let a = AdminAudit::new("list_models");
+    let outcome = async {
+        b.check_admin(&headers)?;
+        let store = b.releaser.store.clone();
+        let v = blocking(move || store.models()).await?;
+        let done = format!("listed {} models", v.len());
+        Ok::<AdminDone, ApiError>((StatusCode::OK, to_json(&v)?, done))
     }
+    .await;
+    b.audited(&headers, a, outcome).await
 }
 
 #[derive(Deserialize)]
@@ -724,24 +824,32 @@ fn one() -> u32 {
 }
 
 async fn issue_licence(State(b): State<Arc<Broker>>, headers: HeaderMap, body: Body) -> Response {
-    admin!(b, headers);
-    let r: IssueLicence = match parse(&b, body).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+    let mut a = AdminAudit::new("issue_licence");
+    let outcome = issue_licence_do(&b, &headers, body, &mut a).await;
+    b.audited(&headers, a, outcome).await
+}
+
+async fn issue_licence_do(
+    b: &Arc<Broker>,
+    headers: &HeaderMap,
+    body: Body,
+    a: &mut AdminAudit,
+) -> std::result::Result<AdminDone, ApiError> {
+    b.check_admin(headers)?;
+    let r: IssueLicence = parse(b, body).await?;
     if r.customer.is_empty() || r.models.is_empty() || r.seats == 0 {
-        return error(
+        return Err(api(
             400,
             "bad_request",
             "customer, at least one model and seats >= 1 are required",
-        );
+        ));
     }
     let claims = r.claims.unwrap_or_else(|| json!({}));
     if !claims.is_object() {
-        return error(400, "bad_request", "claims must be a JSON object");
+        return Err(api(400, "bad_request", "claims must be a JSON object"));
     }
     let (Ok(id), Ok(secret)) = (random_array::<8>(), random_array::<32>()) else {
-        return error(500, "internal", "the random generator failed");
+        return Err(api(500, "internal", "the random generator failed"));
     };
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let token = zeroize::Zeroizing::new(format!("stl_{}", b64(&secret)));
@@ -755,27 +863,35 @@ async fn issue_licence(State(b): State<Arc<Broker>>, headers: HeaderMap, body: B
         created: now_unix(),
         revoked: None,
     };
+    a.target = l.id.clone();
     let hash = sha256(token.as_bytes());
     let store = b.releaser.store.clone();
     let l2 = l.clone();
-    match blocking(move || store.insert_licence(&l2, &hash)).await {
-        // The token is shown once, here; the broker keeps only its hash.
-        Ok(()) => (
-            StatusCode::CREATED,
-            Json(json!({"licence": l, "token": token.as_str()})),
-        )
-            .into_response(),
-        Err(e) => e.into_response(),
-    }
+    blocking(move || store.insert_licence(&l2, &hash)).await?;
+    // The token is shown once, in the answer; the broker keeps only its
+    // hash, and the audit row never holds it.
+    let done = format!(
+        "issued licence for customer {:?}: models {:?}, {} seats, expires {:?}",
+        l.customer, l.models, l.seats, l.expires
+    );
+    Ok((
+        StatusCode::CREATED,
+        json!({"licence": l, "token": token.as_str()}),
+        done,
+    ))
 }
 
 async fn list_licences(State(b): State<Arc<Broker>>, headers: HeaderMap) -> Response {
-    admin!(b, headers);
-    let store = b.releaser.store.clone();
-    match blocking(move || store.licences()).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
+    let a = AdminAudit::new("list_licences");
+    let outcome = async {
+        b.check_admin(&headers)?;
+        let store = b.releaser.store.clone();
+        let v = blocking(move || store.licences()).await?;
+        let done = format!("listed {} licences", v.len());
+        Ok::<AdminDone, ApiError>((StatusCode::OK, to_json(&v)?, done))
     }
+    .await;
+    b.audited(&headers, a, outcome).await
 }
 
 async fn revoke_licence(
@@ -783,14 +899,23 @@ async fn revoke_licence(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    admin!(b, headers);
-    let store = b.releaser.store.clone();
-    let id2 = id.clone();
-    match blocking(move || store.revoke_licence(&id2, now_unix())).await {
-        Ok(true) => Json(json!({"revoked": id})).into_response(),
-        Ok(false) => error(404, "unknown_licence", &format!("no licence {id:?}")),
-        Err(e) => e.into_response(),
+    let mut a = AdminAudit::new("revoke_licence");
+    a.target = id.clone();
+    let outcome = async {
+        b.check_admin(&headers)?;
+        let store = b.releaser.store.clone();
+        let id2 = id.clone();
+        match blocking(move || store.revoke_licence(&id2, now_unix())).await? {
+            true => Ok::<AdminDone, ApiError>((
+                StatusCode::OK,
+                json!({"revoked": id}),
+                "revoked licence".to_string(),
+            )),
+            false => Err(api(404, "unknown_licence", format!("no licence {id:?}"))),
+        }
     }
+    .await;
+    b.audited(&headers, a, outcome).await
 }
 
 #[derive(Deserialize)]
@@ -803,13 +928,17 @@ async fn audit(
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Response {
-    admin!(b, headers);
-    let store = b.releaser.store.clone();
-    let limit = q.limit.unwrap_or(100).min(10_000);
-    match blocking(move || store.audit_rows(limit)).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
+    let a = AdminAudit::new("read_audit");
+    let outcome = async {
+        b.check_admin(&headers)?;
+        let store = b.releaser.store.clone();
+        let limit = q.limit.unwrap_or(100).min(10_000);
+        let v = blocking(move || store.audit_rows(limit)).await?;
+        let done = format!("read {} audit rows (limit {limit})", v.len());
+        Ok::<AdminDone, ApiError>((StatusCode::OK, to_json(&v)?, done))
     }
+    .await;
+    b.audited(&headers, a, outcome).await
 }
 
 #[derive(Deserialize)]
@@ -833,37 +962,42 @@ async fn enrol_attestation_key(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    admin!(b, headers);
-    let r: EnrolKey = match parse(&b, body).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(why) = release::check_machine_id(&r.machine_id) {
-        return error(400, "bad_request", why);
-    }
+    let mut a = AdminAudit::new("enrol_attestation_key");
+    let outcome = enrol_attestation_key_do(&b, &headers, body, &mut a).await;
+    b.audited(&headers, a, outcome).await
+}
+
+async fn enrol_attestation_key_do(
+    b: &Arc<Broker>,
+    headers: &HeaderMap,
+    body: Body,
+    a: &mut AdminAudit,
+) -> std::result::Result<AdminDone, ApiError> {
+    b.check_admin(headers)?;
+    let r: EnrolKey = parse(b, body).await?;
+    a.target = r.licence.clone();
+    a.machine_id = r.machine_id.clone();
+    a.kid = r.kind.clone();
+    release::check_machine_id(&r.machine_id).map_err(|why| api(400, "bad_request", why))?;
     let Some(v) = b.releaser.verifiers.iter().find(|v| v.kind() == r.kind) else {
-        return error(
+        return Err(api(
             400,
             "bad_request",
-            &format!("this broker verifies no {:?} evidence", r.kind),
-        );
+            format!("this broker verifies no {:?} evidence", r.kind),
+        ));
     };
-    let (der, alg) = match v.enrol(&r.public_key) {
-        Ok(k) => k,
-        Err(e) => return error(400, "bad_request", &e),
-    };
+    let (der, alg) = v
+        .enrol(&r.public_key)
+        .map_err(|e| api(400, "bad_request", e))?;
     let store = b.releaser.store.clone();
     let id = r.licence.clone();
-    let known = match blocking(move || Ok(store.licences()?.iter().any(|l| l.id == id))).await {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+    let known = blocking(move || Ok(store.licences()?.iter().any(|l| l.id == id))).await?;
     if !known {
-        return error(
+        return Err(api(
             404,
             "unknown_licence",
-            &format!("no licence {:?}", r.licence),
-        );
+            format!("no licence {:?}", r.licence),
+        ));
     }
     let k = store::AttestationKey {
         licence_id: r.licence,
@@ -873,13 +1007,13 @@ async fn enrol_attestation_key(
         public_key: der,
         created: now_unix(),
     };
+    let fingerprint = tpm::fingerprint(&k.public_key);
     let answer = json!({"licence": k.licence_id, "machine_id": k.machine_id, "kind": k.kind,
-                        "alg": k.alg, "fingerprint": tpm::fingerprint(&k.public_key)});
+                        "alg": k.alg, "fingerprint": fingerprint});
+    let done = format!("enrolled {} attestation key {fingerprint}", k.alg);
     let store = b.releaser.store.clone();
-    match blocking(move || store.enrol_attestation_key(&k)).await {
-        Ok(()) => (StatusCode::CREATED, Json(answer)).into_response(),
-        Err(e) => e.into_response(),
-    }
+    blocking(move || store.enrol_attestation_key(&k)).await?;
+    Ok((StatusCode::CREATED, answer, done))
 }
 
 #[cfg(test)]

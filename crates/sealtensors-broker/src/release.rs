@@ -522,7 +522,7 @@ pub(crate) fn check_machine_id(id: &str) -> std::result::Result<(), &'static str
 
 /// An audit field: control characters escaped, at most AUDIT_TEXT_MAX
 /// characters (then "...").
-fn audit_text(s: &str) -> String {
+pub(crate) fn audit_text(s: &str) -> String {
     sealtensors::printable(s, AUDIT_TEXT_MAX)
 }
 

@@ -200,14 +200,68 @@ fn licence_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LicenceRecord> {
     })
 }
 
+/// Make `path` private to this user: create it empty with mode 0600 (when
+/// `create`), and take group and other permissions off an existing one.
+fn private_file(path: &Path, create: bool) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let shown = path.display();
+        match std::fs::metadata(path) {
+            Ok(m) => {
+                if m.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| {
+                            BrokerError::Store(format!(
+                                "{shown} is readable by other users and cannot be made private ({e}); run `chmod 600 {shown}`"
+                            ))
+                        })?;
+                    tracing::warn!(file = %shown, "made the broker database private (mode 0600)");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if create {
+                    match std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                    {
+                        // Another instance made it first: checked on its next open.
+                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                            return Err(BrokerError::Store(format!("creating {shown}: {e}")))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => return Err(BrokerError::Store(format!("{shown}: {e}"))),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, create);
+    Ok(())
+}
+
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl SqliteStore {
-    /// Open (or create) the database file.
+    /// Open (or create) the database file. It holds token hashes and the
+    /// audit log: it is created mode 0600 (and an existing one readable by
+    /// others is made 0600), as are its `-wal` and `-shm` files.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        Self::init(Connection::open(path)?)
+        private_file(path, true)?;
+        let store = Self::init(Connection::open(path)?)?;
+        // SQLite gives them the database's mode; made sure of here (a file
+        // left by an older broker keeps its mode otherwise).
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            private_file(Path::new(&p), false)?;
+        }
+        Ok(store)
     }
 
     /// A database in memory (tests).
@@ -673,6 +727,41 @@ mod tests {
             assert_eq!(results.iter().map(|r| r.0).sum::<usize>(), 7);
             // Each of the 20 nonces was fresh exactly once, across instances.
             assert_eq!(results.iter().map(|r| r.1).sum::<usize>(), 20);
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_database_and_its_wal_files_are_private() {
+        // Issue 15: the database (token hashes, audit log) was created 0644.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.insert_licence(&licence("l1", 1), &[1; 32]).unwrap();
+        audit(&s);
+        assert_eq!(mode(&path), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            let p = dir.path().join(format!("b.db{suffix}"));
+            assert!(p.exists(), "{suffix}");
+            assert_eq!(mode(&p), 0o600, "{suffix}");
+        }
+        drop(s);
+        // One left readable (an older broker's): made private on open.
+        for f in ["b.db", "b.db-wal", "b.db-shm"] {
+            let p = dir.path().join(f);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.audit_rows(10).unwrap().len(), 3);
+        for f in ["b.db", "b.db-wal", "b.db-shm"] {
+            let p = dir.path().join(f);
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{f}");
+            }
         }
     }
 

@@ -324,12 +324,14 @@ impl Fx {
         BrokerAccess::new([self.addr.to_string()], Some(token.to_string())).with_machine_id(machine)
     }
 
+    /// The codes of the release rows, oldest first (admin rows left out).
     fn audit_codes(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .store
             .audit_rows(1000)
             .unwrap()
             .into_iter()
+            .filter(|r| !r.decision.starts_with("admin"))
             .map(|r| r.code)
             .collect();
         v.reverse();
@@ -413,7 +415,9 @@ fn released_key_opens_the_model_then_revocation_refuses_with_the_brokers_reason(
     let (s, rows) = fx.admin("GET", "/admin/audit", None);
     assert_eq!(s, 200);
     assert_eq!(rows[0]["code"], "licence_revoked");
-    assert_eq!(rows[1]["client"], format!("licence:{id}"));
+    // Before it, the revocation's own row (admin actions are audited too).
+    assert_eq!(rows[1]["code"], "revoke_licence");
+    assert_eq!(rows[2]["client"], format!("licence:{id}"));
     let mut r = agent()
         .get(format!("http://{}/admin/audit", fx.addr))
         .header("authorization", &format!("Bearer {token}"))
@@ -964,7 +968,7 @@ fn audit_rows_stay_small_and_printable_whatever_the_caller_sends() {
         "{v}"
     );
     let rows = fx.store.audit_rows(10).unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.iter().filter(|r| r.decision == "deny").count(), 2);
     for r in &rows {
         for t in [&r.reason, &r.machine_id, &r.model, &r.client, &r.kid] {
             assert!(t.chars().count() <= 515, "{} chars", t.len());
@@ -1020,6 +1024,114 @@ fn admin_operations_need_the_admin_token() {
     let (s, v) = fx.admin("GET", "/admin/licences", None);
     assert_eq!(s, 200);
     assert!(!v.to_string().contains(&token));
+}
+
+/// Issue 15: admin actions were not audited. Every admin request, done or
+/// refused (a wrong admin token included), leaves a row naming the action,
+/// its target and its outcome, escaped like release rows, never the token.
+#[test]
+fn admin_actions_are_audited_done_or_refused() {
+    let Some(fx) = Fx::new(Opts::default()) else {
+        return;
+    };
+    let (id, token) = fx.licence(2, None, json!({}));
+    let (s, _) = fx.admin("POST", &format!("/admin/licences/{id}/revoke"), None);
+    assert_eq!(s, 200);
+    let (s, _) = fx.admin("POST", "/admin/licences/lic_nope/revoke", None);
+    assert_eq!(s, 404);
+    let (s, _) = fx.admin(
+        "POST",
+        "/admin/attestation-keys",
+        Some(json!({"licence": id, "machine_id": "m1", "kind": "tpm", "public_key": "not a key"})),
+    );
+    assert_eq!(s, 400);
+    let (s, _) = fx.admin("GET", "/admin/licences", None);
+    assert_eq!(s, 200);
+    // Refused: no token, a licence token, a wrong admin token; the caller
+    // picks the target in the path, with terminal escapes in it.
+    for t in [None, Some(token.as_str()), Some("admin-token-for-test")] {
+        let mut req = agent().post(format!(
+            "http://{}/admin/licences/lic_%1B%5B2J%1B%5D52%3Bc%3Bx%07/revoke",
+            fx.addr
+        ));
+        if let Some(t) = t {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let mut r = req.send_empty().unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let _ = r.body_mut().read_to_string();
+    }
+    let mut r = agent()
+        .post(format!("http://{}/admin/licences", fx.addr))
+        .header("authorization", "Bearer wrong")
+        .send_json(json!({"customer": "x", "models": [MODEL]}))
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let _ = r.body_mut().read_to_string();
+    let (s, _) = fx.admin("GET", "/admin/audit?limit=3", None);
+    assert_eq!(s, 200);
+
+    let mut rows = fx.store.audit_rows(100).unwrap();
+    rows.reverse();
+    let seen: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.client.as_str(),
+                r.decision.as_str(),
+                r.code.as_str(),
+                r.model.as_str(),
+            )
+        })
+        .collect();
+    let bad = "lic_\\u{1b}[2J\\u{1b}]52;c;x\\u{7}";
+    assert_eq!(
+        seen,
+        [
+            ("admin", "admin", "register_model", MODEL),
+            ("admin", "admin", "issue_licence", id.as_str()),
+            ("admin", "admin", "revoke_licence", id.as_str()),
+            ("admin", "admin_denied", "revoke_licence", "lic_nope"),
+            (
+                "admin",
+                "admin_denied",
+                "enrol_attestation_key",
+                id.as_str()
+            ),
+            ("admin", "admin", "list_licences", ""),
+            ("unknown", "admin_denied", "revoke_licence", bad),
+            ("unknown", "admin_denied", "revoke_licence", bad),
+            ("unknown", "admin_denied", "revoke_licence", bad),
+            ("unknown", "admin_denied", "issue_licence", ""),
+            ("admin", "admin", "read_audit", ""),
+        ]
+    );
+    assert_eq!(rows[0].kid, "k1");
+    assert!(
+        rows[1].reason.contains("customer \"acme\""),
+        "{:?}",
+        rows[1]
+    );
+    assert!(
+        rows[3].reason.starts_with("unknown_licence: "),
+        "{:?}",
+        rows[3]
+    );
+    assert_eq!(
+        (rows[4].machine_id.as_str(), rows[4].kid.as_str()),
+        ("m1", "tpm")
+    );
+    assert!(rows[4].reason.starts_with("bad_request: "), "{:?}", rows[4]);
+    assert!(rows[6].reason.starts_with("not_admin: "), "{:?}", rows[6]);
+    // The licence named in the refused path was not touched, and no row
+    // holds a token or a control character.
+    for r in &rows {
+        let all = format!("{r:?}");
+        assert!(!all.contains(&token) && !all.contains(ADMIN), "{all}");
+        for t in [&r.reason, &r.machine_id, &r.model, &r.client, &r.kid] {
+            assert!(!t.chars().any(char::is_control), "{t:?}");
+        }
+    }
 }
 
 #[test]

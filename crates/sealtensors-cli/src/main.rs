@@ -472,8 +472,13 @@ fn inspect(a: cli::Inspect) -> Result<()> {
         println!("{v}");
         return Ok(());
     }
+    // Text mode: every string from the file (names, metadata, policy, model
+    // id and version, recipients, signer) and the path is shown with control
+    // and invisible characters escaped, so a header cannot drive the
+    // terminal (ESC/OSC sequences, bidi overrides). `--json` is escaped by
+    // serde above.
     for j in out {
-        println!("file:        {}", j["file"].as_str().unwrap_or(""));
+        println!("file:        {}", shown_str(&j["file"]));
         println!(
             "size:        {} bytes (header {})",
             j["size"], j["header_size"]
@@ -481,49 +486,59 @@ fn inspect(a: cli::Inspect) -> Result<()> {
         if j["sealed"].as_bool().unwrap_or(false) {
             println!(
                 "format:      sealtensors v{} ({})",
-                j["format_version"],
-                j["mode"].as_str().unwrap_or("")
+                shown_value(&j["format_version"]),
+                shown_str(&j["mode"])
             );
             println!(
                 "model:       id {} version {} created {} expires {}",
-                j["model"]["id"],
-                j["model"]["version"],
-                j["model"]["created"],
-                j["model"]
-                    .get("expires")
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null)
+                shown_value(&j["model"]["id"]),
+                shown_value(&j["model"]["version"]),
+                shown_value(&j["model"]["created"]),
+                shown_value(
+                    j["model"]
+                        .get("expires")
+                        .unwrap_or(&serde_json::Value::Null)
+                )
             );
             println!(
                 "cipher:      {} (chunks of {} bytes)",
-                j["cipher"].as_str().unwrap_or("none"),
-                j["chunk_size"]
+                j["cipher"]
+                    .as_str()
+                    .map(shown)
+                    .unwrap_or_else(|| "none".into()),
+                shown_value(&j["chunk_size"])
             );
             println!(
                 "signer:      {} [{}]",
-                j["signer"].as_str().unwrap_or("none"),
-                j["signature"].as_str().unwrap_or("")
+                j["signer"]
+                    .as_str()
+                    .map(shown)
+                    .unwrap_or_else(|| "none".into()),
+                shown_str(&j["signature"])
             );
             for r in j["recipients"].as_array().into_iter().flatten() {
-                println!("recipient:   {}", r.as_str().unwrap_or(""));
+                println!("recipient:   {}", shown_str(r));
             }
             if let Some(p) = j["policy"].as_str() {
-                println!("policy:\n{p}");
+                println!("policy:");
+                for line in p.lines() {
+                    println!("{}", shown(line));
+                }
             }
         } else {
             println!("format:      plain safetensors");
         }
         if let Some(m) = j["metadata"].as_object() {
             for (k, v) in m {
-                println!("metadata:    {k} = {}", v.as_str().unwrap_or(""));
+                println!("metadata:    {} = {}", shown(k), shown_str(v));
             }
         }
         for t in j["tensors"].as_array().into_iter().flatten() {
             println!(
                 "tensor:      {} {} {} {}",
-                t["name"].as_str().unwrap_or(""),
-                t["dtype"].as_str().unwrap_or(""),
-                t["shape"],
+                shown_str(&t["name"]),
+                shown_str(&t["dtype"]),
+                shown_value(&t["shape"]),
                 if t["encrypted"].as_bool().unwrap_or(false) {
                     "encrypted"
                 } else {
@@ -533,6 +548,23 @@ fn inspect(a: cli::Inspect) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Untrusted text (from a file's header) fit for a terminal: control and
+/// invisible formatting characters escaped, nothing cut.
+fn shown(text: &str) -> String {
+    sealtensors::printable(text, usize::MAX)
+}
+
+/// A JSON string shown as [`shown`] text; anything else, empty.
+fn shown_str(v: &serde_json::Value) -> String {
+    v.as_str().map(shown).unwrap_or_default()
+}
+
+/// A JSON value in its JSON form, escaped as [`shown`] text (serde escapes
+/// C0 controls, not C1 controls or bidirectional overrides).
+fn shown_value(v: &serde_json::Value) -> String {
+    shown(&v.to_string())
 }
 
 fn rekey(a: cli::Rekey) -> Result<()> {
@@ -711,6 +743,8 @@ fn policy_test(a: cli::PolicyTest) -> Result<()> {
         }
         Decision::Deny { reasons } => {
             println!("deny");
+            // The reasons come from the file's policy: escaped as in inspect.
+            let reasons: Vec<String> = reasons.iter().map(|r| shown(r)).collect();
             for r in &reasons {
                 println!("  - {r}");
             }

@@ -176,8 +176,27 @@ fn serve_register_issue_unseal_revoke() {
         .stderr(predicate::str::contains(format!(
             "licence {id} was revoked"
         )));
-    let audit = out(&mut admin_cmd(&["audit", "--limit", "5"]));
+    let audit = out(&mut admin_cmd(&["audit", "--limit", "6"]));
     let rows: serde_json::Value = serde_json::from_str(&audit).unwrap();
-    assert_eq!(rows[0]["code"], "licence_revoked");
-    assert_eq!(rows[1]["code"], "released");
+    let codes: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    // Newest first; admin requests are audited too, the refused one included.
+    assert_eq!(
+        codes,
+        [
+            "licence_revoked",
+            "revoke_licence",
+            "list_licences",
+            "released",
+            "issue_licence",
+            "register_model"
+        ],
+        "{rows}"
+    );
+    assert_eq!(rows[2]["decision"], "admin_denied");
+    assert_eq!(rows[2]["client"], "unknown");
 }

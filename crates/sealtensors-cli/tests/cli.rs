@@ -159,6 +159,39 @@ fn keygen_writes_0600_keys_and_prints_public_halves() {
         .stderr(predicate::str::contains("public: x25519:"));
 }
 
+#[cfg(unix)]
+#[test]
+fn keygen_force_replaces_a_symlink_and_never_writes_its_target() {
+    // Issue 15: `keygen --force -o LINK` wrote the key through the link.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "do not touch\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("key.jwk");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    bin()
+        .args(["keygen", "-o"])
+        .arg(&link)
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains("--force"));
+    bin()
+        .args(["keygen", "--force", "-o"])
+        .arg(&link)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "do not touch\n");
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let m = std::fs::symlink_metadata(&link).unwrap();
+    assert!(m.file_type().is_file());
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&link).unwrap().contains("\"d\""));
+}
+
 #[test]
 fn seal_unseal_round_trip_is_byte_identical() {
     let e = Env::new();
@@ -326,6 +359,132 @@ fn inspect_needs_no_key() {
         .assert()
         .success()
         .stdout(predicate::str::contains("plain safetensors"));
+}
+
+#[test]
+fn inspect_and_policy_test_never_print_escape_sequences_from_a_file() {
+    // Issue 15: header strings went raw to the terminal, so a file could
+    // write to the clipboard (OSC 52), clear the screen or fake status lines.
+    const OSC: &str = "\x1b]52;c;cHduZWQ=\x07";
+    const CLEAR: &str = "\x1b[2J";
+    let e = Env::new();
+    let hostile = e.p("hostile.safetensors");
+    let data = bytes(3, 4 * 8);
+    sealtensors::write_plain(
+        &hostile,
+        &[TensorRef {
+            name: format!("w{OSC}{CLEAR}\u{9b}31m\u{202e}"),
+            dtype: Dtype::F32,
+            shape: vec![8],
+            data: &data,
+        }],
+        Some(
+            [
+                (format!("k{CLEAR}"), format!("v{OSC}\nfile: fake")),
+                ("note".into(), format!("{CLEAR}ok")),
+            ]
+            .into(),
+        ),
+        false,
+    )
+    .unwrap();
+    let policy = e.p("hostile.rego");
+    std::fs::write(
+        &policy,
+        format!(
+            "package sealtensors\nimport rego.v1\n# {OSC}{CLEAR}\ndefault allow := false\ndeny_reasons contains \"\\u001b]52;c;cHduZWQ=\\u0007\\u001b[2J\"\n"
+        ),
+    )
+    .unwrap();
+    let sealed = e.p("hostile-sealed.safetensors");
+    bin()
+        .args(["seal", "-r", &e.recipient, "--sign-key"])
+        .arg(&e.sign)
+        .args(["--model-id", &format!("id{OSC}"), "--model-version", CLEAR])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("-o")
+        .arg(&sealed)
+        .arg(&hostile)
+        .assert()
+        .success();
+    for f in [&hostile, &sealed] {
+        let out = bin()
+            .arg("inspect")
+            .arg(f)
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text.contains('\x1b') && !text.contains('\u{9b}'),
+            "{text:?}"
+        );
+        assert!(
+            !text.contains('\u{202e}') && !text.contains('\x07'),
+            "{text:?}"
+        );
+        // Escaped, still readable, and one entry per line.
+        assert!(text.contains("\\u{1b}]52;c;cHduZWQ="), "{text}");
+        assert!(!text.contains("\nfile: fake"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("file:")).count(), 1);
+    }
+    let text = String::from_utf8(
+        bin()
+            .arg("inspect")
+            .arg(&sealed)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(text.contains("policy:\npackage sealtensors\n"), "{text}");
+    // The model id is shown in its JSON form (C0 controls as \u001b).
+    assert!(text.contains(r#"id "id\u001b]52"#), "{text}");
+    // JSON output keeps the exact strings (escaped by JSON itself).
+    let out = bin()
+        .args(["inspect", "--json"])
+        .arg(&sealed)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(!out.contains(&0x1b));
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["metadata"]["note"], format!("{CLEAR}ok"));
+    // `policy test` shows the file's reasons escaped, on stdout and stderr.
+    let out = bin()
+        .args(["policy", "test"])
+        .arg(&sealed)
+        .assert()
+        .code(7)
+        .get_output()
+        .clone();
+    for s in [&out.stdout, &out.stderr] {
+        let t = String::from_utf8_lossy(s);
+        assert!(!s.contains(&0x1b) && !s.contains(&0x07), "{t:?}");
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\\u{1b}]52"));
+    // And so does a load the policy refuses.
+    let out = bin()
+        .args(["unseal", "-i"])
+        .arg(&e.id)
+        .arg("-o")
+        .arg(e.p("x.safetensors"))
+        .arg(&sealed)
+        .assert()
+        .code(7)
+        .get_output()
+        .clone();
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

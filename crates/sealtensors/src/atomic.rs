@@ -8,7 +8,7 @@
 //! is this user and whose process is gone.
 
 use std::fs::{self, File, Permissions};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::crypto;
@@ -27,7 +27,26 @@ impl AtomicFile {
     /// Create the temporary file. Fails with `OutputExists` when `dest` exists
     /// and `overwrite` is false.
     pub(crate) fn create(dest: &Path, overwrite: bool) -> Result<AtomicFile> {
-        if !overwrite && dest.exists() {
+        Self::create_inner(dest, overwrite, false)
+    }
+
+    /// Create the temporary file for a secret: it stays 0600 when renamed
+    /// into place (never the mode of what `dest` is or points to), and `dest`
+    /// counts as existing when it is a link, even a dangling one. `commit`
+    /// renames over `dest`, which replaces a symbolic link itself, never its
+    /// target.
+    pub(crate) fn create_private(dest: &Path, overwrite: bool) -> Result<AtomicFile> {
+        Self::create_inner(dest, overwrite, true)
+    }
+
+    fn create_inner(dest: &Path, overwrite: bool, private: bool) -> Result<AtomicFile> {
+        // `symlink_metadata`: a link at `dest` is something there.
+        let exists = if private {
+            fs::symlink_metadata(dest).is_ok()
+        } else {
+            dest.exists()
+        };
+        if !overwrite && exists {
             return Err(Error::OutputExists(dest.to_path_buf()));
         }
         let dir = match dest.parent() {
@@ -42,11 +61,19 @@ impl AtomicFile {
         // private); a new file gets the process's defaults (umask). std has
         // no umask call (libc, unsafe), so the default is read off the
         // temporary as created, and it is made 0600 before a byte is written.
-        let keep_mode = fs::metadata(dest).ok().map(|m| m.permissions());
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
+        let keep_mode = if private {
+            None
+        } else {
+            fs::metadata(dest).ok().map(|m| m.permissions())
+        };
+        // `create_new` is O_CREAT|O_EXCL: it never follows a link planted at
+        // the temporary name.
+        let mut o = fs::OpenOptions::new();
+        o.read(true).write(true).create_new(true);
+        if private {
+            o.mode(0o600);
+        }
+        let file = o
             .open(&tmp)
             .map_err(|e| Error::output("creating temporary output", e).in_file(&tmp))?;
         let created = file
@@ -63,9 +90,12 @@ impl AtomicFile {
             let _ = fs::remove_file(&tmp);
             return Err(Error::output("making the temporary output private", e).in_file(&tmp));
         }
-        let final_mode = keep_mode.unwrap_or_else(|| created.permissions());
-        let uid = created.uid();
-        remove_stale(&dir, &name.to_string_lossy(), uid, &tmp);
+        let final_mode = if private {
+            Permissions::from_mode(0o600)
+        } else {
+            keep_mode.unwrap_or_else(|| created.permissions())
+        };
+        remove_stale(&dir, &name.to_string_lossy(), created.uid(), &tmp);
         Ok(AtomicFile {
             tmp,
             dest: dest.to_path_buf(),
@@ -78,7 +108,9 @@ impl AtomicFile {
         &self.file
     }
 
-    /// fsync, rename over the destination, fsync the directory.
+    /// Give the file its final mode, fsync, move it over the destination
+    /// (without `overwrite`, never replacing anything there), fsync the
+    /// directory.
     pub(crate) fn commit(mut self, overwrite: bool) -> Result<()> {
         self.file
             .set_permissions(self.final_mode.clone())
@@ -86,23 +118,45 @@ impl AtomicFile {
         self.file
             .sync_all()
             .map_err(|e| Error::output("syncing output", e).in_file(&self.tmp))?;
-        if !overwrite && self.dest.exists() {
-            return Err(Error::OutputExists(self.dest.clone()));
+        if !overwrite {
+            // A hard link never replaces what is there (a link included):
+            // no window between the check and the rename.
+            match fs::hard_link(&self.tmp, &self.dest) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&self.tmp);
+                    self.tmp = PathBuf::new();
+                    sync_parent(&self.dest);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::OutputExists(self.dest.clone()));
+                }
+                // No hard links here (some file systems): check, then rename.
+                Err(_) if fs::symlink_metadata(&self.dest).is_ok() => {
+                    return Err(Error::OutputExists(self.dest.clone()));
+                }
+                Err(_) => {}
+            }
         }
         fs::rename(&self.tmp, &self.dest)
             .map_err(|e| Error::output("renaming output into place", e).in_file(&self.dest))?;
-        if let Some(dir) = self.dest.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        sync_parent(&self.dest);
         self.tmp = PathBuf::new();
         Ok(())
+    }
+}
+
+/// fsync the folder holding `dest`, so the rename is durable (best effort).
+fn sync_parent(dest: &Path) {
+    if let Some(dir) = dest.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
 }
 

@@ -378,10 +378,11 @@ impl Error {
 
 fn reasons_text(reasons: &[String]) -> String {
     const SHOWN: usize = 5;
+    // The reasons come from the file's policy: never raw to a terminal.
     let mut s = reasons
         .iter()
         .take(SHOWN)
-        .map(String::as_str)
+        .map(|r| printable(r, 512))
         .collect::<Vec<_>>()
         .join("; ");
     if reasons.len() > SHOWN {
@@ -406,6 +407,44 @@ pub fn is_invisible(c: char) -> bool {
             | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}'
             | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// A deserialiser's message without the value it quotes. serde's
+/// `invalid type: string "<value>", expected ...`, `invalid value: ...` and
+/// `unknown variant `<value>`, expected ...` repeat what was in the input,
+/// which in a key file, token file or configuration may be a secret; what
+/// was expected, and where (added by the caller), is kept. Other messages
+/// (syntax errors, missing or duplicate fields) carry no value and are kept.
+pub fn without_values(message: &str) -> String {
+    for (prefix, what) in [
+        ("invalid type: ", "wrong type"),
+        ("invalid value: ", "invalid value"),
+        ("unknown variant ", "unknown variant"),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            // The expectation comes last; the value may hold ", expected ".
+            return match rest.rfind(", expected ") {
+                Some(i) => format!("{what}, expected {}", &rest[i + 11..]),
+                None => what.to_string(),
+            };
+        }
+    }
+    message.to_string()
+}
+
+/// A `serde_json` error as text that never quotes the input: the message
+/// without values ([`without_values`]) and the line and column.
+pub fn json_error_text(e: &serde_json::Error) -> String {
+    // `Display` appends " at line L column C" to the message; rebuild it.
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let message = full.strip_suffix(&suffix).unwrap_or(&full);
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            format!("{}{suffix}", without_values(message))
+        }
+        _ => full,
+    }
 }
 
 /// Untrusted text made fit to show in a terminal or a log: control and

@@ -35,7 +35,9 @@ pub mod seal;
 mod write;
 
 pub use crypto::Cipher;
-pub use error::{is_invisible, printable, Error, ErrorClass, Result};
+pub use error::{
+    is_invisible, json_error_text, printable, without_values, Error, ErrorClass, Result,
+};
 pub use format::{Dtype, Header, TensorInfo};
 pub use read::{read_header, Authenticity, OpenOptions, SealedFile};
 pub use write::{

@@ -307,13 +307,79 @@ fn a_token_reaches_only_the_broker_it_is_written_for() {
         "keys.other.example".to_string(),
     ];
     let e = open_with(&c, hosts.clone(), "stl_mine").err().unwrap();
-    assert!(unavailable(&e).contains("127.0.0.1=TOKEN"), "{e}");
+    assert!(
+        unavailable(&e).contains(&format!("127.0.0.1:{port}=TOKEN")),
+        "{e}"
+    );
     assert!(seen.lock().unwrap().is_empty());
     assert!(authorizations(port).is_empty());
     // Tokens written per host: this broker gets its own, and only that.
     let tokens = format!("keys.other.example=stl_theirs,127.0.0.1:{port}=stl_mine");
     open_with(&c, hosts, &tokens).unwrap();
     assert_eq!(authorizations(port), ["Bearer stl_mine"]);
+}
+
+#[test]
+fn a_host_allowed_without_a_port_gets_no_token_on_another_port() {
+    // Issue 15: `SEALTENSORS_BROKERS=127.0.0.1` let a file naming
+    // http://127.0.0.1:<any port> collect the real token over loopback HTTP
+    // from whoever listened there. A host without a port is its scheme's
+    // default port only.
+    for (hosts, tokens) in [
+        (vec!["127.0.0.1".to_string()], "stl_secret".to_string()),
+        (
+            vec!["127.0.0.1".to_string()],
+            "127.0.0.1=stl_secret".to_string(),
+        ),
+        (
+            vec!["localhost".to_string(), "127.0.0.1".to_string()],
+            "127.0.0.1=stl_secret".to_string(),
+        ),
+    ] {
+        let (c, port, seen) = serve(1, |c, _, req| {
+            (200, answer(c.mk.expose_secret(), &c.file_id, &c.mk_id, req))
+        });
+        let access = BrokerAccess::new(hosts, Some(tokens)).with_machine_id("m1");
+        let e = SealedFile::open(
+            &c.path,
+            &OpenOptions {
+                trusted: vec![c.fx.signer.verifying_key()],
+                broker: Some(access),
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
+        let why = unavailable(&e);
+        assert!(why.contains(&format!("127.0.0.1:{port}")), "{why}");
+        assert!(!format!("{e} {e:?}").contains("stl_secret"), "{e:?}");
+        assert!(seen.lock().unwrap().is_empty());
+        assert!(authorizations(port).is_empty());
+    }
+    // A token written for the host alone is not sent to another port even
+    // when that port is allowed: the port must be named with the token too.
+    let (c, port, seen) = serve(1, |c, _, req| {
+        (200, answer(c.mk.expose_secret(), &c.file_id, &c.mk_id, req))
+    });
+    let access = BrokerAccess::new(
+        [format!("127.0.0.1:{port}"), "keys.example.com".into()],
+        Some("127.0.0.1=stl_secret".into()),
+    )
+    .with_machine_id("m1");
+    let e = SealedFile::open(
+        &c.path,
+        &OpenOptions {
+            broker: Some(access),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        unavailable(&e).contains(&format!("127.0.0.1:{port}=TOKEN")),
+        "{e}"
+    );
+    assert!(seen.lock().unwrap().is_empty() && authorizations(port).is_empty());
 }
 
 #[test]

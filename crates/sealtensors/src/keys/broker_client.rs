@@ -379,9 +379,13 @@ impl HostEntry {
         }
     }
 
-    /// Whether it names the broker at `u`: `Some(true)` host and port,
-    /// `Some(false)` the host with any port, `None` not it. A URL without a
-    /// port has its scheme's (443, or 80 for loopback `http`).
+    /// Whether it names the broker at `u`: `Some(true)` by host and explicit
+    /// port, `Some(false)` by host alone, `None` not it. A URL without a port
+    /// has its scheme's (443 for `https`, 80 for loopback `http`), and an
+    /// entry without a port names that default port only: any other port
+    /// must be listed as `HOST:PORT`, or a file could send a token to
+    /// whatever listens on another port of an allowed host (any local user,
+    /// for a loopback one).
     fn names(&self, u: &BrokerUrl) -> Option<bool> {
         let host = u
             .host
@@ -391,11 +395,35 @@ impl HostEntry {
         if self.host != host {
             return None;
         }
+        let port = u.port.unwrap_or(default_port(u));
         match self.port {
-            None => Some(false),
-            Some(p) if p == u.port.unwrap_or(if u.https { 443 } else { 80 }) => Some(true),
-            Some(_) => None,
+            None if port == default_port(u) => Some(false),
+            Some(p) if p == port => Some(true),
+            _ => None,
         }
+    }
+
+    /// The entry that names exactly the broker at `u`: `HOST` at its
+    /// scheme's default port, else `HOST:PORT` (for messages).
+    fn for_url(u: &BrokerUrl) -> HostEntry {
+        let host = u
+            .host
+            .parse::<std::net::Ipv6Addr>()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| u.host.clone());
+        HostEntry {
+            host,
+            port: u.port.filter(|p| *p != default_port(u)),
+        }
+    }
+}
+
+/// The port of a broker URL that names none: 443 for `https`, 80 for `http`.
+fn default_port(u: &BrokerUrl) -> u16 {
+    if u.https {
+        443
+    } else {
+        80
     }
 }
 
@@ -442,6 +470,39 @@ fn parse_tokens(text: &str) -> Vec<Token> {
             })
         })
         .collect()
+}
+
+/// The `broker-token` file: licence tokens are bearer secrets, so, as ssh
+/// does with private keys, a file that other users can read (or write) is
+/// refused, with the fix. `None` when there is none.
+fn read_token_file(p: &Path) -> Result<Option<Zeroizing<String>>> {
+    let mut f = match std::fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("reading broker configuration", e).in_file(p)),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The opened file's mode (fstat), not the path's: no race.
+        let mode = f
+            .metadata()
+            .map_err(|e| Error::io("reading broker configuration", e).in_file(p))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::Config(format!(
+                "{} holds licence tokens and other users can access it (mode {:04o}); run `chmod 600 {}`",
+                p.display(),
+                mode & 0o7777,
+                p.display()
+            )));
+        }
+    }
+    let mut text = Zeroizing::new(String::new());
+    f.read_to_string(&mut text)
+        .map_err(|e| Error::io("reading broker configuration", e).in_file(p))?;
+    Ok(Some(text))
 }
 
 /// Text from a broker, fit to show (it may hold terminal escapes).
@@ -496,8 +557,9 @@ impl std::fmt::Debug for BrokerAccess {
 }
 
 impl BrokerAccess {
-    /// Allow these hosts (`HOST` for any port, or `HOST:PORT`), with licence
-    /// tokens: `HOST=TOKEN` entries separated by `,`, or one bare `TOKEN`,
+    /// Allow these hosts (`HOST` for its scheme's default port only, 443 for
+    /// `https` and 80 for `http`, or `HOST:PORT`), with licence tokens:
+    /// `HOST=TOKEN` entries separated by `,`, or one bare `TOKEN`,
     /// which is sent only while exactly one host is allowed (a token goes to
     /// the broker that issued it, never to every allowed one).
     pub fn new<S: AsRef<str>>(allowed: impl IntoIterator<Item = S>, token: Option<String>) -> Self {
@@ -578,9 +640,9 @@ impl BrokerAccess {
         if hosts.is_empty() {
             return Ok(None);
         }
-        let file_token = match env_token {
-            Some(_) => None,
-            None => read("broker-token")?,
+        let file_token = match (env_token.is_some(), config_dir) {
+            (false, Some(dir)) => read_token_file(&dir.join("broker-token"))?,
+            _ => None,
         };
         let token = env_token
             .as_deref()
@@ -607,7 +669,8 @@ impl BrokerAccess {
     /// The token for the broker at `u`: the one written for its host, else
     /// a bare token while it is the only allowed host.
     fn token_for(&self, u: &BrokerUrl) -> std::result::Result<&Zeroizing<String>, String> {
-        // The token written for this host and port, else for the host.
+        // The token written for this host and port, else for the host (at
+        // its default port only, as for allowed hosts).
         let written_for = |with_port: bool| {
             self.tokens
                 .iter()
@@ -623,13 +686,13 @@ impl BrokerAccess {
                 "no licence token: set {ENV_BROKER_TOKEN} or write it to broker-token in the configuration directory"
             )),
             ([], _) => Err(format!(
-                "no licence token for {}: the configured tokens are for other hosts; add {}=TOKEN to {ENV_BROKER_TOKEN}",
+                "no licence token for {}: the configured tokens are for other hosts or ports; add {}=TOKEN to {ENV_BROKER_TOKEN}",
                 u.authority(),
-                u.host
+                HostEntry::for_url(u)
             )),
             (_, n) => Err(format!(
                 "{ENV_BROKER_TOKEN} holds a token without a host and {n} broker hosts are allowed, so it could reach a broker that did not issue it; write it as {}=TOKEN",
-                u.host
+                HostEntry::for_url(u)
             )),
         }
     }
@@ -662,8 +725,8 @@ impl BrokerAccess {
         };
         if !self.allows(u) {
             return Err(unavailable(format!(
-                "this loader's configuration does not allow it; add {} to {ENV_BROKERS} if you trust it",
-                u.host
+                "this loader's configuration does not allow it; add {} to {ENV_BROKERS} if you trust it (a host without a port allows only its scheme's default port)",
+                HostEntry::for_url(u)
             )));
         }
         let mk_id = meta
@@ -957,11 +1020,14 @@ pub(crate) fn release_after_miss(
         return Err(err);
     }
     let Some(access) = access.filter(|a| urls.iter().any(|u| a.allows(u))) else {
-        let hosts: Vec<String> = urls.iter().map(|u| u.host.clone()).collect();
+        let hosts: Vec<String> = urls
+            .iter()
+            .map(|u| HostEntry::for_url(u).to_string())
+            .collect();
         return Err(Error::BrokerUnavailable {
             broker: urls[0].authority(),
             reason: format!(
-                "no local identity opens the file and this loader's configuration allows none of its brokers ({}); add the host to {ENV_BROKERS} (and set {ENV_BROKER_TOKEN}) if you trust it, or pass an identity (-i FILE)",
+                "no local identity opens the file and this loader's configuration allows none of its brokers ({}); add it to {ENV_BROKERS} (HOST:PORT for a port other than the scheme's default) and set {ENV_BROKER_TOKEN} if you trust it, or pass an identity (-i FILE)",
                 hosts.join(", ")
             ),
         });
@@ -1008,12 +1074,54 @@ mod tests {
         let a = BrokerAccess::new(["Keys.Example.com", "127.0.0.1:8080", "[::1]"], None);
         let u = |s: &str| BrokerUrl::parse(s).unwrap();
         assert!(a.allows(&u("https://keys.example.com/keys/k")));
-        assert!(a.allows(&u("https://keys.example.com:9/keys/k")));
+        assert!(a.allows(&u("https://keys.example.com:443/keys/k")));
         assert!(a.allows(&u("http://127.0.0.1:8080/keys/k")));
         assert!(!a.allows(&u("http://127.0.0.1:8081/keys/k")));
-        assert!(a.allows(&u("http://[::1]:1/keys/k")));
+        assert!(a.allows(&u("http://[::1]/keys/k")));
+        assert!(a.allows(&u("http://[::1]:80/keys/k")));
         assert!(!a.allows(&u("https://evil.example.com/keys/k")));
         assert!(!a.allows(&u("https://keys.example.com.evil.net/keys/k")));
+    }
+
+    #[test]
+    fn a_host_without_a_port_allows_only_the_default_port() {
+        // Issue 15: with `127.0.0.1` allowed, a file naming another port of
+        // the same host got the token over plain HTTP, so any local user
+        // listening there could collect it.
+        let u = |s: &str| BrokerUrl::parse(s).unwrap();
+        let a = BrokerAccess::new(["127.0.0.1", "keys.example.com", "::1"], None);
+        assert!(a.allows(&u("http://127.0.0.1/keys/k")));
+        assert!(a.allows(&u("http://127.0.0.1:80/keys/k")));
+        assert!(!a.allows(&u("http://127.0.0.1:8081/keys/k")));
+        assert!(!a.allows(&u("http://127.0.0.1:443/keys/k")));
+        assert!(!a.allows(&u("https://127.0.0.1:80/keys/k")));
+        assert!(a.allows(&u("https://keys.example.com/keys/k")));
+        assert!(!a.allows(&u("https://keys.example.com:9/keys/k")));
+        assert!(!a.allows(&u("https://keys.example.com:80/keys/k")));
+        assert!(!a.allows(&u("http://[::1]:1/keys/k")));
+        // Tokens written for a host alone follow the same rule: never sent
+        // to another port of that host, whatever the allowed hosts say.
+        let t = BrokerAccess::new(
+            ["127.0.0.1", "127.0.0.1:9000"],
+            Some("127.0.0.1=stl_default".into()),
+        );
+        let e = t
+            .token_for(&u("http://127.0.0.1:9000/keys/k"))
+            .map(|t| t.to_string())
+            .unwrap_err();
+        assert!(
+            !e.contains("stl_default") && e.contains("127.0.0.1:9000=TOKEN"),
+            "{e}"
+        );
+        assert_eq!(
+            t.token_for(&u("http://127.0.0.1/keys/k"))
+                .map(|t| t.to_string()),
+            Ok("stl_default".into())
+        );
+        // A bare token with one bare host allowed: that host's default port
+        // only, since the host's other ports are not allowed at all.
+        let one = BrokerAccess::new(["127.0.0.1"], Some("stl_one".into()));
+        assert!(!one.allows(&u("http://127.0.0.1:1234/keys/k")));
     }
 
     #[test]
@@ -1087,6 +1195,44 @@ mod tests {
         // Text that reorders or hides what follows is escaped too.
         let s = shown("ok\u{202E}dexoveR\u{2066}\u{200B}\u{2028}");
         assert_eq!(s, "ok\\u{202e}dexoveR\\u{2066}\\u{200b}\\u{2028}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        // Issue 15: the broker-token file's mode was never checked.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("broker-token");
+        assert!(read_token_file(&p).unwrap().is_none());
+        std::fs::write(&p, "keys.example.com=stl_s3cret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_token_file(&p).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                shown.contains("chmod 600") && !shown.contains("s3cret"),
+                "{shown}"
+            );
+            assert_eq!(e.class(), crate::ErrorClass::Usage);
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                read_token_file(&p).unwrap().unwrap().as_str(),
+                "keys.example.com=stl_s3cret\n"
+            );
+        }
+        // Through discovery from the configuration directory (when the
+        // environment names no broker, as in this test process).
+        if std::env::var_os(ENV_BROKERS).is_none() && std::env::var_os(ENV_BROKER_TOKEN).is_none() {
+            std::fs::write(dir.path().join("brokers"), "keys.example.com\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = BrokerAccess::discover(Some(dir.path())).unwrap_err();
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert!(BrokerAccess::discover(Some(dir.path())).unwrap().is_some());
+        }
     }
 
     #[test]

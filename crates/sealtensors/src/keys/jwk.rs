@@ -18,6 +18,7 @@ use super::{
     b64, unb64_array, Identity, Recipient, SigningKey, SymmetricKey, VerifyingKey, X25519Identity,
     X25519Recipient,
 };
+use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
 
 #[derive(Serialize, Deserialize)]
@@ -61,8 +62,19 @@ pub enum KeyFile {
 impl KeyFile {
     /// Parse JWK text.
     pub fn from_jwk(text: &str) -> Result<KeyFile> {
-        let j: Jwk = serde_json::from_str(text)
-            .map_err(|e| Error::InvalidKey(format!("not a JSON Web Key: {e}")))?;
+        // serde's message may quote the offending value, which here may be
+        // (part of) the secret: say where and what was expected, not what.
+        if !text.trim_start().starts_with('{') {
+            return Err(Error::InvalidKey(
+                "not a JSON Web Key: the file is not a JSON object".into(),
+            ));
+        }
+        let j: Jwk = serde_json::from_str(text).map_err(|e| {
+            Error::InvalidKey(format!(
+                "not a JSON Web Key: {} (every member, kty, crv, x, d, k and kid, is a string)",
+                crate::error::json_error_text(&e)
+            ))
+        })?;
         match (j.kty.as_str(), j.crv.as_deref()) {
             ("OKP", Some("X25519")) => {
                 let x: [u8; 32] = unb64_array("x", j.x.as_deref().unwrap_or(""))?;
@@ -154,36 +166,31 @@ impl KeyFile {
         KeyFile::from_jwk(&text).map_err(|e| e.in_file(path))
     }
 
-    /// Write a JWK file: created new (never overwritten unless `force`), mode 0600.
+    /// Write a JWK file, mode 0600 from its creation: written aside (a new
+    /// file beside `path`, never following a link), synced and renamed into
+    /// place. Never overwritten unless `force`; with `force`, a symbolic link
+    /// at `path` is replaced by the key file and its target is left as it
+    /// was (a link planted there cannot make the key land elsewhere, or a
+    /// victim file be truncated).
     pub fn save(&self, path: &Path, force: bool) -> Result<()> {
-        let mut o = fs::OpenOptions::new();
-        o.write(true);
-        if force {
-            o.create(true).truncate(true);
-        } else {
-            o.create_new(true);
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(0o600);
-        }
-        let mut f = o.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::OutputExists(path.to_path_buf())
-            } else {
-                Error::output("creating key file", e).in_file(path)
-            }
+        let out = AtomicFile::create_private(path, force).map_err(|e| match e {
+            e @ Error::OutputExists(_) => e,
+            e => e.in_file(path),
         })?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(fs::Permissions::from_mode(0o600))
+            out.file()
+                .set_permissions(fs::Permissions::from_mode(0o600))
                 .map_err(|e| Error::output("setting key file mode", e).in_file(path))?;
         }
-        f.write_all(self.to_jwk().as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::output("writing key file", e).in_file(path))
+        out.file()
+            .write_all(self.to_jwk().as_bytes())
+            .map_err(|e| Error::output("writing key file", e).in_file(path))?;
+        out.commit(force).map_err(|e| match e {
+            e @ Error::OutputExists(_) => e,
+            e => e.in_file(path),
+        })
     }
 }
 
@@ -276,6 +283,104 @@ mod tests {
         // never overwritten silently
         let again = KeyFile::Symmetric(SymmetricKey::generate(None).unwrap());
         assert!(matches!(again.save(&p, false), Err(Error::OutputExists(_))));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn save_never_writes_through_a_symbolic_link() {
+        // Issue 15: `keygen --force -o LINK` truncated and wrote the link's
+        // target (with the target's mode).
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("key.jwk");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let key = KeyFile::X25519Identity(X25519Identity::generate().unwrap());
+        // Without force a link, dangling or not, is something there.
+        assert!(matches!(
+            key.save(&link, false),
+            Err(Error::OutputExists(_))
+        ));
+        let dangling = dir.path().join("dangling.jwk");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(matches!(
+            key.save(&dangling, false),
+            Err(Error::OutputExists(_))
+        ));
+        assert!(!dir.path().join("nowhere").exists());
+        // With force the link itself is replaced by a private regular file.
+        key.save(&link, true).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let m = std::fs::metadata(&victim).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o644);
+        let m = std::fs::symlink_metadata(&link).unwrap();
+        assert!(m.file_type().is_file(), "{m:?}");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        assert!(matches!(
+            KeyFile::load(&link).unwrap(),
+            KeyFile::X25519Identity(_)
+        ));
+        // Nothing left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn malformed_jwk_errors_never_echo_the_secret() {
+        // Issue 15: serde's "invalid type: ..." quoted the offending value.
+        const SECRET: &str = "s3cretS3CRETs3cret";
+        let num = "918273645546372819";
+        let cases = [
+            format!(r#"{{"kty":"OKP","crv":"X25519","x":"AAAA","d":{num}}}"#),
+            format!(r#"{{"kty":"oct","kid":"t","k":["{SECRET}"]}}"#),
+            format!(r#"{{"kty":"oct","kid":"t","k":{{"v":"{SECRET}"}}}}"#),
+            format!(r#"{{"kty":"oct","kid":"t","k":"{SECRET}"}}"#),
+            format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"AAAA","d":"{SECRET}"}}"#),
+            format!(r#"{{"kty":"OKP","crv":"X25519","d":"{SECRET}","d":"{SECRET}"}}"#),
+            format!(r#"{{"kty":"OKP","crv":"X25519","d":"{SECRET}"#),
+            format!(r#"{{"kty":"oct","kid":"t","k":"{SECRET}\q"}}"#),
+            format!(r#""{SECRET}""#),
+            format!(r#"["{SECRET}"]"#),
+            num.to_string(),
+            format!(r#"{{"kty":{num}}}"#),
+        ];
+        for text in &cases {
+            let e = match KeyFile::from_jwk(text) {
+                Err(e) => e,
+                Ok(_) => panic!("accepted {text}"),
+            };
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains(SECRET) && !shown.contains(num), "{shown}");
+        }
+        // Still says where and what was expected.
+        let e = KeyFile::from_jwk(&cases[0]).err().unwrap().to_string();
+        assert!(
+            e.contains("line 1 column") && e.contains("expected a string"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn serde_messages_lose_their_values() {
+        use crate::error::without_values;
+        assert_eq!(
+            without_values("invalid type: string \"x, expected y\", expected u64"),
+            "wrong type, expected u64"
+        );
+        assert_eq!(
+            without_values("invalid value: integer `7`, expected a port"),
+            "invalid value, expected a port"
+        );
+        assert_eq!(
+            without_values("unknown variant `pg`, expected `sqlite` or `postgres`"),
+            "unknown variant, expected `sqlite` or `postgres`"
+        );
+        assert_eq!(without_values("missing field `kty`"), "missing field `kty`");
     }
 
     #[test]
