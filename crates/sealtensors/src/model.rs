@@ -484,8 +484,8 @@ pub fn rekey_model_dir(input: &Path, output: Option<&Path>, opts: &RekeyOptions<
 /// folder's index, is used only when the whole folder is one complete
 /// sealed model that holds it. Loaders that open shards one at a time
 /// (Python's `safe_open` under transformers and vLLM) call this after
-/// opening each one; `file.model_key()` is reused, so no key is unwrapped
-/// again.
+/// opening each one. No key is unwrapped or released for the check: the
+/// other shards' MACs are checked with `file.model_key()`.
 pub fn check_member(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<()> {
     let Some(meta) = file.seal() else {
         return Ok(()); // plain files open as plain safetensors files do
@@ -498,12 +498,21 @@ pub fn check_member(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<()> {
     if meta.shard.is_none() && !dir.join(INDEX_FILE).exists() {
         return Ok(());
     }
+    // The other shards are opened locked: their signatures, expiry and the
+    // shard set are checked, but no key is unwrapped or released and their
+    // policies decide nothing (this load reads none of their tensors); their
+    // MACs are checked with the model key this file already holds.
     let mut opts = opts.clone();
-    if opts.model_key.is_none() {
-        opts.model_key = file.model_key().cloned();
-    }
+    opts.locked = true;
+    opts.model_key = None;
+    opts.broker = None;
     opts.progress = None;
     let model = SealedModel::open(dir, &opts)?;
+    if let Some(mk) = file.model_key() {
+        for f in &model.files {
+            f.check_mac_with(mk)?;
+        }
+    }
     let me = fs::canonicalize(path).map_err(io("resolving", path))?;
     let member = model
         .files

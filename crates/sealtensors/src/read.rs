@@ -370,6 +370,26 @@ impl SealedFile {
     pub fn model_key(&self) -> Option<&ModelKey> {
         self.mk.as_ref()
     }
+    /// Check the header MAC with a model key already held (another shard's),
+    /// unwrapping nothing: what a locked open skips (SPEC §8.1 step 11).
+    pub(crate) fn check_mac_with(&self, key: &ModelKey) -> Result<()> {
+        let Some(meta) = &self.meta else {
+            return Ok(());
+        };
+        let Some(mk_id) = meta.mk_id else {
+            return Ok(()); // sign-only: its signature was checked on open
+        };
+        if key.id()? != mk_id {
+            return Err(Error::BadHeaderMac.in_file(&self.path));
+        }
+        let mac = seal::header_mac(key, &meta.file_id, &self.header)?;
+        let expected = meta.mac.unwrap_or([0u8; 32]);
+        if !crypto::ct_eq(&mac, &expected) {
+            return Err(Error::BadHeaderMac.in_file(&self.path));
+        }
+        Ok(())
+    }
+
     /// Whether the tensor is stored encrypted.
     pub fn is_encrypted(&self, name: &str) -> Result<bool> {
         let i = self.index(name)?;

@@ -584,3 +584,37 @@ fn temporaries_are_private_and_stale_ones_are_removed() {
         "a dead process's temporary folder is removed"
     );
 }
+
+#[test]
+fn a_sibling_shard_with_a_forged_header_fails_the_member_check() {
+    // Unsigned: only the MAC under the model key authenticates a shard's
+    // number. A planted "shard 3" with a copied number but no valid MAC
+    // must not complete the set.
+    let f = Folder::new();
+    let sealer = Sealer::new(SealOptions {
+        recipients: vec![Box::new(f.id.recipient())],
+        chunk_size: 4096,
+        ..Default::default()
+    })
+    .unwrap();
+    let sealed = f.path("unsigned");
+    seal_model_dir(&sealer, &f.src, &sealed, false).unwrap();
+    let victim = sealed.join(SHARD[2]);
+    let raw = std::fs::read(&victim).unwrap();
+    let mut h = sealtensors::Header::parse_buffer(&raw).unwrap();
+    let data = raw[h.data_start() as usize..].to_vec();
+    h.metadata
+        .as_mut()
+        .unwrap()
+        .insert("format".into(), "planted".into());
+    let mut out = h.to_bytes();
+    out.extend_from_slice(&data);
+    std::fs::write(&victim, out).unwrap();
+    let opts = OpenOptions {
+        identities: vec![&f.id],
+        ..Default::default()
+    };
+    let first = SealedFile::open(sealed.join(SHARD[0]), &opts).unwrap();
+    let err = check_member(&first, &opts).unwrap_err();
+    assert!(matches!(err.kind(), Error::BadHeaderMac), "{err}");
+}
