@@ -58,22 +58,19 @@ impl AtomicFile {
             .ok_or_else(|| Error::ApiMisuse(format!("{} has no file name", dest.display())))?;
         let tmp = temp_name(&dir, &name.to_string_lossy())?;
         // Replacing a file keeps its permissions (a private model stays
-        // private); a new file gets the process's defaults (umask). std has
-        // no umask call (libc, unsafe), so the default is read off the
-        // temporary as created, and it is made 0600 before a byte is written.
+        // private); a new file gets the process's defaults (umask). The
+        // temporary is 0600 from its creation (O_CREAT|O_EXCL with that
+        // mode): no other user can open it while it holds plaintext.
         let keep_mode = if private {
             None
         } else {
             fs::metadata(dest).ok().map(|m| m.permissions())
         };
-        // `create_new` is O_CREAT|O_EXCL: it never follows a link planted at
-        // the temporary name.
-        let mut o = fs::OpenOptions::new();
-        o.read(true).write(true).create_new(true);
-        if private {
-            o.mode(0o600);
-        }
-        let file = o
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::output("creating temporary output", e).in_file(&tmp))?;
         let created = file
@@ -86,14 +83,10 @@ impl AtomicFile {
                 return Err(e);
             }
         };
-        if let Err(e) = file.set_permissions(Permissions::from_mode(0o600)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::output("making the temporary output private", e).in_file(&tmp));
-        }
         let final_mode = if private {
             Permissions::from_mode(0o600)
         } else {
-            keep_mode.unwrap_or_else(|| created.permissions())
+            keep_mode.unwrap_or_else(|| Permissions::from_mode(0o666 & !umask()))
         };
         remove_stale(&dir, &name.to_string_lossy(), created.uid(), &tmp);
         Ok(AtomicFile {
@@ -175,10 +168,29 @@ pub(crate) fn temp_name(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir.join(format!(".{name}.{}.{suffix}.tmp", std::process::id())))
 }
 
+/// This process's umask, read from `/proc/self/status` (std has no umask
+/// call, and libc's is unsafe); 0o022 where it cannot be read.
+pub(crate) fn umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .map_or(0o022, |m| m & 0o777)
+}
+
 /// Remove temporaries of `name` in `dir` left by processes of this user
-/// (`uid`) that no longer run (killed mid-write). Best effort: anything it
-/// cannot read or remove is left alone.
+/// (`uid`) that no longer run (killed mid-write). Only in a folder this
+/// user owns and no one else may write to: in a shared folder another user
+/// could rename something of ours to a stale-looking name. Best effort:
+/// anything it cannot read or remove is left alone.
 pub(crate) fn remove_stale(dir: &Path, name: &str, uid: u32, keep: &Path) {
+    let private_dir = fs::metadata(dir).is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0);
+    if !private_dir {
+        return;
+    }
     let prefix = format!(".{name}.");
     let Ok(entries) = fs::read_dir(dir) else {
         return;

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 
 use crate::atomic;
 use crate::error::{printable, Error, Result};
@@ -55,7 +55,15 @@ fn is_bare_file_name(s: &str) -> bool {
 
 /// Check the index (when present) against the shards' headers: every entry
 /// names a file beside the index that holds that tensor.
-fn check_index(dir: &Path, names_by_file: &BTreeMap<String, Vec<String>>) -> Result<()> {
+///
+/// For a sealed model the index must also be complete: every tensor of every
+/// shard listed, so that no shard is silently skipped by a loader that opens
+/// only the files the index names (transformers does).
+fn check_index(
+    dir: &Path,
+    names_by_file: &BTreeMap<String, Vec<String>>,
+    complete: bool,
+) -> Result<()> {
     let p = dir.join(INDEX_FILE);
     if !p.exists() {
         return Ok(());
@@ -85,6 +93,27 @@ fn check_index(dir: &Path, names_by_file: &BTreeMap<String, Vec<String>>) -> Res
                 "index maps tensor \"{}\" to \"{}\", which does not hold it",
                 printable(name, 256),
                 printable(file, 256)
+            ))
+            .in_file(&p));
+        }
+    }
+    if complete {
+        let total: usize = names_by_file.values().map(Vec::len).sum();
+        if map.len() != total {
+            let missing = names_by_file
+                .iter()
+                .flat_map(|(f, names)| names.iter().map(move |n| (f, n)))
+                .find(|(_, n)| !map.contains_key(n.as_str()));
+            let what = missing.map_or_else(String::new, |(f, n)| {
+                format!(
+                    ": tensor \"{}\" of {} is not in it",
+                    printable(n, 256),
+                    printable(f, 256)
+                )
+            });
+            return Err(Error::IncompleteModel(format!(
+                "the index lists {} tensors but the shards hold {total}{what}; a loader following it would skip weights",
+                map.len()
             ))
             .in_file(&p));
         }
@@ -202,13 +231,26 @@ impl LinkRoots {
         if let Some(snapshots) = root.parent() {
             if snapshots.file_name().is_some_and(|n| n == "snapshots") {
                 if let Some(blobs) = snapshots.parent().map(|r| r.join("blobs")) {
-                    if let Ok(b) = fs::canonicalize(&blobs) {
-                        roots.push(b);
+                    // Only a real folder, itself no link: a planted
+                    // `blobs -> /` must not widen what links may reach.
+                    let real = fs::symlink_metadata(&blobs).is_ok_and(|m| m.file_type().is_dir());
+                    if real && fs::canonicalize(&blobs).is_ok_and(|b| b == blobs) {
+                        roots.push(blobs);
                     }
                 }
             }
         }
         Ok(LinkRoots { roots })
+    }
+
+    /// Whether a link's resolved target may be copied: inside the folder,
+    /// or a direct child of the hub cache's `blobs/`.
+    fn allows(&self, resolved: &Path) -> bool {
+        let inside = resolved.starts_with(&self.roots[0]);
+        let blob = self.roots[1..]
+            .iter()
+            .any(|b| resolved.parent() == Some(b.as_path()));
+        inside || blob
     }
 
     /// What `p` is, for copying: a file to copy (a link only when it leads
@@ -227,7 +269,7 @@ impl LinkRoots {
             };
             let resolved = fs::canonicalize(p).map_err(|_| unsafe_link())?;
             let is_file = fs::metadata(&resolved).is_ok_and(|m| m.is_file());
-            if is_file && self.roots.iter().any(|r| resolved.starts_with(r)) {
+            if is_file && self.allows(&resolved) {
                 return Ok(Entry::File);
             }
             return Err(unsafe_link());
@@ -251,35 +293,70 @@ enum Entry {
 }
 
 /// Copy every file of `input` except `weights` into `out`, refusing links
-/// that lead out of the folder (SPEC §8.5).
-fn copy_others(input: &Path, out: &Path, weights: &[PathBuf]) -> Result<()> {
-    let roots = LinkRoots::of(input)?;
-    copy_entries(&roots, input, out, weights)
+/// that lead out of the folder (SPEC §8.5). A file that is one of the
+/// weights under another name (a link or a hard link to it) is refused: it
+/// would ship a weight file's plaintext beside its sealed copy. When
+/// `sealing`, a `.safetensors` file in a subfolder is refused too: only the
+/// weight files directly in the folder are sealed, and it would be copied in
+/// clear.
+fn copy_others(input: &Path, out: &Path, weights: &[PathBuf], sealing: bool) -> Result<()> {
+    let ids = weights
+        .iter()
+        .filter_map(|w| fs::metadata(w).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    let c = Copier {
+        roots: LinkRoots::of(input)?,
+        weights: ids,
+        sealing,
+    };
+    c.copy_entries(input, out, weights, false)
 }
 
-fn copy_entries(roots: &LinkRoots, from: &Path, to: &Path, skip: &[PathBuf]) -> Result<()> {
-    let mut entries = Vec::new();
-    for e in fs::read_dir(from).map_err(io("listing", from))? {
-        entries.push(e.map_err(io("listing", from))?.path());
-    }
-    entries.sort();
-    for p in entries {
-        if skip.contains(&p) {
-            continue;
+struct Copier {
+    roots: LinkRoots,
+    weights: HashSet<(u64, u64)>,
+    sealing: bool,
+}
+
+impl Copier {
+    fn copy_entries(&self, from: &Path, to: &Path, skip: &[PathBuf], sub: bool) -> Result<()> {
+        let mut entries = Vec::new();
+        for e in fs::read_dir(from).map_err(io("listing", from))? {
+            entries.push(e.map_err(io("listing", from))?.path());
         }
-        let Some(name) = p.file_name() else { continue };
-        let dest = to.join(name);
-        match roots.classify(&p)? {
-            Entry::File => {
-                fs::copy(&p, &dest).map_err(out("copying", &p))?;
+        entries.sort();
+        for p in entries {
+            if skip.contains(&p) {
+                continue;
             }
-            Entry::Dir => {
-                fs::create_dir(&dest).map_err(out("creating", &dest))?;
-                copy_entries(roots, &p, &dest, &[])?;
+            let Some(name) = p.file_name() else { continue };
+            let dest = to.join(name);
+            match self.roots.classify(&p)? {
+                Entry::File => {
+                    let id = fs::metadata(&p).map(|m| (m.dev(), m.ino()));
+                    if id.is_ok_and(|id| self.weights.contains(&id)) {
+                        return Err(Error::container(
+                            "this is one of the model's weight files under another name (a link to it); it would be copied in clear beside its sealed copy: remove it",
+                        )
+                        .in_file(&p));
+                    }
+                    if self.sealing && sub && p.extension().is_some_and(|x| x == "safetensors") {
+                        return Err(Error::container(
+                            "a .safetensors file in a subfolder would be copied in clear (only the weight files directly in the model folder are sealed): seal that subfolder on its own, or move or remove it",
+                        )
+                        .in_file(&p));
+                    }
+                    fs::copy(&p, &dest).map_err(out("copying", &p))?;
+                }
+                Entry::Dir => {
+                    fs::create_dir(&dest).map_err(out("creating", &dest))?;
+                    self.copy_entries(&p, &dest, &[], true)?;
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A folder being written: built beside its destination, renamed into place.
@@ -308,18 +385,13 @@ impl AtomicDir {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let tmp = atomic::temp_name(parent, &name)?;
-        fs::create_dir(&tmp).map_err(out("creating the output folder", &tmp))?;
-        // Private (0700) while it is written, as temporary files are (it may
-        // hold plaintext); the mode it was created with (umask) on commit.
-        let made = fs::metadata(&tmp).map(|m| m.permissions());
-        let private = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700));
-        let mode = match (made, private) {
-            (Ok(m), Ok(())) => m,
-            (Err(e), _) | (_, Err(e)) => {
-                let _ = fs::remove_dir(&tmp);
-                return Err(Error::output("making the output folder private", e).in_file(&tmp));
-            }
-        };
+        // Private (0700) from its creation, as temporary files are (it may
+        // hold plaintext); the umask default on commit.
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(out("creating the output folder", &tmp))?;
+        let mode = fs::Permissions::from_mode(0o777 & !atomic::umask());
         if let Ok(m) = fs::metadata(&tmp) {
             atomic::remove_stale(parent, &name, m.uid(), &tmp);
         }
@@ -375,7 +447,7 @@ impl Plan {
             );
             headers.push((file, h));
         }
-        check_index(input, &names_by_file)?;
+        check_index(input, &names_by_file, false)?;
         sealer
             .check_selection(names_by_file.values().flatten().map(String::as_str))
             .map_err(|e| e.in_file(input))?;
@@ -418,7 +490,7 @@ impl Plan {
 pub fn seal_model_dir(sealer: &Sealer, input: &Path, output: &Path, overwrite: bool) -> Result<()> {
     let plan = Plan::of(sealer, input)?;
     let dir = AtomicDir::create(output, overwrite)?;
-    copy_others(input, &dir.tmp, &plan.weights)?;
+    copy_others(input, &dir.tmp, &plan.weights, true)?;
     plan.seal_into(sealer, Some(&dir.tmp))?;
     dir.commit()
 }
@@ -440,7 +512,7 @@ pub fn unseal_model_dir(
     let model = SealedModel::open(input, opts)?;
     let dir = AtomicDir::create(output, overwrite)?;
     let weights: Vec<PathBuf> = model.files.iter().map(|f| f.path().to_path_buf()).collect();
-    copy_others(input, &dir.tmp, &weights)?;
+    copy_others(input, &dir.tmp, &weights, false)?;
     for f in &model.files {
         let Some(name) = f.path().file_name() else {
             continue;
@@ -461,7 +533,7 @@ pub fn rekey_model_dir(input: &Path, output: Option<&Path>, opts: &RekeyOptions<
             let dir = AtomicDir::create(out, opts.overwrite)?;
             let weights: Vec<PathBuf> =
                 model.files.iter().map(|f| f.path().to_path_buf()).collect();
-            copy_others(input, &dir.tmp, &weights)?;
+            copy_others(input, &dir.tmp, &weights, false)?;
             for f in &model.files {
                 let Some(name) = f.path().file_name() else {
                     continue;
@@ -495,6 +567,8 @@ pub fn check_member(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    // A file with no shard number and no index beside it is a model of one
+    // file (a folder may hold several such files, of different sealings).
     if meta.shard.is_none() && !dir.join(INDEX_FILE).exists() {
         return Ok(());
     }
@@ -571,7 +645,8 @@ impl SealedModel {
                 (n, f.tensors().iter().map(|t| t.name.clone()).collect())
             })
             .collect();
-        check_index(dir, &names_by_file)?;
+        let sealed = files.first().is_some_and(|f| f.seal().is_some());
+        check_index(dir, &names_by_file, sealed)?;
         Ok(SealedModel { files, by_tensor })
     }
 

@@ -618,3 +618,72 @@ fn a_sibling_shard_with_a_forged_header_fails_the_member_check() {
     let err = check_member(&first, &opts).unwrap_err();
     assert!(matches!(err.kind(), Error::BadHeaderMac), "{err}");
 }
+
+#[test]
+fn an_index_that_hides_a_shard_is_refused() {
+    // The shard stays, but the index no longer names it: transformers
+    // would never open it and would initialise its weights at random.
+    let f = Folder::new();
+    let sealed = f.seal("sealed", true);
+    drop_from_index(&sealed, SHARD[2]);
+    let opts = f.opts();
+    assert_incomplete(SealedModel::open(&sealed, &opts), "is not in it");
+    let first = SealedFile::open(sealed.join(SHARD[0]), &opts).unwrap();
+    assert_incomplete(check_member(&first, &opts), "is not in it");
+}
+
+#[test]
+fn a_link_to_a_weight_file_is_not_copied_in_clear() {
+    let f = Folder::new();
+    symlink(SHARD[0], f.src.join("notes.txt")).unwrap();
+    let out = f.path("sealed");
+    let err = seal_model_dir(&sealer_for(&f), &f.src, &out, false).unwrap_err();
+    assert!(
+        err.to_string().contains("weight files under another name"),
+        "{err}"
+    );
+    std::fs::remove_file(f.src.join("notes.txt")).unwrap();
+    std::fs::hard_link(f.src.join(SHARD[1]), f.src.join("sub").join("copy.bin")).unwrap();
+    let err = seal_model_dir(&sealer_for(&f), &f.src, &out, false).unwrap_err();
+    assert!(
+        err.to_string().contains("weight files under another name"),
+        "{err}"
+    );
+    std::fs::remove_file(f.src.join("sub").join("copy.bin")).unwrap();
+    // A .safetensors file in a subfolder would be copied in clear.
+    std::fs::copy(
+        f.src.join(SHARD[1]),
+        f.src.join("sub").join("extra.safetensors"),
+    )
+    .unwrap();
+    let err = seal_model_dir(&sealer_for(&f), &f.src, &out, false).unwrap_err();
+    assert!(err.to_string().contains("in a subfolder"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_planted_blobs_link_does_not_widen_what_links_may_reach() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("publisher.jwk"), "SECRET").unwrap();
+    let repo = tmp.path().join("models--acme--tiny");
+    let snap = repo.join("snapshots").join("abc123");
+    write_sharded(&snap);
+    symlink(&secret, repo.join("blobs")).unwrap();
+    symlink(
+        "../../blobs/publisher.jwk",
+        snap.join("generation_config.json"),
+    )
+    .unwrap();
+    let id = X25519Identity::generate().unwrap();
+    let sealer = Sealer::new(SealOptions {
+        recipients: vec![Box::new(id.recipient())],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_unsafe_link(
+        seal_model_dir(&sealer, &snap, &tmp.path().join("out"), false),
+        "generation_config.json",
+    );
+}
