@@ -120,9 +120,7 @@ def test_index_entry_outside_the_folder_is_refused(sealed: dict) -> None:
     folder, last = sealed["a"], sealed["shards"][-1]
     index = _index(folder)
     outside = f"../b/{last}"
-    index["weight_map"] = {
-        k: (outside if v == last else v) for k, v in index["weight_map"].items()
-    }
+    index["weight_map"] = {k: (outside if v == last else v) for k, v in index["weight_map"].items()}
     _write_index(folder, index)
     with pytest.raises(sealtensors.InvalidFileError, match="not a file name"):
         AutoModelForCausalLM.from_pretrained(folder)
