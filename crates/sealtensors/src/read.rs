@@ -136,6 +136,17 @@ fn evaluate_policy(
     )
 }
 
+/// The header MAC under `key` (SPEC §7.2, §8.1 step 11), compared in
+/// constant time: `BadHeaderMac` on a mismatch.
+fn check_header_mac(key: &ModelKey, meta: &SealMeta, header: &Header) -> Result<()> {
+    let mac = seal::header_mac(key, &meta.file_id, header)?;
+    let expected = meta.mac.unwrap_or([0u8; 32]);
+    if !crypto::ct_eq(&mac, &expected) {
+        return Err(Error::BadHeaderMac);
+    }
+    Ok(())
+}
+
 /// A zeroed buffer of `len` bytes, or `OutOfMemory`: a header can declare
 /// a tensor larger than memory (a sparse file passes the length check), and
 /// failing to allocate must be an error, never an abort.
@@ -312,11 +323,7 @@ impl SealedFile {
                     release_after_miss(e, opts.broker.as_ref(), &header, &meta, path, &opts.policy)
                 })?,
             };
-            let mac = seal::header_mac(&key, &meta.file_id, &header)?;
-            let expected = meta.mac.unwrap_or([0u8; 32]);
-            if !crypto::ct_eq(&mac, &expected) {
-                return Err(Error::BadHeaderMac);
-            }
+            check_header_mac(&key, &meta, &header)?;
             mk = Some(key);
         }
         Ok(base(Some(meta), mk, auth, decision))
@@ -382,12 +389,7 @@ impl SealedFile {
         if key.id()? != mk_id {
             return Err(Error::BadHeaderMac.in_file(&self.path));
         }
-        let mac = seal::header_mac(key, &meta.file_id, &self.header)?;
-        let expected = meta.mac.unwrap_or([0u8; 32]);
-        if !crypto::ct_eq(&mac, &expected) {
-            return Err(Error::BadHeaderMac.in_file(&self.path));
-        }
-        Ok(())
+        check_header_mac(key, meta, &self.header).map_err(|e| e.in_file(&self.path))
     }
 
     /// Whether the tensor is stored encrypted.
