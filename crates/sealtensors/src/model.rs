@@ -47,6 +47,13 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A path's last component as text (lossy; empty when it has none).
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Whether an index entry names a file directly in the folder: a bare file
 /// name, never a path (SPEC §8.5).
 fn is_bare_file_name(s: &str) -> bool {
@@ -125,12 +132,7 @@ fn check_index(
 /// the same model key, model id and version, the same shard set, every
 /// index from 1 to the count present once, nothing else.
 fn check_shard_set(dir: &Path, files: &[SealedFile]) -> Result<()> {
-    let name = |f: &SealedFile| {
-        f.path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
+    let name = |f: &SealedFile| file_name(f.path());
     let Some(first) = files.first() else {
         return Ok(());
     };
@@ -376,10 +378,7 @@ impl AtomicDir {
                 return Err(Error::OutputExists(dest.to_path_buf()));
             }
         }
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file_name(dest);
         let parent = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -437,12 +436,8 @@ impl Plan {
         let mut names_by_file = BTreeMap::new();
         for w in &weights {
             let (file, h) = read_header(w)?;
-            let fname = w
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
             names_by_file.insert(
-                fname,
+                file_name(w),
                 h.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
             );
             headers.push((file, h));
@@ -637,12 +632,8 @@ impl SealedModel {
         let names_by_file = files
             .iter()
             .map(|f| {
-                let n = f
-                    .path()
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                (n, f.tensors().iter().map(|t| t.name.clone()).collect())
+                let names = f.tensors().iter().map(|t| t.name.clone()).collect();
+                (file_name(f.path()), names)
             })
             .collect();
         let sealed = files.first().is_some_and(|f| f.seal().is_some());
