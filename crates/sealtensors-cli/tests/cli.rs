@@ -16,6 +16,18 @@ fn bin() -> Command {
     c
 }
 
+/// `inspect --json FILE`'s standard output (the command must succeed).
+fn inspect_json(path: &std::path::Path) -> Vec<u8> {
+    bin()
+        .args(["inspect", "--json"])
+        .arg(path)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone()
+}
+
 fn bytes(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
@@ -341,14 +353,7 @@ fn inspect_needs_no_key() {
             predicate::str::contains("model.embed.weight F32 [100,50] encrypted")
                 .and(predicate::str::contains("aes-256-gcm")),
         );
-    let out = bin()
-        .args(["inspect", "--json"])
-        .arg(&sealed)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = inspect_json(&sealed);
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["signer"], e.signer.as_str());
     assert_eq!(v["tensors"].as_array().unwrap().len(), 2);
@@ -445,14 +450,7 @@ fn inspect_and_policy_test_never_print_escape_sequences_from_a_file() {
     // The model id is shown in its JSON form (C0 controls as \u001b).
     assert!(text.contains(r#"id "id\u001b]52"#), "{text}");
     // JSON output keeps the exact strings (escaped by JSON itself).
-    let out = bin()
-        .args(["inspect", "--json"])
-        .arg(&sealed)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = inspect_json(&sealed);
     assert!(!out.contains(&0x1b));
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["metadata"]["note"], format!("{CLEAR}ok"));
