@@ -59,7 +59,7 @@ impl From<Error> for CliError {
             _ => code::ERROR,
         };
         CliError {
-            message: e.to_string(),
+            message: crate::hint::message(&e),
             code,
         }
     }

@@ -4,6 +4,7 @@
 mod broker;
 mod cli;
 mod error;
+mod hint;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

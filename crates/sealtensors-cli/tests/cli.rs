@@ -322,7 +322,10 @@ fn verify_reports_trust_and_fails_closed() {
         .code(4)
         .stderr(
             predicate::str::contains("no key slot matches")
-                .and(predicate::str::contains("SEALTENSORS_IDENTITY")),
+                .and(predicate::str::contains("SEALTENSORS_IDENTITY"))
+                // the CLI's own hint, added to the library's face-neutral message
+                .and(predicate::str::contains("pass an identity with -i FILE"))
+                .and(predicate::str::contains("identities=").not()),
         );
     assert!(!e.p("x.safetensors").exists());
     // missing key

@@ -61,9 +61,26 @@ create_exception!(
     "The file's access policy denied this load; no key was tried."
 );
 
+/// What to do next in Python's own words: the argument that fixes a library
+/// error. The library's messages stay face-neutral; the hint is chosen from
+/// the typed error, never from its text.
+fn hint(e: &Error) -> Option<&'static str> {
+    Some(match e.kind() {
+        Error::NoSuchTensor(_) => "keys() lists the tensors",
+        Error::Licence(_) => "pass the claims as licence= (a mapping, JSON text or a file path)",
+        Error::UntrustedSigner { .. } => "add a signer to trusted=[...]",
+        Error::ResignUnverified { .. } => "pass the current signer's public key in trusted=[...]",
+        Error::NoMatchingKey { .. } => "pass an identity file in identities=[...]",
+        _ => return None,
+    })
+}
+
 /// The one bridge from library errors to Python exceptions.
 fn to_py(e: Error) -> PyErr {
-    let msg = e.to_string();
+    let msg = match hint(&e) {
+        Some(h) => format!("{e}; {h}"),
+        None => e.to_string(),
+    };
     match e.class() {
         ErrorClass::NotAuthentic => NotAuthenticError::new_err(msg),
         ErrorClass::NoKey => NoKeyError::new_err(msg),

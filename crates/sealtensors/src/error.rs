@@ -2,7 +2,9 @@
 //!
 //! Crypto failures are deliberately coarse (a tag mismatch says which chunk of
 //! which tensor failed, never why); user mistakes are precise and each message
-//! ends with what to do next.
+//! ends with what to do next, in words that fit every face. Hints that name a
+//! face's own flags or arguments (`--trust`, `identities=`) are added by that
+//! face from the typed error: the CLI's `hint.rs`, the Python binding's `to_py`.
 
 use std::path::PathBuf;
 
@@ -54,7 +56,7 @@ pub enum Error {
     },
 
     /// A tensor name that is not in the file.
-    #[error("tensor {0:?} is not in the file; list the tensors with `sealtensors inspect`")]
+    #[error("tensor {0:?} is not in the file")]
     NoSuchTensor(String),
 
     /// A byte range outside of a tensor.
@@ -105,21 +107,21 @@ pub enum Error {
     // ---- access policy ------------------------------------------------------------------
     /// The access policy cannot be used: too large, does not parse, calls a
     /// builtin outside the profile, or its evaluation failed or ran too long.
-    #[error("the access policy cannot be used: {reason}; check it with `sealtensors policy test`")]
+    #[error("the access policy cannot be used: {reason}")]
     PolicyInvalid {
         /// What is wrong.
         reason: String,
     },
 
     /// The file's access policy denies access here (no key slot was tried).
-    #[error("the file's access policy denies access: {}; no key was tried. Ask the publisher for a licence that covers this use, or see what the policy checks with `sealtensors policy test FILE`", reasons_text(.reasons))]
+    #[error("the file's access policy denies access: {}; no key was tried. Ask the publisher for a licence that covers this use", reasons_text(.reasons))]
     PolicyDenied {
         /// The policy's reasons (`data.sealtensors.deny_reasons`), never empty.
         reasons: Vec<String>,
     },
 
     /// Licence claims given to the policy could not be read.
-    #[error("invalid licence claims: {0}; pass a JSON object, in a file (--licence FILE) or in SEALTENSORS_LICENCE (inline JSON or a file path)")]
+    #[error("invalid licence claims: {0}; licence claims are one JSON object, given inline or in a file (SEALTENSORS_LICENCE takes either)")]
     Licence(String),
 
     // ---- downgrade and trust ---------------------------------------------------------
@@ -140,7 +142,7 @@ pub enum Error {
     },
 
     /// The signature is by a key the loader does not trust.
-    #[error("the file is signed by {signer}, which is not among the {trusted} trusted signer(s); add it with --trust or SEALTENSORS_TRUST only if you trust its owner")]
+    #[error("the file is signed by {signer}, which is not among the {trusted} trusted signer(s); trust it (SEALTENSORS_TRUST) only if you trust its owner")]
     UntrustedSigner {
         /// The signer's public key as found in the file.
         signer: String,
@@ -167,7 +169,7 @@ pub enum Error {
 
     // ---- keys ---------------------------------------------------------------------------
     /// None of the given identities opens any slot.
-    #[error("no key slot matches the identities given ({given} tried): the file has slots for {slots}; pass an identity (-i FILE) or set SEALTENSORS_IDENTITY")]
+    #[error("no key slot matches the identities given ({given} tried): the file has slots for {slots}; give an identity that opens one of them, or set SEALTENSORS_IDENTITY")]
     NoMatchingKey {
         /// How many identities were tried.
         given: usize,
@@ -239,14 +241,14 @@ pub enum Error {
 
     /// Rekeying with a signing key would vouch for content that no trusted
     /// signer vouched for (SPEC §8.4).
-    #[error("refusing to re-sign: the file is {found}, so its content is not verified against a trusted signer and signing it would vouch for whatever it holds; pass the current signer's public key as trusted (--trust) or re-seal the model from its plaintext")]
+    #[error("refusing to re-sign: the file is {found}, so its content is not verified against a trusted signer and signing it would vouch for whatever it holds; trust the current signer's public key, or re-seal the model from its plaintext")]
     ResignUnverified {
         /// What the file's authenticity was ("unsigned", "signed by an untrusted key").
         found: String,
     },
 
     /// Memory for a tensor could not be allocated.
-    #[error("could not allocate {bytes} bytes for {what}: not enough memory (a hostile file can declare huge tensors; check its header with `sealtensors inspect`)")]
+    #[error("could not allocate {bytes} bytes for {what}: not enough memory (a hostile file can declare huge tensors; check the sizes its header declares)")]
     OutOfMemory {
         /// What the memory was for.
         what: String,
@@ -260,7 +262,7 @@ pub enum Error {
     Config(String),
 
     /// The output exists and overwriting was not asked for.
-    #[error("{} already exists; choose another output or pass --force", .0.display())]
+    #[error("{} already exists; choose another output, or ask for it to be replaced", .0.display())]
     OutputExists(PathBuf),
 
     /// The caller violated an API contract (wrong tensor order, too many bytes).

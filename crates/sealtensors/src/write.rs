@@ -225,7 +225,7 @@ impl Sealer {
         if let Some((_, pats)) = &self.globs {
             if !names.into_iter().any(|n| self.encrypts(n)) {
                 return Err(Error::Config(format!(
-                    "the patterns {pats:?} match no tensor; list tensor names with `sealtensors inspect`"
+                    "the patterns {pats:?} match no tensor name of the input"
                 )));
             }
         }
@@ -627,7 +627,7 @@ impl<'s> SealWriter<'s> {
     }
 }
 
-/// Seal-time policy check (DESIGN property 6): too large, not compiling or
+/// Seal-time policy check (SPEC §3.4, §9): too large, not compiling or
 /// without a decision rule is an error; the sample decision is returned.
 fn check_policy(text: &str, model: &ModelInfo) -> Result<Decision> {
     if text.len() > policy::MAX_POLICY_BYTES {
