@@ -98,7 +98,7 @@ def micro_bench(r: dict[str, Any], bid: str) -> dict[str, Any] | None:
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each DESIGN / issue 6 target with the measured value and whether it is met."""
+    """Each performance target (docs/benchmarks.md) with the measured value and whether it is met."""
     out: list[dict[str, Any]] = []
     quick = r["mode"] == "quick"
 
@@ -276,7 +276,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if p:
         v = p["median_ns"] / 1e6
         add(
-            "policy evaluation for 2000 tensors under 1 ms (issue 5, expiry template)",
+            "policy evaluation for 2000 tensors under 1 ms (expiry template)",
             v,
             "ms",
             "< 1 ms",

@@ -1,7 +1,7 @@
 """A model sealed to a real key broker (`sealtensors serve`, started here as a
 subprocess on 127.0.0.1) loads through unmodified transformers
 `from_pretrained` after `import sealtensors.auto` with a valid licence, and
-fails with the broker's reason once the licence is revoked (issue 7).
+fails with the broker's reason once the licence is revoked (docs/broker.md).
 """
 
 from __future__ import annotations

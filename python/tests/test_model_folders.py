@@ -1,6 +1,6 @@
 """Edited sealed model folders are refused by every Python reader: transformers
 under `sealtensors.auto` (which opens shards one at a time), `safe_open` of a
-shard, `sealtensors.verify`, and the CLI (issue 15: a deleted shard loaded
+shard, `sealtensors.verify`, and the CLI (SPEC §8.5; before it, a deleted shard loaded
 with random weights; a shard of another sealing, or one outside the folder,
 loaded without a word)."""
 

@@ -1,6 +1,6 @@
 """The official safetensors package against files written by sealtensors.
 
-DESIGN: a sealed file is a valid safetensors file (names, dtypes, shapes and
+SPEC §2: a sealed file is a valid safetensors file (names, dtypes, shapes and
 offsets stay plaintext); a plain file written by sealtensors is byte-identical
 to what safetensors writes; unsealing gives back the original bytes.
 """

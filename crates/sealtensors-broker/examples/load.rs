@@ -1,4 +1,4 @@
-//! Load test on loopback (issue 7 item 9; figures in docs/broker.md):
+//! Load test on loopback (figures in docs/broker.md):
 //!
 //! ```sh
 //! cargo run --release -p sealtensors-broker --example load -- \

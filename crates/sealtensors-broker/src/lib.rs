@@ -1,4 +1,4 @@
-//! The sealtensors key broker (issue 7, docs/broker.md): it holds key-encryption
+//! The sealtensors key broker (docs/broker.md): it holds key-encryption
 //! keys, registered models and licences, and releases a model key (SPEC §6.6)
 //! only when the licence and the file's own policy allow, sealed with HPKE to
 //! the client's ephemeral key. Every release and refusal is audited, and the

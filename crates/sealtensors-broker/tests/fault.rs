@@ -1,4 +1,4 @@
-//! Fault test (issue 7 item 9): the real `sealtensors serve` binary
+//! Fault test (docs/broker.md, "Load and faults"): the real `sealtensors serve` binary
 //! (target/release, built by `make test` first), under load from several
 //! client threads, is killed with SIGKILL. Every request that got a reply
 //! must have its audit row, with the same decision, and no licence state may

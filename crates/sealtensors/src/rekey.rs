@@ -1,4 +1,4 @@
-//! Rotation (SPEC §8.4, DESIGN property 10): add or remove recipients and
+//! Rotation (SPEC §8.4): add or remove recipients and
 //! change the signing key by rewriting the header only. The data region is
 //! copied byte for byte, never re-encrypted; the result is written aside,
 //! fsynced and renamed over the target.

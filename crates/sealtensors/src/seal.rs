@@ -58,7 +58,7 @@ pub enum Mode {
     Signed,
 }
 
-/// Model identity and freshness (SPEC §3.1, DESIGN property 7).
+/// Model identity and freshness (SPEC §3.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {

@@ -1,4 +1,5 @@
-//! Attacks on every security property of DESIGN.md: each test tampers with a
+//! Attacks on every security property of docs/threat-model.md ("Attacker
+//! capabilities and what stops them"): each test tampers with a
 //! sealed file and checks the exact typed error, and that no data comes back.
 //!
 //! Many attacks re-authenticate the tampered header with the real keys (the

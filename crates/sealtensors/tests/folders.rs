@@ -1,4 +1,4 @@
-//! Attacks on model folders (issue 15's red-team findings): shards deleted,
+//! Attacks on model folders (SPEC §8.5, docs/threat-model.md): shards deleted,
 //! duplicated or taken from another sealing, an index pointing out of the
 //! folder, symbolic links followed while copying, signatures laundered by
 //! rekey, quadratic lookups, huge declared tensors, and plaintext left in

@@ -701,7 +701,7 @@ fn concat_cannot_build_huge_strings() {
     );
 }
 
-// ---- issue 15: the profile cannot be bypassed, parsing is bounded -----------------------
+// ---- SPEC §3.4, §9: the profile cannot be bypassed, parsing is bounded -----------------------
 
 fn compile_error(text: &str) -> Error {
     match Policy::compile(text) {
