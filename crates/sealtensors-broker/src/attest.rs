@@ -15,7 +15,7 @@
 
 use serde_json::Value;
 
-use crate::release::{deny, Denial};
+use crate::error::{deny, Denial};
 use crate::store::AttestationKey;
 
 /// Verifies one kind of attestation evidence.

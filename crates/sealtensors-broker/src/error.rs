@@ -1,5 +1,6 @@
-//! Errors of the broker itself (configuration, store, start-up). Refusals of
-//! a request are not errors: they are [`crate::Denial`]s, answered and audited.
+//! Errors of the broker itself (configuration, store, start-up), and the
+//! refusals of a request: those are not errors of the broker but
+//! [`Denial`]s, answered and audited.
 
 /// What stopped the broker from starting or from serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,26 @@ pub enum BrokerError {
 impl From<rusqlite::Error> for BrokerError {
     fn from(e: rusqlite::Error) -> Self {
         BrokerError::Store(e.to_string())
+    }
+}
+
+/// A refused request: HTTP status, stable code, reason for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable code, e.g. `licence_revoked`.
+    pub code: &'static str,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// A [`Denial`] with its parts.
+pub(crate) fn deny(status: u16, code: &'static str, reason: impl Into<String>) -> Denial {
+    Denial {
+        status,
+        code,
+        reason: reason.into(),
     }
 }
 

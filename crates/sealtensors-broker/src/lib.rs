@@ -40,8 +40,7 @@ use sealtensors::crypto::{ct_eq, random_array, sha256};
 use sealtensors::keys::{BrokerKek, KeyFile, VerifyingKey};
 
 pub use config::Config;
-pub use error::{BrokerError, Result};
-pub use release::Denial;
+pub use error::{BrokerError, Denial, Result};
 pub use store::{AuditRow, LicenceRecord, ModelRecord, PostgresStore, SqliteStore, Store};
 
 pub(crate) fn b64(b: &[u8]) -> String {
@@ -524,16 +523,16 @@ async fn read_body(b: &Broker, body: Body) -> std::result::Result<Bytes, Denial>
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
             Err(if too_large {
-                release::deny(
+                error::deny(
                     413,
                     "too_large",
                     format!("the request body exceeds {} bytes", b.max_body),
                 )
             } else {
-                release::deny(400, "bad_request", "the request body could not be read")
+                error::deny(400, "bad_request", "the request body could not be read")
             })
         }
-        Err(_) => Err(release::deny(
+        Err(_) => Err(error::deny(
             408,
             "request_timeout",
             format!(

@@ -14,30 +14,12 @@ use sealtensors::policy::{input_document, CompileError, Decision, Policy, Policy
 use sealtensors::seal;
 
 use crate::attest::{self, AttestationVerifier};
+use crate::error::{deny, Denial};
 use crate::store::{AuditRow, LicenceRecord, Seat, Store};
 use crate::{b64, unb64};
 
 /// Largest header accepted in a release (the request body bounds it too).
 pub const MAX_HEADER: usize = 16 << 20;
-
-/// A refused request: HTTP status, stable code, reason for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    /// HTTP status.
-    pub status: u16,
-    /// Stable code, e.g. `licence_revoked`.
-    pub code: &'static str,
-    /// What was wrong.
-    pub reason: String,
-}
-
-pub(crate) fn deny(status: u16, code: &'static str, reason: impl Into<String>) -> Denial {
-    Denial {
-        status,
-        code,
-        reason: reason.into(),
-    }
-}
 
 /// What the release path knows, for the audit row.
 #[derive(Default)]

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use sealtensors::crypto::{ct_eq, sha256};
 
 use crate::attest::AttestationVerifier;
-use crate::release::{deny, Denial};
+use crate::error::{deny, Denial};
 use crate::store::AttestationKey;
 use crate::unb64;
 

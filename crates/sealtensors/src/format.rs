@@ -13,6 +13,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::str::FromStr;
 
 use serde::de::{self, MapAccess, Visitor};
@@ -164,6 +167,38 @@ pub struct Header {
     pub metadata: Option<BTreeMap<String, String>>,
     /// `N`: the length of the JSON part, padding included.
     pub header_len: u64,
+}
+
+/// Open a file and parse its header (SPEC §2), checking its total length.
+pub fn read_header(path: &Path) -> Result<(File, Header)> {
+    let inner = || -> Result<(File, Header)> {
+        let file = File::open(path).map_err(|e| Error::io("opening", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("reading file size", e))?
+            .len();
+        if len < 8 {
+            return Err(Error::container(
+                "the file is shorter than the 8-byte header length",
+            ));
+        }
+        let mut prefix = [0u8; 8];
+        file.read_exact_at(&mut prefix, 0)
+            .map_err(|e| Error::io("reading the header length", e))?;
+        if u64::from_le_bytes(prefix) > len - 8 {
+            return Err(Error::container(
+                "the header length in the first 8 bytes runs past the end of the file",
+            ));
+        }
+        let n = Header::parse_len(&prefix)?;
+        let mut json = vec![0u8; n as usize];
+        file.read_exact_at(&mut json, 8)
+            .map_err(|e| Error::io("reading the header", e))?;
+        let h = Header::parse_json(&json)?;
+        h.check_file_len(len)?;
+        Ok((file, h))
+    };
+    inner().map_err(|e| e.in_file(path))
 }
 
 impl Header {

@@ -31,6 +31,7 @@ pub mod model;
 pub mod policy;
 mod read;
 pub mod rekey;
+mod runtime;
 pub mod seal;
 mod write;
 
@@ -38,8 +39,7 @@ pub use crypto::Cipher;
 pub use error::{
     is_invisible, json_error_text, printable, without_values, Error, ErrorClass, Result,
 };
-pub use format::{Dtype, Header, TensorInfo};
-pub use read::{read_header, Authenticity, OpenOptions, SealedFile};
-pub use write::{
-    serialize_plain, write_plain, Progress, SealOptions, SealWriter, Sealer, TensorRef,
-};
+pub use format::{read_header, Dtype, Header, TensorInfo};
+pub use read::{Authenticity, OpenOptions, SealedFile};
+pub use runtime::Progress;
+pub use write::{serialize_plain, write_plain, SealOptions, SealWriter, Sealer, TensorRef};

@@ -13,7 +13,8 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 
 use crate::atomic;
 use crate::error::{printable, Error, Result};
-use crate::read::{read_header, OpenOptions, SealedFile};
+use crate::format::read_header;
+use crate::read::{OpenOptions, SealedFile};
 use crate::rekey::{rekey_opened, RekeyOptions};
 use crate::seal::{Shard, MAX_SHARDS};
 use crate::write::Sealer;

@@ -12,13 +12,13 @@ use rayon::prelude::*;
 use crate::atomic::AtomicFile;
 use crate::crypto::{self, ChunkKey};
 use crate::error::{Error, Result};
-use crate::format::{Header, TensorInfo};
+use crate::format::{read_header, Header, TensorInfo};
 use crate::keys::{
     release_after_miss, unwrap_any, BrokerAccess, Identity, KeyConfig, ModelKey, VerifyingKey,
 };
 use crate::policy::{CompileError, Decision, Policy, PolicyContext};
+use crate::runtime::{now_unix, Progress};
 use crate::seal::{self, ChunkAad, Mode, Protection, SealMeta};
-use crate::write::Progress;
 
 /// How a loader opens files: which keys it holds, whom it trusts, what it requires.
 #[derive(Default, Clone)]
@@ -166,38 +166,6 @@ pub(crate) fn zeroed(len: usize, what: &str) -> Result<Vec<u8>> {
     Ok(vec![0u8; len])
 }
 
-/// Open a file and parse its header (SPEC §2), checking its total length.
-pub fn read_header(path: &Path) -> Result<(File, Header)> {
-    let inner = || -> Result<(File, Header)> {
-        let file = File::open(path).map_err(|e| Error::io("opening", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("reading file size", e))?
-            .len();
-        if len < 8 {
-            return Err(Error::container(
-                "the file is shorter than the 8-byte header length",
-            ));
-        }
-        let mut prefix = [0u8; 8];
-        file.read_exact_at(&mut prefix, 0)
-            .map_err(|e| Error::io("reading the header length", e))?;
-        if u64::from_le_bytes(prefix) > len - 8 {
-            return Err(Error::container(
-                "the header length in the first 8 bytes runs past the end of the file",
-            ));
-        }
-        let n = Header::parse_len(&prefix)?;
-        let mut json = vec![0u8; n as usize];
-        file.read_exact_at(&mut json, 8)
-            .map_err(|e| Error::io("reading the header", e))?;
-        let h = Header::parse_json(&json)?;
-        h.check_file_len(len)?;
-        Ok((file, h))
-    };
-    inner().map_err(|e| e.in_file(path))
-}
-
 impl SealedFile {
     /// Open and verify a file (SPEC §8): parse, check the signature against
     /// the trusted signers, check expiry, unwrap the model key, check the MAC.
@@ -296,7 +264,7 @@ impl SealedFile {
                 Authenticity::Unsigned
             }
         };
-        let now = opts.now.unwrap_or_else(crate::write::now_unix);
+        let now = opts.now.unwrap_or_else(now_unix);
         if let Some(expires) = meta.doc.model.expires {
             if now >= expires {
                 return Err(Error::Expired { expires, now });

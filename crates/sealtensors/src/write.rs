@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
@@ -21,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Header, TensorInfo};
 use crate::keys::{b64, ModelKey, Recipient, SigningKey, Slot, MAX_SLOTS};
 use crate::policy::{self, Decision, Policy, PolicyContext};
+use crate::runtime::{now_unix, Progress};
 use crate::seal::{self, ChunkAad, Mode, ModelInfo, SealDoc, Shard, TensorSealDoc};
 
 const BATCH: usize = 16 << 20;
@@ -54,9 +54,6 @@ pub struct SealOptions {
     /// Called with the number of tensor bytes processed, as they are.
     pub progress: Option<Progress>,
 }
-
-/// A progress callback: receives byte counts as work is done.
-pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Default for SealOptions {
     fn default() -> Self {
@@ -92,13 +89,6 @@ pub struct Sealer {
     policy: Option<(String, Decision)>,
     overwrite: bool,
     progress: Option<Progress>,
-}
-
-pub(crate) fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Sealer {
@@ -275,7 +265,7 @@ impl Sealer {
 
     /// Seal the safetensors file `input` into `output`, keeping its layout.
     pub fn seal_file(&self, input: &Path, output: &Path) -> Result<()> {
-        let (file, header) = crate::read::read_header(input)?;
+        let (file, header) = crate::format::read_header(input)?;
         self.check_selection(header.tensors.iter().map(|t| t.name.as_str()))
             .map_err(|e| e.in_file(input))?;
         self.seal_from(&file, &header, input, output, None)

@@ -776,7 +776,7 @@ impl BrokerAccess {
                 ek: b64(&ek.public_key()),
                 machine_id: machine_id.clone(),
                 nonce: b64(&nonce),
-                time: crate::write::now_unix(),
+                time: crate::runtime::now_unix(),
                 file_name: file_name.map(str::to_string),
                 process: Some(process.clone()),
                 tensors: ctx.requested.clone(),
