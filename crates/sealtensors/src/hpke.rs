@@ -14,12 +14,15 @@
 //! Secrets: the recipient's secret lives in rustls's `HpkePrivateKey`, which
 //! wipes its bytes on drop; the derived key schedule (shared secret, AEAD key)
 //! is wiped by rustls on drop; a plaintext returned by [`HpkeSecretKey::open`]
-//! is in a [`Zeroizing`] buffer. One copy escapes us: rustls's single-shot
-//! open decrypts into a scratch `Vec` of its own, copies the plaintext out and
-//! frees the scratch buffer without wiping it, so one copy of each opened
-//! plaintext (the released model key, on the client) is left in freed heap
-//! memory. Sealing encrypts in place before its buffer can grow, so the
-//! sender leaves no such copy.
+//! is in a [`Zeroizing`] buffer. Copies escape us on both sides, inside
+//! rustls: its open decrypts into a scratch `Vec` of its own, copies the
+//! plaintext out and frees the scratch buffer without wiping it; its seal
+//! copies the plaintext into an exact-size `Vec` and appends room for the tag
+//! before encrypting (aws-lc-rs `seal_in_place_append_tag`), so the growth
+//! reallocates and frees the plaintext copy unwiped. Each release therefore
+//! leaves one copy of the model key in freed heap memory on the client and
+//! on the broker. The FFI wrapper wrote straight into our buffers and left
+//! none; this is the price of no `unsafe`, until rustls wipes its buffers.
 //!
 //! Test vectors (RFC 9180 A.2, this suite, mode base). The earlier FFI wrapper
 //! also checked the sender against the RFC with aws-lc's seeded sender, and
