@@ -306,7 +306,10 @@ mod tests {
         }
         let mut long_ct = ct.clone();
         long_ct.push(0);
-        assert!(sk.open(&enc, b"info", b"aad", &long_ct).is_none(), "long ct");
+        assert!(
+            sk.open(&enc, b"info", b"aad", &long_ct).is_none(),
+            "long ct"
+        );
     }
 
     #[test]
