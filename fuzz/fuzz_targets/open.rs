@@ -1,4 +1,5 @@
 //! SealedFile::open with a fixed identity, then every tensor read.
+#![forbid(unsafe_code)]
 #![no_main]
 
 use std::sync::OnceLock;

@@ -1,2 +1,3 @@
 //! Fuzz target bodies, shared with the corpus replay test.
+#![forbid(unsafe_code)]
 pub mod targets;

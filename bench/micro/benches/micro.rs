@@ -19,6 +19,7 @@
 //!
 //! `bench/run.py` runs this with `cargo bench` (CARGO_TARGET_DIR=/tmp/target-bench)
 //! and reads `target/criterion/*/new/estimates.json`.
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::path::PathBuf;

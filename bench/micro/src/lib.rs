@@ -1,1 +1,2 @@
 //! Empty: the benchmarks live in benches/micro.rs.
+#![forbid(unsafe_code)]

@@ -11,6 +11,7 @@
 //! licence's seats), stopping early after S seconds (default 60). Prints
 //! releases per second and the p50/p99/max latency of a release. PostgreSQL
 //! uses --url or SEALTENSORS_TEST_POSTGRES_URL, in a throwaway schema.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,6 @@
 //! `sealtensors`: a thin face over the library. It parses arguments, finds
 //! keys, shows progress and maps errors; it holds no crypto.
+#![forbid(unsafe_code)]
 
 mod broker;
 mod cli;

@@ -8,6 +8,7 @@
 //! writes OUTDIR/{aes,chacha,partial,signed,multi}.safetensors, their unsealed
 //! copies `*.unsealed.safetensors`, `rewrite.safetensors` (the input's tensors
 //! written again by `write_plain`), and the keys as JWK files.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -14,6 +14,7 @@
 //!
 //! Each vector has a manifest `<name>.json` (schema in SPEC.md); several
 //! manifests may share one file.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fs;

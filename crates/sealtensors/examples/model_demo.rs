@@ -7,6 +7,7 @@
 //! cargo run --release --example model_demo -- MODEL_DIR WORK_DIR
 //! ```
 //! WORK_DIR gets keys/, sealed/ and unsealed/.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -3,17 +3,44 @@
 //! SPEC §6.6: a key broker returns a released model key sealed with it to an
 //! ephemeral key of the client's.
 //!
-//! aws-lc-rs offers no HPKE, so this wraps aws-lc's own `EVP_HPKE_*` through
-//! `aws-lc-sys`, the same library build that aws-lc-rs links: one crypto
-//! backend. This module is the only `unsafe` code of the crate. Every call is
-//! to a C function whose contract (BoringSSL/aws-lc `openssl/hpke.h`) is
-//! stated next to it; the two owned C objects, `EVP_HPKE_KEY` and
-//! `EVP_HPKE_CTX`, each live in a wrapper that checks the pointer for null
-//! when it is created and frees it exactly once, in `Drop`.
+//! aws-lc-rs offers no HPKE API; rustls, which this crate already links for
+//! the broker client's TLS, ships a safe Rust HPKE on the same aws-lc-rs
+//! provider (`rustls::crypto::aws_lc_rs::hpke`): X25519 through
+//! `aws_lc_rs::agreement`, HKDF through aws-lc-rs HMAC, the AEAD through
+//! `aws_lc_rs::aead`. This module uses that suite; it holds no `unsafe` code
+//! (the crate forbids it) and the wire format is unchanged: same suite ids,
+//! same mode, same `enc` and ciphertext bytes.
+//!
+//! Secrets: the recipient's secret lives in rustls's `HpkePrivateKey`, which
+//! wipes its bytes on drop; the derived key schedule (shared secret, AEAD key)
+//! is wiped by rustls on drop; a plaintext returned by [`HpkeSecretKey::open`]
+//! is in a [`Zeroizing`] buffer. Copies escape us on both sides, inside
+//! rustls: its open decrypts into a scratch `Vec` of its own, copies the
+//! plaintext out and frees the scratch buffer without wiping it; its seal
+//! copies the plaintext into an exact-size `Vec` and appends room for the tag
+//! before encrypting (aws-lc-rs `seal_in_place_append_tag`), so the growth
+//! reallocates and frees the plaintext copy unwiped. Each release therefore
+//! leaves one copy of the model key in freed heap memory on the client and
+//! on the broker. The FFI wrapper wrote straight into our buffers and left
+//! none; this is the price of no `unsafe`, until rustls wipes its buffers.
+//!
+//! Test vectors (RFC 9180 A.2, this suite, mode base). The earlier FFI wrapper
+//! also checked the sender against the RFC with aws-lc's seeded sender, and
+//! the exporter values. Neither can be checked now: rustls's fixed-ephemeral
+//! sender is `#[cfg(test)]` inside rustls, and rustls exposes no exporter
+//! (nothing here used `export` outside tests, so dropping it loses no
+//! function). What is checked: the recipient opens the RFC's ciphertexts for
+//! sequence numbers 0, 1 and 2 (0 through the single-shot [`HpkeSecretKey::open`],
+//! all three through rustls's opener context, which advances the sequence;
+//! the RFC's later ones, 4 and up, need the missing 3 first), the public key
+//! derived from skRm is pkRm, the suite ids rustls reports are exactly ours,
+//! and the sender is tied to the RFC through the recipient: its messages open
+//! with the RFC-checked recipient, and every binding (key, info, aad, enc,
+//! ciphertext, length) is refused when changed.
 
-use std::ptr::NonNull;
-
-use aws_lc_sys as ffi;
+use aws_lc_rs::agreement::{PrivateKey, X25519};
+use rustls::crypto::aws_lc_rs::hpke::DH_KEM_X25519_HKDF_SHA256_CHACHA20_POLY1305 as RUSTLS_SUITE;
+use rustls::crypto::hpke::{EncapsulatedSecret, Hpke, HpkePrivateKey, HpkePublicKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -25,91 +52,45 @@ pub const TAG_LEN: usize = 16;
 /// The suite's name, for documents and messages.
 pub const SUITE: &str = "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305";
 
-/// The three algorithm descriptors of the suite. They are pointers to static
-/// tables inside aws-lc.
-fn suite() -> (
-    *const ffi::EVP_HPKE_KEM,
-    *const ffi::EVP_HPKE_KDF,
-    *const ffi::EVP_HPKE_AEAD,
-) {
-    // SAFETY: these three functions take no argument, have no precondition
-    // and return pointers to immutable static objects that live for the whole
-    // program; they are never written through or freed.
-    unsafe {
-        (
-            ffi::EVP_hpke_x25519_hkdf_sha256(),
-            ffi::EVP_hpke_hkdf_sha256(),
-            ffi::EVP_hpke_chacha20_poly1305(),
-        )
-    }
-}
-
 /// An X25519 secret key for HPKE (the recipient's side). Not `Debug`-printable
-/// beyond its public half; aws-lc wipes the key when it is freed.
+/// beyond its public half; the secret bytes are wiped on drop.
 pub struct HpkeSecretKey {
-    key: NonNull<ffi::EVP_HPKE_KEY>,
+    secret: HpkePrivateKey,
     public: [u8; KEY_LEN],
 }
 
+/// The X25519 public key of `secret` (RFC 9180 `SerializePublicKey(pk(skR))`),
+/// by aws-lc-rs.
+fn public_of(secret: &[u8]) -> Result<[u8; KEY_LEN]> {
+    let sk = PrivateKey::from_private_key(&X25519, secret)
+        .map_err(|_| Error::InvalidKey("X25519 HPKE secret key rejected".into()))?;
+    let pk = sk
+        .compute_public_key()
+        .map_err(|_| Error::Crypto("HPKE public key export failed"))?;
+    pk.as_ref()
+        .try_into()
+        .map_err(|_| Error::Crypto("HPKE public key export failed"))
+}
+
 impl HpkeSecretKey {
-    fn alloc() -> Result<NonNull<ffi::EVP_HPKE_KEY>> {
-        // SAFETY: EVP_HPKE_KEY_new has no precondition; it returns a freshly
-        // allocated, zero-initialised key or null on allocation failure, which
-        // NonNull::new turns into an error. Ownership passes to the caller,
-        // who stores it in a HpkeSecretKey whose Drop frees it.
-        NonNull::new(unsafe { ffi::EVP_HPKE_KEY_new() })
-            .ok_or(Error::Crypto("HPKE key allocation failed"))
-    }
-
-    fn finish(key: NonNull<ffi::EVP_HPKE_KEY>) -> Result<Self> {
-        // Wrap first, so the key is freed on every path below.
-        let mut k = HpkeSecretKey {
-            key,
-            public: [0u8; KEY_LEN],
-        };
-        let mut len = 0usize;
-        // SAFETY: `k.key` is a valid, initialised EVP_HPKE_KEY owned by `k`;
-        // `out` points to KEY_LEN writable bytes and `max_out` says so, so
-        // aws-lc writes at most KEY_LEN bytes and stores the length in `len`.
-        let ok = unsafe {
-            ffi::EVP_HPKE_KEY_public_key(k.key.as_ptr(), k.public.as_mut_ptr(), &mut len, KEY_LEN)
-        };
-        if ok != 1 || len != KEY_LEN {
-            return Err(Error::Crypto("HPKE public key export failed"));
-        }
-        Ok(k)
-    }
-
     /// A fresh random key.
     pub fn generate() -> Result<Self> {
-        let key = Self::alloc()?;
-        let kem = suite().0;
-        // SAFETY: `key` is a valid EVP_HPKE_KEY just allocated; `kem` is the
-        // static X25519 KEM descriptor.
-        let ok = unsafe { ffi::EVP_HPKE_KEY_generate(key.as_ptr(), kem) };
-        if ok != 1 {
-            // SAFETY: `key` came from EVP_HPKE_KEY_new, is not stored anywhere
-            // else, and is freed only here on this path.
-            unsafe { ffi::EVP_HPKE_KEY_free(key.as_ptr()) };
-            return Err(Error::Crypto("HPKE key generation failed"));
-        }
-        Self::finish(key)
+        let (_, secret) = RUSTLS_SUITE
+            .generate_key_pair()
+            .map_err(|_| Error::Crypto("HPKE key generation failed"))?;
+        // The public half is derived from the secret as in `from_bytes`, so a
+        // key has one public key however it was made.
+        let public = public_of(secret.secret_bytes())?;
+        Ok(HpkeSecretKey { secret, public })
     }
 
     /// From the raw 32-byte X25519 secret (RFC 9180 `SerializePrivateKey`).
     pub fn from_bytes(secret: &[u8; KEY_LEN]) -> Result<Self> {
-        let key = Self::alloc()?;
-        let kem = suite().0;
-        // SAFETY: `key` is a valid EVP_HPKE_KEY just allocated; `secret`
-        // points to exactly KEY_LEN readable bytes, the length passed; aws-lc
-        // copies them and keeps no pointer to `secret`.
-        let ok = unsafe { ffi::EVP_HPKE_KEY_init(key.as_ptr(), kem, secret.as_ptr(), KEY_LEN) };
-        if ok != 1 {
-            // SAFETY: as in `generate`: freed once, on this path only.
-            unsafe { ffi::EVP_HPKE_KEY_free(key.as_ptr()) };
-            return Err(Error::InvalidKey("X25519 HPKE secret key rejected".into()));
-        }
-        Self::finish(key)
+        let public = public_of(secret)?;
+        Ok(HpkeSecretKey {
+            secret: HpkePrivateKey::from(secret.to_vec()),
+            public,
+        })
     }
 
     /// The public key (RFC 9180 `SerializePublicKey`).
@@ -126,19 +107,19 @@ impl HpkeSecretKey {
         aad: &[u8],
         ct: &[u8],
     ) -> Option<Zeroizing<Vec<u8>>> {
-        let mut ctx = Context::recipient(self, enc, info).ok()?;
-        ctx.open(aad, ct)
-    }
-}
-
-impl Drop for HpkeSecretKey {
-    fn drop(&mut self) {
-        // SAFETY: `self.key` was returned by EVP_HPKE_KEY_new, is owned only
-        // by `self` (the type is neither Clone nor Copy and never hands the
-        // pointer out), and Drop runs once, so it is freed exactly once.
-        // EVP_HPKE_KEY_free cleans the key up (the secret is wiped by
-        // aws-lc's OPENSSL_free) and releases the allocation.
-        unsafe { ffi::EVP_HPKE_KEY_free(self.key.as_ptr()) }
+        if enc.len() != KEY_LEN || ct.len() < TAG_LEN {
+            return None;
+        }
+        RUSTLS_SUITE
+            .open(
+                &EncapsulatedSecret(enc.to_vec()),
+                info,
+                aad,
+                ct,
+                &self.secret,
+            )
+            .ok()
+            .map(Zeroizing::new)
     }
 }
 
@@ -152,195 +133,6 @@ impl std::fmt::Debug for HpkeSecretKey {
     }
 }
 
-/// An HPKE context (sender or recipient), freed once on drop.
-struct Context(NonNull<ffi::EVP_HPKE_CTX>);
-
-impl Context {
-    fn alloc() -> Result<Context> {
-        // SAFETY: EVP_HPKE_CTX_new has no precondition; it returns a
-        // zero-initialised context or null, which becomes an error. The
-        // pointer is owned by the returned Context, whose Drop frees it.
-        NonNull::new(unsafe { ffi::EVP_HPKE_CTX_new() })
-            .map(Context)
-            .ok_or(Error::Crypto("HPKE context allocation failed"))
-    }
-
-    /// Sender: encapsulate to `pk`; returns the context and `enc`.
-    fn sender(pk: &[u8; KEY_LEN], info: &[u8]) -> Result<(Context, [u8; KEY_LEN])> {
-        Self::sender_inner(pk, info, None)
-    }
-
-    fn sender_inner(
-        pk: &[u8; KEY_LEN],
-        info: &[u8],
-        seed: Option<&[u8]>,
-    ) -> Result<(Context, [u8; KEY_LEN])> {
-        let ctx = Context::alloc()?;
-        let (kem, kdf, aead) = suite();
-        let mut enc = [0u8; KEY_LEN];
-        let mut enc_len = 0usize;
-        let ok = match seed {
-            // SAFETY: `ctx.0` is a valid, freshly allocated context owned by
-            // `ctx`; `enc` has KEY_LEN writable bytes and `max_enc` says so;
-            // `pk` and `info` are valid for the lengths passed (a zero-length
-            // slice's pointer is non-null and never read); the descriptors are
-            // static. aws-lc copies every input and keeps no pointer to them.
-            None => unsafe {
-                ffi::EVP_HPKE_CTX_setup_sender(
-                    ctx.0.as_ptr(),
-                    enc.as_mut_ptr(),
-                    &mut enc_len,
-                    KEY_LEN,
-                    kem,
-                    kdf,
-                    aead,
-                    pk.as_ptr(),
-                    KEY_LEN,
-                    info.as_ptr(),
-                    info.len(),
-                )
-            },
-            // SAFETY: as above; `seed` is valid for `seed.len()` bytes.
-            Some(seed) => unsafe {
-                ffi::EVP_HPKE_CTX_setup_sender_with_seed_for_testing(
-                    ctx.0.as_ptr(),
-                    enc.as_mut_ptr(),
-                    &mut enc_len,
-                    KEY_LEN,
-                    kem,
-                    kdf,
-                    aead,
-                    pk.as_ptr(),
-                    KEY_LEN,
-                    info.as_ptr(),
-                    info.len(),
-                    seed.as_ptr(),
-                    seed.len(),
-                )
-            },
-        };
-        if ok != 1 || enc_len != KEY_LEN {
-            return Err(Error::InvalidKey(
-                "HPKE encapsulation failed: the recipient public key is not a usable X25519 key"
-                    .into(),
-            ));
-        }
-        Ok((ctx, enc))
-    }
-
-    /// Recipient: decapsulate `enc` with `key`.
-    fn recipient(key: &HpkeSecretKey, enc: &[u8], info: &[u8]) -> Result<Context> {
-        if enc.len() != KEY_LEN {
-            return Err(Error::Crypto("HPKE enc has the wrong length"));
-        }
-        let ctx = Context::alloc()?;
-        let (_, kdf, aead) = suite();
-        // SAFETY: `ctx.0` is a fresh context owned by `ctx`; `key.key` is a
-        // valid initialised key borrowed for the duration of the call (aws-lc
-        // derives the key schedule during setup and keeps no pointer to the
-        // key); `enc` and `info` are valid for the lengths passed.
-        let ok = unsafe {
-            ffi::EVP_HPKE_CTX_setup_recipient(
-                ctx.0.as_ptr(),
-                key.key.as_ptr(),
-                kdf,
-                aead,
-                enc.as_ptr(),
-                enc.len(),
-                info.as_ptr(),
-                info.len(),
-            )
-        };
-        if ok != 1 {
-            return Err(Error::Crypto("HPKE decapsulation failed"));
-        }
-        Ok(ctx)
-    }
-
-    fn seal(&mut self, aad: &[u8], pt: &[u8]) -> Result<Vec<u8>> {
-        let max = pt
-            .len()
-            .checked_add(TAG_LEN)
-            .ok_or(Error::Crypto("HPKE plaintext too long"))?;
-        let mut out = vec![0u8; max];
-        let mut out_len = 0usize;
-        // SAFETY: `self.0` is a set-up context owned by `self` (`&mut self`
-        // gives exclusive access: the sequence number is mutated); `out` has
-        // `max` writable bytes, enough for pt plus the ChaCha20-Poly1305 tag,
-        // and `max_out_len` says so; `pt` and `aad` are valid for their lengths
-        // and do not overlap `out`.
-        let ok = unsafe {
-            ffi::EVP_HPKE_CTX_seal(
-                self.0.as_ptr(),
-                out.as_mut_ptr(),
-                &mut out_len,
-                max,
-                pt.as_ptr(),
-                pt.len(),
-                aad.as_ptr(),
-                aad.len(),
-            )
-        };
-        if ok != 1 || out_len != max {
-            return Err(Error::Crypto("HPKE seal failed"));
-        }
-        Ok(out)
-    }
-
-    fn open(&mut self, aad: &[u8], ct: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        let mut out = Zeroizing::new(vec![0u8; ct.len()]);
-        let mut out_len = 0usize;
-        // SAFETY: `self.0` is a set-up recipient context owned by `self`;
-        // `out` has ct.len() writable bytes (a plaintext is never longer than
-        // its ciphertext) and `max_out_len` says so; `ct` and `aad` are valid
-        // for their lengths and do not overlap `out`.
-        let ok = unsafe {
-            ffi::EVP_HPKE_CTX_open(
-                self.0.as_ptr(),
-                out.as_mut_ptr(),
-                &mut out_len,
-                ct.len(),
-                ct.as_ptr(),
-                ct.len(),
-                aad.as_ptr(),
-                aad.len(),
-            )
-        };
-        if ok != 1 || out_len > ct.len() {
-            return None;
-        }
-        out.truncate(out_len);
-        Some(out)
-    }
-
-    #[cfg(test)]
-    fn export(&self, context: &[u8], len: usize) -> Option<Vec<u8>> {
-        let mut out = vec![0u8; len];
-        // SAFETY: `self.0` is a set-up context; `out` has `len` writable bytes,
-        // the length passed; `context` is valid for its length.
-        let ok = unsafe {
-            ffi::EVP_HPKE_CTX_export(
-                self.0.as_ptr(),
-                out.as_mut_ptr(),
-                len,
-                context.as_ptr(),
-                context.len(),
-            )
-        };
-        (ok == 1).then_some(out)
-    }
-}
-
-impl Drop for Context {
-    fn drop(&mut self) {
-        // SAFETY: `self.0` came from EVP_HPKE_CTX_new and is owned only by
-        // this Context (never copied out), so it is freed exactly once, here.
-        // EVP_HPKE_CTX_free cleans up (wipes the key schedule) and frees it,
-        // also when setup failed (the context is then merely zeroed).
-        unsafe { ffi::EVP_HPKE_CTX_free(self.0.as_ptr()) }
-    }
-}
-
 /// Seal one message to `pk` (RFC 9180 single-shot `Seal` in mode base):
 /// returns `enc` (the ephemeral public key) and the ciphertext.
 pub fn seal(
@@ -349,8 +141,26 @@ pub fn seal(
     aad: &[u8],
     pt: &[u8],
 ) -> Result<([u8; KEY_LEN], Vec<u8>)> {
-    let (mut ctx, enc) = Context::sender(pk, info)?;
-    let ct = ctx.seal(aad, pt)?;
+    // Set up and seal in two steps, so a bad key and a failed seal say so.
+    let (enc, mut sealer) = RUSTLS_SUITE
+        .setup_sealer(info, &HpkePublicKey(pk.to_vec()))
+        .map_err(|_| {
+            Error::InvalidKey(
+                "HPKE encapsulation failed: the recipient public key is not a usable X25519 key"
+                    .into(),
+            )
+        })?;
+    let enc: [u8; KEY_LEN] = enc
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Crypto("HPKE enc has the wrong length"))?;
+    let ct = sealer
+        .seal(aad, pt)
+        .map_err(|_| Error::Crypto("HPKE seal failed"))?;
+    if pt.len().checked_add(TAG_LEN) != Some(ct.len()) {
+        return Err(Error::Crypto("HPKE seal failed"));
+    }
     Ok((enc, ct))
 }
 
@@ -369,9 +179,7 @@ mod tests {
     // RFC 9180 Appendix A.2.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
     // ChaCha20Poly1305, mode base (mode 0, kem 32, kdf 1, aead 3).
     const INFO: &str = "4f6465206f6e2061204772656369616e2055726e";
-    // aws-lc's deterministic sender takes the X25519 ephemeral secret skEm
-    // itself as its seed (not ikmE).
-    const SK_EM: &str = "f4ec9b33b792c372c1d2c2063507b684ef925b8c75a42dbcbf57d63ccd381600";
+    // enc = pkEm.
     const PK_EM: &str = "1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a";
     const PK_RM: &str = "4310ee97d88cc1f088a5576c77ab0cf5c3ac797f3d95139c6c84b5429c59662a";
     const SK_RM: &str = "8057991eef8f1f1af18f4a9491d16a1ce333f695d4db8e38da75975c4478e0fb";
@@ -394,24 +202,17 @@ mod tests {
             "71146bd6795ccc9c49ce25dda112a48f202ad220559502cef1f34271e0cb4b02b4f10ecac6f48c32f878fae86b",
         ),
     ];
-    // (exporter_context, exported_value), L = 32
-    const EXPORTS: [(&str, &str); 3] = [
-        (
-            "",
-            "4bbd6243b8bb54cec311fac9df81841b6fd61f56538a775e7c80a9f40160606e",
-        ),
-        (
-            "00",
-            "8c1df14732580e5501b00f82b10a1647b40713191b7c1240ac80e2b68808ba69",
-        ),
-        (
-            "54657374436f6e74657874",
-            "5acb09211139c43b3090489a9da433e8a30ee7188ba8b0a9a1ccf0c229283e53",
-        ),
-    ];
 
     fn sk_r() -> HpkeSecretKey {
         HpkeSecretKey::from_bytes(&hex(SK_RM).try_into().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_suite_is_x25519_hkdf_sha256_chacha20_poly1305() {
+        let s = RUSTLS_SUITE.suite();
+        assert_eq!(u16::from(s.kem), 0x0020, "KEM");
+        assert_eq!(u16::from(s.sym.kdf_id), 0x0001, "KDF");
+        assert_eq!(u16::from(s.sym.aead_id), 0x0003, "AEAD");
     }
 
     #[test]
@@ -420,37 +221,44 @@ mod tests {
     }
 
     #[test]
-    fn rfc9180_a2_sender_with_published_ephemeral_key_matches_every_value() {
-        let pk: [u8; 32] = hex(PK_RM).try_into().unwrap();
-        let esk = HpkeSecretKey::from_bytes(&hex(SK_EM).try_into().unwrap()).unwrap();
-        assert_eq!(esk.public_key().to_vec(), hex(PK_EM), "pkEm");
-        let (mut ctx, enc) = Context::sender_inner(&pk, &hex(INFO), Some(&hex(SK_EM))).unwrap();
-        assert_eq!(enc.to_vec(), hex(PK_EM), "enc");
-        for (seq, aad, ct) in ENCRYPTIONS {
-            assert_eq!(ctx.seal(&hex(aad), &hex(PT)).unwrap(), hex(ct), "seq {seq}");
-        }
-        for (c, v) in EXPORTS {
-            assert_eq!(ctx.export(&hex(c), 32).unwrap(), hex(v), "export {c}");
-        }
-    }
-
-    #[test]
     fn rfc9180_a2_recipient_opens_the_published_ciphertexts() {
-        let mut ctx = Context::recipient(&sk_r(), &hex(PK_EM), &hex(INFO)).unwrap();
-        for (seq, aad, ct) in ENCRYPTIONS {
-            assert_eq!(
-                ctx.open(&hex(aad), &hex(ct)).unwrap().to_vec(),
-                hex(PT),
-                "seq {seq}"
-            );
-        }
-        for (c, v) in EXPORTS {
-            assert_eq!(ctx.export(&hex(c), 32).unwrap(), hex(v), "export {c}");
-        }
         // Single-shot open is sequence 0.
         let (_, aad, ct) = ENCRYPTIONS[0];
         let pt = sk_r().open(&hex(PK_EM), &hex(INFO), &hex(aad), &hex(ct));
         assert_eq!(pt.unwrap().to_vec(), hex(PT));
+        // ... so it refuses the later ones (their nonces differ).
+        for (seq, aad, ct) in &ENCRYPTIONS[1..] {
+            assert!(
+                sk_r()
+                    .open(&hex(PK_EM), &hex(INFO), &hex(aad), &hex(ct))
+                    .is_none(),
+                "seq {seq} opened as seq 0"
+            );
+        }
+
+        // The opener context advances the sequence on each success, and only
+        // on success: a message out of turn is refused and changes nothing.
+        let sk = sk_r();
+        let mut ctx = RUSTLS_SUITE
+            .setup_opener(&EncapsulatedSecret(hex(PK_EM)), &hex(INFO), &sk.secret)
+            .unwrap();
+        let (_, aad2, ct2) = ENCRYPTIONS[2];
+        assert!(ctx.open(&hex(aad2), &hex(ct2)).is_err(), "seq 2 at seq 0");
+        for (seq, aad, ct) in ENCRYPTIONS {
+            assert_eq!(ctx.open(&hex(aad), &hex(ct)).unwrap(), hex(PT), "seq {seq}");
+        }
+    }
+
+    #[test]
+    fn sealed_to_the_rfc_key_opens_with_the_rfc_key() {
+        // The sender is checked through the RFC-checked recipient.
+        let pk: [u8; KEY_LEN] = hex(PK_RM).try_into().unwrap();
+        for (seq, aad, _) in ENCRYPTIONS {
+            let (enc, ct) = seal(&pk, &hex(INFO), &hex(aad), &hex(PT)).unwrap();
+            assert_eq!(ct.len(), hex(PT).len() + TAG_LEN);
+            let pt = sk_r().open(&enc, &hex(INFO), &hex(aad), &ct);
+            assert_eq!(pt.unwrap().to_vec(), hex(PT), "aad of seq {seq}");
+        }
     }
 
     #[test]
@@ -474,24 +282,61 @@ mod tests {
             t[i] ^= 1;
             assert!(sk.open(&enc, b"info", b"aad", &t).is_none(), "byte {i}");
         }
-        let mut e = enc;
-        e[0] ^= 1;
-        assert!(sk.open(&e, b"info", b"aad", &ct).is_none(), "tampered enc");
+        for i in 0..enc.len() {
+            let mut e = enc;
+            e[i] ^= 1;
+            assert!(sk.open(&e, b"info", b"aad", &ct).is_none(), "enc byte {i}");
+        }
         assert!(
             sk.open(&enc[..31], b"info", b"aad", &ct).is_none(),
             "short enc"
         );
+        let mut long_enc = enc.to_vec();
+        long_enc.push(0);
         assert!(
-            sk.open(&enc, b"info", b"aad", &ct[..15]).is_none(),
-            "short ct"
+            sk.open(&long_enc, b"info", b"aad", &ct).is_none(),
+            "long enc"
         );
-        assert!(sk.open(&enc, b"info", b"aad", &[]).is_none(), "empty ct");
+        assert!(sk.open(&[], b"info", b"aad", &ct).is_none(), "empty enc");
+        for n in 0..ct.len() {
+            assert!(
+                sk.open(&enc, b"info", b"aad", &ct[..n]).is_none(),
+                "ct cut to {n}"
+            );
+        }
+        let mut long_ct = ct.clone();
+        long_ct.push(0);
+        assert!(
+            sk.open(&enc, b"info", b"aad", &long_ct).is_none(),
+            "long ct"
+        );
+    }
+
+    #[test]
+    fn empty_plaintext_round_trips() {
+        let sk = HpkeSecretKey::generate().unwrap();
+        let (enc, ct) = seal(&sk.public_key(), b"", b"", b"").unwrap();
+        assert_eq!(ct.len(), TAG_LEN);
+        assert!(sk.open(&enc, b"", b"", &ct).unwrap().is_empty());
     }
 
     #[test]
     fn low_order_public_keys_are_refused() {
-        // The all-zero point gives an all-zero shared secret (RFC 7748 §6.1).
-        assert!(seal(&[0u8; 32], b"", b"", b"x").is_err());
+        // u = 0 and u = 1 give an all-zero shared secret (RFC 7748 §6.1),
+        // which aws-lc-rs's X25519 agreement refuses.
+        let mut one = [0u8; KEY_LEN];
+        one[0] = 1;
+        for pk in [[0u8; KEY_LEN], one] {
+            assert!(matches!(
+                seal(&pk, b"", b"", b"x"),
+                Err(Error::InvalidKey(_))
+            ));
+        }
+        // The same for a recipient handed such an `enc`.
+        let sk = HpkeSecretKey::generate().unwrap();
+        let (_, ct) = seal(&sk.public_key(), b"", b"", b"x").unwrap();
+        assert!(sk.open(&[0u8; KEY_LEN], b"", b"", &ct).is_none());
+        assert!(sk.open(&one, b"", b"", &ct).is_none());
     }
 
     #[test]
@@ -504,9 +349,21 @@ mod tests {
     }
 
     #[test]
+    fn generated_keys_differ_and_know_their_public_half() {
+        let a = HpkeSecretKey::generate().unwrap();
+        let b = HpkeSecretKey::generate().unwrap();
+        assert_ne!(a.public_key(), b.public_key());
+        let again =
+            HpkeSecretKey::from_bytes(&a.secret.secret_bytes().try_into().unwrap()).unwrap();
+        assert_eq!(again.public_key(), a.public_key());
+    }
+
+    #[test]
     fn debug_is_redacted() {
         let sk = sk_r();
         let d = format!("{sk:?}");
         assert!(d.contains("redacted") && !d.to_lowercase().contains(SK_RM));
+        assert!(!d.contains(&crate::keys::b64(&hex(SK_RM))));
+        assert!(d.contains(&crate::keys::b64(&hex(PK_RM))));
     }
 }
