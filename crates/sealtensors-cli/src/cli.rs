@@ -62,11 +62,30 @@ pub enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Run a key broker: licences, policy-enforced key release, audit (docs/broker.md).
+    #[cfg(feature = "server")]
     #[command(after_help = "Example:\n  sealtensors serve --config broker.toml")]
     Serve(crate::broker::Serve),
     /// Administer a running key broker: models, licences, audit.
+    #[cfg(feature = "server")]
     #[command(subcommand)]
     Broker(crate::broker::BrokerCommand),
+    /// Not in this build (built without the `server` feature).
+    #[cfg(not(feature = "server"))]
+    #[command(hide = true)]
+    Serve(NotBuilt),
+    /// Not in this build (built without the `server` feature).
+    #[cfg(not(feature = "server"))]
+    #[command(hide = true)]
+    Broker(NotBuilt),
+}
+
+/// The arguments of a verb this build lacks: taken as they come, so that the
+/// verb can say it is missing (exit 2) instead of clap calling it unknown.
+#[cfg(not(feature = "server"))]
+#[derive(Args, Debug)]
+pub struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,6 +1,7 @@
 //! `sealtensors`: a thin face over the library. It parses arguments, finds
 //! keys, shows progress and maps errors; it holds no crypto.
 
+#[cfg(feature = "server")]
 mod broker;
 mod cli;
 mod error;
@@ -52,8 +53,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sign(a) => sign(a, quiet),
         Command::Policy(cli::PolicyCommand::New(a)) => policy_new(a),
         Command::Policy(cli::PolicyCommand::Test(a)) => policy_test(a),
+        #[cfg(feature = "server")]
         Command::Serve(a) => broker::serve(a),
+        #[cfg(feature = "server")]
         Command::Broker(c) => broker::run(c),
+        #[cfg(not(feature = "server"))]
+        Command::Serve(_) | Command::Broker(_) => Err(CliError::usage(
+            "this sealtensors was built without the key broker (`serve`, `broker ...`); \
+             install it with the default features: cargo install --path crates/sealtensors-cli",
+        )),
     }
 }
 

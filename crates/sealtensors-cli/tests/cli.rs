@@ -832,3 +832,20 @@ fn verify_of_a_plain_file_is_not_authentic_with_or_without_keys() {
         .assert()
         .code(3);
 }
+
+/// The small build (`--no-default-features`) has no key broker: `serve` and
+/// `broker ...` say so and exit 2 instead of being unknown words.
+#[cfg(not(feature = "server"))]
+#[test]
+fn a_build_without_the_server_says_it_lacks_serve_and_broker() {
+    for args in [
+        vec!["serve", "--config", "broker.toml"],
+        vec!["broker", "audit", "--limit", "3"],
+    ] {
+        bin()
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("built without the key broker"));
+    }
+}
