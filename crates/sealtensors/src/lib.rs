@@ -31,6 +31,7 @@ pub mod model;
 pub mod policy;
 mod read;
 pub mod rekey;
+pub mod report;
 pub mod seal;
 mod write;
 
