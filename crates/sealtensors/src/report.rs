@@ -105,9 +105,9 @@ impl Inspection {
                 dtype: t.dtype.as_str().to_string(),
                 shape: t.shape.clone(),
                 bytes: t.len(),
-                encrypted: meta.as_ref().is_some_and(|m| {
-                    matches!(m.protection.get(i), Some(Protection::Encrypted(_)))
-                }),
+                encrypted: meta
+                    .as_ref()
+                    .is_some_and(|m| matches!(m.protection.get(i), Some(Protection::Encrypted(_)))),
             })
             .collect();
         let (seal, metadata) = match meta {
@@ -142,12 +142,14 @@ impl Inspection {
             tensors,
         })
     }
-
 }
 
 /// Inspect a file, or every weight file of a model folder ([`files_of`]).
 pub fn inspect(path: &Path) -> Result<Vec<Inspection>> {
-    files_of(path)?.iter().map(|f| Inspection::of_file(f)).collect()
+    files_of(path)?
+        .iter()
+        .map(|f| Inspection::of_file(f))
+        .collect()
 }
 
 /// What verifying a file or a model folder found (`sealtensors verify`).
