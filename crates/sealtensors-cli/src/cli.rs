@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "sealtensors", version, about, long_about = None)]
 #[command(
-    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 not authentic \
+    after_help = "Exit codes: 0 success, 1 error, 2 usage (an option missing, unknown or \
+conflicting, or a value refused: --cipher nope, an --encrypt glob that matches nothing), 3 not authentic \
 (tampered, untrusted or missing signature, expired, downgraded), 4 no key opens the file, \
 5 input is not a valid (sealed) safetensors file or policy, 6 output exists or cannot be written, \
 7 the file's access policy denies access (no key was tried)."
