@@ -180,9 +180,12 @@ pub struct KeyArgs {
     /// Ask for a passphrase to open passphrase slots (or read SEALTENSORS_PASSPHRASE).
     #[arg(long)]
     pub passphrase: bool,
-    /// Refuse files without a valid signature.
+    /// Refuse files not signed by a trusted signer (--trust): plain, unsigned and untrusted ones.
+    #[arg(long, alias = "require-signature")]
+    pub require_signed: bool,
+    /// Refuse files that are not encrypted: plain or sign-only files (downgrade).
     #[arg(long)]
-    pub require_signature: bool,
+    pub require_encrypted: bool,
     /// Licence claims (JSON object) for the file's access policy. Default: SEALTENSORS_LICENCE.
     #[arg(long)]
     pub licence: Option<PathBuf>,

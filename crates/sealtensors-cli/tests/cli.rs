@@ -334,7 +334,7 @@ fn verify_reports_trust_and_fails_closed() {
         .code(4);
     // a plain file, when a signature is required
     bin()
-        .args(["verify", "--require-signature"])
+        .args(["verify", "--require-signed"])
         .arg(&e.plain)
         .assert()
         .code(3);
@@ -966,4 +966,70 @@ fn usage_errors_exit_2_for_every_verb() {
         );
     }
     assert!(!e.p("out.safetensors").exists());
+}
+
+/// `--require-signed` is the name the library, Python and SPEC use;
+/// `--require-signature` still works (hidden) for existing scripts.
+/// `--require-encrypted` refuses plain and sign-only files (downgrade).
+#[test]
+fn require_signed_and_require_encrypted() {
+    let e = Env::new();
+    let sealed = e.seal("sealed.safetensors");
+    let signed = e.p("signed.safetensors");
+    bin()
+        .args(["sign", "--sign-key"])
+        .arg(&e.sign)
+        .arg("-o")
+        .arg(&signed)
+        .arg(&e.plain)
+        .assert()
+        .success();
+    let help = bin().args(["verify", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("--require-signed") && help.contains("--require-encrypted"));
+    assert!(!help.contains("--require-signature"), "{help}");
+    for flag in ["--require-signed", "--require-signature"] {
+        bin()
+            .args(["verify", flag])
+            .arg(&e.plain)
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("requires one"));
+        bin()
+            .args(["verify", flag, "-i"])
+            .arg(&e.id)
+            .arg(&sealed)
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("not among the 0 trusted"));
+        bin()
+            .args(["verify", flag, "-i"])
+            .arg(&e.id)
+            .args(["--trust", &e.signer])
+            .arg(&sealed)
+            .assert()
+            .success();
+    }
+    for f in [&e.plain, &signed] {
+        bin()
+            .args(["verify", "--require-encrypted", "--trust", &e.signer])
+            .arg(f)
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("requires an encrypted file"));
+        bin()
+            .args(["unseal", "--require-encrypted", "-o"])
+            .arg(e.p("out.safetensors"))
+            .arg(f)
+            .assert()
+            .code(3);
+    }
+    assert!(!e.p("out.safetensors").exists());
+    bin()
+        .args(["verify", "--require-encrypted", "--require-signed", "-i"])
+        .arg(&e.id)
+        .args(["--trust", &e.signer])
+        .arg(&sealed)
+        .assert()
+        .success();
 }
