@@ -1,5 +1,6 @@
 //! `sealtensors`: a thin face over the library. It parses arguments, finds
-//! keys, shows progress and maps errors; it holds no crypto.
+//! keys, shows progress, prints the library's reports (show.rs) and maps
+//! errors (error.rs); it holds no crypto and no folder logic.
 
 #[cfg(feature = "server")]
 mod broker;
