@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "sealtensors", version, about, long_about = None)]
 #[command(
-    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 not authentic \
+    after_help = "Exit codes: 0 success, 1 error, 2 usage (an option missing, unknown or \
+conflicting, or a value refused: --cipher nope, an --encrypt glob that matches nothing), 3 not authentic \
 (tampered, untrusted or missing signature, expired, downgraded), 4 no key opens the file, \
 5 input is not a valid (sealed) safetensors file or policy, 6 output exists or cannot be written, \
 7 the file's access policy denies access (no key was tried)."
@@ -62,11 +63,30 @@ pub enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Run a key broker: licences, policy-enforced key release, audit (docs/broker.md).
+    #[cfg(feature = "server")]
     #[command(after_help = "Example:\n  sealtensors serve --config broker.toml")]
     Serve(crate::broker::Serve),
     /// Administer a running key broker: models, licences, audit.
+    #[cfg(feature = "server")]
     #[command(subcommand)]
     Broker(crate::broker::BrokerCommand),
+    /// Not in this build (built without the `server` feature).
+    #[cfg(not(feature = "server"))]
+    #[command(hide = true)]
+    Serve(NotBuilt),
+    /// Not in this build (built without the `server` feature).
+    #[cfg(not(feature = "server"))]
+    #[command(hide = true)]
+    Broker(NotBuilt),
+}
+
+/// The arguments of a verb this build lacks: taken as they come, so that the
+/// verb can say it is missing (exit 2) instead of clap calling it unknown.
+#[cfg(not(feature = "server"))]
+#[derive(Args, Debug)]
+pub struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,9 +180,12 @@ pub struct KeyArgs {
     /// Ask for a passphrase to open passphrase slots (or read SEALTENSORS_PASSPHRASE).
     #[arg(long)]
     pub passphrase: bool,
-    /// Refuse files without a valid signature.
+    /// Refuse files not signed by a trusted signer (--trust): plain, unsigned and untrusted ones.
+    #[arg(long, alias = "require-signature")]
+    pub require_signed: bool,
+    /// Refuse files that are not encrypted: plain or sign-only files (downgrade).
     #[arg(long)]
-    pub require_signature: bool,
+    pub require_encrypted: bool,
     /// Licence claims (JSON object) for the file's access policy. Default: SEALTENSORS_LICENCE.
     #[arg(long)]
     pub licence: Option<PathBuf>,

@@ -9,7 +9,8 @@ use sealtensors::{Error, ErrorClass};
 pub mod code {
     /// Any other failure.
     pub const ERROR: u8 = 1;
-    /// A usage error: missing or conflicting options.
+    /// A usage error: a missing, unknown or conflicting option, or a value
+    /// refused (by clap, by the CLI, or by the library: `ErrorClass::Usage`).
     pub const USAGE: u8 = 2;
     /// Not authentic: tampered, untrusted or missing signature, expired, downgraded.
     pub const NOT_AUTHENTIC: u8 = 3;
@@ -56,6 +57,7 @@ impl From<Error> for CliError {
             ErrorClass::InvalidInput => code::BAD_INPUT,
             ErrorClass::PolicyDenied => code::POLICY_DENIED,
             ErrorClass::Output => code::OUTPUT,
+            ErrorClass::Usage => code::USAGE,
             _ => code::ERROR,
         };
         CliError {

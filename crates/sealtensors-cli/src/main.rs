@@ -1,14 +1,17 @@
 //! `sealtensors`: a thin face over the library. It parses arguments, finds
-//! keys, shows progress and maps errors; it holds no crypto.
+//! keys, shows progress, prints the library's reports (show.rs) and maps
+//! errors (error.rs); it holds no crypto and no folder logic.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
 mod broker;
 mod cli;
 mod error;
 mod hint;
+mod show;
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -19,15 +22,12 @@ use sealtensors::keys::{
     SigningKey, SymmetricKey, X25519Identity,
 };
 use sealtensors::model::{
-    rekey_model_dir, seal_model_dir, seal_model_in_place, unseal_model_dir, weight_files,
-    SealedModel,
+    data_len, rekey_path, seal_path, seal_path_in_place, unseal_path, EmbeddedPolicy,
 };
 use sealtensors::policy::{self, Decision, Policy, PolicyContext, Template, TemplateParams};
-use sealtensors::rekey::{rekey_file, RekeyOptions};
-use sealtensors::seal::Protection;
-use sealtensors::{
-    read_header, Authenticity, Cipher, OpenOptions, Progress, SealOptions, SealedFile, Sealer,
-};
+use sealtensors::rekey::RekeyOptions;
+use sealtensors::report;
+use sealtensors::{Cipher, OpenOptions, Progress, SealOptions, Sealer};
 
 use cli::{Cli, Command};
 use error::{code, CliError};
@@ -54,8 +54,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sign(a) => sign(a, quiet),
         Command::Policy(cli::PolicyCommand::New(a)) => policy_new(a),
         Command::Policy(cli::PolicyCommand::Test(a)) => policy_test(a),
+        #[cfg(feature = "server")]
         Command::Serve(a) => broker::serve(a),
+        #[cfg(feature = "server")]
         Command::Broker(c) => broker::run(c),
+        #[cfg(not(feature = "server"))]
+        Command::Serve(_) | Command::Broker(_) => Err(CliError::usage(
+            "this sealtensors was built without the key broker (`serve`, `broker ...`); \
+             install it with the default features: cargo install --path crates/sealtensors-cli",
+        )),
     }
 }
 
@@ -74,20 +81,6 @@ fn progress(quiet: bool, total: u64, what: &str) -> (ProgressBar, Option<Progres
     bar.set_message(what.to_string());
     let b = bar.clone();
     (bar, Some(Arc::new(move |n| b.inc(n))))
-}
-
-/// Total tensor bytes of a file or of a folder's weight files.
-fn data_size(input: &Path) -> Result<u64> {
-    let files = if input.is_dir() {
-        weight_files(input)?
-    } else {
-        vec![input.to_path_buf()]
-    };
-    let mut total = 0;
-    for f in files {
-        total += read_header(&f)?.1.data_len() as u64;
-    }
-    Ok(total)
 }
 
 fn read_passphrase(prompt: &str) -> Result<Passphrase> {
@@ -137,7 +130,8 @@ impl Keys {
         if let Some(p) = &self.passphrase {
             o.identities.push(p as &dyn Identity);
         }
-        o.require_signed = a.require_signature;
+        o.require_signed = a.require_signed;
+        o.require_encrypted = a.require_encrypted;
         o.policy.licence = self.licence.clone();
         o
     }
@@ -237,7 +231,7 @@ fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
                 .map_err(|e| CliError::usage(format!("reading the policy {}: {e}", p.display())))
         })
         .transpose()?;
-    let total = data_size(&a.input)?;
+    let total = data_len(&a.input)?;
     let (bar, progress) = progress(quiet, total, "sealing");
     let sealer = Sealer::new(SealOptions {
         recipients: recips,
@@ -259,11 +253,7 @@ fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
             reasons.join("; ")
         );
     }
-    if a.input.is_dir() {
-        seal_model_dir(&sealer, &a.input, &a.output, a.force)?;
-    } else {
-        sealer.seal_file(&a.input, &a.output)?;
-    }
+    seal_path(&sealer, &a.input, &a.output, a.force)?;
     bar.finish_and_clear();
     Ok(())
 }
@@ -272,138 +262,32 @@ fn unseal(a: cli::Unseal, quiet: bool) -> Result<()> {
     let keys = Keys::load(&a.keys)?;
     let mut opts = keys.options(&a.keys);
     check_output(&a.output, a.force)?;
-    let (bar, progress) = progress(quiet, data_size(&a.input)?, "unsealing");
+    let (bar, progress) = progress(quiet, data_len(&a.input)?, "unsealing");
     opts.progress = progress;
-    if a.input.is_dir() {
-        unseal_model_dir(&a.input, &a.output, &opts, a.force)?;
-    } else {
-        SealedFile::open(&a.input, &opts)?.unseal_to(&a.output, a.force)?;
-    }
+    unseal_path(&a.input, &a.output, &opts, a.force)?;
     bar.finish_and_clear();
     Ok(())
-}
-
-fn files_of(input: &Path) -> Result<Vec<PathBuf>> {
-    if input.is_dir() {
-        Ok(weight_files(input)?)
-    } else {
-        Ok(vec![input.to_path_buf()])
-    }
 }
 
 fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
     let keys = Keys::load(&a.keys)?;
     let mut opts = keys.options(&a.keys);
-    let (bar, progress) = progress(quiet, data_size(&a.input)?, "verifying");
+    let (bar, progress) = progress(quiet, data_len(&a.input)?, "verifying");
     opts.progress = progress;
-    let locked = opts.identities.is_empty();
-    opts.locked = locked;
-    let mut reports = Vec::new();
-    let mut all_ok = true;
-    let mut any_plain = false;
-    // A folder is verified as one model (SPEC §8.5): one key unwrap, and its
-    // shards must be the complete set of one sealing, as every loader checks.
-    let files = if a.input.is_dir() {
-        SealedModel::open(&a.input, &opts)?.into_files()
-    } else {
-        vec![SealedFile::open(&a.input, &opts)?]
-    };
-    for f in &files {
-        let path = f.path();
-        let encrypted: Vec<&str> = f
-            .tensors()
-            .iter()
-            .filter(|t| f.is_encrypted(&t.name).unwrap_or(false))
-            .map(|t| t.name.as_str())
-            .collect();
-        let unchecked = if f.model_key().is_none() {
-            encrypted.len()
-        } else {
-            0
-        };
-        if unchecked == 0 {
-            f.verify_data()?;
-        } else {
-            // Check what can be checked without a key: the plaintext tensors.
-            for t in f.tensors() {
-                if !f.is_encrypted(&t.name)? {
-                    f.read_tensor(&t.name)?;
-                }
-            }
-        }
-        let (auth, signer) = (
-            f.authenticity().name(),
-            f.authenticity().signer().map(|k| k.to_string()),
-        );
-        let policy = match f.policy_decision() {
-            None => serde_json::Value::Null,
-            Some(Decision::Allow) => serde_json::json!({"decision": "allow"}),
-            Some(Decision::Deny { reasons }) => {
-                serde_json::json!({"decision": "deny", "reasons": reasons})
-            }
-        };
-        let plain = matches!(f.authenticity(), Authenticity::Plain);
-        any_plain |= plain;
-        let ok = unchecked == 0 && !plain;
-        all_ok &= ok;
-        reports.push(serde_json::json!({
-            "file": path.display().to_string(),
-            "authenticity": auth,
-            "signer": signer,
-            "tensors": f.tensors().len(),
-            "encrypted_tensors": encrypted.len(),
-            "unchecked_encrypted_tensors": unchecked,
-            "policy": policy,
-            "ok": ok,
-        }));
-    }
+    // Without an identity, the files are opened locked: what can be checked
+    // without a key is, and the encrypted tensors are reported unchecked.
+    opts.locked = opts.identities.is_empty();
+    let verification = report::verify(&a.input, &opts)?;
     bar.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::json!({ "ok": all_ok, "files": reports }));
+        show::json(&verification)?;
     } else {
-        for r in &reports {
-            let signer = r["signer"]
-                .as_str()
-                .map(|s| format!(" by {s}"))
-                .unwrap_or_default();
-            let unchecked = r["unchecked_encrypted_tensors"].as_u64().unwrap_or(0);
-            let status = if r["ok"].as_bool().unwrap_or(false) {
-                "OK"
-            } else {
-                "NOT VERIFIED"
-            };
-            let policy = match r["policy"]["decision"].as_str() {
-                Some("allow") => "; policy allows".to_string(),
-                Some(_) => format!(
-                    "; policy denies: {}",
-                    r["policy"]["reasons"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|v| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-                None => String::new(),
-            };
-            println!(
-                "{status}: {} ({}{signer}; {} tensors, {} encrypted{}{policy})",
-                r["file"].as_str().unwrap_or(""),
-                r["authenticity"].as_str().unwrap_or(""),
-                r["tensors"],
-                r["encrypted_tensors"],
-                if unchecked > 0 {
-                    format!(", {unchecked} not checked: no identity given")
-                } else {
-                    String::new()
-                }
-            );
-        }
+        show::verification(&verification);
     }
-    if all_ok {
+    if verification.ok {
         return Ok(());
     }
-    if locked && !any_plain {
+    if opts.locked && !verification.any_plain() {
         return Err(CliError::with_code(
             "encrypted tensors were not checked: pass an identity (-i FILE) or set SEALTENSORS_IDENTITY",
             code::NO_KEY,
@@ -416,157 +300,13 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
 }
 
 fn inspect(a: cli::Inspect) -> Result<()> {
-    let mut out = Vec::new();
-    for path in files_of(&a.input)? {
-        let (_, h) = read_header(&path)?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let mut j = serde_json::json!({
-            "file": path.display().to_string(),
-            "size": size,
-            "header_size": h.data_start(),
-            "sealed": sealtensors::seal::is_sealed(&h),
-        });
-        let meta = if sealtensors::seal::is_sealed(&h) {
-            let m = sealtensors::seal::parse(&h).map_err(|e| CliError::from(e.in_file(&path)))?;
-            j["format_version"] = m.doc.v.into();
-            j["mode"] = serde_json::to_value(m.doc.mode).unwrap_or_default();
-            j["model"] = serde_json::to_value(&m.doc.model).unwrap_or_default();
-            j["cipher"] = m.doc.aead.clone().into();
-            j["chunk_size"] = m.doc.chunk_size.into();
-            j["signer"] = m.signature.as_ref().map(|s| s.key.clone()).into();
-            j["signature"] = if m.signature.is_some() {
-                "present, not verified (use `sealtensors verify`)"
-            } else {
-                "none"
-            }
-            .into();
-            j["recipients"] = m
-                .slots
-                .iter()
-                .map(|s| s.describe())
-                .collect::<Vec<_>>()
-                .into();
-            j["policy"] = m.policy.clone().into();
-            j["metadata"] = serde_json::to_value(&m.user_metadata).unwrap_or_default();
-            Some(m)
-        } else {
-            j["metadata"] = serde_json::to_value(&h.metadata).unwrap_or_default();
-            None
-        };
-        j["tensors"] = h
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let enc = meta.as_ref().is_some_and(|m| matches!(m.protection.get(i), Some(Protection::Encrypted(_))));
-                serde_json::json!({"name": t.name, "dtype": t.dtype.as_str(), "shape": t.shape, "bytes": t.len(), "encrypted": enc})
-            })
-            .collect::<Vec<_>>()
-            .into();
-        out.push(j);
-    }
-    if a.json {
-        let v = if out.len() == 1 {
-            out.remove(0)
-        } else {
-            serde_json::Value::Array(out)
-        };
-        println!("{v}");
-        return Ok(());
-    }
-    // Text mode: every string from the file (names, metadata, policy, model
-    // id and version, recipients, signer) and the path is shown with control
-    // and invisible characters escaped, so a header cannot drive the
-    // terminal (ESC/OSC sequences, bidi overrides). `--json` is escaped by
-    // serde above.
-    for j in out {
-        println!("file:        {}", shown_str(&j["file"]));
-        println!(
-            "size:        {} bytes (header {})",
-            j["size"], j["header_size"]
-        );
-        if j["sealed"].as_bool().unwrap_or(false) {
-            println!(
-                "format:      sealtensors v{} ({})",
-                shown_value(&j["format_version"]),
-                shown_str(&j["mode"])
-            );
-            println!(
-                "model:       id {} version {} created {} expires {}",
-                shown_value(&j["model"]["id"]),
-                shown_value(&j["model"]["version"]),
-                shown_value(&j["model"]["created"]),
-                shown_value(
-                    j["model"]
-                        .get("expires")
-                        .unwrap_or(&serde_json::Value::Null)
-                )
-            );
-            println!(
-                "cipher:      {} (chunks of {} bytes)",
-                j["cipher"]
-                    .as_str()
-                    .map(shown)
-                    .unwrap_or_else(|| "none".into()),
-                shown_value(&j["chunk_size"])
-            );
-            println!(
-                "signer:      {} [{}]",
-                j["signer"]
-                    .as_str()
-                    .map(shown)
-                    .unwrap_or_else(|| "none".into()),
-                shown_str(&j["signature"])
-            );
-            for r in j["recipients"].as_array().into_iter().flatten() {
-                println!("recipient:   {}", shown_str(r));
-            }
-            if let Some(p) = j["policy"].as_str() {
-                println!("policy:");
-                for line in p.lines() {
-                    println!("{}", shown(line));
-                }
-            }
-        } else {
-            println!("format:      plain safetensors");
-        }
-        if let Some(m) = j["metadata"].as_object() {
-            for (k, v) in m {
-                println!("metadata:    {} = {}", shown(k), shown_str(v));
-            }
-        }
-        for t in j["tensors"].as_array().into_iter().flatten() {
-            println!(
-                "tensor:      {} {} {} {}",
-                shown_str(&t["name"]),
-                shown_str(&t["dtype"]),
-                shown_value(&t["shape"]),
-                if t["encrypted"].as_bool().unwrap_or(false) {
-                    "encrypted"
-                } else {
-                    "plain"
-                }
-            );
-        }
+    let inspections = report::inspect(&a.input)?;
+    match (a.json, inspections.as_slice()) {
+        (true, [one]) => show::json(one)?,
+        (true, all) => show::json(all)?,
+        (false, all) => all.iter().for_each(show::inspection),
     }
     Ok(())
-}
-
-/// Untrusted text (from a file's header) fit for a terminal: control and
-/// invisible formatting characters escaped, nothing cut.
-fn shown(text: &str) -> String {
-    sealtensors::printable(text, usize::MAX)
-}
-
-/// A JSON string shown as [`shown`] text; anything else, empty.
-fn shown_str(v: &serde_json::Value) -> String {
-    v.as_str().map(shown).unwrap_or_default()
-}
-
-/// A JSON value in its JSON form, escaped as [`shown`] text (serde escapes
-/// C0 controls, not C1 controls or bidirectional overrides).
-fn shown_value(v: &serde_json::Value) -> String {
-    shown(&v.to_string())
 }
 
 fn rekey(a: cli::Rekey) -> Result<()> {
@@ -594,12 +334,7 @@ fn rekey(a: cli::Rekey) -> Result<()> {
         drop_signature: a.drop_signature,
         overwrite: a.force,
     };
-    if a.input.is_dir() {
-        rekey_model_dir(&a.input, a.output.as_deref(), &opts)?;
-    } else {
-        rekey_file(&a.input, a.output.as_deref(), &opts)?;
-    }
-    Ok(())
+    Ok(rekey_path(&a.input, a.output.as_deref(), &opts)?)
 }
 
 fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
@@ -609,7 +344,7 @@ fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
     if !in_place {
         check_output(&output, a.force)?;
     }
-    let (bar, progress) = progress(quiet, data_size(&a.input)?, "signing");
+    let (bar, progress) = progress(quiet, data_len(&a.input)?, "signing");
     let sealer = Sealer::new(SealOptions {
         signing_key: Some(key),
         model_id: a.model_id,
@@ -618,14 +353,10 @@ fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
         progress,
         ..Default::default()
     })?;
-    if a.input.is_dir() {
-        if in_place {
-            seal_model_in_place(&sealer, &a.input)?;
-        } else {
-            seal_model_dir(&sealer, &a.input, &output, a.force)?;
-        }
+    if in_place {
+        seal_path_in_place(&sealer, &a.input)?;
     } else {
-        sealer.seal_file(&a.input, &output)?;
+        seal_path(&sealer, &a.input, &output, a.force)?;
     }
     bar.finish_and_clear();
     Ok(())
@@ -657,52 +388,30 @@ fn policy_new(a: cli::PolicyNew) -> Result<()> {
     Ok(())
 }
 
-/// A policy to test: a .rego file, or the policy of a sealed file or folder
-/// (the first weight file), with what the local input document needs.
-fn policy_source(
-    path: &Path,
-) -> Result<(
-    String,
-    sealtensors::seal::ModelInfo,
-    Option<String>,
-    Vec<String>,
-)> {
-    let weights = if path.is_dir() {
-        weight_files(path)?.into_iter().next()
-    } else if read_header(path).is_ok() {
-        Some(path.to_path_buf())
-    } else {
-        None
-    };
-    let Some(file) = weights else {
+/// A policy to test: a .rego file, or the policy of a sealed file or folder,
+/// with what the local input document needs (model, file name, tensors).
+fn policy_source(path: &Path) -> Result<(String, Option<EmbeddedPolicy>)> {
+    let Some(p) = EmbeddedPolicy::of_path(path)? else {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::usage(format!("reading {}: {e}", path.display())))?;
-        return Ok((text, Default::default(), None, Vec::new()));
+        return Ok((text, None));
     };
-    let (_, h) = read_header(&file)?;
-    if !sealtensors::seal::is_sealed(&h) {
-        return Err(CliError::with_code(
-            format!(
-                "{} is a plain safetensors file; it carries no policy",
-                file.display()
-            ),
+    let what = if p.sealed {
+        "carries no access policy"
+    } else {
+        "is a plain safetensors file; it carries no policy"
+    };
+    match &p.text {
+        Some(text) => Ok((text.clone(), Some(p))),
+        None => Err(CliError::with_code(
+            format!("{} {what}", p.file.display()),
             code::BAD_INPUT,
-        ));
+        )),
     }
-    let m = sealtensors::seal::parse(&h).map_err(|e| CliError::from(e.in_file(&file)))?;
-    let text = m.policy.clone().ok_or_else(|| {
-        CliError::with_code(
-            format!("{} carries no access policy", file.display()),
-            code::BAD_INPUT,
-        )
-    })?;
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tensors = h.tensors.iter().map(|t| t.name.clone()).collect();
-    Ok((text, m.doc.model, name, tensors))
 }
 
 fn policy_test(a: cli::PolicyTest) -> Result<()> {
-    let (text, model, name, tensors) = policy_source(&a.policy)?;
+    let (text, source) = policy_source(&a.policy)?;
     let mut p = Policy::compile(&text).map_err(|e| CliError::from(sealtensors::Error::from(e)))?;
     let input = match &a.input {
         Some(path) => {
@@ -723,6 +432,10 @@ fn policy_test(a: cli::PolicyTest) -> Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
+            let (model, name, tensors) = match &source {
+                Some(p) => (p.model.clone(), p.file_name(), p.tensors.as_slice()),
+                None => (Default::default(), None, &[][..]),
+            };
             policy::input_document(
                 &ctx,
                 &model,
@@ -746,7 +459,7 @@ fn policy_test(a: cli::PolicyTest) -> Result<()> {
         Decision::Deny { reasons } => {
             println!("deny");
             // The reasons come from the file's policy: escaped as in inspect.
-            let reasons: Vec<String> = reasons.iter().map(|r| shown(r)).collect();
+            let reasons: Vec<String> = reasons.iter().map(|r| show::shown(r)).collect();
             for r in &reasons {
                 println!("  - {r}");
             }

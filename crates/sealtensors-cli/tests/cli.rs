@@ -337,7 +337,7 @@ fn verify_reports_trust_and_fails_closed() {
         .code(4);
     // a plain file, when a signature is required
     bin()
-        .args(["verify", "--require-signature"])
+        .args(["verify", "--require-signed"])
         .arg(&e.plain)
         .assert()
         .code(3);
@@ -536,14 +536,14 @@ fn rekey_adds_and_removes_recipients_and_rotates_the_signer() {
         .arg(&sealed)
         .assert()
         .code(4);
-    // a signed file is not silently unsigned
+    // a signed file is not silently unsigned (a usage error: an option is missing)
     bin()
         .args(["rekey", "-i"])
         .arg(&second)
         .args(["--add-recipient", &e.recipient])
         .arg(&sealed)
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("signing key"));
 }
 
@@ -684,13 +684,13 @@ fn user_errors_are_one_or_two_lines_with_a_remedy() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("-r RECIPIENT"));
-    // a glob that matches nothing
+    // a glob that matches nothing (a usage error: a value refused)
     bin()
         .args(["seal", "-r", &e.recipient, "--encrypt", "nothing.*", "-o"])
         .arg(e.p("o4.safetensors"))
         .arg(&e.plain)
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("match no tensor"));
     // bad recipient string
     bin()
@@ -834,4 +834,205 @@ fn verify_of_a_plain_file_is_not_authentic_with_or_without_keys() {
         .arg(&e.plain)
         .assert()
         .code(3);
+}
+
+/// The small build (`--no-default-features`) has no key broker: `serve` and
+/// `broker ...` say so and exit 2 instead of being unknown words.
+#[cfg(not(feature = "server"))]
+#[test]
+fn a_build_without_the_server_says_it_lacks_serve_and_broker() {
+    for args in [
+        vec!["serve", "--config", "broker.toml"],
+        vec!["broker", "audit", "--limit", "3"],
+    ] {
+        bin()
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("built without the key broker"));
+    }
+}
+
+/// Every verb's usage errors exit 2, as `--help` says: clap's own (an unknown
+/// flag, a missing argument, a value of the wrong type, conflicting flags)
+/// and the values the CLI or the library refuses (before this, the library's
+/// `ErrorClass::Usage`, e.g. `--cipher nope`, exited 1).
+#[test]
+fn usage_errors_exit_2_for_every_verb() {
+    let e = Env::new();
+    let sealed = e.seal("sealed.safetensors");
+    let rego = e.p("p.rego");
+    std::fs::write(
+        &rego,
+        "package sealtensors\nimport rego.v1\ndefault allow := true\n",
+    )
+    .unwrap();
+    let not_json = e.p("input.json");
+    std::fs::write(&not_json, "not json").unwrap();
+    let (plain, id, sign, out) = (
+        e.plain.to_str().unwrap(),
+        e.id.to_str().unwrap(),
+        e.sign.to_str().unwrap(),
+        e.p("out.safetensors"),
+    );
+    let (sealed, rego, not_json, out) = (
+        sealed.to_str().unwrap(),
+        rego.to_str().unwrap(),
+        not_json.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let r = e.recipient.as_str();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--nope"],
+        vec![],
+        vec!["keygen", "--nope"],
+        vec!["keygen", "--kid", "team"],
+        vec!["keygen", "--sign", "--symmetric"],
+        vec!["seal", "--nope", "-r", r, "-o", out, plain],
+        vec!["seal", "-r", r, "-o", out],
+        vec!["seal", "-r", r, "--expires", "soon", "-o", out, plain],
+        vec!["seal", "-r", r, "--cipher", "nope", "-o", out, plain],
+        vec!["seal", "-r", r, "--chunk-size", "12XB", "-o", out, plain],
+        vec!["seal", "-r", r, "--encrypt", "nothing.*", "-o", out, plain],
+        vec!["seal", "-o", out, plain],
+        vec!["unseal", "--nope", "-i", id, "-o", out, sealed],
+        vec!["unseal", "-i", id, sealed],
+        vec![
+            "unseal",
+            "-i",
+            id,
+            "--licence",
+            "/nonexistent.json",
+            "-o",
+            out,
+            sealed,
+        ],
+        vec!["verify", "--nope", sealed],
+        vec!["verify", "-i", id],
+        vec!["verify", "-i", id, "--licence", "/nonexistent.json", sealed],
+        vec!["inspect", "--nope", sealed],
+        vec!["inspect"],
+        vec!["rekey", "--nope", "-i", id, "--sign-key", sign, sealed],
+        vec!["rekey", "-i", id, sealed],
+        vec![
+            "rekey",
+            "-i",
+            id,
+            "--sign-key",
+            sign,
+            "--drop-signature",
+            sealed,
+        ],
+        vec!["rekey", "-i", id, "--sign-key", sign, "-o", sealed, sealed],
+        vec!["rekey", "-i", id, "--add-recipient", r, sealed],
+        vec!["sign", "--nope", "--sign-key", sign, plain],
+        vec!["sign", plain],
+        vec!["policy"],
+        vec!["policy", "new", "--nope"],
+        vec!["policy", "new"],
+        vec!["policy", "new", "--template", "nope"],
+        vec!["policy", "new", "--template", "expiry"],
+        vec!["policy", "test", "--nope", rego],
+        vec!["policy", "test"],
+        vec!["policy", "test", rego, "--input", not_json],
+    ];
+    #[cfg(feature = "server")]
+    let cases = [
+        cases,
+        vec![
+            vec!["serve"],
+            vec!["serve", "--config", "/nonexistent.toml"],
+            vec!["broker", "audit", "--nope"],
+            vec![
+                "broker",
+                "licence",
+                "issue",
+                "--admin-token",
+                "t",
+                "--customer",
+                "c",
+                "--model",
+                "m",
+                "--claims",
+                "not json",
+            ],
+        ],
+    ]
+    .concat();
+    for args in cases {
+        let o = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            !err.is_empty() && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!e.p("out.safetensors").exists());
+}
+
+/// `--require-signed` is the name the library, Python and SPEC use;
+/// `--require-signature` still works (hidden) for existing scripts.
+/// `--require-encrypted` refuses plain and sign-only files (downgrade).
+#[test]
+fn require_signed_and_require_encrypted() {
+    let e = Env::new();
+    let sealed = e.seal("sealed.safetensors");
+    let signed = e.p("signed.safetensors");
+    bin()
+        .args(["sign", "--sign-key"])
+        .arg(&e.sign)
+        .arg("-o")
+        .arg(&signed)
+        .arg(&e.plain)
+        .assert()
+        .success();
+    let help = bin().args(["verify", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("--require-signed") && help.contains("--require-encrypted"));
+    assert!(!help.contains("--require-signature"), "{help}");
+    for flag in ["--require-signed", "--require-signature"] {
+        bin()
+            .args(["verify", flag])
+            .arg(&e.plain)
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("requires one"));
+        bin()
+            .args(["verify", flag, "-i"])
+            .arg(&e.id)
+            .arg(&sealed)
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("not among the 0 trusted"));
+        bin()
+            .args(["verify", flag, "-i"])
+            .arg(&e.id)
+            .args(["--trust", &e.signer])
+            .arg(&sealed)
+            .assert()
+            .success();
+    }
+    for f in [&e.plain, &signed] {
+        bin()
+            .args(["verify", "--require-encrypted", "--trust", &e.signer])
+            .arg(f)
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("requires an encrypted file"));
+        bin()
+            .args(["unseal", "--require-encrypted", "-o"])
+            .arg(e.p("out.safetensors"))
+            .arg(f)
+            .assert()
+            .code(3);
+    }
+    assert!(!e.p("out.safetensors").exists());
+    bin()
+        .args(["verify", "--require-encrypted", "--require-signed", "-i"])
+        .arg(&e.id)
+        .args(["--trust", &e.signer])
+        .arg(&sealed)
+        .assert()
+        .success();
 }

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use sealtensors::keys::{
     load_recipient, load_signing_key, Identity, KeyConfig, Passphrase, Recipient,
 };
-use sealtensors::model::{seal_model_dir, unseal_model_dir, SealedModel};
+use sealtensors::model::{open_path, seal_path, unseal_path};
 use sealtensors::{Error, ErrorClass, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer};
 
 create_exception!(
@@ -326,11 +326,7 @@ fn seal(
     };
     py.detach(|| {
         let sealer = args.sealer()?;
-        if input.is_dir() {
-            seal_model_dir(&sealer, &input, &output, overwrite)
-        } else {
-            sealer.seal_file(&input, &output)
-        }
+        seal_path(&sealer, &input, &output, overwrite)
     })
     .map_err(to_py)
 }
@@ -352,16 +348,13 @@ fn unseal(
     py.detach(|| {
         let keys = Keys::gather(identities, trusted, passphrase)?;
         let opts = keys.options(false, require_signed);
-        if input.is_dir() {
-            unseal_model_dir(&input, &output, &opts, overwrite)
-        } else {
-            SealedFile::open(&input, &opts)?.unseal_to(&output, overwrite)
-        }
+        unseal_path(&input, &output, &opts, overwrite)
     })
     .map_err(to_py)
 }
 
-/// Verify every shard of a folder (or one file): signature, MAC, every chunk.
+/// Verify every shard of a folder (or one file, with its folder's membership
+/// check): signature, MAC, every chunk.
 /// Returns the authenticity of each file.
 #[pyfunction]
 #[pyo3(signature = (path, identities=Vec::new(), trusted=Vec::new(), passphrase=None, require_signed=false))]
@@ -376,12 +369,10 @@ fn verify(
     py.detach(|| {
         let keys = Keys::gather(identities, trusted, passphrase)?;
         let opts = keys.options(false, require_signed);
-        // Each shard is opened (and its key slot tried) once.
-        let files = if path.is_dir() {
-            SealedModel::open(&path, &opts)?.into_files()
-        } else {
-            vec![SealedFile::open(&path, &opts)?]
-        };
+        // Each shard is opened (and its key slot tried) once; a folder as
+        // one complete model, a single file with its folder's membership
+        // check, as the CLI's verify opens (SPEC §8.5).
+        let files = open_path(&path, &opts)?;
         let mut out = Vec::new();
         for f in &files {
             f.verify_data()?;

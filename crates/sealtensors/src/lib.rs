@@ -30,6 +30,7 @@ pub mod model;
 pub mod policy;
 mod read;
 pub mod rekey;
+pub mod report;
 mod runtime;
 pub mod seal;
 mod write;

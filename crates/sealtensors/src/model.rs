@@ -15,8 +15,8 @@ use crate::atomic;
 use crate::error::{printable, Error, Result};
 use crate::format::read_header;
 use crate::read::{OpenOptions, SealedFile};
-use crate::rekey::{rekey_opened, RekeyOptions};
-use crate::seal::{Shard, MAX_SHARDS};
+use crate::rekey::{rekey_file, rekey_opened, RekeyOptions};
+use crate::seal::{ModelInfo, Shard, MAX_SHARDS};
 use crate::write::Sealer;
 
 /// The index file name.
@@ -544,6 +544,148 @@ pub fn rekey_model_dir(input: &Path, output: Option<&Path>, opts: &RekeyOptions<
             }
             Ok(())
         }
+    }
+}
+
+// ---- a model given as a path: one file, or a folder ------------------------------------------
+
+/// The weight files of a model given as a path: the file itself, or the
+/// `.safetensors` files directly in a folder ([`weight_files`]).
+pub fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        weight_files(path)
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
+/// The tensor bytes of a file, or of all the weight files of a folder
+/// (what a whole-model operation will read: a progress bar's total).
+pub fn data_len(path: &Path) -> Result<u64> {
+    let mut total = 0u64;
+    for f in files_of(path)? {
+        let (_, h) = read_header(&f)?;
+        total = total.saturating_add(h.data_len() as u64);
+    }
+    Ok(total)
+}
+
+/// Open a model for reading every byte of it (verify): a folder as one
+/// model ([`SealedModel::open`]: one key release, the complete shard set of
+/// one sealing, the index checked), a single file with the check every
+/// loader makes of a file that lies in a sharded or indexed folder
+/// ([`check_member`]). The CLI's and Python's `verify` both open through
+/// this, so they give the same verdicts on the same folders.
+pub fn open_path(path: &Path, opts: &OpenOptions<'_>) -> Result<Vec<SealedFile>> {
+    if path.is_dir() {
+        return Ok(SealedModel::open(path, opts)?.into_files());
+    }
+    let f = SealedFile::open(path, opts)?;
+    check_member(&f, opts)?;
+    Ok(vec![f])
+}
+
+/// Seal a file, or a model folder ([`seal_model_dir`]), into `output`.
+pub fn seal_path(sealer: &Sealer, input: &Path, output: &Path, overwrite: bool) -> Result<()> {
+    if input.is_dir() {
+        seal_model_dir(sealer, input, output, overwrite)
+    } else {
+        sealer.seal_file(input, output)
+    }
+}
+
+/// Seal (in practice: sign) a file or a model folder where it lies, each
+/// file replaced atomically ([`seal_model_in_place`]). The sealer must allow
+/// overwriting.
+pub fn seal_path_in_place(sealer: &Sealer, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        seal_model_in_place(sealer, path)
+    } else {
+        sealer.seal_file(path, path)
+    }
+}
+
+/// Unseal a file, or a model folder ([`unseal_model_dir`]), into `output`.
+pub fn unseal_path(
+    input: &Path,
+    output: &Path,
+    opts: &OpenOptions<'_>,
+    overwrite: bool,
+) -> Result<()> {
+    if input.is_dir() {
+        unseal_model_dir(input, output, opts, overwrite)
+    } else {
+        SealedFile::open(input, opts)?.unseal_to(output, overwrite)
+    }
+}
+
+/// Rekey a file, or every shard of a model folder ([`rekey_model_dir`]):
+/// into `output`, or in place when `None`.
+pub fn rekey_path(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) -> Result<()> {
+    if input.is_dir() {
+        rekey_model_dir(input, output, opts)
+    } else {
+        rekey_file(input, output, opts)
+    }
+}
+
+/// The access policy a sealed file or model folder carries, with what a
+/// local policy input document needs (SPEC §3.6). A folder's is its first
+/// weight file's: the shards of one sealing carry the same.
+#[derive(Debug, Clone)]
+pub struct EmbeddedPolicy {
+    /// The weight file read.
+    pub file: PathBuf,
+    /// Whether that file is sealed (a plain file carries no policy).
+    pub sealed: bool,
+    /// The policy's Rego text, when the file carries one.
+    pub text: Option<String>,
+    /// The file's model id, version and times (default for a plain file).
+    pub model: ModelInfo,
+    /// The file's tensor names, in file order.
+    pub tensors: Vec<String>,
+}
+
+impl EmbeddedPolicy {
+    /// The policy of a model folder, or of a safetensors file; `None` when
+    /// `path` is neither (a `.rego` file, say). No key is needed.
+    pub fn of_path(path: &Path) -> Result<Option<EmbeddedPolicy>> {
+        let file = if path.is_dir() {
+            match weight_files(path)?.into_iter().next() {
+                Some(f) => f,
+                None => return Ok(None),
+            }
+        } else if read_header(path).is_ok() {
+            path.to_path_buf()
+        } else {
+            return Ok(None);
+        };
+        let (_, h) = read_header(&file)?;
+        let tensors = h.tensors.iter().map(|t| t.name.clone()).collect();
+        if !crate::seal::is_sealed(&h) {
+            return Ok(Some(EmbeddedPolicy {
+                file,
+                sealed: false,
+                text: None,
+                model: ModelInfo::default(),
+                tensors,
+            }));
+        }
+        let m = crate::seal::parse(&h).map_err(|e| e.in_file(&file))?;
+        Ok(Some(EmbeddedPolicy {
+            file,
+            sealed: true,
+            text: m.policy,
+            model: m.doc.model,
+            tensors,
+        }))
+    }
+
+    /// The weight file's name, as the policy input document gives it.
+    pub fn file_name(&self) -> Option<String> {
+        self.file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
     }
 }
 

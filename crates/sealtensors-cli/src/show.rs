@@ -1,0 +1,131 @@
+//! Printing the library's reports: text for a terminal, or the same structs
+//! as JSON (`--json`). Every string from a file's header (names, metadata,
+//! policy, model id and version, recipients, signer, policy reasons) is
+//! shown with control and invisible characters escaped, so a header cannot
+//! drive the terminal (ESC/OSC sequences, bidi overrides); JSON escapes them
+//! itself and keeps them exact.
+
+use serde::Serialize;
+
+use sealtensors::report::{FileVerification, Inspection, PolicyVerdict, Verification};
+use sealtensors::seal::Mode;
+
+use crate::error::{code, CliError};
+use crate::Result;
+
+/// One line of compact JSON on standard output.
+pub fn json<T: Serialize + ?Sized>(report: &T) -> Result<()> {
+    let text = serde_json::to_string(report)
+        .map_err(|e| CliError::with_code(format!("writing JSON: {e}"), code::ERROR))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Untrusted text (from a file's header) fit for a terminal: control and
+/// invisible formatting characters escaped, nothing cut.
+pub fn shown(text: &str) -> String {
+    sealtensors::printable(text, usize::MAX)
+}
+
+/// A value in its JSON form, escaped as [`shown`] text (serde escapes C0
+/// controls, not C1 controls or bidirectional overrides).
+fn shown_json<T: Serialize + ?Sized>(v: &T) -> String {
+    shown(&serde_json::to_string(v).unwrap_or_default())
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Encrypted => "encrypted",
+        Mode::Signed => "signed",
+    }
+}
+
+/// `sealtensors inspect`, as text.
+pub fn inspection(j: &Inspection) {
+    println!("file:        {}", shown(&j.file));
+    println!("size:        {} bytes (header {})", j.size, j.header_size);
+    match &j.seal {
+        Some(s) => {
+            println!(
+                "format:      sealtensors v{} ({})",
+                s.format_version,
+                mode_name(s.mode)
+            );
+            println!(
+                "model:       id {} version {} created {} expires {}",
+                shown_json(&s.model.id),
+                shown_json(&s.model.version),
+                s.model.created,
+                shown_json(&s.model.expires)
+            );
+            println!(
+                "cipher:      {} (chunks of {} bytes)",
+                s.cipher.as_deref().map_or_else(|| "none".into(), shown),
+                s.chunk_size
+            );
+            println!(
+                "signer:      {} [{}]",
+                s.signer.as_deref().map_or_else(|| "none".into(), shown),
+                shown(&s.signature)
+            );
+            for r in &s.recipients {
+                println!("recipient:   {}", shown(r));
+            }
+            if let Some(p) = &s.policy {
+                println!("policy:");
+                for line in p.lines() {
+                    println!("{}", shown(line));
+                }
+            }
+        }
+        None => println!("format:      plain safetensors"),
+    }
+    for (k, v) in j.metadata.iter().flatten() {
+        println!("metadata:    {} = {}", shown(k), shown(v));
+    }
+    for t in &j.tensors {
+        println!(
+            "tensor:      {} {} {} {}",
+            shown(&t.name),
+            shown(&t.dtype),
+            shown_json(&t.shape),
+            if t.encrypted { "encrypted" } else { "plain" }
+        );
+    }
+}
+
+/// `sealtensors verify`, as text: one line per file.
+pub fn verification(v: &Verification) {
+    for f in &v.files {
+        println!("{}", file_verification(f));
+    }
+}
+
+fn file_verification(r: &FileVerification) -> String {
+    let status = if r.ok { "OK" } else { "NOT VERIFIED" };
+    let signer = r
+        .signer
+        .as_deref()
+        .map(|s| format!(" by {s}"))
+        .unwrap_or_default();
+    let unchecked = match r.unchecked_encrypted_tensors {
+        0 => String::new(),
+        n => format!(", {n} not checked: no identity given"),
+    };
+    let policy = match &r.policy {
+        None => String::new(),
+        Some(PolicyVerdict::Allow) => "; policy allows".into(),
+        Some(PolicyVerdict::Deny { reasons }) => format!(
+            "; policy denies: {}",
+            reasons
+                .iter()
+                .map(|r| shown(r))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    format!(
+        "{status}: {} ({}{signer}; {} tensors, {} encrypted{unchecked}{policy})",
+        r.file, r.authenticity, r.tensors, r.encrypted_tensors
+    )
+}
