@@ -6,7 +6,6 @@
 //! with many slots is opened by trying each identity on each slot.
 
 mod broker;
-mod broker_client;
 mod discover;
 mod jwk;
 mod passphrase;
@@ -14,10 +13,10 @@ mod signing;
 mod symmetric;
 mod x25519;
 
-pub use broker::{is_loopback, BrokerKek, BrokerRecipient, BrokerUrl};
-pub(crate) use broker_client::release_after_miss;
-pub use broker_client::{
-    attestation_nonce, release_info, BrokerAccess, ReleaseAnswer, ReleaseRequest, TpmQuoter,
+pub(crate) use broker::release_after_miss;
+pub use broker::{
+    attestation_nonce, is_loopback, release_info, BrokerAccess, BrokerKek, BrokerRecipient,
+    BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer, ReleaseRequest, TpmQuoter,
     DEFAULT_TPM_PCRS, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN, ENV_TPM_AK, ENV_TPM_PCRS,
     ENV_TPM_TCTI,
 };

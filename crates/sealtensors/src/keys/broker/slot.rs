@@ -2,17 +2,17 @@
 //! long-term X25519 key-encryption key, like an `x25519` slot, plus the URL
 //! and key id under which the broker serves it. Sealing needs only the
 //! broker's public key; only the broker ([`BrokerKek`]) opens the slot, and it
-//! releases the model key to clients over HPKE (see `broker_client`).
+//! releases the model key to clients over HPKE (see `release`).
 
 use std::fmt;
 use std::str::FromStr;
 
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 
-use super::{b64, slot_aad, unb64, unb64_array, Identity, ModelKey, Recipient, Slot};
-use super::{X25519Identity, X25519Recipient};
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Result};
+use crate::keys::{b64, slot_aad, unb64, unb64_array, Identity, ModelKey, Recipient, Slot};
+use crate::keys::{X25519Identity, X25519Recipient};
 
 /// The slot type.
 pub const SLOT_TYPE: &str = "broker";
@@ -170,7 +170,7 @@ impl BrokerRecipient {
     /// The publisher named this broker itself, so no host list applies.
     pub fn fetch(url: &str) -> Result<Self> {
         let u = BrokerUrl::parse(url)?;
-        let pk = super::broker_client::fetch_public_key(&u)?;
+        let pk = super::http::fetch_public_key(&u)?;
         Ok(BrokerRecipient { url: u, pk })
     }
 
@@ -215,7 +215,7 @@ impl fmt::Debug for BrokerRecipient {
 
 impl Recipient for BrokerRecipient {
     fn wrap(&self, key: &ModelKey) -> Result<Slot> {
-        let (esk, epk) = super::x25519::ephemeral()?;
+        let (esk, epk) = crate::keys::x25519::ephemeral()?;
         let pk = self.pk.as_bytes();
         let kek = slot_kek(&esk, pk, &epk, pk, &self.url.url)?;
         let ct = crypto::wrap_key(&kek, &slot_aad(SLOT_TYPE, &key.id()?), key.secret())?;
