@@ -102,7 +102,9 @@ pub(crate) fn now_unix() -> u64 {
 }
 
 impl Sealer {
-    /// Check the options and wrap a model key for every recipient.
+    /// Check the options and wrap a model key for every recipient, after
+    /// [`Recipient::resolve`] (which fetches the public key of a broker
+    /// named without one: the one network step of sealing).
     pub fn new(opts: SealOptions) -> Result<Sealer> {
         if !(seal::MIN_CHUNK_SIZE..=seal::MAX_CHUNK_SIZE).contains(&opts.chunk_size) {
             return Err(Error::Config(format!(
@@ -156,7 +158,11 @@ impl Sealer {
             let slots = opts
                 .recipients
                 .iter()
-                .map(|r| r.wrap(&mk))
+                .map(|r| {
+                    // The explicit step that may fetch a broker's key.
+                    r.resolve()?;
+                    r.wrap(&mk)
+                })
                 .collect::<Result<Vec<_>>>()?;
             let passphrases = slots
                 .iter()

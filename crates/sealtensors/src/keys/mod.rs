@@ -191,6 +191,14 @@ impl Slot {
 
 /// Something a model key can be wrapped to.
 pub trait Recipient: Send + Sync {
+    /// Fetch, once, what wrapping needs from elsewhere (a key broker's public
+    /// key, SPEC §6.6); a no-op for recipients that hold everything already
+    /// (the default). Parsing a recipient never touches the network: this is
+    /// the explicit step that may, and sealing and rekeying call it before
+    /// [`wrap`](Self::wrap).
+    fn resolve(&self) -> Result<()> {
+        Ok(())
+    }
     /// Wrap the model key into a new slot.
     fn wrap(&self, key: &ModelKey) -> Result<Slot>;
     /// Whether `slot` was made for this recipient (for removal on rekey).
