@@ -13,7 +13,6 @@ mod signing;
 mod symmetric;
 mod x25519;
 
-pub(crate) use broker::release_after_miss;
 pub use broker::{
     attestation_nonce, is_loopback, release_info, BrokerAccess, BrokerKek, BrokerRecipient,
     BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer, ReleaseRequest, TpmQuoter,
@@ -33,6 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Result};
+use crate::format::Header;
+use crate::policy::PolicyContext;
 
 /// The most key slots in one file (SPEC §9).
 pub const MAX_SLOTS: usize = 64;
@@ -251,4 +252,56 @@ pub(crate) fn unwrap_any(
         given: identities.len(),
         slots,
     })
+}
+
+/// What a [`KeySource`] is told about the file whose model key it is asked
+/// for: the header as read and the parts of it a release needs, and what the
+/// loader tells the file's policy.
+#[non_exhaustive]
+pub struct KeyRequest<'a> {
+    /// The file's header.
+    pub header: &'a Header,
+    /// The file's random id (SPEC §3.2).
+    pub file_id: &'a [u8; 32],
+    /// The id the model key must have (SPEC §4.1).
+    pub mk_id: &'a [u8; 16],
+    /// The file's key slots, in file order.
+    pub slots: &'a [Slot],
+    /// The file's name, for the policy input (SPEC §3.6 `file.name`).
+    pub file_name: Option<&'a str>,
+    /// This machine's id (`/etc/machine-id`), when it has one.
+    pub machine_id: Option<&'a str>,
+    /// What the loader tells the file's policy: runtime, framework, the
+    /// tensors requested.
+    pub policy: &'a PolicyContext,
+}
+
+/// Where a loader asks for a model key once none of its identities opens a
+/// file: a key broker (SPEC §6.6) today; hardware and cloud KMS later.
+pub trait KeySource: Send + Sync {
+    /// `None`: nothing here for this file (no slot of this source's kind that
+    /// its configuration allows). `Some(Ok)`: the model key. `Some(Err)`:
+    /// the file is this source's, and it failed or refused.
+    fn model_key(&self, req: &KeyRequest<'_>) -> Option<Result<ModelKey>>;
+}
+
+/// After `miss` (no identity opened the file): ask each source in order; the
+/// first key wins, else the first source's error, else the miss, explained
+/// when a broker could have opened the file.
+pub(crate) fn ask_sources(
+    miss: Error,
+    sources: &[&dyn KeySource],
+    req: &KeyRequest<'_>,
+) -> Result<ModelKey> {
+    let mut first_err = None;
+    for s in sources {
+        match s.model_key(req) {
+            None => {}
+            Some(Ok(k)) => return Ok(k),
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| broker::explain_miss(miss, req.slots)))
 }

@@ -6,35 +6,33 @@
 //! ephemeral key, checked against the file's model key id and kept in memory
 //! no longer than the broker allows.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::access::{BrokerAccess, HostEntry};
 use super::http::{agent, post, shown, transient, Fail, BACKOFF, RETRIES};
 use super::slot::BrokerUrl;
 use super::wire::{attestation_nonce, release_info, ErrorAnswer, ReleaseAnswer, ReleaseRequest};
-use super::{ENV_BROKERS, ENV_BROKER_TOKEN};
+use super::ENV_BROKERS;
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Result};
-use crate::format::Header;
 use crate::hpke::HpkeSecretKey;
-use crate::keys::{b64, unb64, ModelKey, Slot};
-use crate::policy::{host_info, PolicyContext};
-use crate::seal::SealMeta;
+use crate::keys::{b64, unb64, KeyRequest, KeySource, ModelKey};
 
 /// A released key is never cached longer than this, whatever the broker says.
 const MAX_TTL: u64 = 24 * 3600;
 
+/// The client's clock for the request, Unix seconds.
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl BrokerAccess {
-    /// Ask the broker at `u` for the model key of this file.
-    pub fn release(
-        &self,
-        u: &BrokerUrl,
-        header: &Header,
-        meta: &SealMeta,
-        file_name: Option<&str>,
-        ctx: &PolicyContext,
-    ) -> Result<ModelKey> {
+    /// Ask the broker at `u` for the model key of the file `req` describes.
+    pub(super) fn release(&self, u: &BrokerUrl, req: &KeyRequest<'_>) -> Result<ModelKey> {
+        let ctx = req.policy;
         let unavailable = |reason: String| Error::BrokerUnavailable {
             broker: u.authority(),
             reason,
@@ -45,9 +43,7 @@ impl BrokerAccess {
                 HostEntry::for_url(u)
             )));
         }
-        let mk_id = meta
-            .mk_id
-            .ok_or_else(|| unavailable("the file has no model key id".into()))?;
+        let mk_id = *req.mk_id;
         if let Some(k) = self.cached(&u.url, &mk_id) {
             return Ok(k);
         }
@@ -55,14 +51,14 @@ impl BrokerAccess {
         let machine_id = self
             .machine_id
             .clone()
-            .or_else(|| host_info().machine_id.clone())
+            .or_else(|| req.machine_id.map(str::to_string))
             .ok_or_else(|| {
                 unavailable(
                     "this machine has no /etc/machine-id to identify it to the broker".into(),
                 )
             })?;
         let mut hdr = Vec::new();
-        hdr.extend_from_slice(&header.to_bytes());
+        hdr.extend_from_slice(&req.header.to_bytes());
         let process = serde_json::json!({
             "runtime": ctx.runtime.clone().unwrap_or_else(|| "rust".into()),
             "runtime_version": ctx.runtime_version,
@@ -71,7 +67,7 @@ impl BrokerAccess {
         });
         let agent = agent(self.ca.as_deref().map(Vec::as_slice)).map_err(unavailable)?;
         let endpoint = format!("{}/release", u.url);
-        let info = release_info(&meta.file_id, &mk_id);
+        let info = release_info(req.file_id, &mk_id);
         let mut attempt = 0;
         loop {
             // A fresh key and nonce per attempt: the broker refuses a nonce twice.
@@ -92,8 +88,8 @@ impl BrokerAccess {
                 ek: b64(&ek.public_key()),
                 machine_id: machine_id.clone(),
                 nonce: b64(&nonce),
-                time: crate::write::now_unix(),
-                file_name: file_name.map(str::to_string),
+                time: now_unix(),
+                file_name: req.file_name.map(str::to_string),
                 process: Some(process.clone()),
                 tensors: ctx.requested.clone(),
                 attestation,
@@ -159,50 +155,19 @@ impl BrokerAccess {
     }
 }
 
-/// SPEC §6.6, reader side: called when no local identity opened the file.
-/// Tries each allowed broker slot in file order; a refusal is final. Without
-/// a broker slot, or without access to any, the original error stands (with
-/// a hint when a broker could have opened it).
-pub(crate) fn release_after_miss(
-    err: Error,
-    access: Option<&BrokerAccess>,
-    header: &Header,
-    meta: &SealMeta,
-    path: &Path,
-    ctx: &PolicyContext,
-) -> Result<ModelKey> {
-    let urls: Vec<BrokerUrl> = meta
-        .slots
-        .iter()
-        .filter_map(|s| match s {
-            Slot::Broker { url, .. } => BrokerUrl::parse(url).ok(),
-            _ => None,
-        })
-        .collect();
-    if urls.is_empty() || !matches!(err, Error::NoMatchingKey { .. }) {
-        return Err(err);
-    }
-    let Some(access) = access.filter(|a| urls.iter().any(|u| a.allows(u))) else {
-        let hosts: Vec<String> = urls
-            .iter()
-            .map(|u| HostEntry::for_url(u).to_string())
-            .collect();
-        return Err(Error::BrokerUnavailable {
-            broker: urls[0].authority(),
-            reason: format!(
-                "no local identity opens the file and this loader's configuration allows none of its brokers ({}); add it to {ENV_BROKERS} (HOST:PORT for a port other than the scheme's default) and set {ENV_BROKER_TOKEN} if you trust it, or pass an identity (-i FILE)",
-                hosts.join(", ")
-            ),
-        });
-    };
-    let name = path.file_name().and_then(|n| n.to_str());
-    let mut last = err;
-    for u in urls.iter().filter(|u| access.allows(u)) {
-        match access.release(u, header, meta, name, ctx) {
-            Ok(k) => return Ok(k),
-            Err(e @ Error::BrokerDenied { .. }) => return Err(e),
-            Err(e) => last = e,
+/// The broker as a [`KeySource`]: tries each broker slot this
+/// configuration allows, in file order; a refusal is final. `None` when it
+/// allows none of them (the reader then explains the miss).
+impl KeySource for BrokerAccess {
+    fn model_key(&self, req: &KeyRequest<'_>) -> Option<Result<ModelKey>> {
+        let mut last = None;
+        for u in super::broker_urls(req.slots).filter(|u| self.allows(u)) {
+            match self.release(&u, req) {
+                Ok(k) => return Some(Ok(k)),
+                Err(e @ Error::BrokerDenied { .. }) => return Some(Err(e)),
+                Err(e) => last = Some(e),
+            }
         }
+        last.map(Err)
     }
-    Err(last)
 }
