@@ -15,10 +15,11 @@ mod x25519;
 
 pub use broker::{
     attestation_nonce, is_loopback, release_info, BrokerAccess, BrokerKek, BrokerRecipient,
-    BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer, ReleaseRequest, TpmQuoter,
-    DEFAULT_TPM_PCRS, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN, ENV_TPM_AK, ENV_TPM_PCRS,
-    ENV_TPM_TCTI,
+    BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer, ReleaseRequest, ENV_BROKERS,
+    ENV_BROKER_CA, ENV_BROKER_TOKEN,
 };
+#[cfg(feature = "broker-client")]
+pub use broker::{TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
 pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};

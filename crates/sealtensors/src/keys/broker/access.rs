@@ -12,6 +12,7 @@ use std::time::Instant;
 use zeroize::Zeroizing;
 
 use super::slot::BrokerUrl;
+#[cfg(feature = "broker-client")]
 use super::tpm::TpmQuoter;
 use crate::error::{Error, Result};
 use crate::keys::ModelKey;
@@ -24,6 +25,7 @@ pub const ENV_BROKER_TOKEN: &str = "SEALTENSORS_BROKER_TOKEN";
 /// (a private broker CA).
 pub const ENV_BROKER_CA: &str = "SEALTENSORS_BROKER_CA";
 
+#[cfg_attr(not(feature = "broker-client"), allow(dead_code))]
 type Cache = HashMap<(String, [u8; 16]), (ModelKey, Instant)>;
 
 /// An allowed-host or token entry, parsed: a host (an IPv6 address in its
@@ -212,7 +214,9 @@ pub struct BrokerAccess {
     tokens: Vec<Token>,
     pub(super) machine_id: Option<String>,
     pub(super) ca: Option<Arc<Vec<u8>>>,
+    #[cfg(feature = "broker-client")]
     pub(super) tpm: Option<Arc<TpmQuoter>>,
+    #[cfg_attr(not(feature = "broker-client"), allow(dead_code))]
     pub(super) cache: Arc<Mutex<Cache>>,
 }
 
@@ -241,7 +245,7 @@ impl std::fmt::Debug for BrokerAccess {
             )
             .field("machine_id", &self.machine_id)
             .field("private_ca", &self.ca.is_some())
-            .field("tpm", &self.tpm)
+            .field("tpm", &self.tpm_shown())
             .finish()
     }
 }
@@ -272,9 +276,18 @@ impl BrokerAccess {
             tokens: token.map(parse_tokens).unwrap_or_default(),
             machine_id: None,
             ca: None,
+            #[cfg(feature = "broker-client")]
             tpm: None,
             cache: Arc::default(),
         }
+    }
+
+    /// The TPM quoter, for Debug (none without the broker client).
+    fn tpm_shown(&self) -> Option<&dyn std::fmt::Debug> {
+        #[cfg(feature = "broker-client")]
+        return self.tpm.as_deref().map(|q| q as &dyn std::fmt::Debug);
+        #[cfg(not(feature = "broker-client"))]
+        None
     }
 
     /// Trust only these CA certificates (PEM) for brokers, instead of the
@@ -285,6 +298,7 @@ impl BrokerAccess {
     }
 
     /// Attach a TPM 2.0 quote, made by `q`, to every release request.
+    #[cfg(feature = "broker-client")]
     pub fn with_tpm(mut self, q: TpmQuoter) -> Self {
         self.tpm = Some(Arc::new(q));
         self
@@ -345,6 +359,7 @@ impl BrokerAccess {
         if let Some(pem) = ca {
             access = access.with_ca_pem(pem);
         }
+        #[cfg(feature = "broker-client")]
         if let Some(q) = TpmQuoter::from_env() {
             access = access.with_tpm(q);
         }
@@ -358,6 +373,7 @@ impl BrokerAccess {
 
     /// The token for the broker at `u`: the one written for its host, else
     /// a bare token while it is the only allowed host.
+    #[cfg_attr(not(feature = "broker-client"), allow(dead_code))]
     pub(super) fn token_for(
         &self,
         u: &BrokerUrl,
@@ -390,6 +406,7 @@ impl BrokerAccess {
         }
     }
 
+    #[cfg_attr(not(feature = "broker-client"), allow(dead_code))]
     pub(super) fn cached(&self, url: &str, mk_id: &[u8; 16]) -> Option<ModelKey> {
         let mut c = self.cache.lock().ok()?;
         let k = (url.to_string(), *mk_id);

@@ -198,9 +198,18 @@ impl BrokerRecipient {
         if let Some(pk) = self.pk.get() {
             return Ok(*pk);
         }
-        let pk = super::http::fetch_public_key(&self.url)?;
-        // Two threads may fetch at once; the first answer stays.
-        Ok(*self.pk.get_or_init(|| pk))
+        #[cfg(feature = "broker-client")]
+        {
+            let pk = super::http::fetch_public_key(&self.url)?;
+            // Two threads may fetch at once; the first answer stays.
+            Ok(*self.pk.get_or_init(|| pk))
+        }
+        #[cfg(not(feature = "broker-client"))]
+        Err(Error::BrokerClientMissing {
+            broker: self.url.authority(),
+            task: "sealing to this broker",
+            fix: "give its public key as broker:URL#x25519:...",
+        })
     }
 
     /// The key URL.
