@@ -138,6 +138,31 @@ impl std::fmt::Display for HostEntry {
     }
 }
 
+/// Why no licence token may be sent to a broker (SPEC §10). Never holds
+/// the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum TokenError {
+    /// No token configured at all.
+    #[error("no licence token: set SEALTENSORS_BROKER_TOKEN or write it to broker-token in the configuration directory")]
+    Missing,
+    /// Tokens exist, but each for another host or port.
+    #[error("no licence token for {broker}: the configured tokens are for other hosts or ports; add {entry}=TOKEN to SEALTENSORS_BROKER_TOKEN")]
+    OtherHosts {
+        /// The broker's `host[:port]`.
+        broker: String,
+        /// The entry to write for it.
+        entry: String,
+    },
+    /// A bare token while several hosts are allowed.
+    #[error("SEALTENSORS_BROKER_TOKEN holds a token without a host and {allowed} broker hosts are allowed, so it could reach a broker that did not issue it; write it as {entry}=TOKEN")]
+    Ambiguous {
+        /// How many host entries are allowed.
+        allowed: usize,
+        /// The entry to write for this broker.
+        entry: String,
+    },
+}
+
 /// A licence token and the broker host it may be sent to (SPEC §10).
 #[derive(Clone)]
 struct Token {
@@ -377,7 +402,7 @@ impl BrokerAccess {
     pub(super) fn token_for(
         &self,
         u: &BrokerUrl,
-    ) -> std::result::Result<&Zeroizing<String>, String> {
+    ) -> std::result::Result<&Zeroizing<String>, TokenError> {
         // The token written for this host and port, else for the host (at
         // its default port only, as for allowed hosts).
         let written_for = |with_port: bool| {
@@ -391,18 +416,15 @@ impl BrokerAccess {
         let bare: Vec<&Token> = self.tokens.iter().filter(|t| t.host.is_none()).collect();
         match (bare.as_slice(), self.allowed_entries) {
             ([t], 1) => Ok(&t.secret),
-            ([], _) if self.tokens.is_empty() => Err(format!(
-                "no licence token: set {ENV_BROKER_TOKEN} or write it to broker-token in the configuration directory"
-            )),
-            ([], _) => Err(format!(
-                "no licence token for {}: the configured tokens are for other hosts or ports; add {}=TOKEN to {ENV_BROKER_TOKEN}",
-                u.authority(),
-                HostEntry::for_url(u)
-            )),
-            (_, n) => Err(format!(
-                "{ENV_BROKER_TOKEN} holds a token without a host and {n} broker hosts are allowed, so it could reach a broker that did not issue it; write it as {}=TOKEN",
-                HostEntry::for_url(u)
-            )),
+            ([], _) if self.tokens.is_empty() => Err(TokenError::Missing),
+            ([], _) => Err(TokenError::OtherHosts {
+                broker: u.authority(),
+                entry: HostEntry::for_url(u).to_string(),
+            }),
+            (_, allowed) => Err(TokenError::Ambiguous {
+                allowed,
+                entry: HostEntry::for_url(u).to_string(),
+            }),
         }
     }
 
@@ -495,7 +517,8 @@ mod tests {
         let e = t
             .token_for(&u("http://127.0.0.1:9000/keys/k"))
             .map(|t| t.to_string())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             !e.contains("stl_default") && e.contains("127.0.0.1:9000=TOKEN"),
             "{e}"
@@ -526,7 +549,9 @@ mod tests {
         let u = |s: &str| BrokerUrl::parse(s).unwrap();
         let a = u("https://a.example/keys/k");
         let b = u("https://b.example:8443/keys/k");
-        let secret = |r: std::result::Result<&Zeroizing<String>, String>| r.map(|t| t.to_string());
+        let secret = |r: std::result::Result<&Zeroizing<String>, TokenError>| {
+            r.map(|t| t.to_string()).map_err(|e| e.to_string())
+        };
         // One host: a bare token is its token.
         let one = BrokerAccess::new(["a.example"], Some(" stl_a ".into()));
         assert_eq!(secret(one.token_for(&a)), Ok("stl_a".into()));

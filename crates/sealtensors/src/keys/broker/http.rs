@@ -11,7 +11,6 @@ use zeroize::Zeroizing;
 use super::access::ca_from_env;
 use super::slot::BrokerUrl;
 use super::wire::{ErrorAnswer, PublicKeyAnswer};
-use super::ENV_BROKER_CA;
 use crate::error::{Error, Result};
 use crate::keys::X25519Recipient;
 
@@ -33,10 +32,21 @@ pub(super) fn transient(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// Why the broker CA (`SEALTENSORS_BROKER_CA`, `broker-ca.pem`) is unusable.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CaError {
+    /// It does not parse as PEM.
+    #[error("the broker CA file (SEALTENSORS_BROKER_CA or broker-ca.pem) is not PEM: {0}")]
+    NotPem(ureq::Error),
+    /// It holds no certificate.
+    #[error("the broker CA file (SEALTENSORS_BROKER_CA or broker-ca.pem) holds no certificate")]
+    NoCertificate,
+}
+
 /// One agent per release: rustls over aws-lc-rs (the one crypto backend),
 /// the public web roots or only the given CA, bounded timeouts, no redirects,
 /// statuses returned rather than raised.
-pub(super) fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, String> {
+pub(super) fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, CaError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
@@ -47,13 +57,11 @@ pub(super) fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, String> {
             match item {
                 Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
                 Ok(_) => {}
-                Err(e) => return Err(format!("the broker CA file is not PEM: {e}")),
+                Err(e) => return Err(CaError::NotPem(e)),
             }
         }
         if certs.is_empty() {
-            return Err(format!(
-                "the broker CA file ({ENV_BROKER_CA}) holds no certificate"
-            ));
+            return Err(CaError::NoCertificate);
         }
         tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
     }
@@ -129,7 +137,7 @@ pub(super) fn fetch_public_key(u: &BrokerUrl) -> Result<X25519Recipient> {
         reason,
     };
     let ca = ca_from_env()?;
-    let agent = agent(ca.as_deref()).map_err(unavailable)?;
+    let agent = agent(ca.as_deref()).map_err(|e| unavailable(e.to_string()))?;
     let mut attempt = 0;
     let (status, body) = loop {
         match agent

@@ -33,7 +33,7 @@ use crate::keys::{KeyRequest, KeySource, ModelKey};
 pub use access::{BrokerAccess, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN};
 pub use slot::{is_loopback, BrokerKek, BrokerRecipient, BrokerUrl};
 #[cfg(feature = "broker-client")]
-pub use tpm::{TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
+pub use tpm::{TpmError, TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
 
 /// The broker URLs of a file's `broker` slots, in file order (unparsable
 /// ones skipped: they name no broker a loader could ask).

@@ -47,7 +47,7 @@ impl BrokerAccess {
         if let Some(k) = self.cached(&u.url, &mk_id) {
             return Ok(k);
         }
-        let token = self.token_for(u).map_err(unavailable)?;
+        let token = self.token_for(u).map_err(|e| unavailable(e.to_string()))?;
         let machine_id = self
             .machine_id
             .clone()
@@ -65,7 +65,8 @@ impl BrokerAccess {
             "framework": ctx.framework,
             "framework_version": ctx.framework_version,
         });
-        let agent = agent(self.ca.as_deref().map(Vec::as_slice)).map_err(unavailable)?;
+        let agent =
+            agent(self.ca.as_deref().map(Vec::as_slice)).map_err(|e| unavailable(e.to_string()))?;
         let endpoint = format!("{}/release", u.url);
         let info = release_info(req.file_id, &mk_id);
         let mut attempt = 0;

@@ -9,6 +9,76 @@ use std::time::{Duration, Instant};
 use crate::crypto;
 use crate::keys::b64;
 
+/// Why a TPM quote could not be made. Each message says what to check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmError {
+    /// The attestation key is not a usable `tpm2_quote -c` argument.
+    #[error("SEALTENSORS_TPM_AK must be a key handle (0x81010002) or a context file")]
+    BadKey,
+    /// The PCR selection is not in tpm2-tools' syntax.
+    #[error("SEALTENSORS_TPM_PCRS must be a PCR selection such as sha256:0,7")]
+    BadPcrs,
+    /// The private temporary folder or a file in it could not be made.
+    #[error("cannot create the temporary file or folder {}: {source}", path.display())]
+    TempFile {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The random generator failed while naming the temporary folder.
+    #[error("the random generator failed: {0}")]
+    Random(String),
+    /// The program is not installed.
+    #[error("{} not found: install tpm2-tools (apt-get install tpm2-tools), or unset SEALTENSORS_TPM_AK", program.display())]
+    NotInstalled {
+        /// The program looked for.
+        program: PathBuf,
+    },
+    /// The program could not be started.
+    #[error("cannot run {}: {source}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The program ran too long and was killed.
+    #[error("tpm2_quote did not finish within {secs} s; check SEALTENSORS_TPM_TCTI")]
+    Timeout {
+        /// The limit, seconds.
+        secs: u64,
+    },
+    /// Waiting for the program failed.
+    #[error("waiting for tpm2_quote: {0}")]
+    Wait(std::io::Error),
+    /// The program failed; its last error line, shortened.
+    #[error("tpm2_quote failed ({status}): {last_line}; check SEALTENSORS_TPM_TCTI and SEALTENSORS_TPM_AK")]
+    Failed {
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// The last non-empty line it wrote to stderr (at most 300 characters).
+        last_line: String,
+    },
+    /// An output file is missing or unreadable.
+    #[error("tpm2_quote wrote no readable {}: {source}", path.display())]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An output file is larger than a quote can be.
+    #[error("{} is larger than {max} bytes", path.display())]
+    OutputTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max: u64,
+    },
+}
+
 /// The TPM attestation key the loader quotes with: a persistent handle
 /// (`0x81010002`) or a context file (docs/broker.md "Attestation"). Setting
 /// it makes every release request carry a TPM 2.0 quote.
@@ -85,13 +155,11 @@ impl TpmQuoter {
     /// `extraData`: `{"quote", "signature", "pcr_values"}` (base64url of
     /// TPMS_ATTEST, TPMT_SIGNATURE and the PCR values in the quote's
     /// selection order). Bounded: the tool is killed after 10 s.
-    pub fn quote(&self, qualifying: &[u8]) -> std::result::Result<serde_json::Value, String> {
+    pub fn quote(&self, qualifying: &[u8]) -> Result<serde_json::Value, TpmError> {
         let arg_ok =
             |a: &str| !a.is_empty() && !a.starts_with('-') && a.len() <= 4096 && !a.contains('\0');
         if !arg_ok(&self.ak) {
-            return Err(format!(
-                "{ENV_TPM_AK} must be a key handle or a context file"
-            ));
+            return Err(TpmError::BadKey);
         }
         if !self
             .pcrs
@@ -99,14 +167,15 @@ impl TpmQuoter {
             .all(|c| c.is_ascii_alphanumeric() || ",:+_".contains(c))
             || !arg_ok(&self.pcrs)
         {
-            return Err(format!(
-                "{ENV_TPM_PCRS} must be a PCR selection such as sha256:0,7"
-            ));
+            return Err(TpmError::BadPcrs);
         }
         let dir = QuoteDir::new()?;
         let file = |n: &str| dir.0.join(n);
-        let stderr = std::fs::File::create(file("stderr"))
-            .map_err(|e| format!("cannot create a temporary file: {e}"))?;
+        let stderr =
+            std::fs::File::create(file("stderr")).map_err(|source| TpmError::TempFile {
+                path: file("stderr"),
+                source,
+            })?;
         let qhex: String = qualifying.iter().map(|b| format!("{b:02x}")).collect();
         let mut cmd = std::process::Command::new(&self.program);
         if let Some(t) = &self.tcti {
@@ -131,14 +200,12 @@ impl TpmQuoter {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(stderr);
-        let mut child = cmd.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "{} not found: install tpm2-tools (apt-get install tpm2-tools), or unset {ENV_TPM_AK}",
-                    self.program.display()
-                )
+        let mut child = cmd.spawn().map_err(|source| {
+            let program = self.program.clone();
+            if source.kind() == std::io::ErrorKind::NotFound {
+                TpmError::NotInstalled { program }
             } else {
-                format!("cannot run {}: {e}", self.program.display())
+                TpmError::Spawn { program, source }
             }
         })?;
         let start = Instant::now();
@@ -151,15 +218,14 @@ impl TpmQuoter {
                 Ok(None) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!(
-                        "tpm2_quote did not finish within {} s; check {ENV_TPM_TCTI}",
-                        QUOTE_TIMEOUT.as_secs()
-                    ));
+                    return Err(TpmError::Timeout {
+                        secs: QUOTE_TIMEOUT.as_secs(),
+                    });
                 }
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("waiting for tpm2_quote: {e}"));
+                    return Err(TpmError::Wait(e));
                 }
             }
         };
@@ -173,9 +239,10 @@ impl TpmQuoter {
                 .chars()
                 .take(300)
                 .collect::<String>();
-            return Err(format!(
-                "tpm2_quote failed ({status}): {last}; check {ENV_TPM_TCTI} and {ENV_TPM_AK}"
-            ));
+            return Err(TpmError::Failed {
+                status,
+                last_line: last,
+            });
         }
         Ok(serde_json::json!({
             "quote": b64(&read_bounded(&file("quote"))?),
@@ -189,17 +256,17 @@ impl TpmQuoter {
 struct QuoteDir(PathBuf);
 
 impl QuoteDir {
-    fn new() -> std::result::Result<QuoteDir, String> {
-        let r: [u8; 12] =
-            crypto::random_array().map_err(|e| format!("random generator failed: {e}"))?;
+    fn new() -> Result<QuoteDir, TpmError> {
+        let r: [u8; 12] = crypto::random_array().map_err(|e| TpmError::Random(e.to_string()))?;
         let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let p = std::env::temp_dir().join(format!("sealtensors-quote-{name}"));
+        let path = std::env::temp_dir().join(format!("sealtensors-quote-{name}"));
         let mut b = std::fs::DirBuilder::new();
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-        b.create(&p)
-            .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
-        Ok(QuoteDir(p))
+        match b.create(&path) {
+            Ok(()) => Ok(QuoteDir(path)),
+            Err(source) => Err(TpmError::TempFile { path, source }),
+        }
     }
 }
 
@@ -209,18 +276,54 @@ impl Drop for QuoteDir {
     }
 }
 
-fn read_bounded(p: &Path) -> std::result::Result<Vec<u8>, String> {
-    let f =
-        std::fs::File::open(p).map_err(|e| format!("tpm2_quote wrote no {}: {e}", p.display()))?;
+/// A file `tpm2_quote` wrote, at most [`MAX_QUOTE_FILE`] bytes.
+fn read_bounded(p: &Path) -> Result<Vec<u8>, TpmError> {
+    let output = |source| TpmError::Output {
+        path: p.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(p).map_err(output)?;
     let mut v = Vec::new();
     f.take(MAX_QUOTE_FILE + 1)
         .read_to_end(&mut v)
-        .map_err(|e| format!("reading {}: {e}", p.display()))?;
+        .map_err(output)?;
     if v.len() as u64 > MAX_QUOTE_FILE {
-        return Err(format!(
-            "{} is larger than {MAX_QUOTE_FILE} bytes",
-            p.display()
-        ));
+        return Err(TpmError::OutputTooLarge {
+            path: p.to_path_buf(),
+            max: MAX_QUOTE_FILE,
+        });
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_arguments_and_a_missing_tool_are_typed_and_say_what_to_do() {
+        let q = TpmQuoter::new("-c evil");
+        assert!(matches!(q.quote(b"x"), Err(TpmError::BadKey)));
+        let q = TpmQuoter::new("0x81010002").with_pcrs("sha256:0;rm -rf");
+        assert!(matches!(q.quote(b"x"), Err(TpmError::BadPcrs)));
+        let q = TpmQuoter::new("0x81010002").with_program("/nonexistent/tpm2_quote");
+        let e = q.quote(b"x").unwrap_err();
+        assert!(matches!(e, TpmError::NotInstalled { .. }), "{e}");
+        assert!(e.to_string().contains("apt-get install tpm2-tools"), "{e}");
+    }
+
+    #[test]
+    fn oversized_or_missing_outputs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("quote");
+        std::fs::write(&big, vec![0u8; MAX_QUOTE_FILE as usize + 1]).unwrap();
+        assert!(matches!(
+            read_bounded(&big),
+            Err(TpmError::OutputTooLarge { .. })
+        ));
+        let none = dir.path().join("sig");
+        let e = read_bounded(&none).unwrap_err();
+        assert!(matches!(e, TpmError::Output { .. }), "{e}");
+        assert!(e.to_string().contains("sig"), "{e}");
+    }
 }
