@@ -3,7 +3,9 @@
 //! A random model key opens every tensor key of a model; it is wrapped once per
 //! recipient into a key slot. [`Recipient`]s make slots, [`Identity`]s open
 //! them; an identity answers `None` for a slot that is not its own, so a file
-//! with many slots is opened by trying each identity on each slot.
+//! with many slots is opened by trying each identity on each slot. When none
+//! opens the file, the loader asks its [`KeySource`]s (a key broker, in
+//! `broker/`) for the model key.
 
 mod broker;
 mod discover;
