@@ -272,6 +272,20 @@ pub enum Error {
     /// The system random generator or a primitive failed unexpectedly.
     #[error("cryptographic backend failure: {0}")]
     Crypto(&'static str),
+
+    // ---- added later (kept at the end to ease merging) ---------------------------------
+    /// A key broker is needed (to open a file only a broker can open, or to
+    /// fetch the public key of a broker sealed to) and this build has no
+    /// broker client: the core was built without its `broker-client` feature.
+    #[error("{task} needs the key broker at {broker}, but this build of sealtensors has no broker client (it was built without the `broker-client` feature); use a build with it, or {fix}")]
+    BrokerClientMissing {
+        /// The broker's host.
+        broker: String,
+        /// What needed it.
+        task: &'static str,
+        /// The way around it in this build.
+        fix: &'static str,
+    },
 }
 
 /// Coarse classes of errors, so that every front end (CLI exit codes, Python
@@ -323,7 +337,9 @@ impl Error {
             | Error::OutOfMemory { .. }
             | Error::Io { .. } => ErrorClass::InvalidInput,
             Error::PolicyDenied { .. } | Error::BrokerDenied { .. } => ErrorClass::PolicyDenied,
-            Error::BrokerUnavailable { .. } => ErrorClass::NoKey,
+            Error::BrokerUnavailable { .. } | Error::BrokerClientMissing { .. } => {
+                ErrorClass::NoKey
+            }
             Error::OutputExists(_) | Error::Output { .. } => ErrorClass::Output,
             Error::Config(_)
             | Error::Licence(_)

@@ -1115,10 +1115,10 @@ impl Template {
     /// (which Rego reads as the same value), never spliced in as text.
     pub fn render(self, p: &TemplateParams) -> Result<String> {
         let lit = |v: &Value| serde_json::to_string(v).map_err(|e| invalid(e.to_string()));
-        let list = |what: &str, flag: &str, v: &[String]| -> Result<String> {
+        let list = |what: &str, v: &[String]| -> Result<String> {
             if v.is_empty() {
                 return Err(Error::Config(format!(
-                    "the {} template needs at least one {what} ({flag})",
+                    "the {} template needs at least one {what}",
                     self.name()
                 )));
             }
@@ -1129,7 +1129,7 @@ impl Template {
         let text = match self {
             Template::Expiry => {
                 let na = p.not_after.as_deref().ok_or_else(|| {
-                    Error::Config("the expiry template needs --not-after DATE".into())
+                    Error::Config("the expiry template needs a not-after date".into())
                 })?;
                 let unix = parse_rfc3339(na).ok_or_else(|| {
                     Error::Config(format!(
@@ -1139,21 +1139,9 @@ impl Template {
                 let src = fill("not_after", &lit(&json!(rfc3339(unix)))?, src);
                 fill("not_after_unix", &unix.to_string(), src)
             }
-            Template::Machines => fill(
-                "machines",
-                &list("machine id", "--machine ID", &p.machines)?,
-                src,
-            ),
-            Template::Frameworks => fill(
-                "frameworks",
-                &list("framework", "--framework NAME", &p.frameworks)?,
-                src,
-            ),
-            Template::Tensors => fill(
-                "tensors",
-                &list("tensor pattern", "--tensor GLOB", &p.tensors)?,
-                src,
-            ),
+            Template::Machines => fill("machines", &list("machine id", &p.machines)?, src),
+            Template::Frameworks => fill("frameworks", &list("framework", &p.frameworks)?, src),
+            Template::Tensors => fill("tensors", &list("tensor pattern", &p.tensors)?, src),
         };
         // What ships must compile.
         Policy::compile(&text)?;

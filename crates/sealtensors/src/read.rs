@@ -14,7 +14,8 @@ use crate::crypto::{self, ChunkKey};
 use crate::error::{Error, Result};
 use crate::format::{read_header, Header, TensorInfo};
 use crate::keys::{
-    release_after_miss, unwrap_any, BrokerAccess, Identity, KeyConfig, ModelKey, VerifyingKey,
+    ask_sources, unwrap_any, BrokerAccess, Identity, KeyConfig, KeyRequest, KeySource, ModelKey,
+    VerifyingKey,
 };
 use crate::policy::{CompileError, Decision, Policy, PolicyContext};
 use crate::runtime::{now_unix, Progress};
@@ -287,9 +288,25 @@ impl SealedFile {
         if let (Some(mk_id), false) = (meta.mk_id, opts.locked) {
             let key = match &opts.model_key {
                 Some(k) if k.id()? == mk_id => k.clone(),
-                _ => unwrap_any(&meta.slots, &opts.identities, &mk_id).or_else(|e| {
-                    release_after_miss(e, opts.broker.as_ref(), &header, &meta, path, &opts.policy)
-                })?,
+                _ => match unwrap_any(&meta.slots, &opts.identities, &mk_id) {
+                    Ok(k) => k,
+                    // No local identity opens it: the configured key sources.
+                    Err(miss @ Error::NoMatchingKey { .. }) => {
+                        let sources: Vec<&dyn KeySource> =
+                            opts.broker.iter().map(|b| b as &dyn KeySource).collect();
+                        let req = KeyRequest {
+                            header: &header,
+                            file_id: &meta.file_id,
+                            mk_id: &mk_id,
+                            slots: &meta.slots,
+                            file_name: path.file_name().and_then(|n| n.to_str()),
+                            machine_id: crate::policy::host_info().machine_id.as_deref(),
+                            policy: &opts.policy,
+                        };
+                        ask_sources(miss, &sources, &req)?
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             check_header_mac(&key, &meta, &header)?;
             mk = Some(key);

@@ -90,6 +90,9 @@ pub(crate) fn rekey_opened(
                 )
             })?;
             for r in &opts.add {
+                // The explicit step that may fetch a broker's key (once:
+                // a model folder's shards share the recipient).
+                r.resolve()?;
                 slots.push(r.wrap(mk)?);
             }
         }

@@ -92,7 +92,9 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// Check the options and wrap a model key for every recipient.
+    /// Check the options and wrap a model key for every recipient, after
+    /// [`Recipient::resolve`] (which fetches the public key of a broker
+    /// named without one: the one network step of sealing).
     pub fn new(opts: SealOptions) -> Result<Sealer> {
         if !(seal::MIN_CHUNK_SIZE..=seal::MAX_CHUNK_SIZE).contains(&opts.chunk_size) {
             return Err(Error::Config(format!(
@@ -107,25 +109,25 @@ impl Sealer {
                 "at most {MAX_SLOTS} recipients per file"
             )));
         }
-        let globs = match &opts.encrypt {
-            None => None,
-            Some(pats) if pats.is_empty() => {
-                return Err(Error::Config(
-                    "an empty list of --encrypt patterns; omit it to encrypt every tensor".into(),
-                ))
-            }
-            Some(pats) => {
-                let mut b = GlobSetBuilder::new();
-                for p in pats {
-                    b.add(
-                        Glob::new(p)
-                            .map_err(|e| Error::Config(format!("bad pattern {p:?}: {e}")))?,
-                    );
+        let globs =
+            match &opts.encrypt {
+                None => None,
+                Some(pats) if pats.is_empty() => return Err(Error::Config(
+                    "an empty list of patterns to encrypt; omit the list to encrypt every tensor"
+                        .into(),
+                )),
+                Some(pats) => {
+                    let mut b = GlobSetBuilder::new();
+                    for p in pats {
+                        b.add(
+                            Glob::new(p)
+                                .map_err(|e| Error::Config(format!("bad pattern {p:?}: {e}")))?,
+                        );
+                    }
+                    let set = b.build().map_err(|e| Error::Config(e.to_string()))?;
+                    Some((set, pats.clone()))
                 }
-                let set = b.build().map_err(|e| Error::Config(e.to_string()))?;
-                Some((set, pats.clone()))
-            }
-        };
+            };
         let (mode, mk, mk_id, slots) = if opts.recipients.is_empty() {
             if opts.signing_key.is_none() {
                 return Err(Error::Config(
@@ -146,7 +148,11 @@ impl Sealer {
             let slots = opts
                 .recipients
                 .iter()
-                .map(|r| r.wrap(&mk))
+                .map(|r| {
+                    // The explicit step that may fetch a broker's key.
+                    r.resolve()?;
+                    r.wrap(&mk)
+                })
                 .collect::<Result<Vec<_>>>()?;
             let passphrases = slots
                 .iter()

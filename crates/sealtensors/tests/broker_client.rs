@@ -2,6 +2,7 @@
 //! misbehaves on purpose: answers for another key, for another request,
 //! oversized, redirected, transiently failing, refusing. The real broker is
 //! tested in crates/sealtensors-broker.
+#![cfg(feature = "broker-client")]
 
 mod common;
 

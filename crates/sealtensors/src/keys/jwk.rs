@@ -209,12 +209,15 @@ pub fn load_identity(path: &Path) -> Result<Box<dyn Identity>> {
 /// A recipient: an `x25519:` string, a key broker URL (`https://HOST/keys/KID`
 /// or `broker:URL[#x25519:PK]`), or a path to a JWK file holding an X25519
 /// public key (or identity) or a symmetric key.
+///
+/// Never touches the network: a broker named without its key is fetched
+/// from when sealing calls [`Recipient::resolve`].
 pub fn load_recipient(spec: &str) -> Result<Box<dyn Recipient>> {
     if spec.starts_with("x25519:") {
         return Ok(Box::new(spec.parse::<X25519Recipient>()?));
     }
-    // SPEC §6.6: a key broker, by URL (its public key fetched from it) or
-    // `broker:URL#x25519:PK`.
+    // SPEC §6.6: a key broker, by URL (its public key fetched when sealing)
+    // or `broker:URL#x25519:PK`.
     if spec.starts_with("broker:") || spec.starts_with("https://") || spec.starts_with("http://") {
         return Ok(Box::new(spec.parse::<super::BrokerRecipient>()?));
     }

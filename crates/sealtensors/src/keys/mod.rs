@@ -3,10 +3,11 @@
 //! A random model key opens every tensor key of a model; it is wrapped once per
 //! recipient into a key slot. [`Recipient`]s make slots, [`Identity`]s open
 //! them; an identity answers `None` for a slot that is not its own, so a file
-//! with many slots is opened by trying each identity on each slot.
+//! with many slots is opened by trying each identity on each slot. When none
+//! opens the file, the loader asks its [`KeySource`]s (a key broker, in
+//! `broker/`) for the model key.
 
 mod broker;
-mod broker_client;
 mod discover;
 mod jwk;
 mod passphrase;
@@ -14,13 +15,13 @@ mod signing;
 mod symmetric;
 mod x25519;
 
-pub use broker::{is_loopback, BrokerKek, BrokerRecipient, BrokerUrl};
-pub(crate) use broker_client::release_after_miss;
-pub use broker_client::{
-    attestation_nonce, release_info, BrokerAccess, ReleaseAnswer, ReleaseRequest, TpmQuoter,
-    DEFAULT_TPM_PCRS, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN, ENV_TPM_AK, ENV_TPM_PCRS,
-    ENV_TPM_TCTI,
+pub use broker::{
+    attestation_nonce, is_loopback, release_info, BrokerAccess, BrokerKek, BrokerRecipient,
+    BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer, ReleaseRequest, ENV_BROKERS,
+    ENV_BROKER_CA, ENV_BROKER_TOKEN,
 };
+#[cfg(feature = "broker-client")]
+pub use broker::{TpmError, TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
 pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};
@@ -34,6 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Result};
+use crate::format::Header;
+use crate::policy::PolicyContext;
 
 /// The most key slots in one file (SPEC §9).
 pub const MAX_SLOTS: usize = 64;
@@ -192,6 +195,14 @@ impl Slot {
 
 /// Something a model key can be wrapped to.
 pub trait Recipient: Send + Sync {
+    /// Fetch, once, what wrapping needs from elsewhere (a key broker's public
+    /// key, SPEC §6.6); a no-op for recipients that hold everything already
+    /// (the default). Parsing a recipient never touches the network: this is
+    /// the explicit step that may, and sealing and rekeying call it before
+    /// [`wrap`](Self::wrap).
+    fn resolve(&self) -> Result<()> {
+        Ok(())
+    }
     /// Wrap the model key into a new slot.
     fn wrap(&self, key: &ModelKey) -> Result<Slot>;
     /// Whether `slot` was made for this recipient (for removal on rekey).
@@ -244,4 +255,56 @@ pub(crate) fn unwrap_any(
         given: identities.len(),
         slots,
     })
+}
+
+/// What a [`KeySource`] is told about the file whose model key it is asked
+/// for: the header as read and the parts of it a release needs, and what the
+/// loader tells the file's policy.
+#[non_exhaustive]
+pub struct KeyRequest<'a> {
+    /// The file's header.
+    pub header: &'a Header,
+    /// The file's random id (SPEC §3.2).
+    pub file_id: &'a [u8; 32],
+    /// The id the model key must have (SPEC §4.1).
+    pub mk_id: &'a [u8; 16],
+    /// The file's key slots, in file order.
+    pub slots: &'a [Slot],
+    /// The file's name, for the policy input (SPEC §3.6 `file.name`).
+    pub file_name: Option<&'a str>,
+    /// This machine's id (`/etc/machine-id`), when it has one.
+    pub machine_id: Option<&'a str>,
+    /// What the loader tells the file's policy: runtime, framework, the
+    /// tensors requested.
+    pub policy: &'a PolicyContext,
+}
+
+/// Where a loader asks for a model key once none of its identities opens a
+/// file: a key broker (SPEC §6.6) today; hardware and cloud KMS later.
+pub trait KeySource: Send + Sync {
+    /// `None`: nothing here for this file (no slot of this source's kind that
+    /// its configuration allows). `Some(Ok)`: the model key. `Some(Err)`:
+    /// the file is this source's, and it failed or refused.
+    fn model_key(&self, req: &KeyRequest<'_>) -> Option<Result<ModelKey>>;
+}
+
+/// After `miss` (no identity opened the file): ask each source in order; the
+/// first key wins, else the first source's error, else the miss, explained
+/// when a broker could have opened the file.
+pub(crate) fn ask_sources(
+    miss: Error,
+    sources: &[&dyn KeySource],
+    req: &KeyRequest<'_>,
+) -> Result<ModelKey> {
+    let mut first_err = None;
+    for s in sources {
+        match s.model_key(req) {
+            None => {}
+            Some(Ok(k)) => return Ok(k),
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| broker::explain_miss(miss, req.slots)))
 }

@@ -2,17 +2,23 @@
 //! long-term X25519 key-encryption key, like an `x25519` slot, plus the URL
 //! and key id under which the broker serves it. Sealing needs only the
 //! broker's public key; only the broker ([`BrokerKek`]) opens the slot, and it
-//! releases the model key to clients over HPKE (see `broker_client`).
+//! releases the model key to clients over HPKE (see `release`).
+//!
+//! A [`BrokerRecipient`] parsed from text names the broker (its URL and key
+//! id) and never touches the network; its public key is given in the text
+//! (`#x25519:...`) or fetched by the explicit [`BrokerRecipient::resolve`],
+//! which sealing and rekeying call through [`Recipient::resolve`].
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 
-use super::{b64, slot_aad, unb64, unb64_array, Identity, ModelKey, Recipient, Slot};
-use super::{X25519Identity, X25519Recipient};
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Result};
+use crate::keys::{b64, slot_aad, unb64, unb64_array, Identity, ModelKey, Recipient, Slot};
+use crate::keys::{X25519Identity, X25519Recipient};
 
 /// The slot type.
 pub const SLOT_TYPE: &str = "broker";
@@ -150,11 +156,12 @@ fn slot_kek(
     )
 }
 
-/// A broker as a recipient: its key URL and its KEK's public key.
+/// A broker as a recipient: its key URL and its KEK's public key, given or
+/// fetched once by [`BrokerRecipient::resolve`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerRecipient {
     url: BrokerUrl,
-    pk: X25519Recipient,
+    pk: OnceLock<X25519Recipient>,
 }
 
 impl BrokerRecipient {
@@ -162,16 +169,47 @@ impl BrokerRecipient {
     pub fn new(url: &str, pk: X25519Recipient) -> Result<Self> {
         Ok(BrokerRecipient {
             url: BrokerUrl::parse(url)?,
-            pk,
+            pk: OnceLock::from(pk),
         })
     }
 
-    /// Ask the broker at `url` for its public key (SPEC §6.6, `GET url`).
-    /// The publisher named this broker itself, so no host list applies.
+    /// The broker at a key URL whose public key is not known yet: no I/O;
+    /// [`resolve`](Self::resolve) fetches the key before it can wrap.
+    pub fn named(url: &str) -> Result<Self> {
+        Ok(BrokerRecipient {
+            url: BrokerUrl::parse(url)?,
+            pk: OnceLock::new(),
+        })
+    }
+
+    /// Ask the broker at `url` for its public key (SPEC §6.6, `GET url`):
+    /// [`named`](Self::named), then [`resolve`](Self::resolve).
     pub fn fetch(url: &str) -> Result<Self> {
-        let u = BrokerUrl::parse(url)?;
-        let pk = super::broker_client::fetch_public_key(&u)?;
-        Ok(BrokerRecipient { url: u, pk })
+        let r = BrokerRecipient::named(url)?;
+        r.resolve()?;
+        Ok(r)
+    }
+
+    /// The broker's public key: the one given, else fetched from the broker
+    /// (`GET url`, SPEC §6.6) the first time and kept. The publisher named
+    /// this broker itself, so no host list applies. The only step of a broker
+    /// recipient that uses the network.
+    pub fn resolve(&self) -> Result<X25519Recipient> {
+        if let Some(pk) = self.pk.get() {
+            return Ok(*pk);
+        }
+        #[cfg(feature = "broker-client")]
+        {
+            let pk = super::http::fetch_public_key(&self.url)?;
+            // Two threads may fetch at once; the first answer stays.
+            Ok(*self.pk.get_or_init(|| pk))
+        }
+        #[cfg(not(feature = "broker-client"))]
+        Err(Error::BrokerClientMissing {
+            broker: self.url.authority(),
+            task: "sealing to this broker",
+            fix: "give its public key as broker:URL#x25519:...",
+        })
     }
 
     /// The key URL.
@@ -182,28 +220,32 @@ impl BrokerRecipient {
     pub fn kid(&self) -> &str {
         &self.url.kid
     }
-    /// The broker's public key.
-    pub fn public_key(&self) -> X25519Recipient {
-        self.pk
+    /// The broker's public key, when given or already fetched.
+    pub fn public_key(&self) -> Option<X25519Recipient> {
+        self.pk.get().copied()
     }
 }
 
-/// `broker:URL`, `URL`, either with `#x25519:PK` to give the key instead of
-/// fetching it.
+/// `broker:URL`, `URL`, either with `#x25519:PK` to give the key; without
+/// it the key is fetched by [`BrokerRecipient::resolve`]. Parsing never
+/// touches the network.
 impl FromStr for BrokerRecipient {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let s = s.strip_prefix("broker:").unwrap_or(s);
         match s.split_once('#') {
             Some((url, pk)) => BrokerRecipient::new(url, pk.parse()?),
-            None => BrokerRecipient::fetch(s),
+            None => BrokerRecipient::named(s),
         }
     }
 }
 
 impl fmt::Display for BrokerRecipient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "broker:{}#{}", self.url.url, self.pk)
+        match self.pk.get() {
+            Some(pk) => write!(f, "broker:{}#{pk}", self.url.url),
+            None => write!(f, "broker:{}", self.url.url),
+        }
     }
 }
 
@@ -214,9 +256,18 @@ impl fmt::Debug for BrokerRecipient {
 }
 
 impl Recipient for BrokerRecipient {
+    fn resolve(&self) -> Result<()> {
+        BrokerRecipient::resolve(self).map(|_| ())
+    }
     fn wrap(&self, key: &ModelKey) -> Result<Slot> {
-        let (esk, epk) = super::x25519::ephemeral()?;
-        let pk = self.pk.as_bytes();
+        let Some(pk) = self.pk.get() else {
+            return Err(Error::ApiMisuse(format!(
+                "the public key of broker {} is not known yet: call resolve() (it fetches the key) before wrap, or give the key as URL#x25519:...",
+                self.url.url
+            )));
+        };
+        let (esk, epk) = crate::keys::x25519::ephemeral()?;
+        let pk = pk.as_bytes();
         let kek = slot_kek(&esk, pk, &epk, pk, &self.url.url)?;
         let ct = crypto::wrap_key(&kek, &slot_aad(SLOT_TYPE, &key.id()?), key.secret())?;
         Ok(Slot::Broker {
