@@ -59,12 +59,14 @@ system-deps:
 # The broker's fault test (crates/sealtensors-broker/tests/fault.rs) SIGKILLs the
 # release `sealtensors serve` binary, so it is built first. The broker's PostgreSQL
 # tests run when SEALTENSORS_TEST_POSTGRES_URL is set (they say so when skipped);
-# `make test` starts a throwaway cluster for them. Then the CLI's small build
-# (--no-default-features: no key broker server, `serve` and `broker` absent) is
-# built and tested on its own, last, as it relinks target/debug/sealtensors.
+# `make test` starts a throwaway cluster for them. Then the minimal feature sets:
+# the core without its broker client, and the CLI's small build
+# (--no-default-features: no key broker server or client, `serve` and `broker`
+# absent), the CLI last, as it relinks target/debug/sealtensors.
 rust-test: system-deps
 	cargo build --release -p sealtensors-cli
 	cargo test --workspace
+	cargo test -p sealtensors --no-default-features
 	cargo test -p sealtensors-cli --no-default-features
 
 py-test: py-build
@@ -90,7 +92,7 @@ test-suites: rust-test py-test vllm-test
 lint: $(STAMP)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p sealtensors-cli --all-targets --no-default-features -- -D warnings
+	cargo clippy -p sealtensors -p sealtensors-cli --all-targets --no-default-features -- -D warnings
 	$(VENV)/bin/ruff check python scripts
 	$(VENV)/bin/ruff format --check python scripts
 

@@ -20,6 +20,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// Modules are private unless a face needs them. Three low-level ones stay
+// public, each for a named face, and applications need none of them:
+// - `crypto`: the broker server hashes tokens, compares them in constant time
+//   and draws ids with it; the attack tests, test vectors, fuzz targets and
+//   micro-benchmarks forge or time headers with the real key schedule.
+// - `seal`: the seal metadata types; the broker server reads a released
+//   file's slots and policy, the CLI prints a file's protection, tests and
+//   fuzz targets build hostile metadata.
+// - `hpke`: the broker server seals a released model key to the client with
+//   it (SPEC §6.6), and its tests open the answer.
 mod atomic;
 pub mod crypto;
 mod error;
