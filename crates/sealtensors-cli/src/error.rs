@@ -44,7 +44,10 @@ impl CliError {
         }
     }
     pub fn exit(&self) -> ExitCode {
-        eprintln!("error: {}", self.message);
+        // Messages quote the file (slot descriptions, broker hosts, policy
+        // errors): escaped line by line, so a hostile file cannot send
+        // escape sequences to the terminal while a two-line message stays two.
+        eprintln!("error: {}", crate::show::shown_lines(&self.message));
         ExitCode::from(self.code)
     }
 }

@@ -448,7 +448,7 @@ fn policy_test(a: cli::PolicyTest) -> Result<()> {
     if a.print_input {
         println!(
             "input: {}",
-            serde_json::to_string_pretty(&input).unwrap_or_default()
+            show::shown_lines(&serde_json::to_string_pretty(&input).unwrap_or_default())
         );
     }
     match p.evaluate(&input)? {

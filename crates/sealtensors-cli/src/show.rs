@@ -27,6 +27,12 @@ pub fn shown(text: &str) -> String {
     sealtensors::printable(text, usize::MAX)
 }
 
+/// Untrusted text of several lines: each line escaped as [`shown`], the
+/// line breaks kept.
+pub fn shown_lines(text: &str) -> String {
+    text.split('\n').map(shown).collect::<Vec<_>>().join("\n")
+}
+
 /// A value in its JSON form, escaped as [`shown`] text (serde escapes C0
 /// controls, not C1 controls or bidirectional overrides).
 fn shown_json<T: Serialize + ?Sized>(v: &T) -> String {
@@ -126,6 +132,9 @@ fn file_verification(r: &FileVerification) -> String {
     };
     format!(
         "{status}: {} ({}{signer}; {} tensors, {} encrypted{unchecked}{policy})",
-        r.file, r.authenticity, r.tensors, r.encrypted_tensors
+        shown(&r.file),
+        r.authenticity,
+        r.tensors,
+        r.encrypted_tensors
     )
 }

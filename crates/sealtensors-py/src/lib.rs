@@ -507,6 +507,14 @@ fn keygen(path: PathBuf, kind: &str, kid: Option<String>, overwrite: bool) -> Py
     Ok(public)
 }
 
+/// Drop, and wipe, every model key a key broker released to this process.
+/// Released keys are kept for the lifetime the broker gave, so that the shards
+/// of one model cost one release; after this, the next open asks again.
+#[pyfunction]
+fn forget_released_keys() {
+    sealtensors::keys::forget_released_keys();
+}
+
 /// Rego text of a licence template: "expiry" (not_after), "machines",
 /// "frameworks" or "tensors"; parameters are written as JSON literals.
 #[pyfunction]
@@ -544,6 +552,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(policy_template, m)?)?;
+    m.add_function(wrap_pyfunction!(forget_released_keys, m)?)?;
     m.add("SealtensorsError", py.get_type::<SealtensorsError>())?;
     m.add("InvalidFileError", py.get_type::<InvalidFileError>())?;
     m.add("NotAuthenticError", py.get_type::<NotAuthenticError>())?;

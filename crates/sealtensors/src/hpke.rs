@@ -12,17 +12,19 @@
 //! same mode, same `enc` and ciphertext bytes.
 //!
 //! Secrets: the recipient's secret lives in rustls's `HpkePrivateKey`, which
-//! wipes its bytes on drop; the derived key schedule (shared secret, AEAD key)
-//! is wiped by rustls on drop; a plaintext returned by [`HpkeSecretKey::open`]
-//! is in a [`Zeroizing`] buffer. Copies escape us on both sides, inside
-//! rustls: its open decrypts into a scratch `Vec` of its own, copies the
-//! plaintext out and frees the scratch buffer without wiping it; its seal
-//! copies the plaintext into an exact-size `Vec` and appends room for the tag
-//! before encrypting (aws-lc-rs `seal_in_place_append_tag`), so the growth
-//! reallocates and frees the plaintext copy unwiped. Each release therefore
-//! leaves one copy of the model key in freed heap memory on the client and
-//! on the broker. The FFI wrapper wrote straight into our buffers and left
-//! none; this is the price of no `unsafe`, until rustls wipes its buffers.
+//! wipes its bytes on drop; the AEAD key and the KEM shared secret are wiped
+//! by rustls on drop; a plaintext returned by [`HpkeSecretKey::open`] is in a
+//! [`Zeroizing`] buffer. Copies escape us on both sides, inside rustls
+//! 0.23: its key schedule builds the labeled HKDF input (which holds the raw
+//! X25519 output) and the extracted PRKs in plain `Vec`s that are freed
+//! unwiped; its open decrypts into a scratch `Vec` and frees it unwiped; its
+//! seal copies the plaintext into a `Vec` that grows for the tag before
+//! encrypting (aws-lc-rs `seal_in_place_append_tag`), freeing that copy
+//! unwiped. So each release leaves, in freed heap memory of the client and
+//! of the broker, the model key and material from which the release's AEAD
+//! key can be rebuilt. The FFI wrapper kept all of it inside aws-lc, which
+//! wipes; this is the price of no `unsafe`, until rustls wipes its buffers.
+//! docs/threat-model.md ("Key hygiene") states the consequence.
 //!
 //! Test vectors (RFC 9180 A.2, this suite, mode base). The earlier FFI wrapper
 //! also checked the sender against the RFC with aws-lc's seeded sender, and

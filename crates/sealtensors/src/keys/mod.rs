@@ -16,9 +16,9 @@ mod symmetric;
 mod x25519;
 
 pub use broker::{
-    attestation_nonce, is_loopback, release_info, BrokerAccess, BrokerKek, BrokerRecipient,
-    BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer, ReleaseRequest, ENV_BROKERS,
-    ENV_BROKER_CA, ENV_BROKER_TOKEN,
+    attestation_nonce, forget_released_keys, is_loopback, release_info, BrokerAccess, BrokerKek,
+    BrokerRecipient, BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer, ReleaseRequest,
+    ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN,
 };
 #[cfg(feature = "broker-client")]
 pub use broker::{TpmError, TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
@@ -34,7 +34,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Secret32};
-use crate::error::{Error, Result};
+use crate::error::{printable, Error, Result};
 use crate::format::Header;
 use crate::policy::PolicyContext;
 
@@ -162,11 +162,15 @@ impl Slot {
     /// A short description for error messages: kind and id.
     pub fn describe(&self) -> String {
         match self {
-            Slot::X25519 { rid, .. } => format!("x25519 {rid}"),
-            Slot::Oct { kid, .. } => format!("symmetric key {kid:?}"),
+            // The strings come from the file: escaped, as every message that
+            // quotes a file is (they reach terminals and logs).
+            Slot::X25519 { rid, .. } => format!("x25519 {}", printable(rid, 256)),
+            Slot::Oct { kid, .. } => format!("symmetric key \"{}\"", printable(kid, 256)),
             Slot::Argon2id { .. } => "passphrase".to_string(),
-            Slot::Broker { url, .. } => format!("broker {url}"),
-            Slot::Unknown { kind, .. } => format!("{kind} (unsupported by this version)"),
+            Slot::Broker { url, .. } => format!("broker {}", printable(url, 256)),
+            Slot::Unknown { kind, .. } => {
+                format!("{} (unsupported by this version)", printable(kind, 256))
+            }
         }
     }
 
@@ -300,7 +304,21 @@ pub(crate) fn ask_sources(
     for s in sources {
         match s.model_key(req) {
             None => {}
-            Some(Ok(k)) => return Ok(k),
+            // A source's key is used only if it is this file's model key
+            // (SPEC §6: a reader checks mk_id and discards any other), so a
+            // wrong key is a key error, not a "modified header" at the MAC,
+            // and the next source is still asked.
+            Some(Ok(k)) => match k.id() {
+                Ok(id) if id == *req.mk_id => return Ok(k),
+                Ok(_) => {
+                    first_err.get_or_insert(Error::InvalidKey(
+                        "a key source gave a key that is not this file's model key".into(),
+                    ));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            },
             Some(Err(e)) => {
                 first_err.get_or_insert(e);
             }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use zeroize::Zeroizing;
 
@@ -25,8 +25,59 @@ pub const ENV_BROKER_TOKEN: &str = "SEALTENSORS_BROKER_TOKEN";
 /// (a private broker CA).
 pub const ENV_BROKER_CA: &str = "SEALTENSORS_BROKER_CA";
 
+/// Released model keys, by broker URL, model key id and the credentials
+/// that released them (a digest of the licence token and machine id), each
+/// until the end of the lifetime its broker gave (SPEC §6.6).
+/// A key is boxed, so that the map moves pointers, never key bytes, when it
+/// grows (a moved key would stay behind, unwiped, in the freed table).
 #[cfg_attr(not(feature = "broker-client"), allow(dead_code))]
-type Cache = HashMap<(String, [u8; 16]), (ModelKey, Instant)>;
+type Cache = HashMap<(String, [u8; 16], [u8; 32]), (Box<ModelKey>, Deadline)>;
+
+/// The end of a released key's lifetime on both clocks: the monotonic one
+/// (immune to clock changes) and the wall clock (which, unlike the monotonic
+/// clock, runs while the machine is suspended). A key is used only while both
+/// say it is alive.
+#[derive(Clone, Copy)]
+pub(super) struct Deadline {
+    mono: Instant,
+    wall: SystemTime,
+}
+
+impl Deadline {
+    /// `secs` from now.
+    #[cfg_attr(not(feature = "broker-client"), allow(dead_code))]
+    pub(super) fn after(secs: u64) -> Deadline {
+        let d = Duration::from_secs(secs);
+        Deadline {
+            mono: Instant::now() + d,
+            wall: SystemTime::now() + d,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        Instant::now() < self.mono && SystemTime::now() < self.wall
+    }
+}
+
+/// Drop (and so wipe) every key released to this process (SPEC §6.6): a
+/// loader that is done with its models, or has learnt that a licence was
+/// revoked, calls it so that the next open asks the broker again. Expired
+/// keys are dropped by every use of the cache anyway.
+pub fn forget_released_keys() {
+    if let Ok(mut c) = process_cache().lock() {
+        c.clear();
+    }
+}
+
+/// The one cache of the process, shared by every [`BrokerAccess`]. The
+/// reader is the process: a model's shards opened one at a time (as
+/// transformers and vLLM do, each open with its own key configuration) cost
+/// one release per model, not one per open, within the broker's lifetime. A
+/// loader with other credentials (another token or machine id) asks again.
+fn process_cache() -> Arc<Mutex<Cache>> {
+    static CACHE: std::sync::OnceLock<Arc<Mutex<Cache>>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Arc::default).clone()
+}
 
 /// An allowed-host or token entry, parsed: a host (an IPv6 address in its
 /// canonical form) and a port, or any port.
@@ -228,9 +279,9 @@ fn read_token_file(p: &Path) -> Result<Option<Zeroizing<String>>> {
 }
 
 /// A loader's permission to use key brokers: the hosts it allows and the
-/// licence tokens it sends them, each to its own host. Cloning shares the key
-/// cache.
-#[derive(Clone, Default)]
+/// licence tokens it sends them, each to its own host. Every one shares the
+/// process's cache of released keys.
+#[derive(Clone)]
 pub struct BrokerAccess {
     /// Allowed hosts as parsed; `allowed_entries` counts every entry given,
     /// unparsable ones included (they allow nothing).
@@ -275,6 +326,13 @@ impl std::fmt::Debug for BrokerAccess {
     }
 }
 
+impl Default for BrokerAccess {
+    /// Allows no host (and shares the process's cache, as every one does).
+    fn default() -> Self {
+        Self::with_token_text(std::iter::empty::<&str>(), None)
+    }
+}
+
 impl BrokerAccess {
     /// Allow these hosts (`HOST` for its scheme's default port only, 443 for
     /// `https` and 80 for `http`, or `HOST:PORT`), with licence tokens:
@@ -303,7 +361,7 @@ impl BrokerAccess {
             ca: None,
             #[cfg(feature = "broker-client")]
             tpm: None,
-            cache: Arc::default(),
+            cache: process_cache(),
         }
     }
 
@@ -429,16 +487,31 @@ impl BrokerAccess {
     }
 
     #[cfg_attr(not(feature = "broker-client"), allow(dead_code))]
-    pub(super) fn cached(&self, url: &str, mk_id: &[u8; 16]) -> Option<ModelKey> {
+    pub(super) fn cached(&self, url: &str, mk_id: &[u8; 16], who: &[u8; 32]) -> Option<ModelKey> {
         let mut c = self.cache.lock().ok()?;
-        let k = (url.to_string(), *mk_id);
-        match c.get(&k) {
-            Some((mk, until)) if Instant::now() < *until => Some(mk.clone()),
-            Some(_) => {
-                c.remove(&k);
-                None
-            }
-            None => None,
+        // Every expired key is dropped (and so wiped) at each use of the
+        // cache, not only the one asked for.
+        c.retain(|_, (_, until)| until.alive());
+        c.get(&(url.to_string(), *mk_id, *who))
+            .map(|(mk, _)| ModelKey::clone(mk))
+    }
+
+    /// Keep a released key until `until`.
+    #[cfg_attr(not(feature = "broker-client"), allow(dead_code))]
+    pub(super) fn keep(
+        &self,
+        url: &str,
+        mk_id: &[u8; 16],
+        who: &[u8; 32],
+        mk: &ModelKey,
+        until: Deadline,
+    ) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.retain(|_, (_, d)| d.alive());
+            c.insert(
+                (url.to_string(), *mk_id, *who),
+                (Box::new(mk.clone()), until),
+            );
         }
     }
 }

@@ -26,11 +26,13 @@ mod slot;
 mod tpm;
 mod wire;
 
-use crate::error::Error;
+use crate::error::{printable, Error};
 use crate::keys::Slot;
 #[cfg(not(feature = "broker-client"))]
 use crate::keys::{KeyRequest, KeySource, ModelKey};
-pub use access::{BrokerAccess, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN};
+pub use access::{
+    forget_released_keys, BrokerAccess, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN,
+};
 pub use slot::{is_loopback, BrokerKek, BrokerRecipient, BrokerUrl};
 #[cfg(feature = "broker-client")]
 pub use tpm::{TpmError, TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
@@ -54,17 +56,17 @@ pub(crate) fn explain_miss(miss: Error, slots: &[Slot]) -> Error {
     };
     if cfg!(not(feature = "broker-client")) {
         return Error::BrokerClientMissing {
-            broker: first.authority(),
+            broker: printable(&first.authority(), 256),
             task: "opening this file",
             fix: "give an identity that opens it",
         };
     }
     let hosts: Vec<String> = urls
         .iter()
-        .map(|u| access::HostEntry::for_url(u).to_string())
+        .map(|u| printable(&access::HostEntry::for_url(u).to_string(), 256))
         .collect();
     Error::BrokerUnavailable {
-        broker: first.authority(),
+        broker: printable(&first.authority(), 256),
         reason: format!(
             "no local identity opens the file and this loader's configuration allows none of its brokers ({}); add it to {ENV_BROKERS} (HOST:PORT for a port other than the scheme's default) and set {ENV_BROKER_TOKEN} if you trust it, or give an identity that opens the file",
             hosts.join(", ")

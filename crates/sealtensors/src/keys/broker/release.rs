@@ -6,9 +6,9 @@
 //! ephemeral key, checked against the file's model key id and kept in memory
 //! no longer than the broker allows.
 
-use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
-use super::access::{BrokerAccess, HostEntry};
+use super::access::{BrokerAccess, Deadline, HostEntry};
 use super::http::{agent, post, shown, transient, Fail, BACKOFF, RETRIES};
 use super::slot::BrokerUrl;
 use super::wire::{attestation_nonce, release_info, ErrorAnswer, ReleaseAnswer, ReleaseRequest};
@@ -36,9 +36,6 @@ impl BrokerAccess {
             )));
         }
         let mk_id = *req.mk_id;
-        if let Some(k) = self.cached(&u.url, &mk_id) {
-            return Ok(k);
-        }
         let token = self.token_for(u).map_err(|e| unavailable(e.to_string()))?;
         let machine_id = self
             .machine_id
@@ -49,6 +46,19 @@ impl BrokerAccess {
                     "this machine has no /etc/machine-id to identify it to the broker".into(),
                 )
             })?;
+        // The credentials a cached key was released to: only the same ones
+        // may use it again.
+        let who = {
+            let mut c = Zeroizing::new(Vec::new());
+            for part in [token.as_bytes(), machine_id.as_bytes()] {
+                c.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                c.extend_from_slice(part);
+            }
+            crypto::sha256(&c)
+        };
+        if let Some(k) = self.cached(&u.url, &mk_id, &who) {
+            return Ok(k);
+        }
         let mut hdr = Vec::new();
         hdr.extend_from_slice(&req.header.to_bytes());
         let process = serde_json::json!({
@@ -113,12 +123,7 @@ impl BrokerAccess {
                     }
                     let ttl = a.ttl.min(MAX_TTL);
                     if ttl > 0 {
-                        if let Ok(mut c) = self.cache.lock() {
-                            c.insert(
-                                (u.url.clone(), mk_id),
-                                (mk.clone(), Instant::now() + Duration::from_secs(ttl)),
-                            );
-                        }
+                        self.keep(&u.url, &mk_id, &who, &mk, Deadline::after(ttl));
                     }
                     return Ok(mk);
                 }
