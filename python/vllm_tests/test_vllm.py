@@ -256,3 +256,81 @@ def test_vllm_serve_load_format_sealtensors(models: dict, plain_text: str, tmp_p
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+def _lora_adapter(model: Path, out: Path) -> Path:
+    """A PEFT-format LoRA adapter for SmolLM2 (q_proj and v_proj of every
+    layer, rank 8), with random weights large enough to change greedy text."""
+    import safetensors.torch
+
+    cfg = json.loads((model / "config.json").read_text())
+    hidden, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
+    outs = {"q_proj": hidden, "v_proj": cfg["num_key_value_heads"] * head_dim}
+    rank = 8
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i in range(layers):
+        for name, n_out in outs.items():
+            prefix = f"base_model.model.model.layers.{i}.self_attn.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, hidden, generator=g) * 0.1
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(n_out, rank, generator=g) * 0.1
+    out.mkdir(parents=True)
+    safetensors.torch.save_file(tensors, out / "adapter_model.safetensors")
+    (out / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": rank,
+                "lora_alpha": 16,
+                "lora_dropout": 0.0,
+                "target_modules": sorted(outs),
+                "bias": "none",
+                "fan_in_fan_out": False,
+                "modules_to_save": None,
+                "use_rslora": False,
+                "use_dora": False,
+                "base_model_name_or_path": str(model),
+            }
+        )
+    )
+    return out
+
+
+def test_sealed_lora_adapter_through_vllm(models: dict, tmp_path: Path) -> None:
+    """vLLM `--enable-lora` with a `LoRARequest` pointing at a sealed adapter
+    folder (SEALTENSORS_AUTO=1: vLLM reads adapters with safetensors.safe_open)
+    gives the plain adapter's greedy text, and the adapter changes the text."""
+    plain = _lora_adapter(models["plain"], tmp_path / "adapter")
+    sealed = tmp_path / "adapter-sealed"
+    keys = Path(models["env"]["SEALTENSORS_IDENTITY"]).parent
+    recipient = sealtensors.keygen(keys / "lora-deployer.jwk")
+    sealtensors.seal(plain, sealed, [recipient], keys / "publisher.jwk")
+    # One engine serves the base model, the plain adapter and the sealed one.
+    # No signer is pinned here (a pinned signer refuses plain files, and the
+    # base model and the plain adapter are plain); trust rules for adapters
+    # are the models' and are tested through PEFT (python/tests/test_peft.py).
+    env = {
+        **BASE_ENV,
+        "SEALTENSORS_AUTO": "1",
+        "SEALTENSORS_IDENTITY": str(keys / "lora-deployer.jwk"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "generate_lora.py"),
+            str(models["plain"]),
+            str(plain),
+            str(sealed),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("TEXTS=")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    base, with_plain, with_sealed = json.loads(lines[-1][len("TEXTS=") :])
+    assert with_plain != base, "the adapter does not change the text: the test would be vacuous"
+    assert with_sealed == with_plain
