@@ -285,6 +285,130 @@ def do_slice(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- frameworks: what a user feels (transformers from_pretrained, PEFT adapters) ------------
+
+
+def llama_config(m: dict[str, Any]) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=m["vocab_size"],
+        hidden_size=m["hidden_size"],
+        intermediate_size=m["intermediate_size"],
+        num_hidden_layers=m["num_hidden_layers"],
+        num_attention_heads=m["num_attention_heads"],
+        num_key_value_heads=m["num_key_value_heads"],
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+
+
+def do_make_llama(task: dict[str, Any]) -> dict[str, Any]:
+    """A random-weight Llama in bf16, saved by transformers in shards."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config(task["model"])).to(torch.bfloat16)
+    model.save_pretrained(task["out"], max_shard_size=task["model"]["max_shard_size"])
+    n = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"seconds": 0.0, "bytes": n}
+
+
+def logits_checksum(model: Any) -> float:
+    import torch
+
+    ids = torch.arange(16).reshape(2, 8)
+    with torch.no_grad():
+        return float(model(input_ids=ids).logits.float().sum())
+
+
+def enable_auto(task: dict[str, Any]) -> None:
+    """The documented switch, keys from the environment, as a user would."""
+    os.environ["SEALTENSORS_IDENTITY"] = task["keys"]["identity"]
+    os.environ["SEALTENSORS_TRUST"] = task["keys"]["signer"]
+    import sealtensors.auto
+
+    sealtensors.auto.enable()
+
+
+def do_hf_load(task: dict[str, Any]) -> dict[str, Any]:
+    """transformers `from_pretrained` of a folder (plain, or sealed after
+    `import sealtensors.auto`); the logits of a fixed input, for the check."""
+    import torch
+    import transformers  # noqa: F401 (imported before the clock starts)
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if task["system"] == "sealed":
+        enable_auto(task)
+    before = maxrss_kib()
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(task["path"], dtype=torch.bfloat16)
+    secs = time.perf_counter() - t0
+    after = maxrss_kib()
+    return {
+        "seconds": secs,
+        "checksum": logits_checksum(model),
+        "rss_before_kib": before,
+        "maxrss_kib": after,
+    }
+
+
+def lora_base(m: dict[str, Any]) -> Any:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(llama_config(m)).eval()
+
+
+def do_make_lora(task: dict[str, Any]) -> dict[str, Any]:
+    """A LoRA adapter with non-zero weights on every projection of every layer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    m = task["model"]
+    torch.manual_seed(1)
+    cfg = LoraConfig(
+        r=m["rank"],
+        lora_alpha=2 * m["rank"],
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        + ["gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    peft_model = get_peft_model(lora_base(m), cfg)
+    peft_model.save_pretrained(task["out"])
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(task["out"], "adapter_model.safetensors"), "pt") as f:
+        n = len(f.keys())
+    return {"seconds": 0.0, "tensors": n}
+
+
+def do_peft_load(task: dict[str, Any]) -> dict[str, Any]:
+    """`PeftModel.from_pretrained(base, adapter)`: the base is built before
+    the clock starts; the adapter is plain, or sealed after `sealtensors.auto`."""
+    import peft  # noqa: F401 (imported before the clock starts)
+    import torch
+    from peft import PeftModel
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    base = lora_base(task["model"])
+    if task["system"] == "sealed":
+        enable_auto(task)
+    before = maxrss_kib()
+    t0 = time.perf_counter()
+    model = PeftModel.from_pretrained(base, task["path"]).eval()
+    secs = time.perf_counter() - t0
+    return {
+        "seconds": secs,
+        "checksum": logits_checksum(model),
+        "rss_before_kib": before,
+        "maxrss_kib": maxrss_kib(),
+    }
+
+
 TASKS = {
     "save": do_save,
     "make-sharded": do_make_sharded,
@@ -292,6 +416,10 @@ TASKS = {
     "ct-seal-shards": do_ct_seal_shards,
     "load": do_load,
     "slice": do_slice,
+    "make-llama": do_make_llama,
+    "hf-load": do_hf_load,
+    "make-lora": do_make_lora,
+    "peft-load": do_peft_load,
 }
 
 

@@ -9,7 +9,11 @@ Workloads (full size; --quick scales each down, see WORKLOADS):
   model.safetensors.index.json: sealed by the CLI (`sealtensors seal`, one
   model key) and by the Python `sealtensors.seal`, with their peak RSS;
   cryptotensors sealed shard by shard with its defaults; warm loads of every
-  shard into one dict.
+  shard into one dict;
+- frameworks: transformers `from_pretrained` of a 1.2 GB bf16 Llama in 2
+  shards and PEFT `PeftModel.from_pretrained` of a LoRA adapter of about
+  1,000 tensors, plain against sealed (after `import sealtensors.auto`),
+  logits checked equal.
 
 Every measurement runs in its own subprocess (bench/child.py, the CLI, or the
 floor), after one warm-up round, rounds interleaved across systems, medians
@@ -68,6 +72,38 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "cols": 4096,
         "quick_shards": 4,
         "quick_rows": 2048,
+    },
+}
+
+# Where users feel a load (issue 11's workloads): transformers `from_pretrained`
+# of a random-weight Llama in bf16, 1.2 GB in 2 shards (quick: about 90 MB in 2
+# shards), and PEFT `PeftModel.from_pretrained` of a LoRA adapter of about 1,000
+# small tensors (every projection of 72 layers), plain against sealed.
+FRAMEWORKS: dict[str, dict[str, Any]] = {
+    "transformers": {
+        "vocab_size": 32000,
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 10,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "max_shard_size": "700MB",
+        "quick_hidden_size": 512,
+        "quick_intermediate_size": 1376,
+        "quick_num_hidden_layers": 4,
+        "quick_num_attention_heads": 8,
+        "quick_num_key_value_heads": 4,
+        "quick_max_shard_size": "50MB",
+    },
+    "peft": {
+        "vocab_size": 128,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 72,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "rank": 16,
+        "quick_num_hidden_layers": 24,
     },
 }
 
@@ -498,6 +534,46 @@ class Suite:
             "load": load,
         }
 
+    def frameworks(self) -> dict[str, Any]:
+        """transformers and PEFT loads, plain against sealed, in the same rounds
+        (each load in a fresh process, files warm in the page cache)."""
+        out: dict[str, Any] = {}
+        d = self.work / "frameworks"
+        d.mkdir(exist_ok=True)
+        for name, kind, make in (
+            ("transformers", "hf-load", "make-llama"),
+            ("peft", "peft-load", "make-lora"),
+        ):
+            w = FRAMEWORKS[name]
+            m = {k: v for k, v in w.items() if not k.startswith("quick_")}
+            if self.quick:
+                m.update({k[len("quick_") :]: v for k, v in w.items() if k.startswith("quick_")})
+            plain, sealed = d / f"{name}-plain", d / f"{name}-sealed"
+            made = child({"kind": make, "model": m, "out": str(plain)})
+            m.update({k: v for k, v in made.items() if k != "seconds"})
+            argv = [str(self.cli), "-q", "seal", "-r", self.keys["recipient"]]
+            argv += ["--sign-key", self.keys["sign_key"], "-o", str(sealed), str(plain)]
+            subprocess.run(argv, check=True)
+            folder = {"plain": plain, "sealed": sealed}
+            log(f"workload {name}: {m}")
+
+            def task(
+                s: str, kind: str = kind, m: dict[str, Any] = m, folder: dict[str, Path] = folder
+            ) -> dict[str, Any]:
+                cache.warm([str(p) for p in folder[s].glob("*.safetensors")])
+                t = {"kind": kind, "system": s, "path": str(folder[s]), "model": m}
+                return child({**t, "keys": self.keys})
+
+            res = rounds(["plain", "sealed"], task, self.reps, self.warmup, f"{name} load")
+            if res["plain"]["checksum"] != res["sealed"]["checksum"]:
+                log(f"WARNING: {name}: sealed logits differ from plain: {res}")
+            res["sealed"]["checksum_ok"] = res["plain"]["checksum"] == res["sealed"]["checksum"]
+            out[name] = {"model": m, "load": res}
+            if not self.args.keep:
+                shutil.rmtree(plain)
+                shutil.rmtree(sealed)
+        return out
+
     def micro(self) -> dict[str, Any]:
         """criterion micro-benchmarks (bench/micro); their estimates, read back."""
         env = dict(os.environ, CARGO_TARGET_DIR=str(TARGET_DIR))
@@ -567,8 +643,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None, help="rows per tensor (testing only)")
     ap.add_argument(
         "--only",
-        default="large,small,sharded,micro",
-        help="comma-separated workloads to run (large,small,sharded,micro); testing only",
+        default="large,small,sharded,frameworks,micro",
+        help="comma-separated workloads to run (large,small,sharded,frameworks,micro)",
     )
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache loads")
     ap.add_argument("--no-micro", action="store_true", help="skip the criterion benchmarks")
@@ -581,7 +657,8 @@ def main() -> None:
     only = set(args.only.split(","))
     if args.no_micro:
         only.discard("micro")
-    partial = only != {"large", "small", "sharded", "micro"} or args.rows or args.no_cold
+    partial = only != {"large", "small", "sharded", "frameworks", "micro"}
+    partial = partial or args.rows or args.no_cold
     if args.reps is not None and args.reps < 3:
         raise SystemExit("--reps must be at least 3")
     work = Path(args.workdir)
@@ -592,6 +669,7 @@ def main() -> None:
     log(f"mode {mode}, workloads {sorted(only)}, files in {work}")
     workloads: dict[str, Any] = {}
     micro: dict[str, Any] | None = None
+    frameworks: dict[str, Any] | None = None
     error: str | None = None
     try:
         suite = Suite(args, work)
@@ -605,6 +683,7 @@ def main() -> None:
             workloads["small"] = suite.small()
         if "sharded" in only:
             workloads["sharded"] = suite.sharded()
+        frameworks = suite.frameworks() if "frameworks" in only else None
         micro = suite.micro() if "micro" in only else None
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"[-4000:]
@@ -615,8 +694,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         # A failed run still keeps the workloads it finished (never rendered).
-        if error is None or workloads:
-            write_result(args, mode, bool(partial), started, workloads, micro, error)
+        if error is None or workloads or frameworks:
+            write_result(args, mode, bool(partial), started, workloads, micro, error, frameworks)
 
 
 def write_result(
@@ -627,6 +706,7 @@ def write_result(
     workloads: dict[str, Any],
     micro: dict[str, Any] | None,
     error: str | None,
+    frameworks: dict[str, Any] | None = None,
 ) -> None:
     date = datetime.date.today().isoformat()
     # One file per run, never overwriting an earlier run's.
@@ -651,6 +731,7 @@ def write_result(
             "drop_caches_writable": cache.drop_caches_writable(),
         },
         "workloads": workloads,
+        "frameworks": frameworks,
         "micro": micro,
         "loadavg": {
             "start": LOADAVG[0] if LOADAVG else None,
