@@ -13,8 +13,9 @@ STAMP := $(VENV)/.installed
 # make bench [ARGS=--quick]: the benchmark suite (bench/run.py, see docs/benchmarks.md):
 # 1 GiB in 8 tensors (torch and numpy, warm and cold page cache, slices), 1 GiB in 2000
 # tensors, a 4 GiB sharded folder (CLI and Python seal: time, peak RSS), each against
-# safetensors, cryptotensors 0.2.3 and a raw aws-lc-rs floor (bench/floor), then the
-# criterion micro-benchmarks (bench/micro). Writes bench/results/<date>-<HHMM>-<mode>.json,
+# safetensors, cryptotensors 0.2.3 and a raw aws-lc-rs floor (bench/floor); transformers
+# from_pretrained of a 1.2 GB Llama and PEFT from_pretrained of a 1,008-tensor LoRA
+# adapter, plain against sealed; then the criterion micro-benchmarks (bench/micro). Writes bench/results/<date>-<HHMM>-<mode>.json,
 # docs/benchmarks.md and docs/img/*.png. Full run: 30-40 minutes here (its 1 GiB
 # workload alone took 15 on the busy shared machine), about 22 GiB free in /tmp;
 # ARGS=--quick scales every workload down (7-8 minutes here, builds included).
