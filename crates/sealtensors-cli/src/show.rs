@@ -69,8 +69,14 @@ pub fn inspection(j: &Inspection) {
                 s.cipher.as_deref().map_or_else(|| "none".into(), shown),
                 s.chunk_size
             );
+            // The library's report is face-neutral; the CLI says how to check.
+            let how = if s.signature == sealtensors::report::SIGNATURE_NOT_VERIFIED {
+                " (check it with `sealtensors verify`)"
+            } else {
+                ""
+            };
             println!(
-                "signer:      {} [{}]",
+                "signer:      {} [{}{how}]",
                 s.signer.as_deref().map_or_else(|| "none".into(), shown),
                 shown(&s.signature)
             );

@@ -23,7 +23,7 @@ use crate::seal::{self, Mode, ModelInfo, Protection};
 
 /// The `signature` of an inspection whose file is signed: inspection checks
 /// no signature.
-pub const SIGNATURE_NOT_VERIFIED: &str = "present, not verified (use `sealtensors verify`)";
+pub const SIGNATURE_NOT_VERIFIED: &str = "present, not verified";
 
 /// What one file says about itself (`sealtensors inspect`); needs no key
 /// and checks nothing beyond the header's syntax.
