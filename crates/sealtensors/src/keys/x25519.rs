@@ -29,14 +29,17 @@ fn rid(pk: &[u8; 32]) -> String {
     d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn wrapping_key(shared: &[u8], epk: &[u8; 32], pk: &[u8; 32]) -> Result<Secret32> {
-    let mut salt = [0u8; 64];
-    salt[..32].copy_from_slice(epk);
-    salt[32..].copy_from_slice(pk);
-    crypto::hkdf32(shared, &salt, &[b"sealtensors/1 x25519 slot"])
-}
-
-fn agree(sk: &PrivateKey, peer: &[u8; 32], epk: &[u8; 32], pk: &[u8; 32]) -> Result<Secret32> {
+/// The key-encryption key of an ECDH slot (SPEC §6.1, §6.6): X25519 of `sk`
+/// and `peer` (an all-zero shared secret refused), then
+/// `HKDF(Z, salt = epk || pk, info)`. The x25519 and broker slots differ only
+/// in `info`.
+pub(crate) fn ecdh_kek(
+    sk: &PrivateKey,
+    peer: &[u8; 32],
+    epk: &[u8; 32],
+    pk: &[u8; 32],
+    info: &[&[u8]],
+) -> Result<Secret32> {
     agreement::agree(
         sk,
         UnparsedPublicKey::new(&X25519, peer),
@@ -45,9 +48,17 @@ fn agree(sk: &PrivateKey, peer: &[u8; 32], epk: &[u8; 32], pk: &[u8; 32]) -> Res
             if crypto::ct_eq(shared, &[0u8; 32]) {
                 return Err(Error::Crypto("X25519 shared secret is zero"));
             }
-            wrapping_key(shared, epk, pk)
+            let mut salt = [0u8; 64];
+            salt[..32].copy_from_slice(epk);
+            salt[32..].copy_from_slice(pk);
+            crypto::hkdf32(shared, &salt, info)
         },
     )
+}
+
+/// `KEK = HKDF(Z, epk || pk, "sealtensors/1 x25519 slot")`.
+fn agree(sk: &PrivateKey, peer: &[u8; 32], epk: &[u8; 32], pk: &[u8; 32]) -> Result<Secret32> {
+    ecdh_kek(sk, peer, epk, pk, &[b"sealtensors/1 x25519 slot"])
 }
 
 impl X25519Identity {

@@ -13,10 +13,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
+use aws_lc_rs::agreement::{PrivateKey, X25519};
 
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Result};
+use crate::keys::x25519::ecdh_kek;
 use crate::keys::{b64, slot_aad, unb64, unb64_array, Identity, ModelKey, Recipient, Slot};
 use crate::keys::{X25519Identity, X25519Recipient};
 
@@ -136,23 +137,12 @@ fn slot_kek(
     pk: &[u8; 32],
     url: &str,
 ) -> Result<Secret32> {
-    agreement::agree(
+    ecdh_kek(
         sk,
-        UnparsedPublicKey::new(&X25519, peer),
-        Error::Crypto("X25519 agreement failed (low-order public key?)"),
-        |shared| {
-            if crypto::ct_eq(shared, &[0u8; 32]) {
-                return Err(Error::Crypto("X25519 shared secret is zero"));
-            }
-            let mut salt = [0u8; 64];
-            salt[..32].copy_from_slice(epk);
-            salt[32..].copy_from_slice(pk);
-            crypto::hkdf32(
-                shared,
-                &salt,
-                &[b"sealtensors/1 broker slot\0", url.as_bytes()],
-            )
-        },
+        peer,
+        epk,
+        pk,
+        &[b"sealtensors/1 broker slot\0", url.as_bytes()],
     )
 }
 
