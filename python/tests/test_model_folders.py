@@ -16,28 +16,13 @@ from pathlib import Path
 import pytest
 import sealtensors
 import sealtensors.hf
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from conftest import _target_dir, tiny_llama  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "sealtensors"
-
-
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
+CLI = _target_dir() / "release" / "sealtensors"
 
 
 @pytest.fixture()
@@ -49,7 +34,7 @@ def sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     signer = sealtensors.keygen(tmp_path / "publisher.jwk", "ed25519")
     monkeypatch.setenv("SEALTENSORS_IDENTITY", str(ident))
     monkeypatch.setenv("SEALTENSORS_TRUST", signer)
-    model = _tiny_llama()
+    model = tiny_llama(3)
     out = {}
     for name in ("a", "b"):
         sealtensors.hf.save_pretrained(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sealtensors
@@ -15,22 +16,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import tiny_llama  # noqa: E402
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 
-def _base() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
+def _base() -> Any:
+    return tiny_llama(4)
 
 
 @pytest.fixture()

@@ -14,13 +14,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import (  # noqa: E402
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from conftest import tiny_llama  # noqa: E402
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 
 @pytest.fixture()
@@ -37,24 +32,10 @@ def auto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     auto.disable()
 
 
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
 def test_tiny_llama_logits_identical(
     auto: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = _tiny_llama()
+    model = tiny_llama(2)
     plain, sealed = tmp_path / "plain", tmp_path / "sealed"
     model.save_pretrained(plain)
     sealtensors.hf.save_pretrained(
@@ -101,7 +82,7 @@ def test_minilm_embeddings_identical(auto: dict, tmp_path: Path) -> None:
 def test_untrusted_signer_is_refused_inside_from_pretrained(
     auto: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = _tiny_llama()
+    model = tiny_llama(2)
     sealed = tmp_path / "sealed"
     other = tmp_path / "other.jwk"
     sealtensors.keygen(other, "ed25519")
