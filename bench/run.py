@@ -375,13 +375,16 @@ class Suite:
 
     # -- workloads -------------------------------------------------------------------------
 
-    def model_of(self, name: str) -> dict[str, Any]:
-        w = WORKLOADS[name]
+    def sized(self, w: dict[str, Any]) -> dict[str, Any]:
+        """A workload's sizes: its full ones, or with --quick its `quick_` ones
+        in their place."""
         m = {k: v for k, v in w.items() if not k.startswith("quick_")}
         if self.quick:
-            for k, v in w.items():
-                if k.startswith("quick_"):
-                    m[k[len("quick_") :]] = v
+            m.update({k[len("quick_") :]: v for k, v in w.items() if k.startswith("quick_")})
+        return m
+
+    def model_of(self, name: str) -> dict[str, Any]:
+        m = self.sized(WORKLOADS[name])
         if self.args.rows:
             m["rows"] = self.args.rows
         m.update(dtype="F32", seed=1234)
@@ -544,10 +547,7 @@ class Suite:
             ("transformers", "hf-load", "make-llama"),
             ("peft", "peft-load", "make-lora"),
         ):
-            w = FRAMEWORKS[name]
-            m = {k: v for k, v in w.items() if not k.startswith("quick_")}
-            if self.quick:
-                m.update({k[len("quick_") :]: v for k, v in w.items() if k.startswith("quick_")})
+            m = self.sized(FRAMEWORKS[name])
             plain, sealed = d / f"{name}-plain", d / f"{name}-sealed"
             made = child({"kind": make, "model": m, "out": str(plain)})
             m.update({k: v for k, v in made.items() if k != "seconds"})
