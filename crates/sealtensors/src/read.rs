@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::atomic::AtomicFile;
 use crate::crypto::{self, ChunkKey};
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::format::{read_header, Header, TensorInfo};
 use crate::keys::{
@@ -575,42 +577,47 @@ impl SealedFile {
         })
     }
 
-    /// Check every chunk's tag or digest, with bounded memory.
-    pub fn verify_data(&self) -> Result<()> {
-        let mut buf = Vec::new();
-        for t in &self.header.tensors {
-            self.for_each_block(t, &mut buf, |_| Ok(()))?;
+    /// A second handle on the same open file (the engine's reader thread
+    /// needs one it can own): the descriptor is duplicated, the verified
+    /// state copied; nothing is read or checked again.
+    pub fn try_clone(&self) -> Result<SealedFile> {
+        Ok(SealedFile {
+            path: self.path.clone(),
+            file: self
+                .file
+                .try_clone()
+                .map_err(|e| Error::io("duplicating the file handle", e).in_file(&self.path))?,
+            header: self.header.clone(),
+            by_name: self.by_name.clone(),
+            meta: self.meta.clone(),
+            mk: self.mk.clone(),
+            auth: self.auth.clone(),
+            decision: self.decision.clone(),
+            progress: self.progress.clone(),
+        })
+    }
+
+    /// Every piece of the file in data order, in blocks of [`STREAM_BLOCK`],
+    /// through the engine with a pool of [`STREAM_POOL`] bytes: `f` sees each
+    /// block once it is authenticated, while the next ones are read and
+    /// decrypted on the other cores.
+    fn for_each_block(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let files = vec![Arc::new(self.try_clone()?)];
+        let pieces = engine::blocks(&files, 0, STREAM_BLOCK)?;
+        let stream = engine::Stream::start(files, pieces, engine::VecAlloc, Some(STREAM_POOL))?;
+        for item in stream {
+            let item = item?;
+            f(item.bytes())?;
+            if let Some(p) = &self.progress {
+                p(item.piece().len() as u64);
+            }
         }
         Ok(())
     }
 
-    fn for_each_block(
-        &self,
-        t: &TensorInfo,
-        buf: &mut Vec<u8>,
-        mut f: impl FnMut(&[u8]) -> Result<()>,
-    ) -> Result<()> {
-        let cs = self.meta.as_ref().map_or(1 << 20, |m| m.chunk_size());
-        let block = if cs >= (16 << 20) {
-            cs
-        } else {
-            (16 << 20) - (16 << 20) % cs
-        };
-        if t.is_empty() {
-            return self.read_range_into(&t.name, 0, 0, &mut []);
-        }
-        let mut at = 0;
-        while at < t.len() {
-            let n = (t.len() - at).min(block);
-            buf.resize(n, 0);
-            self.read_range_into(&t.name, at, at + n, &mut buf[..n])?;
-            f(&buf[..n])?;
-            if let Some(p) = &self.progress {
-                p(n as u64);
-            }
-            at += n;
-        }
-        Ok(())
+    /// Check every chunk's tag or digest, with bounded memory.
+    pub fn verify_data(&self) -> Result<()> {
+        self.for_each_block(|_| Ok(()))
     }
 
     /// Write the plain safetensors file this was sealed from (SPEC §2.3),
@@ -626,17 +633,19 @@ impl SealedFile {
         let io = |e| Error::output("writing", e).in_file(output);
         out.file().write_all_at(&head, 0).map_err(io)?;
         let mut pos = head.len() as u64;
-        let mut buf = Vec::new();
-        for t in &self.header.tensors {
-            self.for_each_block(t, &mut buf, |b| {
-                out.file().write_all_at(b, pos).map_err(io)?;
-                pos += b.len() as u64;
-                Ok(())
-            })?;
-        }
+        self.for_each_block(|b| {
+            out.file().write_all_at(b, pos).map_err(io)?;
+            pos += b.len() as u64;
+            Ok(())
+        })?;
         out.commit(overwrite).map_err(|e| e.in_file(output))
     }
 }
+
+/// The block `verify` and `unseal` stream (a whole number of chunks).
+const STREAM_BLOCK: usize = 16 << 20;
+/// Their pool: four blocks, so that two are decrypted while one is written.
+const STREAM_POOL: usize = 4 * STREAM_BLOCK;
 
 /// How one tensor's chunks are checked (SPEC §5, §3.2).
 enum Check<'a> {
