@@ -114,9 +114,11 @@ fn ranges_and_blocks_read_what_read_range_reads() {
 
 /// Slabs whose bytes the test can still see after the engine let them go.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>);
+struct Seen(Arc<Mutex<Vec<Shared>>>);
 
-struct SeenSlab(Arc<Mutex<Vec<u8>>>);
+type Shared = Arc<Mutex<Vec<u8>>>;
+
+struct SeenSlab(Shared);
 
 impl Slab for SeenSlab {
     fn capacity(&self) -> usize {
