@@ -72,7 +72,7 @@ rust-test: system-deps
 
 py-test: py-build
 	cargo build --release -p sealtensors-cli
-	$(PY) -m pytest python/tests -q
+	$(PY) -m pytest python/tests -q -rs
 
 # make test: every suite, with a throwaway PostgreSQL cluster (scripts/pg-test-server.sh:
 # a free loopback port, SEALTENSORS_TEST_POSTGRES_URL and _REQUIRED exported, stopped

@@ -5,7 +5,7 @@ compiled module, so the stubs cannot drift silently.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,25 @@ class File:
     def read(self, name: str) -> npt.NDArray[np.uint8]: ...
     def read_range(self, name: str, start: int, end: int) -> npt.NDArray[np.uint8]: ...
     def read_many(self, names: list[str]) -> list[npt.NDArray[np.uint8]]: ...
+    def stream(
+        self,
+        names: Sequence[str] | None = None,
+        pool_bytes: int | None = None,
+        alloc: Callable[[int], npt.NDArray[np.uint8]] | None = None,
+    ) -> TensorStream: ...
+
+class TensorStream:
+    def __iter__(self) -> Iterator[tuple[str, npt.NDArray[np.uint8]]]: ...
+    def __next__(self) -> tuple[str, npt.NDArray[np.uint8]]: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+def stream_files(
+    files: Sequence[File],
+    pieces: Sequence[tuple[int, str]],
+    pool_bytes: int | None = None,
+    alloc: Callable[[int], npt.NDArray[np.uint8]] | None = None,
+) -> TensorStream: ...
 
 class Writer:
     def __init__(

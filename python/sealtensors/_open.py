@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import safetensors
 
 from sealtensors import _convert
-from sealtensors._native import File
+from sealtensors._native import File, stream_files
 
 # The real safetensors entry points that read a file's bytes, kept before
 # `sealtensors.auto` replaces them (`_safe_open_handle` is in safetensors 0.6+).
@@ -191,6 +192,33 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
             return self._plain.get_slice(name)
         return _Slice(self, name)
 
+    def iter_tensors(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        pool_bytes: int | None = None,
+        pin_memory: bool | None = None,
+    ) -> Iterator[tuple[str, Any]]:
+        """Yield (name, tensor) for every tensor (or those named, in that order)
+        through the loading engine, for consumers that copy each tensor into
+        memory of their own (vLLM's weight loaders, a model's parameters).
+
+        Tensors are read ahead and decrypted on all cores into buffers from a
+        bounded pool (`pool_bytes`; default three times the largest tensor, at
+        least 8 MiB per core), and a buffer is reused once nothing references
+        its tensor any more; a tensor you keep stays valid (its buffer leaves
+        the pool). Buffers are zeroed before reuse and when the pool lets them
+        go. With a CUDA `device`, decryption goes into page-locked buffers that
+        are copied to the device on a side stream while the next tensor
+        decrypts; `pin_memory=True` asks for page-locked buffers on the CPU
+        too (for a consumer that uploads them itself). Plain files yield what
+        safetensors' `get_tensor` gives.
+        """
+        names = self.offset_keys() if names is None else list(names)
+        yield from stream_tensors(
+            [self], [(0, n) for n in names], pool_bytes=pool_bytes, pin_memory=pin_memory
+        )
+
     def get_tensors(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """Every tensor (or those named), in file order; a sealed file's are
         decrypted in one parallel pass over all their chunks."""
@@ -203,3 +231,104 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
             k: _convert.to_framework(raw, dtype, shape, self._framework, self._device)
             for k, raw, (dtype, shape, _, _) in zip(names, raws, infos)
         }
+
+
+def stream_tensors(
+    files: Sequence[safe_open],
+    pieces: Sequence[tuple[int, str]],
+    *,
+    pool_bytes: int | None = None,
+    pin_memory: bool | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """`safe_open.iter_tensors` over several opened files (the shards of a
+    model) with one engine and one pool, so buffers are reused across shards:
+    `pieces` are (index into `files`, tensor name) in the order wanted. The
+    framework and device are the first file's. Plain files are read the way
+    safetensors reads them."""
+    if not files:
+        return
+    if any(f._plain is not None for f in files):
+        for i, name in pieces:
+            f = files[i]
+            if f._plain is not None:
+                yield name, f._plain.get_tensor(name)
+            else:
+                yield name, f._full(name)
+        return
+    first = files[0]
+    cuda = first._framework == "pt" and _is_cuda(first._device)
+    pinned = cuda or bool(pin_memory)
+    alloc = _pinned_alloc if pinned else None
+    stream = stream_files([f._file for f in files], list(pieces), pool_bytes, alloc)
+    info = {id(f._file): f._file.info for f in files}
+    owner = [f._file for f in files]
+    order = iter(pieces)
+
+    def info_of(name: str) -> tuple[str, list[int], int, bool]:
+        i, expected = next(order)
+        if expected != name:  # the engine hands pieces out in the order asked for
+            raise RuntimeError(f"the engine gave {name!r} where {expected!r} was due")
+        return info[id(owner[i])](name)
+
+    try:
+        if cuda:
+            yield from _uploaded(stream, info_of, first._device)
+            return
+        for name, raw in stream:
+            dtype, shape, _, _ = info_of(name)
+            t = _convert.to_framework(raw, dtype, shape, first._framework, "cpu")
+            del raw  # only the consumer's reference keeps the buffer now
+            yield name, t
+            del t
+    finally:
+        stream.close()
+
+
+def _is_cuda(device: Any) -> bool:
+    return str(device).startswith("cuda")
+
+
+def _pinned_alloc(n: int) -> Any:
+    """A page-locked uint8 buffer of n bytes as a NumPy array (the engine's pool
+    fills it; the array keeps the torch storage alive); pageable where there
+    is no CUDA, so the same code path runs on every machine."""
+    import numpy as np
+    import torch
+
+    if not torch.cuda.is_available():
+        return np.zeros(n, dtype=np.uint8)
+    return torch.empty(n, dtype=torch.uint8, pin_memory=True).numpy()
+
+
+def _uploaded(
+    stream: Any, info: Callable[[str], tuple[str, list[int], int, bool]], device: Any
+) -> Iterator[tuple[str, Any]]:
+    """Copy each decrypted page-locked buffer to `device` on a side stream
+    while the engine decrypts the next; a buffer goes back to the pool only
+    after its copy finished (its event), never while the copy may read it."""
+    import torch
+
+    dev = torch.device(device)
+    side = torch.cuda.Stream(device=dev)
+    pending: deque[tuple[Any, Any]] = deque()  # (event, staging tensor)
+    try:
+        for name, raw in stream:
+            dtype, shape, _, _ = info(name)
+            host = _convert.to_framework(raw, dtype, shape, "pt", "cpu")
+            del raw
+            with torch.cuda.stream(side):
+                out = host.to(dev, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(side)
+            pending.append((done, host))
+            del host
+            while pending and pending[0][0].query():
+                pending.popleft()
+            current = torch.cuda.current_stream(dev)
+            current.wait_event(done)
+            out.record_stream(current)  # allocated on `side`, used on `current`
+            yield name, out
+            del out
+    finally:
+        side.synchronize()
+        pending.clear()

@@ -8,10 +8,13 @@ vLLM process (the API server, the engine core, each worker) registers it:
 
 The loader is vLLM's default loader with one change: weights are read through
 `sealtensors.safe_open`, which verifies and decrypts sealed files and hands
-plain ones to the real safetensors. Tensors are read one at a time as the
-model consumes them, so a worker holds at most one decrypted tensor beyond
-its own weights; with expert parallelism, experts of other ranks are skipped
-before they are read or decrypted. Under tensor or pipeline parallelism
+plain ones to the real safetensors. Tensors go through the loading engine
+(`sealtensors.engine` in the core, SPEC §8.6): read ahead and decrypted on all
+cores into a bounded pool of buffers, each reused once vLLM's weight loader
+has copied it into its parameter, so a worker holds at most the pool (two
+of the largest tensor by default) beyond its own weights; on a CUDA worker
+the buffers are page-locked. With expert parallelism, experts of other ranks
+are skipped before they are read or decrypted. Under tensor or pipeline parallelism
 (or with ``"lazy": true`` in --model-loader-extra-config) the loader hands
 vLLM lazy tensors (`sealtensors._lazy.LazyTensor`): a weight loader's
 ``narrow`` along the first dimension decrypts only the rows of its rank's
@@ -51,26 +54,54 @@ _loader_cls: type | None = None
 def _tensors(
     files: list[str], options: dict[str, Any], local_expert_ids: set[int] | None, lazy: bool
 ) -> Generator[tuple[str, Any], None, None]:
-    """Yield (name, tensor) lazily, one decrypted tensor at a time; with
-    `lazy`, tensors that decrypt only what the weight loader uses."""
+    """Yield (name, tensor): through the loading engine (read ahead, recycled
+    buffers); with `lazy`, tensors that decrypt only what the weight loader
+    uses."""
     from vllm.model_executor.model_loader.ep_weight_filter import should_skip_weight
 
     from sealtensors._lazy import LazyTensor
-    from sealtensors._open import safe_open
+    from sealtensors._open import safe_open, stream_tensors
 
     caller = _caller()
+    if not lazy:
+        # One engine over every shard: read ahead and decrypted on all cores
+        # into a bounded pool of buffers, each reused once vLLM's weight
+        # loader has copied it into its parameter.
+        handles = [safe_open(p, framework="pt", _caller=caller, **options) for p in files]
+        try:
+            pieces = [
+                (i, name)
+                for i, h in enumerate(handles)
+                for name in h.offset_keys()
+                if not should_skip_weight(name, local_expert_ids)
+            ]
+            yield from stream_tensors(handles, pieces, pin_memory=_cuda_worker())
+        finally:
+            for h in handles:
+                h.__exit__(None, None, None)
+        return
     stats = {"bytes_total": 0, "bytes_read": 0}
     for path in files:
         with safe_open(path, framework="pt", _caller=caller, **options) as f:
             for name in f.offset_keys():
                 if should_skip_weight(name, local_expert_ids):
                     continue
-                if lazy and f._plain is None:
+                if f._plain is None:
                     yield name, LazyTensor(f, name, stats)
                 else:
                     yield name, f.get_tensor(name)
-    if lazy:
-        _log_stats(stats)
+    _log_stats(stats)
+
+
+def _cuda_worker() -> bool:
+    """Whether this worker loads onto a CUDA device (then the engine's buffers
+    are page-locked, so vLLM's copies to the device need no staging copy)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
 
 
 def _log_stats(stats: dict[str, int]) -> None:

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::create_exception;
@@ -16,6 +17,8 @@ use sealtensors::keys::{
     load_recipient, load_signing_key, Identity, KeyConfig, Passphrase, Recipient,
 };
 use sealtensors::model::{open_path, seal_path, unseal_path};
+mod stream;
+
 use sealtensors::{Error, ErrorClass, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer};
 
 create_exception!(
@@ -76,7 +79,7 @@ fn hint(e: &Error) -> Option<&'static str> {
 }
 
 /// The one bridge from library errors to Python exceptions.
-fn to_py(e: Error) -> PyErr {
+pub(crate) fn to_py(e: Error) -> PyErr {
     let msg = match hint(&e) {
         Some(h) => format!("{e}; {h}"),
         None => e.to_string(),
@@ -123,7 +126,7 @@ impl Keys {
 /// An opened safetensors file, plain or sealed, verified on open.
 #[pyclass(module = "sealtensors._native", frozen)]
 struct File {
-    inner: SealedFile,
+    inner: Arc<SealedFile>,
 }
 
 #[pymethods]
@@ -167,7 +170,9 @@ impl File {
             sealtensors::model::check_member(&f, &opts)?;
             Ok(f)
         })
-        .map(|inner| File { inner })
+        .map(|inner| File {
+            inner: Arc::new(inner),
+        })
         .map_err(to_py)
     }
 
@@ -235,6 +240,37 @@ impl File {
         Ok(bufs.into_iter().map(|v| v.into_pyarray(py)).collect())
     }
 
+    /// The named tensors (default: all, in file order) through the loading
+    /// engine: read ahead and decrypted on all cores into arrays from a pool
+    /// of `pool_bytes` (default: three times the largest tensor, at least
+    /// 8 MiB per core), each reused once Python drops it. `alloc(n)`, when
+    /// given, makes the pool's arrays (a 1-D uint8 NumPy array of n bytes or
+    /// more). Yields (name, uint8 array).
+    #[pyo3(signature = (names=None, pool_bytes=None, alloc=None))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        names: Option<Vec<String>>,
+        pool_bytes: Option<usize>,
+        alloc: Option<Py<PyAny>>,
+    ) -> PyResult<stream::TensorStream> {
+        let names = names.unwrap_or_else(|| self.offset_keys());
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let files = vec![Arc::clone(&self.inner)];
+        let pieces = sealtensors::engine::whole_tensors(&files, 0, &refs).map_err(to_py)?;
+        let s = py
+            .detach(|| {
+                sealtensors::engine::Stream::start(
+                    files,
+                    pieces,
+                    stream::ArrayAlloc(alloc),
+                    pool_bytes,
+                )
+            })
+            .map_err(to_py)?;
+        stream::TensorStream::new(py, s)
+    }
+
     /// Bytes start..end of a tensor; only the chunks covering them are read.
     fn read_range<'py>(
         &self,
@@ -248,6 +284,44 @@ impl File {
             .map_err(to_py)?;
         Ok(v.into_pyarray(py))
     }
+}
+
+/// Tensors of several opened files through one loading engine (one pool
+/// for a whole model: slabs are reused across shards): `pieces` are (index
+/// into `files`, tensor name) in the order wanted. See `File.stream`.
+#[pyfunction]
+#[pyo3(signature = (files, pieces, pool_bytes=None, alloc=None))]
+fn stream_files(
+    py: Python<'_>,
+    files: Vec<PyRef<'_, File>>,
+    pieces: Vec<(usize, String)>,
+    pool_bytes: Option<usize>,
+    alloc: Option<Py<PyAny>>,
+) -> PyResult<stream::TensorStream> {
+    let files: Vec<Arc<SealedFile>> = files.iter().map(|f| Arc::clone(&f.inner)).collect();
+    let pieces = pieces
+        .into_iter()
+        .map(|(file, name)| {
+            let len = files
+                .get(file)
+                .ok_or_else(|| Error::ApiMisuse(format!("no file {file} in the stream")))?
+                .tensor(&name)?
+                .len();
+            Ok(sealtensors::engine::Piece {
+                file,
+                tensor: name,
+                start: 0,
+                end: len,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(to_py)?;
+    let s = py
+        .detach(|| {
+            sealtensors::engine::Stream::start(files, pieces, stream::ArrayAlloc(alloc), pool_bytes)
+        })
+        .map_err(to_py)?;
+    stream::TensorStream::new(py, s)
 }
 
 /// Everything the seal functions accept, as owned values.
@@ -547,7 +621,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<File>()?;
     m.add_class::<Writer>()?;
+    m.add_class::<stream::TensorStream>()?;
     m.add_function(wrap_pyfunction!(seal, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_files, m)?)?;
     m.add_function(wrap_pyfunction!(unseal, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;

@@ -14,9 +14,12 @@
 //!   ones never exceed the pool size, except that one piece larger than the
 //!   whole pool is read alone. A slab the consumer keeps
 //!   ([`Loaned::keep`]) leaves the pool and is the consumer's memory.
-//! - **Zeroing.** A slab that held plaintext is zeroed before it is reused
-//!   and before the pool lets it go (eviction, the end of the stream). What
-//!   the consumer keeps is the consumer's to wipe.
+//! - **Zeroing.** Plaintext in a slab never outlives its piece: when the
+//!   slab is reused, the part the next piece covers is overwritten by it
+//!   (or zeroed, if that piece fails to authenticate) and the rest is
+//!   zeroed first; when the pool lets a slab go (eviction, the end of the
+//!   stream, an error), it is zeroed. What the consumer keeps is the
+//!   consumer's to wipe.
 //! - **Authenticity.** A piece is handed out only after every chunk under it
 //!   was authenticated (its tag, or its digest for sign-only files). A
 //!   failure ends the stream with that error; the batch's slabs are zeroed.
@@ -87,12 +90,18 @@ impl SlabAlloc for VecAlloc {
     }
 }
 
-/// Zero a slab's first `len` bytes.
-fn wipe<S: Slab>(slab: &mut S, len: usize) {
+/// Zero bytes `from..to` of a slab.
+fn wipe<S: Slab>(slab: &mut S, from: usize, to: usize) {
+    let to = to.min(slab.capacity());
+    if from >= to {
+        return;
+    }
     // A slab that cannot be borrowed (its owner went away) holds nothing
     // the engine can reach any more; nothing else can fail here.
-    let _ = slab.with_bytes(len.min(slab.capacity()), &mut |b| {
-        b.zeroize();
+    let _ = slab.with_bytes(to, &mut |b| {
+        if let Some(b) = b.get_mut(from..) {
+            b.zeroize();
+        }
         Ok(())
     });
 }
@@ -169,15 +178,14 @@ pub fn blocks(files: &[Arc<SealedFile>], file: usize, block: usize) -> Result<Ve
     Ok(out)
 }
 
-/// How big a pool is by default for `pieces`: three times the largest
-/// piece, so that one is being filled while the consumer holds another and
-/// a third waits; at least 8 MiB per core so that small pieces keep every
-/// core busy; never more than all the pieces together.
+/// How big a pool is by default for `pieces`: two slabs (one filled while
+/// the consumer holds the other), or [`BATCH_BYTES`] when that is more, so
+/// that many small pieces are filled in one parallel pass; never more than
+/// all the pieces together.
 pub fn default_pool_bytes(pieces: &[Piece]) -> usize {
     let largest = pieces.iter().map(Piece::len).max().unwrap_or(0);
     let total: usize = pieces.iter().map(Piece::len).sum();
-    let busy = rayon::current_num_threads().max(1) * (8 << 20);
-    (3 * largest).max(busy).min(total.max(1))
+    (2 * largest).max(BATCH_BYTES.min(total)).max(1)
 }
 
 /// What a pool did: for tests and benchmarks.
@@ -208,13 +216,18 @@ struct PoolState<S> {
 
 /// The bounded set of slabs a stream fills and the consumer gives back.
 struct Pool<S: Slab> {
+    /// The size of every slab: the largest piece, so that any idle slab
+    /// fits any piece and a pool never churns through allocations (fresh
+    /// pages cost more to fault in than a decryption).
+    slab: usize,
     state: Mutex<PoolState<S>>,
     room: Condvar,
 }
 
 impl<S: Slab> Pool<S> {
-    fn new(budget: usize) -> Self {
+    fn new(budget: usize, slab: usize) -> Self {
         Pool {
+            slab,
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 idle_bytes: 0,
@@ -259,7 +272,7 @@ impl<S: Slab> Pool<S> {
                     .filter(|(_, (s, _))| s.capacity() >= len)
                     .min_by_key(|(_, (s, _))| s.capacity())
                     .map(|(i, _)| i);
-                let need = fit.map_or(len, |i| st.idle[i].0.capacity());
+                let need = fit.map_or(self.slab.max(len), |i| st.idle[i].0.capacity());
                 if st.lent_bytes + need <= budget || st.lent_bytes == 0 {
                     st.starved = false;
                     let reused = match fit {
@@ -270,7 +283,7 @@ impl<S: Slab> Pool<S> {
                         }
                         None => {
                             // Make room for a new slab: evict idle ones.
-                            while st.lent_bytes + st.idle_bytes + len > budget {
+                            while st.lent_bytes + st.idle_bytes + need > budget {
                                 let Some((s, dirty)) = st.idle.pop() else {
                                     break;
                                 };
@@ -297,23 +310,28 @@ impl<S: Slab> Pool<S> {
             }
         };
         for (mut s, dirty) in evicted {
-            wipe(&mut s, dirty);
+            wipe(&mut s, 0, dirty);
         }
         match got {
             Some((mut s, dirty)) => {
-                wipe(&mut s, dirty);
+                // Its first `len` bytes are overwritten next (by the piece,
+                // or by zeros if the piece fails): zero what lies beyond.
+                wipe(&mut s, len, dirty);
                 Ok(Some(s))
             }
-            None => match alloc(len) {
+            None => match alloc(self.slab.max(len)) {
                 Ok(s) => {
-                    if s.capacity() != len {
+                    let (cap, need) = (s.capacity(), self.slab.max(len));
+                    if cap != need {
                         let mut st = self.lock();
-                        st.lent_bytes = st.lent_bytes + s.capacity() - len.min(s.capacity());
+                        st.lent_bytes = (st.lent_bytes + cap).saturating_sub(need);
                     }
                     Ok(Some(s))
                 }
                 Err(e) => {
-                    self.lock().lent_bytes -= len;
+                    let mut st = self.lock();
+                    st.lent_bytes = st.lent_bytes.saturating_sub(self.slab.max(len));
+                    drop(st);
                     self.room.notify_all();
                     Err(e)
                 }
@@ -327,7 +345,7 @@ impl<S: Slab> Pool<S> {
         st.lent_bytes = st.lent_bytes.saturating_sub(slab.capacity());
         if st.closed {
             drop(st);
-            wipe(&mut slab, dirty);
+            wipe(&mut slab, 0, dirty);
         } else {
             st.idle_bytes += slab.capacity();
             st.idle.push((slab, dirty));
@@ -353,7 +371,7 @@ impl<S: Slab> Pool<S> {
         };
         self.room.notify_all();
         for (mut s, dirty) in idle {
-            wipe(&mut s, dirty);
+            wipe(&mut s, 0, dirty);
         }
     }
 }
@@ -437,7 +455,8 @@ impl<S: Slab> Stream<S> {
         let budget = pool_bytes
             .unwrap_or_else(|| default_pool_bytes(&pieces))
             .max(1);
-        let pool = Arc::new(Pool::new(budget));
+        let slab = pieces.iter().map(Piece::len).max().unwrap_or(0);
+        let pool = Arc::new(Pool::new(budget, slab));
         // The channel never holds more than the pool lends, so its bound only
         // keeps the producer from running far ahead in zero-length pieces.
         let (tx, rx) = sync_channel(1024);
