@@ -204,15 +204,18 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         memory of their own (vLLM's weight loaders, a model's parameters).
 
         Tensors are read ahead and decrypted on all cores into buffers from a
-        bounded pool (`pool_bytes`; default three times the largest tensor, at
-        least 8 MiB per core), and a buffer is reused once nothing references
-        its tensor any more; a tensor you keep stays valid (its buffer leaves
-        the pool). Buffers are zeroed before reuse and when the pool lets them
-        go. With a CUDA `device`, decryption goes into page-locked buffers that
+        bounded pool (`pool_bytes`; default two of the largest tensor, or
+        64 MiB when that is more), and a buffer is reused once nothing
+        references its tensor any more; a tensor you keep stays valid (its
+        buffer leaves the pool, and is yours). Buffers are overwritten or
+        zeroed before reuse and zeroed when the pool lets them go (SPEC §8.6).
+        With a CUDA `device`, decryption goes into page-locked buffers that
         are copied to the device on a side stream while the next tensor
-        decrypts; `pin_memory=True` asks for page-locked buffers on the CPU
-        too (for a consumer that uploads them itself). Plain files yield what
-        safetensors' `get_tensor` gives.
+        decrypts. `pin_memory=True` asks for page-locked buffers on the CPU
+        too, for a consumer that copies them to a device itself: a buffer is
+        reused as soon as its tensor is dropped, so such a copy must be
+        complete (a blocking copy, or synchronized) before the tensor is
+        dropped. Plain files yield what safetensors' `get_tensor` gives.
         """
         names = self.offset_keys() if names is None else list(names)
         yield from stream_tensors(
@@ -276,7 +279,7 @@ def stream_tensors(
             return
         for name, raw in stream:
             dtype, shape, _, _ = info_of(name)
-            t = _convert.to_framework(raw, dtype, shape, first._framework, "cpu")
+            t = _convert.to_framework(raw, dtype, shape, first._framework, first._device)
             del raw  # only the consumer's reference keeps the buffer now
             yield name, t
             del t
@@ -297,7 +300,8 @@ def _pinned_alloc(n: int) -> Any:
 
     if not torch.cuda.is_available():
         return np.zeros(n, dtype=np.uint8)
-    return torch.empty(n, dtype=torch.uint8, pin_memory=True).numpy()
+    # zeros: torch's page-locked cache may hand back memory that held data
+    return torch.zeros(n, dtype=torch.uint8, pin_memory=True).numpy()
 
 
 def _uploaded(

@@ -150,6 +150,32 @@ def test_breaking_out_early_leaves_kept_tensors_intact(sealed: dict) -> None:
     assert torch.equal(first, sealed["tensors"][first_name])
 
 
+def test_an_alloc_that_returns_a_view_is_refused(sealed: dict) -> None:
+    import numpy as np
+
+    f = _open(sealed, sealed["shards"][0])
+    # A view's references count on its owner: the pool could not tell when
+    # Python lets go of it, so it must not take one.
+    stream = f._file.stream(None, None, lambda n: np.zeros(n + 128, dtype=np.uint8)[64:])
+    with pytest.raises(sealtensors.SealtensorsError, match="view of another NumPy array"):
+        next(stream)
+
+
+def test_empty_tensors_and_other_devices(tmp_path: Path, sealed: dict) -> None:
+    path = tmp_path / "e.safetensors"
+    tensors = {"e0": torch.zeros(0, 4), "e1": torch.zeros(3, 0, dtype=torch.bfloat16)}
+    stt.save_file(tensors, path, recipients=[sealtensors.keygen(tmp_path / "k.jwk")])
+    with safe_open(path, framework="pt", identities=[tmp_path / "k.jwk"]) as f:
+        got = dict(f.iter_tensors())
+    assert {k: (v.shape, v.dtype) for k, v in got.items()} == {
+        k: (v.shape, v.dtype) for k, v in tensors.items()
+    }
+    # The device asked for is honoured as get_tensor honours it.
+    f = _open(sealed, sealed["shards"][0], device="meta")
+    name, t = next(iter(f.iter_tensors()))
+    assert t.device.type == "meta" and t.device == f.get_tensor(name).device
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="NO GPU HERE: GPU upload not tested")
 def test_gpu_upload_through_page_locked_buffers(sealed: dict) -> None:
     f = _open(sealed, sealed["shards"][0], device="cuda")

@@ -242,10 +242,10 @@ impl File {
 
     /// The named tensors (default: all, in file order) through the loading
     /// engine: read ahead and decrypted on all cores into arrays from a pool
-    /// of `pool_bytes` (default: three times the largest tensor, at least
-    /// 8 MiB per core), each reused once Python drops it. `alloc(n)`, when
-    /// given, makes the pool's arrays (a 1-D uint8 NumPy array of n bytes or
-    /// more). Yields (name, uint8 array).
+    /// of `pool_bytes` (default: two of the largest tensor, or 64 MiB when
+    /// that is more), each reused once Python drops it. `alloc(n)`, when
+    /// given, makes the pool's arrays (a zeroed 1-D uint8 NumPy array of n
+    /// bytes or more that owns its memory). Yields (name, uint8 array).
     #[pyo3(signature = (names=None, pool_bytes=None, alloc=None))]
     fn stream(
         &self,

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -81,6 +81,20 @@ impl SlabAlloc for ArrayAlloc {
                         .cast::<PyArray1<u8>>()
                         .map_err(|_| fail("did not return a 1-D uint8 NumPy array".into()))?
                         .clone();
+                    // A view of another array would hide the references
+                    // Python holds (they count on its owner): refused.
+                    let np_view = a
+                        .getattr("base")
+                        .ok()
+                        .filter(|b| !b.is_none())
+                        .is_some_and(|b| b.cast::<numpy::PyUntypedArray>().is_ok());
+                    if np_view {
+                        return Err(fail(
+                            "returned a view of another NumPy array; return an array that owns \
+                             its memory (or wraps a torch tensor)"
+                                .into(),
+                        ));
+                    }
                     if a.len() < len || !a.is_contiguous() {
                         return Err(fail(
                             "returned an array that is too small or not contiguous".into(),
@@ -209,7 +223,13 @@ impl TensorStream {
                 return Ok(None);
             };
             // The reader needs the GIL to reach its arrays: wait without it.
-            let got = py.detach(|| stream.next_timeout(Duration::from_millis(20)));
+            // A reader that waits for room is answered at once, not after a
+            // timeout: the consumer holds the pool (as transformers would).
+            let got = match stream.try_next() {
+                Ok(x) => Ok(x),
+                Err(()) if stream.starved() => Err(()),
+                Err(()) => py.detach(|| stream.next_timeout(Duration::from_millis(2))),
+            };
             let starved = stream.starved();
             match got {
                 Ok(None) => {
@@ -224,7 +244,8 @@ impl TensorStream {
                     let len = item.piece().len();
                     let name = item.piece().tensor.clone();
                     let Some(slab) = item.slab() else {
-                        continue;
+                        // An empty tensor holds no slab.
+                        return Ok(Some((name, Vec::<u8>::new().into_pyarray(py))));
                     };
                     let a = slab.0.bind(py).clone();
                     let view = if a.len() == len {

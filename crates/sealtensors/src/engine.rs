@@ -28,6 +28,7 @@
 //! the Python bindings, page-locked memory for GPU uploads.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -343,6 +344,8 @@ impl<S: Slab> Pool<S> {
     fn give(&self, mut slab: S, dirty: usize) {
         let mut st = self.lock();
         st.lent_bytes = st.lent_bytes.saturating_sub(slab.capacity());
+        // There is room now; a reader still short of it says so again.
+        st.starved = false;
         if st.closed {
             drop(st);
             wipe(&mut slab, 0, dirty);
@@ -357,6 +360,7 @@ impl<S: Slab> Pool<S> {
     fn forget(&self, capacity: usize) {
         let mut st = self.lock();
         st.lent_bytes = st.lent_bytes.saturating_sub(capacity);
+        st.starved = false;
         st.stats.kept += 1;
         self.room.notify_all();
     }
@@ -425,6 +429,12 @@ impl<S: Slab> Drop for Loaned<S> {
 pub struct Stream<S: Slab> {
     rx: Receiver<Result<Loaned<S>>>,
     pool: Arc<Pool<S>>,
+    /// Set by the reader once it sent its last item (or its error): a
+    /// channel that closes without it means the reader died, and the stream
+    /// must not look complete.
+    done: Arc<AtomicBool>,
+    /// The reader's death was reported once.
+    reported: bool,
 }
 
 impl<S: Slab> Stream<S> {
@@ -455,24 +465,59 @@ impl<S: Slab> Stream<S> {
         let budget = pool_bytes
             .unwrap_or_else(|| default_pool_bytes(&pieces))
             .max(1);
-        let slab = pieces.iter().map(Piece::len).max().unwrap_or(0);
+        let slab = pieces.iter().map(Piece::len).max().unwrap_or(0).max(1);
         let pool = Arc::new(Pool::new(budget, slab));
         // The channel never holds more than the pool lends, so its bound only
         // keeps the producer from running far ahead in zero-length pieces.
         let (tx, rx) = sync_channel(1024);
         let producer_pool = Arc::clone(&pool);
+        let done = Arc::new(AtomicBool::new(false));
+        let producer_done = Arc::clone(&done);
         std::thread::Builder::new()
             .name("sealtensors-engine".into())
             .spawn(move || {
                 let pool = producer_pool;
+                // Declared before the marker, so dropped after it: the
+                // channel closes only once `done` is set.
+                let tx = tx;
+                // Whatever way this thread ends but a panic, it says so.
+                struct Done(Arc<AtomicBool>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        if !std::thread::panicking() {
+                            self.0.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                let _done = Done(producer_done);
                 let mut alloc_fn = |len: usize| alloc.alloc(len);
                 let mut queue: VecDeque<Piece> = pieces.into();
                 while let Some(first) = queue.pop_front() {
+                    if first.is_empty() {
+                        // Nothing to hold; its (empty) chunk is still checked.
+                        let f = &files[first.file];
+                        let item =
+                            f.read_range_into(&first.tensor, 0, 0, &mut [])
+                                .map(|()| Loaned {
+                                    piece: first,
+                                    slab: None,
+                                    pool: Arc::clone(&pool),
+                                });
+                        let failed = item.is_err();
+                        if tx.send(item).is_err() || failed {
+                            if failed {
+                                pool.close();
+                            }
+                            return;
+                        }
+                        continue;
+                    }
                     let mut batch = Vec::new();
                     match pool.take(first.len(), true, &mut alloc_fn) {
                         Ok(Some(s)) => batch.push((first, s)),
                         Ok(None) => return,
                         Err(e) => {
+                            pool.close();
                             let _ = tx.send(Err(e));
                             return;
                         }
@@ -480,6 +525,9 @@ impl<S: Slab> Stream<S> {
                     let mut bytes = batch[0].0.len();
                     while bytes < BATCH_BYTES {
                         let Some(next) = queue.front() else { break };
+                        if next.is_empty() {
+                            break; // sent on its own, in order
+                        }
                         match pool.take(next.len(), false, &mut alloc_fn) {
                             Ok(Some(s)) => {
                                 bytes += next.len();
@@ -492,6 +540,7 @@ impl<S: Slab> Stream<S> {
                                 for (p, s) in batch {
                                     pool.give(s, p.len());
                                 }
+                                pool.close();
                                 let _ = tx.send(Err(e));
                                 return;
                             }
@@ -507,6 +556,9 @@ impl<S: Slab> Stream<S> {
                         for (p, s) in batch {
                             pool.give(s, p.len());
                         }
+                        // Zero the failed batch now; what the consumer holds
+                        // stays its own.
+                        pool.close();
                         let _ = tx.send(Err(e));
                         return;
                     }
@@ -529,7 +581,24 @@ impl<S: Slab> Stream<S> {
                 }
             })
             .map_err(|e| Error::io("starting the reader thread", e))?;
-        Ok(Stream { rx, pool })
+        Ok(Stream {
+            rx,
+            pool,
+            done,
+            reported: false,
+        })
+    }
+
+    /// The channel closed: the end, or an error if the reader died first.
+    fn ended(&mut self) -> Option<Result<Loaned<S>>> {
+        if self.done.load(Ordering::SeqCst) || self.reported {
+            return None;
+        }
+        self.reported = true;
+        self.pool.close();
+        Some(Err(Error::ReaderStopped(
+            "it panicked; the pieces before this error are intact".into(),
+        )))
     }
 
     /// What the pool did so far.
@@ -548,7 +617,7 @@ impl<S: Slab> Stream<S> {
         match self.rx.try_recv() {
             Ok(x) => Ok(Some(x)),
             Err(std::sync::mpsc::TryRecvError::Empty) => Err(()),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => Ok(None),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Ok(self.ended()),
         }
     }
 
@@ -561,7 +630,7 @@ impl<S: Slab> Stream<S> {
         match self.rx.recv_timeout(timeout) {
             Ok(x) => Ok(Some(x)),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(()),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(None),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(self.ended()),
         }
     }
 }
@@ -569,7 +638,10 @@ impl<S: Slab> Stream<S> {
 impl<S: Slab> Iterator for Stream<S> {
     type Item = Result<Loaned<S>>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
+        match self.rx.recv() {
+            Ok(x) => Some(x),
+            Err(_) => self.ended(),
+        }
     }
 }
 

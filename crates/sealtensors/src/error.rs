@@ -269,6 +269,11 @@ pub enum Error {
     #[error("API misuse: {0}")]
     ApiMisuse(String),
 
+    /// The loading engine's reader thread stopped before the end of its
+    /// pieces without saying why (it panicked): what was read is incomplete.
+    #[error("the reader thread stopped before reading everything: {0}")]
+    ReaderStopped(String),
+
     /// The system random generator or a primitive failed unexpectedly.
     #[error("cryptographic backend failure: {0}")]
     Crypto(&'static str),

@@ -337,3 +337,75 @@ fn a_locked_file_streams_nothing_encrypted() {
     assert!(matches!(e.kind(), Error::NoMatchingKey { .. }), "{e:?}");
     assert!(s.next().is_none());
 }
+
+#[test]
+fn empty_tensors_take_no_slab_and_are_still_checked_in_order() {
+    let fx = Fixture::new();
+    let f = Arc::new(fx.open(&fx.seal("aes.safetensors", |_| {})).unwrap());
+    let files = vec![f];
+    let mut order = vec!["empty"; 50];
+    order.insert(25, "ids");
+    let pieces = whole(&files, &order);
+    let seen = Seen::default();
+    let got: Vec<(String, usize)> = Stream::start(files.clone(), pieces, seen.clone(), Some(1))
+        .unwrap()
+        .map(|x| {
+            let x = x.unwrap();
+            (x.piece().tensor.clone(), x.piece().len())
+        })
+        .collect();
+    assert_eq!(got.len(), 51);
+    assert_eq!(got[25], ("ids".to_string(), 24));
+    assert_eq!(
+        seen.count(),
+        1,
+        "only the one non-empty tensor needs a slab"
+    );
+    // Only empty tensors: no slab at all.
+    let pieces = whole(&files, &["empty", "empty"]);
+    let seen = Seen::default();
+    assert_eq!(
+        Stream::start(files, pieces, seen.clone(), None)
+            .unwrap()
+            .count(),
+        2
+    );
+    assert_eq!(seen.count(), 0);
+}
+
+/// A slab whose filling panics, as a buggy allocator's might.
+struct Panicky;
+
+impl Slab for Panicky {
+    fn capacity(&self) -> usize {
+        1 << 20
+    }
+    fn with_bytes(
+        &mut self,
+        _len: usize,
+        _f: &mut (dyn FnMut(&mut [u8]) -> sealtensors::Result<()> + Send),
+    ) -> sealtensors::Result<()> {
+        panic!("slab failure (expected by the test)")
+    }
+}
+
+struct PanickyAlloc;
+
+impl SlabAlloc for PanickyAlloc {
+    type Slab = Panicky;
+    fn alloc(&mut self, _len: usize) -> sealtensors::Result<Panicky> {
+        Ok(Panicky)
+    }
+}
+
+#[test]
+fn a_reader_that_dies_is_an_error_never_a_short_stream() {
+    let fx = Fixture::new();
+    let f = Arc::new(fx.open(&fx.seal("aes.safetensors", |_| {})).unwrap());
+    let files = vec![f];
+    let pieces = whole(&files, &["ids", "mask"]);
+    let mut s = Stream::start(files, pieces, PanickyAlloc, None).unwrap();
+    let e = s.next().unwrap().err().expect("an error, not an end");
+    assert!(matches!(e.kind(), Error::ReaderStopped(_)), "{e:?}");
+    assert!(s.next().is_none());
+}
