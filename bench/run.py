@@ -52,6 +52,8 @@ sys.path.insert(0, str(HERE))
 import cache  # noqa: E402 (after the path insert)
 
 CHILD = HERE / "child.py"
+# vLLM's own venv (Makefile: vllm-setup; the sealtensors wheel goes in with vllm-test).
+VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
 FLOOR_DIR = HERE / "floor"
 MICRO_DIR = HERE / "micro"
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR_BENCH", "/tmp/target-bench"))
@@ -132,9 +134,9 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def child(task: dict[str, Any]) -> dict[str, Any]:
+def child(task: dict[str, Any], python: str | None = None) -> dict[str, Any]:
     p = subprocess.run(
-        [sys.executable, str(CHILD), json.dumps(task)], capture_output=True, text=True
+        [python or sys.executable, str(CHILD), json.dumps(task)], capture_output=True, text=True
     )
     if p.returncode != 0:
         raise SystemExit(f"child failed: {task}\n{p.stdout}\n{p.stderr}")
@@ -569,10 +571,28 @@ class Suite:
                 log(f"WARNING: {name}: sealed logits differ from plain: {res}")
             res["sealed"]["checksum_ok"] = res["plain"]["checksum"] == res["sealed"]["checksum"]
             out[name] = {"model": m, "load": res}
+            if name == "transformers":
+                out.update(self.vllm_load(m, folder))
             if not self.args.keep:
                 shutil.rmtree(plain)
                 shutil.rmtree(sealed)
         return out
+
+    def vllm_load(self, m: dict[str, Any], folder: dict[str, Path]) -> dict[str, Any]:
+        """vLLM's weight loading of the same Llama, plain (`safetensors`) against
+        sealed (`sealtensors` load format), when .venv-vllm exists (`make
+        vllm-setup`, and the wheel installed there by `make vllm-test`)."""
+        if not VLLM_PY.exists():
+            log(f"vllm: skipped, no {VLLM_PY} (make vllm-setup vllm-test)")
+            return {}
+
+        def task(s: str) -> dict[str, Any]:
+            cache.warm([str(p) for p in folder[s].glob("*.safetensors")])
+            t = {"kind": "vllm-load", "system": s, "path": str(folder[s]), "keys": self.keys}
+            return child(t, python=str(VLLM_PY))
+
+        res = rounds(["plain", "sealed"], task, self.reps, self.warmup, "vllm load")
+        return {"vllm": {"model": m, "load": res}}
 
     def micro(self) -> dict[str, Any]:
         """criterion micro-benchmarks (bench/micro); their estimates, read back."""

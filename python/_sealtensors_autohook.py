@@ -48,7 +48,9 @@ if TYPE_CHECKING:  # annotations only
     from typing import Any
 
 ENV = "SEALTENSORS_AUTO"
-WATCHED = ("safetensors", "safetensors.torch", "safetensors.numpy")
+# transformers.modeling_utils: sealtensors.auto makes each from_pretrained one
+# load scope (one key release per sealed model) once that module exists.
+WATCHED = ("safetensors", "safetensors.torch", "safetensors.numpy", "transformers.modeling_utils")
 _OFF = ("", "0", "false", "no", "off")
 
 # Set by sealtensors.auto once it is imported; until then the hook's only job

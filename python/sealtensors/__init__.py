@@ -33,7 +33,7 @@ from sealtensors._native import (
     unseal,
     verify,
 )
-from sealtensors._open import safe_open
+from sealtensors._open import load_scope, safe_open
 
 __version__ = "0.1.0"
 
@@ -69,6 +69,7 @@ def _auto_switch_fallback() -> None:
 _auto_switch_fallback()
 
 __all__ = [
+    "load_scope",
     "ConfigError",
     "InvalidFileError",
     "NoKeyError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -12,13 +13,30 @@ from typing import Any
 import safetensors
 
 from sealtensors import _convert
-from sealtensors._native import File, stream_files
+from sealtensors._native import File, enter_load_scope, exit_load_scope, stream_files
 
 # The real safetensors entry points that read a file's bytes, kept before
 # `sealtensors.auto` replaces them (`_safe_open_handle` is in safetensors 0.6+).
 _REAL_SAFE_OPEN = safetensors.safe_open
 _REAL_DESERIALIZE = safetensors.deserialize
 _REAL_SAFE_OPEN_HANDLE = getattr(safetensors, "_safe_open_handle", None)
+
+
+@contextlib.contextmanager
+def load_scope() -> Iterator[None]:
+    """One load: while it is open, the shards of a sealed model folder opened
+    in this process (one at a time, each several times, as transformers and
+    vLLM do) share one key unwrap or broker release and one folder check
+    (SPEC §8.5). Every open still checks its file's signature, expiry, policy
+    and MAC. Keys are shared only between opens with the same identities,
+    signers, passphrase and licence, and are dropped when the outermost scope
+    exits. `sealtensors.auto` opens one around every transformers
+    `from_pretrained`, and the vLLM loader around its weight loading."""
+    enter_load_scope()
+    try:
+        yield
+    finally:
+        exit_load_scope()
 
 
 def _licence_text(licence: Any) -> str | None:

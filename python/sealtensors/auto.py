@@ -231,6 +231,37 @@ def _swap(old: list[Any], new: list[Any]) -> None:
                     pass
 
 
+# transformers' from_pretrained before it was wrapped in a load scope.
+_FROM_PRETRAINED: list[Any] = []
+
+
+def _wrap_from_pretrained() -> None:
+    """Make every transformers `from_pretrained` one load scope (one key
+    release for a sharded sealed model), once transformers.modeling_utils
+    exists; idempotent."""
+    mu = sys.modules.get("transformers.modeling_utils")
+    cls = getattr(mu, "PreTrainedModel", None) if mu is not None else None
+    current = cls.__dict__.get("from_pretrained") if cls is not None else None
+    func = getattr(current, "__func__", None)
+    if func is None or getattr(func, "_sealtensors_scoped", False):
+        return
+
+    @functools.wraps(func)
+    def from_pretrained(klass: Any, *args: Any, **kwargs: Any) -> Any:
+        with _open.load_scope():
+            return func(klass, *args, **kwargs)
+
+    from_pretrained._sealtensors_scoped = True  # type: ignore[attr-defined]
+    _FROM_PRETRAINED.append((cls, current))
+    cls.from_pretrained = classmethod(from_pretrained)
+
+
+def _unwrap_from_pretrained() -> None:
+    while _FROM_PRETRAINED:
+        cls, original = _FROM_PRETRAINED.pop()
+        cls.from_pretrained = original
+
+
 def enable(
     identities: Sequence[str | os.PathLike[str]] | None = None,
     trusted: Sequence[str] | None = None,
@@ -257,14 +288,17 @@ def enable(
     _enabled = True
     _capture()
     _swap(*_to_patched())
+    _wrap_from_pretrained()
     _hook.install(_on_import)
 
 
 def _on_import(name: str) -> None:
-    """Called by the import hook after a watched safetensors module executed."""
+    """Called by the import hook after a watched module executed (safetensors'
+    modules, transformers.modeling_utils)."""
     if _enabled:
         _capture()
         _swap(*_to_patched())
+        _wrap_from_pretrained()
 
 
 def disable() -> None:
@@ -272,6 +306,7 @@ def disable() -> None:
     global _enabled
     _enabled = False
     _swap(*_to_originals())
+    _unwrap_from_pretrained()
     _defaults.clear()
 
 

@@ -160,6 +160,14 @@ def _make_loader() -> type:
                 )
             )
 
+        def load_weights(self, model: Any, model_config: Any) -> None:
+            """vLLM's weight loading, as one load scope: the shards of a sealed
+            model share one key unwrap or broker release (SPEC §8.5)."""
+            from sealtensors._open import load_scope
+
+            with load_scope():
+                super().load_weights(model, model_config)
+
         def _get_weights_iterator(self, source: Any) -> Generator[tuple[str, Any], None, None]:
             from vllm.model_executor.model_loader.weight_utils import (
                 filter_mm_encoder_only_safetensors_files,

