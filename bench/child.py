@@ -355,14 +355,14 @@ def enable_auto(task: dict[str, Any]) -> None:
 
 
 def do_hf_load(task: dict[str, Any]) -> dict[str, Any]:
-    """transformers `from_pretrained` of a folder (plain, or sealed after
-    `import sealtensors.auto`), then the first forward pass ([`timed_load`])."""
+    """transformers `from_pretrained` of a folder (plain, or sealed or signed
+    after `import sealtensors.auto`), then the first forward pass ([`timed_load`])."""
     import torch
     import transformers  # noqa: F401 (imported before the clock starts)
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if task["system"] == "sealed":
+    if task["system"] in ("sealed", "signed"):
         enable_auto(task)
     return timed_load(
         lambda: AutoModelForCausalLM.from_pretrained(task["path"], dtype=torch.bfloat16)

@@ -287,6 +287,19 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "first forward pass (plain maps and reads weights on first use); logits checked "
             "equal",
         )
+    if fw and "signed" in fw["load"]:
+        L = fw["load"]
+        v = L["signed"]["seconds"] / L["plain"]["seconds"]
+        add(
+            "sign-only from_pretrained within 1.3x of plain safetensors "
+            f"({gib(fw['model']['bytes'])} bf16 Llama)",
+            v,
+            "x",
+            "<= 1.3x",
+            v <= 1.3 and bool(L["signed"].get("checksum_ok")),
+            "signed (sealtensors sign, data plain, digests checked) / plain, median "
+            "from_pretrained + first forward pass",
+        )
     vl = (r.get("frameworks") or {}).get("vllm")
     if vl:
         L = vl["load"]
@@ -793,6 +806,15 @@ def markdown(r: dict[str, Any], result_path: str, imgs: dict[str, str] | None = 
                 )
             else:
                 desc = f"LoRA r={m['rank']}, {m.get('tensors', '?')} tensors"
+            if "signed" in L:
+                si = L["signed"]
+                w(
+                    f"| {what.get(name, name)}, sign-only | {desc} | {L['plain']['seconds']:.3f} "
+                    f"| {si['seconds']:.3f} ({si.get('load_seconds', 0):.3f}) | "
+                    f"{ratio(si['seconds'], L['plain']['seconds'])} | "
+                    f"{mib(L['plain']['maxrss_kib'])} | {mib(si['maxrss_kib'])} | "
+                    f"{'yes' if si.get('checksum_ok') else '**NO**'} |"
+                )
             pl, se = L["plain"], L["sealed"]
             extra = "engine_seconds" if name == "vllm" else "load_seconds"
             equal = (
