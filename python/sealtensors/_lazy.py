@@ -88,11 +88,15 @@ class LazyTensor:
             self.stats["bytes_read"] += self._nbytes
         return self._full_tensor
 
-    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+    def narrow(self, dim: int, start: int, length: int) -> Any:
         """Rows `start..start+length` along `dim`; along the first dimension
-        only the chunks that hold those rows are read and decrypted."""
+        only the chunks that hold those rows are read and decrypted. The whole
+        extent (what a weight loader asks of a single rank) is this same lazy
+        tensor, so that a `copy_` from it still decrypts in place."""
         nd = len(self._shape)
         d = dim + nd if dim < 0 else dim
+        if 0 <= d < nd and start == 0 and length == self._shape[d] and self._full_tensor is None:
+            return self
         if self._full_tensor is not None or d != 0 or nd == 0:
             return self.materialize().narrow(dim, start, length)
         # torch's own checks and errors, on a tensor with no data
@@ -130,7 +134,34 @@ class LazyTensor:
     ) -> Any:
         if func is torch.Tensor.narrow and args and isinstance(args[0], LazyTensor):
             return args[0].narrow(*args[1:], **(kwargs or {}))
+        if func is torch.Tensor.copy_ and len(args) >= 2 and isinstance(args[1], LazyTensor):
+            dst, src = args[0], args[1]
+            if src._into(dst):
+                return dst
         return func(*_real(args), **_real(kwargs or {}))
+
+    def _into(self, dst: Any) -> bool:
+        """Decrypt straight into `dst` when it is CPU memory of this tensor's
+        exact dtype and shape, contiguous (a parameter, or a row block of a
+        fused one): no buffer in between. False: not such a target (the
+        caller then copies from the decrypted tensor)."""
+        if (
+            self._full_tensor is not None
+            or not isinstance(dst, torch.Tensor)
+            or type(dst) is not torch.Tensor
+            and not isinstance(dst, torch.nn.Parameter)
+            or dst.device.type != "cpu"
+            or dst.dtype != self.dtype
+            or dst.shape != self._shape
+            or not dst.is_contiguous()
+            or dst.requires_grad
+            and torch.is_grad_enabled()
+        ):
+            return False
+        out = dst.detach().reshape(-1).view(torch.uint8).numpy()
+        self._opener._file.read_into(self._name, out)
+        self.stats["bytes_read"] += self._nbytes
+        return True
 
 
 def _real(x: Any) -> Any:

@@ -8,18 +8,21 @@ vLLM process (the API server, the engine core, each worker) registers it:
 
 The loader is vLLM's default loader with one change: weights are read through
 `sealtensors.safe_open`, which verifies and decrypts sealed files and hands
-plain ones to the real safetensors. Tensors go through the loading engine
-(`sealtensors.engine` in the core, SPEC §8.6): read ahead and decrypted on all
-cores into a bounded pool of buffers, each reused once vLLM's weight loader
-has copied it into its parameter, so a worker holds at most the pool (two
-of the largest tensor by default) beyond its own weights; on a CUDA worker
-the buffers are page-locked. With expert parallelism, experts of other ranks
-are skipped before they are read or decrypted. Under tensor or pipeline parallelism
-(or with ``"lazy": true`` in --model-loader-extra-config) the loader hands
-vLLM lazy tensors (`sealtensors._lazy.LazyTensor`): a weight loader's
+plain ones to the real safetensors. On a CPU worker, and under tensor or
+pipeline parallelism, the loader hands vLLM lazy tensors
+(`sealtensors._lazy.LazyTensor`): a weight loader's ``param.copy_(weight)``
+into a parameter (or a row block of a fused one) of the same dtype decrypts
+straight into the parameter's memory, with no buffer in between; a
 ``narrow`` along the first dimension decrypts only the rows of its rank's
-shard, a layer another pipeline stage owns is never read, and anything else
-decrypts the whole tensor. Each worker logs how many bytes it decrypted.
+shard; a layer another pipeline stage owns is never read; anything else
+decrypts the whole tensor. Each worker logs how many bytes it decrypted. On
+a CUDA worker (or with ``"lazy": false`` in --model-loader-extra-config)
+tensors go through the loading engine (`sealtensors.engine` in the core,
+SPEC §8.6): read ahead and decrypted on all cores into a bounded pool of
+page-locked buffers, each reused once vLLM's weight loader has copied it to
+the device, so a worker holds at most the pool (two of the largest tensor by
+default) beyond its own weights. With expert parallelism, experts of other
+ranks are skipped before they are read or decrypted.
 
 Keys are found as everywhere else in sealtensors: SEALTENSORS_IDENTITY and
 SEALTENSORS_TRUST (inherited by spawned workers), then the config directory.
@@ -29,8 +32,8 @@ They may also be given per model with ``--model-loader-extra-config``:
 
 with the keys ``identities``, ``trusted``, ``require_encrypted``,
 ``require_signed`` and ``licence`` (the keyword arguments of `safe_open`),
-and ``lazy`` (true or false; default: true under tensor or pipeline
-parallelism).
+and ``lazy`` (true or false; default: true on CPU workers and under tensor
+or pipeline parallelism).
 
 vLLM is imported only when `register()` runs; importing sealtensors never
 needs it.
@@ -198,7 +201,14 @@ def _make_loader() -> type:
             if self.counter_before_loading_weights == 0.0:
                 self.counter_before_loading_weights = time.perf_counter()
             files = sorted(files, key=_natural_key)
-            lazy = _parallel() if self.lazy is None else bool(self.lazy)
+            # Lazy tensors decrypt straight into the parameters a weight
+            # loader copies them into (CPU workers), or only a rank's rows
+            # (tensor or pipeline parallel); a CUDA worker streams through the
+            # engine's page-locked buffers instead.
+            if self.lazy is None:
+                lazy = _parallel() or not _cuda_worker()
+            else:
+                lazy = bool(self.lazy)
             weights = _tensors(files, self.seal_options, self.local_expert_ids, lazy)
             return ((source.prefix + name, tensor) for name, tensor in weights)
 

@@ -48,12 +48,18 @@ def test_narrow_rows_decrypts_only_their_chunks(sealed: dict) -> None:
     full = sealed["tensors"]["w"]
     stats: dict[str, int] = {}
     f = _open(sealed)
-    for start, length in [(0, 128), (128, 128), (17, 3), (255, 1), (0, 0), (-0, 256)]:
+    for start, length in [(0, 128), (128, 128), (17, 3), (255, 1), (0, 0)]:
         part = LazyTensor(f, "w", stats).narrow(0, start, length)
         assert isinstance(part, torch.Tensor)
         assert torch.equal(part, full.narrow(0, start, length))
     # rows 0..128 and 128..256 are half the tensor each
-    assert stats["bytes_read"] == (128 + 128 + 3 + 1 + 0 + 256) * 64 * 4
+    assert stats["bytes_read"] == (128 + 128 + 3 + 1 + 0) * 64 * 4
+    # The whole extent (a single rank's "shard") is the lazy tensor itself:
+    # nothing is read until it is used.
+    whole = LazyTensor(f, "w", stats)
+    assert whole.narrow(0, 0, 256) is whole and whole.narrow(1, 0, 64) is whole
+    assert stats["bytes_read"] == (128 + 128 + 3 + 1 + 0) * 64 * 4
+    assert torch.equal(whole.narrow(-2, 0, 256), full)
     # negative dim, the torch way
     assert torch.equal(LazyTensor(f, "w").narrow(-2, 5, 10), full[5:15])
     assert torch.equal(LazyTensor(f, "w")[10:20], full[10:20])
@@ -137,3 +143,44 @@ def test_probing_for_attributes_a_tensor_lacks_reads_nothing(sealed: dict) -> No
     assert getattr(lazy, "shard_id", None) is None  # what vLLM's loaders ask
     assert not hasattr(lazy, "weight_loader")
     assert stats["bytes_read"] == 0
+
+
+def test_copy_into_a_parameter_decrypts_in_place(sealed: dict) -> None:
+    """What vLLM's weight loaders do (`param.data.copy_(loaded)`, or into a row
+    block of a fused parameter): the tensor is decrypted straight into the
+    parameter's memory, with no tensor in between."""
+    full, h = sealed["tensors"]["w"], sealed["tensors"]["h"]
+    f = _open(sealed)
+    stats: dict[str, int] = {}
+    param = torch.nn.Parameter(torch.empty(256, 64), requires_grad=False)
+    lazy = LazyTensor(f, "w", stats)
+    assert param.data.copy_(lazy) is not None
+    assert torch.equal(param, full) and lazy._full_tensor is None  # never materialised
+    assert stats["bytes_read"] == full.numel() * 4
+    # A row block of a fused parameter (qkv): contiguous, decrypted in place.
+    fused = torch.zeros(8 + 8, 8, dtype=torch.bfloat16)
+    fused.narrow(0, 8, 8).copy_(LazyTensor(f, "h").narrow(0, 0, 8))
+    assert torch.equal(fused[8:], h) and torch.count_nonzero(fused[:8]) == 0
+    # Not such a target (another dtype, a column block): the copy torch does.
+    other = torch.empty(256, 64, dtype=torch.float64)
+    other.copy_(LazyTensor(f, "w"))
+    assert torch.equal(other, full.double())
+    cols = torch.zeros(256, 128)
+    cols[:, 64:].copy_(LazyTensor(f, "w"))
+    assert torch.equal(cols[:, 64:], full)
+
+
+def test_copy_in_place_of_a_tampered_tensor_fails_and_leaves_zeros(sealed: dict) -> None:
+    import json
+    import struct
+
+    path = sealed["path"]
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    begin, _ = json.loads(raw[8 : 8 + n])["w"]["data_offsets"]
+    raw[8 + n + begin + 5] ^= 1
+    path.write_bytes(bytes(raw))
+    param = torch.full((256, 64), 7.0)
+    with pytest.raises(sealtensors.NotAuthenticError):
+        param.copy_(LazyTensor(_open(sealed), "w"))
+    assert torch.count_nonzero(param) == 0  # no unauthenticated byte is left in it

@@ -111,13 +111,19 @@ def test_loader_yields_the_plain_weights(models: dict, monkeypatch: pytest.Monke
         return dict(loader._get_weights_iterator(src))
 
     plain = weights(DefaultModelLoader(LoadConfig(load_format="safetensors")), models["plain"])
-    sealed_loader = get_model_loader(LoadConfig(load_format="sealtensors"))
-    it = sealed_loader._get_weights_iterator(DefaultModelLoader.Source(str(models["sealed"]), None))
-    first_name, first = next(it)  # lazy: one tensor decrypted at a time
-    sealed = {first_name: first, **dict(it)}
-    assert sealed.keys() == plain.keys() and len(plain) > 200
-    for name, t in plain.items():
-        assert torch.equal(t, sealed[name]), name
+    # The default here (a CPU worker): lazy tensors that decrypt into the
+    # parameters they are copied to; "lazy": false, the engine's stream (what
+    # a CUDA worker uses), every tensor kept here as a consumer may.
+    for extra in ({}, {"lazy": False}):
+        cfg = LoadConfig(load_format="sealtensors", model_loader_extra_config=dict(extra))
+        src = DefaultModelLoader.Source(str(models["sealed"]), None)
+        it = get_model_loader(cfg)._get_weights_iterator(src)
+        first_name, first = next(it)  # one tensor at a time
+        sealed = {first_name: first, **dict(it)}
+        assert sealed.keys() == plain.keys() and len(plain) > 200
+        for name, t in plain.items():
+            assert torch.equal(t, sealed[name]), (extra, name)
+        assert all(isinstance(t, torch.Tensor) for t in sealed.values()) == bool(extra)
 
     # keys given per model through --model-loader-extra-config
     cfg = LoadConfig(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -281,6 +281,17 @@ impl File {
             })
             .map_err(to_py)?;
         stream::TensorStream::new(py, s)
+    }
+
+    /// Decrypt a whole tensor straight into `out` (a writable, contiguous
+    /// uint8 array of exactly its size: a framework's own parameter memory),
+    /// with no buffer in between. On any failure `out` is zeroed.
+    fn read_into(&self, py: Python<'_>, name: &str, mut out: PyReadwriteArray1<'_, u8>) -> PyResult<()> {
+        let bytes = out
+            .as_slice_mut()
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("out: {e}")))?;
+        py.detach(|| self.inner.read_tensor_into(name, bytes))
+            .map_err(to_py)
     }
 
     /// Bytes start..end of a tensor; only the chunks covering them are read.
