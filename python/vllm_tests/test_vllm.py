@@ -134,7 +134,7 @@ def test_loader_yields_the_plain_weights(models: dict, monkeypatch: pytest.Monke
         weights(get_model_loader(cfg), models["sealed"])
     monkeypatch.delenv("SEALTENSORS_IDENTITY")
     with pytest.raises(sealtensors.NoKeyError):
-        weights(sealed_loader, models["sealed"])
+        weights(get_model_loader(LoadConfig(load_format="sealtensors")), models["sealed"])
 
 
 @pytest.fixture(scope="session")
