@@ -147,19 +147,32 @@ class LazyTensor:
         caller then copies from the decrypted tensor)."""
         if (
             self._full_tensor is not None
-            or not isinstance(dst, torch.Tensor)
-            or type(dst) is not torch.Tensor
-            and not isinstance(dst, torch.nn.Parameter)
+            # exactly a tensor or a parameter (not a subclass, nor a parameter
+            # wrapping one: quantised or distributed tensors copy their own way)
+            or type(dst) not in (torch.Tensor, torch.nn.Parameter)
+            or type(dst.data) is not torch.Tensor
             or dst.device.type != "cpu"
             or dst.dtype != self.dtype
             or dst.shape != self._shape
             or not dst.is_contiguous()
-            or dst.requires_grad
-            and torch.is_grad_enabled()
+            or dst.is_conj()
+            or dst.is_neg()
+            or (dst.is_inference() and not torch.is_inference_mode_enabled())
+            or (dst.requires_grad and torch.is_grad_enabled())
         ):
             return False
-        out = dst.detach().reshape(-1).view(torch.uint8).numpy()
+        try:
+            out = dst.detach().reshape(-1).view(torch.uint8).numpy()
+        except (RuntimeError, TypeError):
+            return False  # torch knows no NumPy view of it: the ordinary copy
+        # While this runs `dst` holds ciphertext (or unchecked bytes of a
+        # sign-only file) chunk by chunk, then the plaintext; on a failure it
+        # is all zeros and the error is raised. Nothing should read it before
+        # `copy_` returns, as with any copy into it.
         self._opener._file.read_into(self._name, out)
+        bump = getattr(torch.autograd.graph, "increment_version", None)
+        if bump is not None:
+            bump(dst)  # written outside torch: counted as torch's own copy_ would
         self.stats["bytes_read"] += self._nbytes
         return True
 

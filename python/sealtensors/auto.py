@@ -259,7 +259,11 @@ def _wrap_from_pretrained() -> None:
 def _unwrap_from_pretrained() -> None:
     while _FROM_PRETRAINED:
         cls, original = _FROM_PRETRAINED.pop()
-        cls.from_pretrained = original
+        current = getattr(cls.__dict__.get("from_pretrained"), "__func__", None)
+        if getattr(current, "_sealtensors_scoped", False):
+            # Only our own wrapper is undone: a patch another library made on
+            # top of it since stays (and keeps calling ours).
+            cls.from_pretrained = original
 
 
 def enable(

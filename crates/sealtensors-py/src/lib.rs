@@ -148,13 +148,10 @@ impl File {
         framework: Option<(String, String)>,
         requested: Option<Vec<String>>,
     ) -> PyResult<Self> {
-        // What a load scope shares keys under: everything that chooses keys.
-        let credentials = scope::credentials(
-            &identities,
-            &trusted,
-            passphrase.as_deref(),
-            licence.as_deref(),
-        );
+        // Inside a load scope (this thread's), the opens of one folder share
+        // its key and folder check (SPEC §8.5).
+        let scope = scope::current();
+        let pass_digest = passphrase.clone();
         py.detach(|| {
             let keys = Keys::gather(identities, trusted, passphrase)?;
             let mut opts = keys.options(require_encrypted, require_signed);
@@ -175,7 +172,10 @@ impl File {
             // part of its complete sealed model (SPEC §8.5): transformers and
             // vLLM open shards one at a time. Inside a load scope, the opens
             // of one folder share its key and its folder check.
-            if let Some(scope) = scope::current() {
+            if let Some(scope) = scope {
+                let licence = opts.policy.licence.as_ref().map(|v| v.to_string());
+                let credentials =
+                    scope::credentials(&keys.config, pass_digest.as_deref(), licence.as_deref());
                 return scope.open_member(&path, &opts, credentials);
             }
             let f = SealedFile::open(&path, &opts)?;
@@ -286,7 +286,12 @@ impl File {
     /// Decrypt a whole tensor straight into `out` (a writable, contiguous
     /// uint8 array of exactly its size: a framework's own parameter memory),
     /// with no buffer in between. On any failure `out` is zeroed.
-    fn read_into(&self, py: Python<'_>, name: &str, mut out: PyReadwriteArray1<'_, u8>) -> PyResult<()> {
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        mut out: PyReadwriteArray1<'_, u8>,
+    ) -> PyResult<()> {
         let bytes = out
             .as_slice_mut()
             .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("out: {e}")))?;
@@ -606,10 +611,12 @@ fn keygen(path: PathBuf, kind: &str, kid: Option<String>, overwrite: bool) -> Py
 
 /// Drop, and wipe, every model key a key broker released to this process.
 /// Released keys are kept for the lifetime the broker gave, so that the shards
-/// of one model cost one release; after this, the next open asks again.
+/// of one model cost one release; after this, the next open asks again, even
+/// inside a load scope that is still open.
 #[pyfunction]
 fn forget_released_keys() {
     sealtensors::keys::forget_released_keys();
+    scope::forget_all();
 }
 
 /// Rego text of a licence template: "expiry" (not_after), "machines",

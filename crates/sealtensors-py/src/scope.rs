@@ -1,66 +1,70 @@
-//! The process's load scope (`sealtensors.load_scope()`): while one is open,
-//! every `File` opened in this process shares model keys and folder checks
-//! per folder through one `sealtensors::model::LoadScope`, so a model that
-//! transformers or vLLM opens shard by shard, each several times, costs one
-//! key unwrap or broker release (SPEC §8.5). Scopes nest; the keys go when
-//! the outermost one exits.
+//! Load scopes for Python (`sealtensors.load_scope()`): while one is open on
+//! a thread, every `File` that thread opens shares model keys and folder
+//! checks per folder through one `sealtensors::model::LoadScope`, so a model
+//! that transformers or vLLM opens shard by shard, each several times, costs
+//! one key unwrap or broker release (SPEC §8.5). Scopes belong to the thread
+//! that opened them (a load in another thread, a server's other requests,
+//! never join them), nest, and drop their keys when the outermost one exits;
+//! `forget_released_keys` ends every open scope's sharing at once.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 
+use sealtensors::keys::KeyConfig;
 use sealtensors::model::LoadScope;
 
-/// The open scope and how deeply it is nested.
-static SCOPE: Mutex<Option<(Arc<LoadScope>, usize)>> = Mutex::new(None);
-
-fn lock() -> std::sync::MutexGuard<'static, Option<(Arc<LoadScope>, usize)>> {
-    SCOPE.lock().unwrap_or_else(|p| p.into_inner())
+thread_local! {
+    /// This thread's open scope, its nesting depth and its generation.
+    static SCOPE: RefCell<Option<(Arc<LoadScope>, usize, u64)>> = const { RefCell::new(None) };
 }
 
-/// The scope opens share, if one is open.
+/// Bumped by `forget_released_keys`: scopes from before share nothing more.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The scope this thread's opens share, if one is open (and not forgotten).
 pub(crate) fn current() -> Option<Arc<LoadScope>> {
-    lock().as_ref().map(|(s, _)| Arc::clone(s))
+    let now = GENERATION.load(Ordering::SeqCst);
+    SCOPE.with(|s| match &*s.borrow() {
+        Some((scope, _, g)) if *g == now => Some(Arc::clone(scope)),
+        _ => None,
+    })
 }
 
-/// A digest of what chooses the keys of an open: opens with other
-/// identities, signers, passphrase or licence never share a key.
+/// End the sharing of every open scope (their keys go when they exit).
+pub(crate) fn forget_all() {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A digest of the keys an open was given, as loaded (not where they were
+/// found): identities, trusted signers, the broker configuration (hosts,
+/// tokens, machine id, CA), the passphrase and the licence claims. Opens
+/// with anything different never share a key.
 pub(crate) fn credentials(
-    identities: &[PathBuf],
-    trusted: &[String],
+    keys: &KeyConfig,
     passphrase: Option<&str>,
     licence: Option<&str>,
 ) -> [u8; 32] {
     let mut parts: Vec<Vec<u8>> = Vec::new();
-    for p in identities {
-        parts.push(p.as_os_str().as_encoded_bytes().to_vec());
+    for id in &keys.identities {
+        parts.push(format!("identity {}", id.describe()).into_bytes());
     }
-    parts.push(b"\x00trusted".to_vec());
-    for t in trusted {
-        parts.push(t.as_bytes().to_vec());
+    for t in &keys.trusted {
+        parts.push(format!("trusted {t}").into_bytes());
     }
-    parts.push(b"\x00passphrase".to_vec());
-    parts.push(passphrase.unwrap_or("").as_bytes().to_vec());
-    parts.push(b"\x00licence".to_vec());
-    parts.push(licence.unwrap_or("").as_bytes().to_vec());
-    // The environment's key settings count too: identities, signers, the
-    // config folder and brokers are discovered from them (a token that the
-    // broker would refuse must not get a key another token was given).
-    for var in [
-        "SEALTENSORS_IDENTITY",
-        "SEALTENSORS_TRUST",
-        "SEALTENSORS_LICENCE",
-        "SEALTENSORS_CONFIG_DIR",
-        "SEALTENSORS_BROKERS",
-        "SEALTENSORS_BROKER_TOKEN",
-        "SEALTENSORS_BROKER_CA",
-        "SEALTENSORS_TPM_AK",
-        "SEALTENSORS_TPM_PCRS",
-        "SEALTENSORS_TPM_TCTI",
-    ] {
-        parts.push(format!("\x00{var}").into_bytes());
-        parts.push(std::env::var(var).unwrap_or_default().into_bytes());
+    if let Some(b) = &keys.broker {
+        parts.push(b"broker".to_vec());
+        parts.push(b.fingerprint().to_vec());
+    }
+    if let Some(p) = passphrase {
+        parts.push(b"passphrase".to_vec());
+        parts.push(sealtensors::crypto::sha256(p.as_bytes()).to_vec());
+    }
+    if let Some(l) = licence {
+        parts.push(b"licence".to_vec());
+        parts.push(l.as_bytes().to_vec());
     }
     let mut framed = Vec::new();
     for p in &parts {
@@ -70,24 +74,29 @@ pub(crate) fn credentials(
     sealtensors::crypto::sha256(&framed)
 }
 
-/// Open (or nest into) the process's load scope.
+/// Open (or nest into) this thread's load scope.
 #[pyfunction]
 pub(crate) fn enter_load_scope() {
-    let mut g = lock();
-    match g.as_mut() {
-        Some((_, depth)) => *depth += 1,
-        None => *g = Some((Arc::new(LoadScope::new()), 1)),
-    }
+    let now = GENERATION.load(Ordering::SeqCst);
+    SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        match s.as_mut() {
+            Some((_, depth, _)) => *depth += 1,
+            None => *s = Some((Arc::new(LoadScope::new()), 1, now)),
+        }
+    });
 }
 
 /// Leave it; the outermost exit drops the shared keys.
 #[pyfunction]
 pub(crate) fn exit_load_scope() {
-    let mut g = lock();
-    if let Some((_, depth)) = g.as_mut() {
-        *depth -= 1;
-        if *depth == 0 {
-            *g = None;
+    SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        if let Some((_, depth, _)) = s.as_mut() {
+            *depth -= 1;
+            if *depth == 0 {
+                *s = None;
+            }
         }
-    }
+    });
 }

@@ -730,5 +730,8 @@ fn a_load_scope_shares_the_key_only_under_the_same_credentials_and_rechecks_swap
     );
     // Outside the scope, a shard checked before is refused now too.
     let first = SealedFile::open(a.join(SHARD[0]), &f.opts()).unwrap();
-    assert_incomplete(check_member(&first, &f.opts()), "not shards of one sealed model");
+    assert_incomplete(
+        check_member(&first, &f.opts()),
+        "not shards of one sealed model",
+    );
 }

@@ -296,6 +296,43 @@ pub struct BrokerAccess {
     pub(super) cache: Arc<Mutex<Cache>>,
 }
 
+impl BrokerAccess {
+    /// A digest of everything that decides what a broker would release to
+    /// this loader (allowed hosts, tokens, machine id, CA, TPM quoting): two
+    /// configurations with the same fingerprint get the same answers. Load
+    /// scopes share a key only between opens with equal fingerprints.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        for h in &self.allowed {
+            parts.push(format!("host {}:{:?}", h.host, h.port).into_bytes());
+        }
+        parts.push(format!("entries {}", self.allowed_entries).into_bytes());
+        for t in &self.tokens {
+            let to = match &t.host {
+                None => "any".to_string(),
+                Some(None) => "none".to_string(),
+                Some(Some(h)) => format!("{}:{:?}", h.host, h.port),
+            };
+            parts.push(format!("token {to}").into_bytes());
+            parts.push(crate::crypto::sha256(t.secret.as_bytes()).to_vec());
+        }
+        parts.push(format!("machine {:?}", self.machine_id).into_bytes());
+        parts.push(
+            self.ca
+                .as_deref()
+                .map_or_else(Vec::new, |c| crate::crypto::sha256(c).to_vec()),
+        );
+        #[cfg(feature = "broker-client")]
+        parts.push(vec![u8::from(self.tpm.is_some())]);
+        let mut framed = Vec::new();
+        for p in &parts {
+            framed.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            framed.extend_from_slice(p);
+        }
+        crate::crypto::sha256(&framed)
+    }
+}
+
 impl std::fmt::Debug for BrokerAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerAccess")
