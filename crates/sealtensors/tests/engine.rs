@@ -18,6 +18,16 @@ fn whole(files: &[Arc<SealedFile>], order: &[&str]) -> Vec<Piece> {
     engine::whole_tensors(files, 0, order).unwrap()
 }
 
+/// The file opened with the fixture's keys, and all its tensors in file order.
+fn in_file_order(fx: &Fixture, p: &std::path::Path) -> (Vec<Arc<SealedFile>>, Vec<Piece>) {
+    let f = Arc::new(fx.open(p).unwrap());
+    let all = names(&f);
+    let order: Vec<&str> = all.iter().map(String::as_str).collect();
+    let files = vec![f];
+    let pieces = whole(&files, &order);
+    (files, pieces)
+}
+
 #[test]
 fn pieces_come_out_in_the_order_asked_with_the_right_bytes() {
     let fx = Fixture::new();
@@ -187,11 +197,7 @@ fn many(fx: &Fixture, n: usize, len: usize) -> (std::path::PathBuf, Vec<Vec<u8>>
 fn the_pool_stays_within_its_size_reuses_slabs_and_zeroes_them() {
     let fx = Fixture::new();
     let (p, data) = many(&fx, 64, 10_000);
-    let f = Arc::new(fx.open(&p).unwrap());
-    let all = names(&f);
-    let order: Vec<&str> = all.iter().map(String::as_str).collect();
-    let files = vec![f];
-    let pieces = whole(&files, &order);
+    let (files, pieces) = in_file_order(&fx, &p);
     let seen = Seen::default();
     let budget = 4 * 10_000;
     let mut stream = Stream::start(files, pieces, seen.clone(), Some(budget)).unwrap();
@@ -231,11 +237,7 @@ fn a_piece_larger_than_the_pool_is_read_alone() {
 fn kept_slabs_leave_the_pool_with_their_bytes() {
     let fx = Fixture::new();
     let (p, data) = many(&fx, 16, 5_000);
-    let f = Arc::new(fx.open(&p).unwrap());
-    let all = names(&f);
-    let order: Vec<&str> = all.iter().map(String::as_str).collect();
-    let files = vec![f];
-    let pieces = whole(&files, &order);
+    let (files, pieces) = in_file_order(&fx, &p);
     let seen = Seen::default();
     let mut stream = Stream::start(files, pieces, seen.clone(), Some(3 * 5_000)).unwrap();
     // Keep every slab: the pool must not wait for them (nor wipe them).
@@ -262,11 +264,7 @@ fn a_tampered_chunk_ends_the_stream_before_its_tensor_is_handed_out() {
     bad[h.data_start() as usize + t.begin + 4096 + 5] ^= 0x40;
     let q = fx.path("bad.safetensors");
     std::fs::write(&q, &bad).unwrap();
-    let f = Arc::new(fx.open(&q).unwrap());
-    let all = names(&f);
-    let order: Vec<&str> = all.iter().map(String::as_str).collect();
-    let files = vec![f];
-    let pieces = whole(&files, &order);
+    let (files, pieces) = in_file_order(&fx, &q);
     let seen = Seen::default();
     let mut handed = Vec::new();
     let mut err = None;
@@ -294,11 +292,7 @@ fn a_tampered_chunk_ends_the_stream_before_its_tensor_is_handed_out() {
 fn dropping_the_stream_early_stops_it_and_zeroes_the_pool() {
     let fx = Fixture::new();
     let (p, data) = many(&fx, 64, 10_000);
-    let f = Arc::new(fx.open(&p).unwrap());
-    let all = names(&f);
-    let order: Vec<&str> = all.iter().map(String::as_str).collect();
-    let files = vec![f];
-    let pieces = whole(&files, &order);
+    let (files, pieces) = in_file_order(&fx, &p);
     let seen = Seen::default();
     let mut stream = Stream::start(files, pieces, seen.clone(), Some(4 * 10_000)).unwrap();
     let first = stream.next().unwrap().unwrap();
