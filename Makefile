@@ -14,8 +14,10 @@ STAMP := $(VENV)/.installed
 # 1 GiB in 8 tensors (torch and numpy, warm and cold page cache, slices), 1 GiB in 2000
 # tensors, a 4 GiB sharded folder (CLI and Python seal: time, peak RSS), each against
 # safetensors, cryptotensors 0.2.3 and a raw aws-lc-rs floor (bench/floor); transformers
-# from_pretrained of a 1.2 GB Llama and PEFT from_pretrained of a 1,008-tensor LoRA
-# adapter, plain against sealed; then the criterion micro-benchmarks (bench/micro). Writes bench/results/<date>-<HHMM>-<mode>.json,
+# from_pretrained of a 1.2 GB Llama (plain, sealed, sign-only), vLLM's weight loading of
+# the same Llama (when .venv-vllm exists: make vllm-test) and PEFT from_pretrained of a
+# 1,008-tensor LoRA adapter, plain against sealed; then the criterion micro-benchmarks
+# (bench/micro). Writes bench/results/<date>-<HHMM>-<mode>.json,
 # docs/benchmarks.md and docs/img/*.png. Full run: 30-40 minutes here (its 1 GiB
 # workload alone took 15 on the busy shared machine), about 22 GiB free in /tmp;
 # ARGS=--quick scales every workload down (7-8 minutes here, builds included).
