@@ -17,10 +17,10 @@ use sealtensors::keys::{
     load_recipient, load_signing_key, Identity, KeyConfig, Passphrase, Recipient,
 };
 use sealtensors::model::{open_path, seal_path, unseal_path};
+use sealtensors::{Error, ErrorClass, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer};
+
 mod scope;
 mod stream;
-
-use sealtensors::{Error, ErrorClass, OpenOptions, SealOptions, SealWriter, SealedFile, Sealer};
 
 create_exception!(
     _native,
@@ -151,7 +151,7 @@ impl File {
         // Inside a load scope (this thread's), the opens of one folder share
         // its key and folder check (SPEC §8.5).
         let scope = scope::current();
-        let pass_digest = passphrase.clone();
+        let scoped_passphrase = passphrase.clone();
         py.detach(|| {
             let keys = Keys::gather(identities, trusted, passphrase)?;
             let mut opts = keys.options(require_encrypted, require_signed);
@@ -174,8 +174,11 @@ impl File {
             // of one folder share its key and its folder check.
             if let Some(scope) = scope {
                 let licence = opts.policy.licence.as_ref().map(|v| v.to_string());
-                let credentials =
-                    scope::credentials(&keys.config, pass_digest.as_deref(), licence.as_deref());
+                let credentials = scope::credentials(
+                    &keys.config,
+                    scoped_passphrase.as_deref(),
+                    licence.as_deref(),
+                );
                 return scope.open_member(&path, &opts, credentials);
             }
             let f = SealedFile::open(&path, &opts)?;
