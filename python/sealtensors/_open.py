@@ -25,13 +25,15 @@ _REAL_SAFE_OPEN_HANDLE = getattr(safetensors, "_safe_open_handle", None)
 @contextlib.contextmanager
 def load_scope() -> Iterator[None]:
     """One load: while it is open, the shards of a sealed model folder opened
-    in this process (one at a time, each several times, as transformers and
+    by this thread (one at a time, each several times, as transformers and
     vLLM do) share one key unwrap or broker release and one folder check
     (SPEC §8.5). Every open still checks its file's signature, expiry, policy
-    and MAC. Keys are shared only between opens with the same identities,
-    signers, passphrase and licence, and are dropped when the outermost scope
-    exits. `sealtensors.auto` opens one around every transformers
-    `from_pretrained`, and the vLLM loader around its weight loading."""
+    and MAC. Keys are shared only between opens with the same keys as loaded
+    (identities, signers, broker hosts and tokens, passphrase, licence), never
+    with other threads, and are dropped when the outermost scope exits or
+    `forget_released_keys()` is called. `sealtensors.auto` opens one around
+    every transformers `from_pretrained`, and the vLLM loader around its
+    weight loading."""
     enter_load_scope()
     try:
         yield
