@@ -272,26 +272,20 @@ def stream_tensors(
         return
     if any(f._plain is not None for f in files):
         for i, name in pieces:
-            f = files[i]
-            if f._plain is not None:
-                yield name, f._plain.get_tensor(name)
-            else:
-                yield name, f._full(name)
+            yield name, files[i].get_tensor(name)
         return
     first = files[0]
     cuda = first._framework == "pt" and _is_cuda(first._device)
     pinned = cuda or bool(pin_memory)
     alloc = _pinned_alloc if pinned else None
     stream = stream_files([f._file for f in files], list(pieces), pool_bytes, alloc)
-    info = {id(f._file): f._file.info for f in files}
-    owner = [f._file for f in files]
     order = iter(pieces)
 
     def info_of(name: str) -> tuple[str, list[int], int, bool]:
         i, expected = next(order)
         if expected != name:  # the engine hands pieces out in the order asked for
             raise RuntimeError(f"the engine gave {name!r} where {expected!r} was due")
-        return info[id(owner[i])](name)
+        return files[i]._file.info(name)
 
     try:
         if cuda:

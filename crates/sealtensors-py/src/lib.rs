@@ -270,9 +270,9 @@ impl File {
         alloc: Option<Py<PyAny>>,
     ) -> PyResult<stream::TensorStream> {
         let names = names.unwrap_or_else(|| self.offset_keys());
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let wanted: Vec<(usize, &str)> = names.iter().map(|n| (0, n.as_str())).collect();
         let files = vec![Arc::clone(&self.inner)];
-        let pieces = sealtensors::engine::whole_tensors(&files, 0, &refs).map_err(to_py)?;
+        let pieces = sealtensors::engine::whole_tensors(&files, &wanted).map_err(to_py)?;
         let s = py
             .detach(|| {
                 sealtensors::engine::Stream::start(
@@ -330,23 +330,8 @@ fn stream_files(
     alloc: Option<Py<PyAny>>,
 ) -> PyResult<stream::TensorStream> {
     let files: Vec<Arc<SealedFile>> = files.iter().map(|f| Arc::clone(&f.inner)).collect();
-    let pieces = pieces
-        .into_iter()
-        .map(|(file, name)| {
-            let len = files
-                .get(file)
-                .ok_or_else(|| Error::ApiMisuse(format!("no file {file} in the stream")))?
-                .tensor(&name)?
-                .len();
-            Ok(sealtensors::engine::Piece {
-                file,
-                tensor: name,
-                start: 0,
-                end: len,
-            })
-        })
-        .collect::<Result<Vec<_>, Error>>()
-        .map_err(to_py)?;
+    let wanted: Vec<(usize, &str)> = pieces.iter().map(|(i, n)| (*i, n.as_str())).collect();
+    let pieces = sealtensors::engine::whole_tensors(&files, &wanted).map_err(to_py)?;
     let s = py
         .detach(|| {
             sealtensors::engine::Stream::start(files, pieces, stream::ArrayAlloc(alloc), pool_bytes)

@@ -131,14 +131,19 @@ impl Piece {
     }
 }
 
-/// Every named tensor of `files[file]`, whole, in the order given.
-pub fn whole_tensors(files: &[Arc<SealedFile>], file: usize, names: &[&str]) -> Result<Vec<Piece>> {
-    let f = files
-        .get(file)
-        .ok_or_else(|| Error::ApiMisuse(format!("no file {file} in the stream")))?;
-    names
+/// The stream's file `i`, or `ApiMisuse`.
+fn file_at(files: &[Arc<SealedFile>], i: usize) -> Result<&Arc<SealedFile>> {
+    files
+        .get(i)
+        .ok_or_else(|| Error::ApiMisuse(format!("no file {i} in the stream")))
+}
+
+/// Whole tensors, in the order given: (index into `files`, tensor name).
+pub fn whole_tensors(files: &[Arc<SealedFile>], wanted: &[(usize, &str)]) -> Result<Vec<Piece>> {
+    wanted
         .iter()
-        .map(|n| {
+        .map(|&(file, n)| {
+            let f = file_at(files, file)?;
             let len = f.tensor(n).map_err(|e| e.in_file(f.path()))?.len();
             Ok(Piece {
                 file,
@@ -154,9 +159,7 @@ pub fn whole_tensors(files: &[Arc<SealedFile>], file: usize, names: &[&str]) -> 
 /// `block` bytes (a whole number of chunks, so that no chunk is read twice);
 /// an empty tensor is one empty piece (its authentication still runs).
 pub fn blocks(files: &[Arc<SealedFile>], file: usize, block: usize) -> Result<Vec<Piece>> {
-    let f = files
-        .get(file)
-        .ok_or_else(|| Error::ApiMisuse(format!("no file {file} in the stream")))?;
+    let f = file_at(files, file)?;
     let cs = f.seal().map_or(1 << 20, |m| m.chunk_size()).max(1);
     let block = (block.max(cs) / cs) * cs;
     let mut out = Vec::new();
@@ -448,9 +451,7 @@ impl<S: Slab> Stream<S> {
         pool_bytes: Option<usize>,
     ) -> Result<Stream<S>> {
         for p in &pieces {
-            let f = files
-                .get(p.file)
-                .ok_or_else(|| Error::ApiMisuse(format!("no file {} in the stream", p.file)))?;
+            let f = file_at(&files, p.file)?;
             let len = f.tensor(&p.tensor).map_err(|e| e.in_file(f.path()))?.len();
             if p.start > p.end || p.end > len {
                 return Err(Error::RangeOutOfBounds {
@@ -490,6 +491,16 @@ impl<S: Slab> Stream<S> {
                     }
                 }
                 let _done = Done(producer_done);
+                // On a failure: the batch's slabs back, the pool closed (so
+                // they are zeroed now; what the consumer holds stays its
+                // own), and the error sent as the stream's last item.
+                let fail = |batch: Vec<(Piece, S)>, e: Error| {
+                    for (p, s) in batch {
+                        pool.give(s, p.len());
+                    }
+                    pool.close();
+                    let _ = tx.send(Err(e));
+                };
                 let mut alloc_fn = |len: usize| alloc.alloc(len);
                 let mut queue: VecDeque<Piece> = pieces.into();
                 while let Some(first) = queue.pop_front() {
@@ -516,11 +527,7 @@ impl<S: Slab> Stream<S> {
                     match pool.take(first.len(), true, &mut alloc_fn) {
                         Ok(Some(s)) => batch.push((first, s)),
                         Ok(None) => return,
-                        Err(e) => {
-                            pool.close();
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
+                        Err(e) => return fail(Vec::new(), e),
                     }
                     let mut bytes = batch[0].0.len();
                     while bytes < BATCH_BYTES {
@@ -536,14 +543,7 @@ impl<S: Slab> Stream<S> {
                                 }
                             }
                             Ok(None) => break,
-                            Err(e) => {
-                                for (p, s) in batch {
-                                    pool.give(s, p.len());
-                                }
-                                pool.close();
-                                let _ = tx.send(Err(e));
-                                return;
-                            }
+                            Err(e) => return fail(batch, e),
                         }
                     }
                     let filled: Result<()> = batch.par_iter_mut().try_for_each(|(p, s)| {
@@ -553,14 +553,7 @@ impl<S: Slab> Stream<S> {
                         })
                     });
                     if let Err(e) = filled {
-                        for (p, s) in batch {
-                            pool.give(s, p.len());
-                        }
-                        // Zero the failed batch now; what the consumer holds
-                        // stays its own.
-                        pool.close();
-                        let _ = tx.send(Err(e));
-                        return;
+                        return fail(batch, e);
                     }
                     let mut batch = batch.into_iter();
                     for (piece, slab) in batch.by_ref() {

@@ -380,10 +380,7 @@ impl AtomicDir {
             }
         }
         let name = file_name(dest);
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let parent = folder_of(dest);
         let tmp = atomic::temp_name(parent, &name)?;
         // Private (0700) from its creation, as temporary files are (it may
         // hold plaintext); the umask default on commit.
@@ -689,6 +686,13 @@ impl EmbeddedPolicy {
     }
 }
 
+/// The folder a file lies in (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Check a sealed file opened on its own against the folder it lies in
 /// (SPEC §8.5): a shard of a sharded model, or a file named by the
 /// folder's index, is used only when the whole folder is one complete
@@ -707,10 +711,7 @@ fn member_files(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<Vec<(PathBu
         return Ok(Vec::new()); // plain files open as plain safetensors files do
     };
     let path = file.path();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(path);
     // A file with no shard number and no index beside it is a model of one
     // file (a folder may hold several such files, of different sealings).
     if meta.shard.is_none() && !dir.join(INDEX_FILE).exists() {
@@ -788,10 +789,7 @@ impl LoadScope {
         opts: &OpenOptions<'_>,
         credentials: [u8; 32],
     ) -> Result<SealedFile> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let dir = folder_of(path);
         let slot = (
             fs::canonicalize(dir).map_err(io("resolving", dir))?,
             credentials,

@@ -15,7 +15,8 @@ fn names(f: &SealedFile) -> Vec<String> {
 }
 
 fn whole(files: &[Arc<SealedFile>], order: &[&str]) -> Vec<Piece> {
-    engine::whole_tensors(files, 0, order).unwrap()
+    let wanted: Vec<(usize, &str)> = order.iter().map(|n| (0, *n)).collect();
+    engine::whole_tensors(files, &wanted).unwrap()
 }
 
 /// The file opened with the fixture's keys, and all its tensors in file order.
@@ -118,7 +119,7 @@ fn ranges_and_blocks_read_what_read_range_reads() {
         .err()
         .unwrap();
     assert!(matches!(e.kind(), Error::RangeOutOfBounds { .. }), "{e:?}");
-    let e = engine::whole_tensors(&[f], 0, &["nope"]).unwrap_err();
+    let e = engine::whole_tensors(&[f], &[(0, "nope")]).unwrap_err();
     assert!(format!("{e}").contains("nope"), "{e}");
 }
 
