@@ -102,6 +102,28 @@ def seal(
     overwrite: bool = False,
     policy: str | None = None,
 ) -> None: ...
+def convert_cryptotensors(
+    input: _Path,
+    output: _Path,
+    identities: Sequence[_Path] = ...,
+    trusted: Sequence[str] = ...,
+    recipients: Sequence[str] = ...,
+    sign_key: _Path | None = None,
+    cipher: str = "aes-256-gcm",
+    chunk_size: int = 1048576,
+    model_id: str = "",
+    model_version: str = "",
+    expires: int | None = None,
+    overwrite: bool = False,
+    policy: str | None = None,
+) -> None:
+    """Convert a CryptoTensors file or folder into a sealtensors file or model.
+
+    The input is opened with ``identities`` (their key file, holding the oct
+    key) and ``trusted`` (their signer's public key: the key file works), its
+    signature, policy and every chunk checked, and its plaintext re-sealed for
+    ``recipients`` without touching the disk.
+    """
 def unseal(
     input: _Path,
     output: _Path,

@@ -191,7 +191,8 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         return self._file.metadata()
 
     def authenticity(self) -> tuple[str, str | None]:
-        """("plain" | "unsigned" | "signed-untrusted" | "signed-trusted", signer)."""
+        """("plain" | "unsigned" | "signed-untrusted" | "signed-trusted" | "signed-unchecked",
+        signer)."""
         return self._file.authenticity()
 
     def _full(self, name: str) -> Any:

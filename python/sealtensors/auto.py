@@ -53,8 +53,12 @@ def _patched_safe_open(filename: Any, framework: str, device: Any = "cpu", **kwa
 functools.update_wrapper(_patched_safe_open, _open.safe_open)
 
 # The reserved prefix of a sealed (or sign-only) file's metadata keys (spec/SPEC.md §3),
-# and the header size limit of safetensors, for `_header_says_sealed`.
+# CryptoTensors' reserved keys (SPEC appendix A: their files are never plain), and the
+# header size limit of safetensors, for `_header_says_sealed`.
 _SEAL_PREFIX = "sealtensors."
+_CRYPTOTENSORS_KEYS = frozenset(
+    ("__crypto_keys__", "__encryption__", "__signature__", "__policy__")
+)
 _MAX_HEADER = 100_000_000
 
 
@@ -121,7 +125,9 @@ def _header_says_sealed(handle: Any) -> bool:
     except (AttributeError, OSError, ValueError, TypeError):
         return False
     meta = doc.get("__metadata__") if isinstance(doc, dict) else None
-    return isinstance(meta, dict) and any(str(k).startswith(_SEAL_PREFIX) for k in meta)
+    return isinstance(meta, dict) and any(
+        str(k).startswith(_SEAL_PREFIX) or k in _CRYPTOTENSORS_KEYS for k in meta
+    )
 
 
 def _patched_safe_open_handle(

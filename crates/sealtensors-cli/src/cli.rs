@@ -49,6 +49,11 @@ pub enum Command {
         after_help = "Example:\n  sealtensors inspect --json sealed-model/model.safetensors"
     )]
     Inspect(Inspect),
+    /// Re-encrypt CryptoTensors files (a file or a folder) into sealtensors files for new recipients.
+    #[command(
+        after_help = "Example:\n  sealtensors convert --from cryptotensors -i ct-keys.json --trust ct-keys.json -r x25519:g24X... --sign-key publisher.jwk -o sealed-model/ ct-model/\n\nBack to plain safetensors: sealtensors unseal -i ct-keys.json --trust ct-keys.json -o model/ ct-model/"
+    )]
+    Convert(Convert),
     /// Add or remove recipients, or change the signing key; the data is not re-encrypted.
     #[command(
         after_help = "Example:\n  sealtensors rekey -i deployer.jwk --add-recipient x25519:Qm9... --sign-key publisher.jwk sealed-model/"
@@ -193,12 +198,48 @@ pub struct KeyArgs {
 
 #[derive(Args, Debug)]
 pub struct Seal {
-    /// Recipient: an x25519:... public key, or a JWK file (X25519 public key or symmetric key); repeatable.
-    #[arg(short = 'r', long = "recipient")]
-    pub recipients: Vec<String>,
+    #[command(flatten)]
+    pub params: SealParams,
     /// Also let a passphrase open the file (asked on the terminal, or SEALTENSORS_PASSPHRASE).
     #[arg(long)]
     pub passphrase: bool,
+    /// Output file or folder.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub force: bool,
+    /// Input safetensors file or model folder.
+    pub input: PathBuf,
+}
+
+/// Convert another format's encrypted files into sealtensors files.
+#[derive(Args, Debug)]
+pub struct Convert {
+    /// The format of the input: cryptotensors (files of the `cryptotensors` package).
+    #[arg(long = "from", value_parser = ["cryptotensors"])]
+    pub from: String,
+    /// The input's keys: -i their key file (the oct key), --trust their signer (the okp key).
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
+    pub params: SealParams,
+    /// Output file or folder.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub force: bool,
+    /// Input file or model folder.
+    pub input: PathBuf,
+}
+
+/// What a new seal is made with: recipients, signer, cipher, model identity, policy.
+#[derive(Args, Debug)]
+pub struct SealParams {
+    /// Recipient: an x25519:... public key, or a JWK file (X25519 public key or symmetric key); repeatable.
+    #[arg(short = 'r', long = "recipient")]
+    pub recipients: Vec<String>,
     /// Sign the header with this Ed25519 key (JWK).
     #[arg(long)]
     pub sign_key: Option<PathBuf>,
@@ -223,14 +264,6 @@ pub struct Seal {
     /// Access policy (Rego) stored in the signed header; see `sealtensors policy new`.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Output file or folder.
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Replace an existing output.
-    #[arg(long)]
-    pub force: bool,
-    /// Input safetensors file or model folder.
-    pub input: PathBuf,
 }
 
 #[derive(Args, Debug)]

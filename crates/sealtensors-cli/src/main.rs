@@ -22,7 +22,7 @@ use sealtensors::keys::{
     SigningKey, SymmetricKey, X25519Identity,
 };
 use sealtensors::model::{
-    data_len, rekey_path, seal_path, seal_path_in_place, unseal_path, EmbeddedPolicy,
+    convert_path, data_len, rekey_path, seal_path, seal_path_in_place, unseal_path, EmbeddedPolicy,
 };
 use sealtensors::policy::{self, Decision, Policy, PolicyContext, Template, TemplateParams};
 use sealtensors::rekey::RekeyOptions;
@@ -48,6 +48,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keygen(a) => keygen(a),
         Command::Seal(a) => seal(a, quiet),
         Command::Unseal(a) => unseal(a, quiet),
+        Command::Convert(a) => convert(a, quiet),
         Command::Verify(a) => verify(a, quiet),
         Command::Inspect(a) => inspect(a),
         Command::Rekey(a) => rekey(a),
@@ -211,17 +212,45 @@ fn keygen(a: cli::Keygen) -> Result<()> {
 }
 
 fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
-    let mut recips = recipients(&a.recipients)?;
+    let mut recips = recipients(&a.params.recipients)?;
     if a.passphrase {
         recips.push(Box::new(read_passphrase("passphrase to seal with: ")?));
     }
+    check_output(&a.output, a.force)?;
+    let total = data_len(&a.input)?;
+    let (bar, progress) = progress(quiet, total, "sealing");
+    let sealer = new_sealer(a.params, recips, a.force, progress)?;
+    seal_path(&sealer, &a.input, &a.output, a.force)?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn convert(a: cli::Convert, quiet: bool) -> Result<()> {
+    let keys = Keys::load(&a.keys)?;
+    let opts = keys.options(&a.keys);
+    let recips = recipients(&a.params.recipients)?;
+    check_output(&a.output, a.force)?;
+    let (bar, progress) = progress(quiet, data_len(&a.input)?, "converting");
+    let sealer = new_sealer(a.params, recips, a.force, progress)?;
+    convert_path(&sealer, &a.input, &a.output, &opts, a.force)?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// A sealer for `seal` and `convert`: at least one recipient, the policy
+/// read, a warning when it denies a load here now.
+fn new_sealer(
+    a: cli::SealParams,
+    recips: Vec<Box<dyn Recipient>>,
+    overwrite: bool,
+    progress: Option<Progress>,
+) -> Result<Sealer> {
     let signing_key = a.sign_key.as_deref().map(load_signing_key).transpose()?;
     if recips.is_empty() {
         return Err(CliError::usage(
             "no recipient: give -r RECIPIENT (or --passphrase) to encrypt, or use `sealtensors sign` to sign only",
         ));
     }
-    check_output(&a.output, a.force)?;
     let cipher: Cipher = a.cipher.parse()?;
     let policy_text = a
         .policy
@@ -231,8 +260,6 @@ fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
                 .map_err(|e| CliError::usage(format!("reading the policy {}: {e}", p.display())))
         })
         .transpose()?;
-    let total = data_len(&a.input)?;
-    let (bar, progress) = progress(quiet, total, "sealing");
     let sealer = Sealer::new(SealOptions {
         recipients: recips,
         signing_key,
@@ -243,7 +270,7 @@ fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
         model_version: a.model_version,
         expires: a.expires,
         policy: policy_text,
-        overwrite: a.force,
+        overwrite,
         progress,
         ..Default::default()
     })?;
@@ -253,9 +280,7 @@ fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
             reasons.join("; ")
         );
     }
-    seal_path(&sealer, &a.input, &a.output, a.force)?;
-    bar.finish_and_clear();
-    Ok(())
+    Ok(sealer)
 }
 
 fn unseal(a: cli::Unseal, quiet: bool) -> Result<()> {

@@ -90,7 +90,30 @@ pub fn inspection(j: &Inspection) {
                 }
             }
         }
-        None => println!("format:      plain safetensors"),
+        None => match &j.cryptotensors {
+            Some(c) => {
+                println!("format:      CryptoTensors v{} (encrypted)", c.version);
+                println!(
+                    "cipher:      {}{}",
+                    shown(&c.cipher),
+                    c.chunk_size.map_or_else(
+                        || " (whole tensors)".into(),
+                        |cs| format!(" (chunks of {cs} bytes)")
+                    )
+                );
+                println!("key:         {}", shown(&c.enc_key));
+                println!(
+                    "signer:      {} [{} (check it with `sealtensors verify --trust KEY`)]",
+                    shown(&c.sign_key),
+                    shown(&c.signature)
+                );
+                println!("policy:");
+                for line in c.policy.lines() {
+                    println!("{}", shown(line));
+                }
+            }
+            None => println!("format:      plain safetensors"),
+        },
     }
     for (k, v) in j.metadata.iter().flatten() {
         println!("metadata:    {} = {}", shown(k), shown(v));

@@ -217,9 +217,11 @@ impl File {
         self.inner.metadata()
     }
 
-    /// Whether the file carries seal metadata.
+    /// Whether the file carries seal metadata, sealtensors' or CryptoTensors'
+    /// (SPEC appendix A): its tensors are read through sealtensors, never
+    /// handed to a plain opener.
     fn is_sealed(&self) -> bool {
-        self.inner.seal().is_some()
+        self.inner.seal().is_some() || self.inner.cryptotensors().is_some()
     }
 
     /// (dtype, shape, nbytes, encrypted) of one tensor.
@@ -229,7 +231,8 @@ impl File {
         Ok((t.dtype.as_str().to_string(), t.shape.clone(), t.len(), enc))
     }
 
-    /// ("plain" | "unsigned" | "signed-untrusted" | "signed-trusted", signer or None).
+    /// ("plain" | "unsigned" | "signed-untrusted" | "signed-trusted" |
+    /// "signed-unchecked", signer or None).
     fn authenticity(&self) -> (&'static str, Option<String>) {
         let a = self.inner.authenticity();
         (a.name(), a.signer().map(|k| k.to_string()))
@@ -417,6 +420,50 @@ fn seal(
     py.detach(|| {
         let sealer = args.sealer()?;
         seal_path(&sealer, &input, &output, overwrite)
+    })
+    .map_err(to_py)
+}
+
+/// Convert a CryptoTensors file or folder into a sealtensors file or model
+/// (SPEC A.5): opened with `identities` (their key file) and `trusted`
+/// (their signer), re-sealed for `recipients`.
+#[pyfunction]
+#[pyo3(signature = (input, output, identities=Vec::new(), trusted=Vec::new(), recipients=Vec::new(), sign_key=None, cipher="aes-256-gcm".to_string(), chunk_size=1<<20, model_id=String::new(), model_version=String::new(), expires=None, overwrite=false, policy=None))]
+#[allow(clippy::too_many_arguments)]
+fn convert_cryptotensors(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    identities: Vec<PathBuf>,
+    trusted: Vec<String>,
+    recipients: Vec<String>,
+    sign_key: Option<PathBuf>,
+    cipher: String,
+    chunk_size: usize,
+    model_id: String,
+    model_version: String,
+    expires: Option<u64>,
+    overwrite: bool,
+    policy: Option<String>,
+) -> PyResult<()> {
+    let args = SealArgs {
+        recipients,
+        sign_key,
+        passphrase: None,
+        encrypt: None,
+        cipher,
+        chunk_size,
+        model_id,
+        model_version,
+        expires,
+        overwrite,
+        policy,
+    };
+    py.detach(|| {
+        let keys = Keys::gather(identities, trusted, None)?;
+        let opts = keys.options(false, false);
+        let sealer = args.sealer()?;
+        sealtensors::model::convert_path(&sealer, &input, &output, &opts, overwrite)
     })
     .map_err(to_py)
 }
@@ -645,6 +692,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scope::enter_load_scope, m)?)?;
     m.add_function(wrap_pyfunction!(scope::exit_load_scope, m)?)?;
     m.add_function(wrap_pyfunction!(unseal, m)?)?;
+    m.add_function(wrap_pyfunction!(convert_cryptotensors, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(policy_template, m)?)?;

@@ -197,6 +197,113 @@ fn chunk_nonce(index: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
+/// The AEADs of CryptoTensors files (SPEC appendix A), read only: their
+/// algorithm names, key lengths and the one extra cipher, AES-128-GCM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForeignCipher {
+    /// `aes128gcm`.
+    Aes128Gcm,
+    /// `aes256gcm`.
+    Aes256Gcm,
+    /// `chacha20poly1305`.
+    ChaCha20Poly1305,
+}
+
+impl ForeignCipher {
+    /// Parse a CryptoTensors `alg` as their reader does: `-` removed, case ignored.
+    pub fn from_alg(alg: &str) -> Option<ForeignCipher> {
+        match alg.replace('-', "").to_ascii_lowercase().as_str() {
+            "aes128gcm" => Some(ForeignCipher::Aes128Gcm),
+            "aes256gcm" => Some(ForeignCipher::Aes256Gcm),
+            "chacha20poly1305" => Some(ForeignCipher::ChaCha20Poly1305),
+            _ => None,
+        }
+    }
+    /// The canonical name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForeignCipher::Aes128Gcm => "aes128gcm",
+            ForeignCipher::Aes256Gcm => "aes256gcm",
+            ForeignCipher::ChaCha20Poly1305 => "chacha20poly1305",
+        }
+    }
+    /// Key length in bytes.
+    pub fn key_len(self) -> usize {
+        match self {
+            ForeignCipher::Aes128Gcm => 16,
+            ForeignCipher::Aes256Gcm | ForeignCipher::ChaCha20Poly1305 => 32,
+        }
+    }
+    fn alg(self) -> &'static aead::Algorithm {
+        match self {
+            ForeignCipher::Aes128Gcm => &aead::AES_128_GCM,
+            ForeignCipher::Aes256Gcm => &aead::AES_256_GCM,
+            ForeignCipher::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
+        }
+    }
+}
+
+/// A key of another format's AEAD, opened with the nonce and tag that format
+/// stores and no associated data: what CryptoTensors files use for their
+/// data keys and tensor data (SPEC appendix A). Decryption only: sealtensors
+/// never writes with explicit nonces. The key bytes live inside aws-lc-rs.
+pub struct ForeignKey {
+    key: LessSafeKey,
+    cipher: ForeignCipher,
+}
+
+impl ForeignKey {
+    /// Build from raw key bytes, which must have the cipher's length.
+    pub fn new(cipher: ForeignCipher, key: &[u8]) -> Result<Self> {
+        if key.len() != cipher.key_len() {
+            return Err(Error::InvalidKey(format!(
+                "a {} key has {} bytes, this one {}",
+                cipher.name(),
+                cipher.key_len(),
+                key.len()
+            )));
+        }
+        let k = UnboundKey::new(cipher.alg(), key)
+            .map_err(|_| Error::Crypto("AEAD key setup failed"))?;
+        Ok(ForeignKey {
+            key: LessSafeKey::new(k),
+            cipher,
+        })
+    }
+
+    /// The cipher.
+    pub fn cipher(&self) -> ForeignCipher {
+        self.cipher
+    }
+
+    /// Decrypt in place with an explicit 96-bit nonce and empty associated
+    /// data; `false` when the tag does not verify (the buffer then holds
+    /// unspecified bytes and must be discarded).
+    pub fn open(&self, nonce: &[u8; 12], tag: &[u8; TAG_LEN], in_out: &mut [u8]) -> bool {
+        self.key
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::empty(),
+                tag,
+                in_out,
+            )
+            .is_ok()
+    }
+
+    /// Unwrap a data key stored as `ciphertext`, nonce, tag: decrypted into
+    /// zeroizing memory, or `None` when it does not authenticate.
+    pub fn unwrap(
+        &self,
+        nonce: &[u8; 12],
+        tag: &[u8; TAG_LEN],
+        wrapped: &[u8],
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        let mut buf = Zeroizing::new(wrapped.to_vec());
+        self.open(nonce, tag, &mut buf).then_some(buf)
+    }
+}
+
 /// Wrap a 32-byte key under a single-use wrapping key (SPEC §6): AES-256-GCM,
 /// zero nonce (the wrapping key is fresh for every slot), output `ct || tag`.
 pub fn wrap_key(kek: &Secret32, aad: &[u8], key: &Secret32) -> Result<Vec<u8>> {

@@ -160,8 +160,14 @@ pub fn whole_tensors(files: &[Arc<SealedFile>], wanted: &[(usize, &str)]) -> Res
 /// an empty tensor is one empty piece (its authentication still runs).
 pub fn blocks(files: &[Arc<SealedFile>], file: usize, block: usize) -> Result<Vec<Piece>> {
     let f = file_at(files, file)?;
-    let cs = f.seal().map_or(1 << 20, |m| m.chunk_size()).max(1);
-    let block = (block.max(cs) / cs) * cs;
+    // A file whose tensors are one unit each is cut per tensor.
+    let block = match f.read_unit() {
+        Some(cs) => {
+            let cs = cs.max(1);
+            (block.max(cs) / cs) * cs
+        }
+        None => usize::MAX,
+    };
     let mut out = Vec::new();
     for t in f.tensors() {
         let mut at = 0;

@@ -154,6 +154,17 @@ pub enum Error {
     #[error("the header signature does not verify: the header was modified after signing; do not use this file")]
     BadSignature,
 
+    /// A CryptoTensors file's signature verifies against no trusted signer
+    /// (SPEC A.3): their header names its signer by id only, so the loader
+    /// must name the publisher's key.
+    #[error("{}", cryptotensors_signature_text(.signer, *.trusted))]
+    CryptoTensorsSignature {
+        /// The signing key as the header describes it (kid, jku), escaped.
+        signer: String,
+        /// How many signers the loader trusts.
+        trusted: usize,
+    },
+
     /// The header MAC does not verify under the model key.
     #[error("the header authentication code does not verify: the header was modified; do not use this file")]
     BadHeaderMac,
@@ -222,6 +233,11 @@ pub enum Error {
         /// Chunk index.
         chunk: u64,
     },
+
+    /// A tensor that nothing authenticates: stored unencrypted in a
+    /// CryptoTensors file, whose signature covers the header only.
+    #[error("tensor {0:?} is stored unencrypted in this CryptoTensors file, and nothing authenticates its bytes (their signature covers the header only), so sealtensors does not return it; ask the publisher to encrypt every tensor, or to publish a sealtensors file")]
+    Unauthenticated(String),
 
     // ---- model folders --------------------------------------------------------------------
     /// The shards of a model folder are not the complete set of one sealing
@@ -322,6 +338,8 @@ impl Error {
             | Error::BadHeaderMac
             | Error::ChunkAuthFailed { .. }
             | Error::UntrustedSigner { .. }
+            | Error::CryptoTensorsSignature { .. }
+            | Error::Unauthenticated(_)
             | Error::NotSigned { .. }
             | Error::NotSealed { .. }
             | Error::IncompleteModel(_)
@@ -396,6 +414,16 @@ impl Error {
             key: key.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+fn cryptotensors_signature_text(signer: &str, trusted: usize) -> String {
+    let head = format!("the CryptoTensors header signature (signing key {signer})");
+    let fix = "give the publisher's Ed25519 public key with --trust or SEALTENSORS_TRUST (their key file, a JWK or a JWKS, works), and only if you trust its owner";
+    if trusted == 0 {
+        format!("{head} cannot be checked: the loader trusts no signer, and a CryptoTensors file does not carry its signer's key (sealtensors never fetches one from the file's kid or jku); {fix}")
+    } else {
+        format!("{head} verifies against none of the {trusted} trusted signer(s): the header was modified, or it was signed by a key you do not trust; do not use this file, or {fix}")
     }
 }
 

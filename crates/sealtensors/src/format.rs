@@ -330,6 +330,14 @@ impl Header {
     /// `__metadata__` first (its keys sorted), then tensors in data order,
     /// compact, padded with spaces to a multiple of 8.
     pub fn to_json(&self) -> Vec<u8> {
+        let mut bytes = self.to_json_unpadded();
+        let padded = bytes.len().next_multiple_of(8);
+        bytes.resize(padded, b' ');
+        bytes
+    }
+
+    /// [`to_json`](Self::to_json) without the padding.
+    pub fn to_json_unpadded(&self) -> Vec<u8> {
         let mut out = String::with_capacity(64 + self.tensors.len() * 96);
         out.push('{');
         let mut first = true;
@@ -352,10 +360,7 @@ impl Header {
             out.push_str(&format!("],\"data_offsets\":[{},{}]}}", t.begin, t.end));
         }
         out.push('}');
-        let mut bytes = out.into_bytes();
-        let padded = bytes.len().next_multiple_of(8);
-        bytes.resize(padded, b' ');
-        bytes
+        out.into_bytes()
     }
 
     /// The 8-byte prefix and the JSON part.

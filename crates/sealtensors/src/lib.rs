@@ -32,6 +32,7 @@
 //   it (SPEC §6.6), and its tests open the answer.
 mod atomic;
 pub mod crypto;
+pub mod cryptotensors;
 pub mod engine;
 mod error;
 pub mod format;

@@ -616,6 +616,64 @@ pub fn unseal_path(
     }
 }
 
+/// Convert a CryptoTensors file, or a folder of them, into a sealtensors
+/// file or model (SPEC A.5): each file is opened with `opts` (signature
+/// against the trusted signers, local policy, data keys), its plaintext
+/// streamed through the loading engine and sealed again by `sealer`; a
+/// folder becomes the numbered shards of one sealing, its other files
+/// copied. Written atomically; nothing plaintext touches the disk.
+pub fn convert_path(
+    sealer: &Sealer,
+    input: &Path,
+    output: &Path,
+    opts: &OpenOptions<'_>,
+    overwrite: bool,
+) -> Result<()> {
+    let not_ct = |f: &SealedFile| {
+        Error::Config(
+            "not a CryptoTensors file: seal a plain file with `seal`, or change a sealed one's keys with `rekey`".into(),
+        )
+        .in_file(f.path())
+    };
+    if !input.is_dir() {
+        let f = SealedFile::open(input, opts)?;
+        if f.cryptotensors().is_none() {
+            return Err(not_ct(&f));
+        }
+        return sealer.seal_opened(&f, output, None);
+    }
+    let model = SealedModel::open(input, opts)?;
+    if let Some(f) = model.files.iter().find(|f| f.cryptotensors().is_none()) {
+        return Err(not_ct(f));
+    }
+    sealer
+        .check_selection(model.tensor_names())
+        .map_err(|e| e.in_file(input))?;
+    let count = model.files.len() as u64;
+    if count > MAX_SHARDS {
+        return Err(Error::Config(format!(
+            "the folder holds {count} weight files; a sealed model has at most {MAX_SHARDS} shards"
+        ))
+        .in_file(input));
+    }
+    let set = Shard::new_set()?;
+    let dir = AtomicDir::create(output, overwrite)?;
+    let weights: Vec<PathBuf> = model.files.iter().map(|f| f.path().to_path_buf()).collect();
+    copy_others(input, &dir.tmp, &weights, false)?;
+    for (i, f) in model.files.iter().enumerate() {
+        let Some(name) = f.path().file_name() else {
+            continue;
+        };
+        let shard = (count >= 2).then_some(Shard {
+            set,
+            index: i as u64 + 1,
+            count,
+        });
+        sealer.seal_opened(f, &dir.tmp.join(name), shard)?;
+    }
+    dir.commit()
+}
+
 /// Rekey a file, or every shard of a model folder ([`rekey_model_dir`]):
 /// into `output`, or in place when `None`.
 pub fn rekey_path(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) -> Result<()> {

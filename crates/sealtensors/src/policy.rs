@@ -215,7 +215,41 @@ pub struct PolicyContext {
 #[derive(Clone)]
 pub struct Policy {
     engine: regorus::Engine,
+    dialect: Dialect,
 }
+
+/// Whose policy it is: its package, decision and reasons rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    /// sealtensors' own (SPEC §3.4): `data.sealtensors.allow`.
+    Sealtensors,
+    /// A CryptoTensors file's local policy (SPEC A.3): `data.model.allow`.
+    CryptoTensors,
+}
+
+impl Dialect {
+    fn package(self) -> &'static str {
+        match self {
+            Dialect::Sealtensors => "data.sealtensors",
+            Dialect::CryptoTensors => "data.model",
+        }
+    }
+    fn decision(self) -> &'static str {
+        match self {
+            Dialect::Sealtensors => DECISION_RULE,
+            Dialect::CryptoTensors => CRYPTOTENSORS_DECISION_RULE,
+        }
+    }
+    fn reasons(self) -> &'static str {
+        match self {
+            Dialect::Sealtensors => REASONS_RULE,
+            Dialect::CryptoTensors => "data.model.deny_reasons",
+        }
+    }
+}
+
+/// The decision of a CryptoTensors file's local policy (SPEC A.3).
+pub const CRYPTOTENSORS_DECISION_RULE: &str = "data.model.allow";
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,12 +297,33 @@ impl Policy {
             }));
         }
         check_profile(text).map_err(CompileError::Other)?;
-        Self::compile_checked(text)
+        Self::compile_checked(text, Dialect::Sealtensors)
+    }
+
+    /// [`compile`](Self::compile) for a CryptoTensors file's local policy:
+    /// the same limits and profile, the decision `data.model.allow`
+    /// (`package model`, an `allow` rule) and optional reasons
+    /// `data.model.deny_reasons`.
+    pub fn compile_cryptotensors(text: &str) -> Result<Policy> {
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(Error::LimitExceeded {
+                what: "policy text bytes",
+                got: text.len() as u64,
+                max: MAX_POLICY_BYTES as u64,
+            });
+        }
+        check_profile(text)?;
+        Self::compile_checked(text, Dialect::CryptoTensors).map_err(|e| match e {
+            CompileError::NoDecision => invalid(format!(
+                "this CryptoTensors policy defines no {CRYPTOTENSORS_DECISION_RULE} rule (`package model` and an `allow` rule)"
+            )),
+            CompileError::Other(e) => e,
+        })
     }
 
     /// Parse text that passed [`check_profile`], into an engine where every
     /// builtin outside the profile is a refusal.
-    fn compile_checked(text: &str) -> Result<Policy, CompileError> {
+    fn compile_checked(text: &str, dialect: Dialect) -> Result<Policy, CompileError> {
         let r = catch_unwind(AssertUnwindSafe(|| -> Result<Policy, CompileError> {
             let mut engine = regorus::Engine::new();
             engine.set_policy_length_config(regorus::utils::limits::PolicyLengthConfig {
@@ -311,7 +366,7 @@ impl Policy {
             let package = engine
                 .add_policy(SOURCE_NAME.into(), text.into())
                 .map_err(|e| CompileError::Other(invalid(format!("it does not parse: {e}"))))?;
-            if package != "data.sealtensors" {
+            if package != dialect.package() {
                 // Another package may still not define the decision.
                 return Err(CompileError::NoDecision);
             }
@@ -320,7 +375,7 @@ impl Policy {
                 Ok(false) => return Err(CompileError::NoDecision),
                 Err(e) => return Err(CompileError::Other(invalid(e.to_string()))),
             }
-            Ok(Policy { engine })
+            Ok(Policy { engine, dialect })
         }));
         r.unwrap_or_else(|_| {
             Err(CompileError::Other(invalid(
@@ -369,15 +424,18 @@ impl Policy {
 
     fn evaluate_value(&mut self, input: regorus::Value) -> Result<Decision> {
         let engine = &mut self.engine;
+        let dialect = self.dialect;
         let r = catch_unwind(AssertUnwindSafe(|| -> Result<Decision> {
             engine.set_input(input);
-            let allow = engine.eval_rule(DECISION_RULE.into()).map_err(eval_error)?;
+            let allow = engine
+                .eval_rule(dialect.decision().into())
+                .map_err(eval_error)?;
             if allow == regorus::Value::Bool(true) {
                 return Ok(Decision::Allow);
             }
             let mut reasons = Vec::new();
             // The reasons rule is optional: an error means it is absent.
-            if let Ok(v) = engine.eval_rule(REASONS_RULE.into()) {
+            if let Ok(v) = engine.eval_rule(dialect.reasons().into()) {
                 let items: Vec<regorus::Value> = match &v {
                     regorus::Value::Set(s) => s.iter().cloned().collect(),
                     regorus::Value::Array(a) => a.iter().cloned().collect(),
@@ -1167,7 +1225,7 @@ mod tests {
         ] {
             let text =
                 format!("package sealtensors\nimport rego.v1\nsprintf := 1\nallow if {call}\n");
-            let mut p = match Policy::compile_checked(&text) {
+            let mut p = match Policy::compile_checked(&text, Dialect::Sealtensors) {
                 Ok(p) => p,
                 Err(e) => panic!("{call}: {:?}", Error::from(e)),
             };

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::atomic::AtomicFile;
-use crate::crypto::{self, ChunkKey};
+use crate::crypto::{self, ChunkKey, ForeignKey};
+use crate::cryptotensors::{self, CtMeta};
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::format::{read_header, Header, TensorInfo};
@@ -78,6 +79,9 @@ pub enum Authenticity {
     UntrustedSigner(VerifyingKey),
     /// Signed by a trusted signer.
     Trusted(VerifyingKey),
+    /// A CryptoTensors file opened locked with no trusted signer: signed,
+    /// but the file does not carry its signer's key, so nothing was checked.
+    SignedUnchecked,
 }
 
 impl Authenticity {
@@ -89,6 +93,7 @@ impl Authenticity {
             Authenticity::Unsigned => "unsigned",
             Authenticity::UntrustedSigner(_) => "signed-untrusted",
             Authenticity::Trusted(_) => "signed-trusted",
+            Authenticity::SignedUnchecked => "signed-unchecked",
         }
     }
 
@@ -96,7 +101,7 @@ impl Authenticity {
     pub fn signer(&self) -> Option<&VerifyingKey> {
         match self {
             Authenticity::UntrustedSigner(k) | Authenticity::Trusted(k) => Some(k),
-            Authenticity::Plain | Authenticity::Unsigned => None,
+            Authenticity::Plain | Authenticity::Unsigned | Authenticity::SignedUnchecked => None,
         }
     }
 }
@@ -110,10 +115,75 @@ pub struct SealedFile {
     /// constant-time, so a file of 100k tensors is not read in quadratic time.
     by_name: HashMap<String, usize>,
     meta: Option<SealMeta>,
+    /// A CryptoTensors file (SPEC appendix A): its metadata and data keys.
+    ct: Option<Arc<CtFile>>,
     mk: Option<ModelKey>,
     auth: Authenticity,
     decision: Option<Decision>,
     progress: Option<Progress>,
+}
+
+/// A CryptoTensors file's parsed header and, unless opened locked, the
+/// data key of each encrypted tensor (in header order).
+struct CtFile {
+    meta: CtMeta,
+    keys: Vec<Option<ForeignKey>>,
+}
+
+/// Open a CryptoTensors file (SPEC A.3): validate, check the signature
+/// against the trusted signers, evaluate the local policy, unwrap the data
+/// keys. Returns the state and the authenticity.
+fn open_cryptotensors(
+    path: &Path,
+    header: &Header,
+    opts: &OpenOptions<'_>,
+) -> Result<(CtFile, Authenticity, Option<Decision>)> {
+    if seal::is_sealed(header) {
+        return Err(Error::seal_meta(
+            cryptotensors::KEY_ENCRYPTION,
+            "the file carries both sealtensors and CryptoTensors reserved keys",
+        ));
+    }
+    let meta = cryptotensors::parse(header)?;
+    if opts.require_encrypted && meta.entries.iter().all(Option::is_none) {
+        return Err(Error::NotSealed {
+            found: "a CryptoTensors file with no encrypted tensor",
+        });
+    }
+    let auth = if opts.trusted.is_empty() && opts.locked && !opts.require_signed {
+        Authenticity::SignedUnchecked
+    } else {
+        Authenticity::Trusted(cryptotensors::verify_signature(
+            &meta,
+            header,
+            &opts.trusted,
+        )?)
+    };
+    let now = opts.now.unwrap_or_else(now_unix);
+    let mut policy = Policy::compile_cryptotensors(&meta.policy)?;
+    let decision = policy.evaluate_for_file(
+        &opts.policy,
+        &seal::ModelInfo::default(),
+        path.file_name().and_then(|n| n.to_str()),
+        header.tensors.iter().map(|t| t.name.as_str()),
+        now,
+    )?;
+    if let (Decision::Deny { reasons }, false) = (&decision, opts.locked) {
+        return Err(Error::PolicyDenied {
+            reasons: reasons.clone(),
+        });
+    }
+    let keys = if opts.locked {
+        Vec::new()
+    } else {
+        let held: Vec<_> = opts
+            .identities
+            .iter()
+            .flat_map(|i| i.cryptotensors_keys())
+            .collect();
+        cryptotensors::unwrap_keys(&meta, &held)?
+    };
+    Ok((CtFile { meta, keys }, auth, Some(decision)))
 }
 
 /// Compile and evaluate a file's policy (SPEC §3.4, §8.1 step 9).
@@ -196,11 +266,19 @@ impl SealedFile {
             by_name,
             header: header.clone(),
             meta,
+            ct: None,
             mk,
             auth,
             decision,
             progress: opts.progress.clone(),
         };
+        if cryptotensors::is_cryptotensors(&header) {
+            // Never plain: their ciphertext is not weights (SPEC A.1).
+            let (ct, auth, decision) = open_cryptotensors(path, &header, opts)?;
+            let mut f = base(None, None, auth, decision);
+            f.ct = Some(Arc::new(ct));
+            return Ok(f);
+        }
         if !seal::is_sealed(&header) {
             if opts.require_encrypted {
                 return Err(Error::NotSealed { found: "plain" });
@@ -342,6 +420,10 @@ impl SealedFile {
     }
     /// The publisher's metadata, without the seal's reserved keys.
     pub fn metadata(&self) -> Option<BTreeMap<String, String>> {
+        if let Some(ct) = &self.ct {
+            let m = &ct.meta.user_metadata;
+            return (!m.is_empty()).then(|| m.clone());
+        }
         match &self.meta {
             None => self.header.metadata.clone(),
             Some(m) => m.doc.plain_metadata.then(|| m.user_metadata.clone()),
@@ -351,6 +433,20 @@ impl SealedFile {
     pub fn seal(&self) -> Option<&SealMeta> {
         self.meta.as_ref()
     }
+    /// The CryptoTensors metadata, for a CryptoTensors file (SPEC appendix A).
+    pub fn cryptotensors(&self) -> Option<&CtMeta> {
+        self.ct.as_ref().map(|c| &c.meta)
+    }
+    /// The unit reads are checked in, in bytes: the chunk size, or `None`
+    /// when every tensor is one unit (a version 1 CryptoTensors file), so
+    /// that a reader streaming a file cuts it where nothing is read twice.
+    pub fn read_unit(&self) -> Option<usize> {
+        match (&self.meta, &self.ct) {
+            (Some(m), _) => Some(m.chunk_size()),
+            (None, Some(ct)) => ct.meta.chunk_size,
+            (None, None) => Some(1 << 20),
+        }
+    }
     /// Who made it, as far as the loader can tell.
     pub fn authenticity(&self) -> &Authenticity {
         &self.auth
@@ -359,6 +455,11 @@ impl SealedFile {
     /// (inspection) records a denial here instead of failing.
     pub fn policy_decision(&self) -> Option<&Decision> {
         self.decision.as_ref()
+    }
+    /// Whether encrypted tensors can be read: the model key is unwrapped,
+    /// or a CryptoTensors file's data keys are (false when opened locked).
+    pub fn can_decrypt(&self) -> bool {
+        self.mk.is_some() || self.ct.as_ref().is_some_and(|c| !c.keys.is_empty())
     }
     /// The model key, once unwrapped: pass it to the other shards.
     pub fn model_key(&self) -> Option<&ModelKey> {
@@ -382,6 +483,9 @@ impl SealedFile {
     /// Whether the tensor is stored encrypted.
     pub fn is_encrypted(&self, name: &str) -> Result<bool> {
         let i = self.index(name)?;
+        if let Some(ct) = &self.ct {
+            return Ok(ct.meta.entries.get(i).is_some_and(Option::is_some));
+        }
         Ok(matches!(self.protection(i), Protection::Encrypted(_)))
     }
 
@@ -483,6 +587,9 @@ impl SealedFile {
     fn chunk_source(&self, i: usize) -> Result<ChunkSource<'_>> {
         let t = &self.header.tensors[i];
         let base = self.header.data_start() + t.begin as u64;
+        if let Some(ct) = &self.ct {
+            return ct.chunk_source(&self.file, t, i, base);
+        }
         let Some(meta) = &self.meta else {
             // Plain: no chunks; parallel preads of 8 MiB pieces.
             return Ok(ChunkSource {
@@ -590,6 +697,7 @@ impl SealedFile {
             header: self.header.clone(),
             by_name: self.by_name.clone(),
             meta: self.meta.clone(),
+            ct: self.ct.clone(),
             mk: self.mk.clone(),
             auth: self.auth.clone(),
             decision: self.decision.clone(),
@@ -601,7 +709,7 @@ impl SealedFile {
     /// through the engine with a pool of [`STREAM_POOL`] bytes: `f` sees each
     /// block once it is authenticated, while the next ones are read and
     /// decrypted on the other cores.
-    fn for_each_block(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    pub(crate) fn for_each_block(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let files = vec![Arc::new(self.try_clone()?)];
         let pieces = engine::blocks(&files, 0, STREAM_BLOCK)?;
         let stream = engine::Stream::start(files, pieces, engine::VecAlloc, Some(STREAM_POOL))?;
@@ -661,6 +769,84 @@ enum Check<'a> {
     Digests(&'a [[u8; crypto::DIGEST_LEN]]),
     /// A sealed file's tensor with neither: never returned.
     Refuse,
+    /// A CryptoTensors chunk: their data key, nonces and tags (SPEC A.2).
+    Foreign {
+        key: &'a ForeignKey,
+        nonces: ForeignNonces,
+        tags: &'a [[u8; crypto::TAG_LEN]],
+    },
+    /// A CryptoTensors tensor stored unencrypted: never returned.
+    Unauthenticated,
+}
+
+/// How the nonce of each chunk of a CryptoTensors tensor is found.
+#[derive(Clone, Copy)]
+enum ForeignNonces {
+    /// Version 1: one nonce for the one chunk (the whole tensor).
+    Fixed([u8; 12]),
+    /// Version 2: a base nonce and a counter (SPEC A.2).
+    Counter([u8; 12]),
+}
+
+impl CtFile {
+    /// How to read and check the chunks of tensor `i`.
+    fn chunk_source<'a>(
+        &'a self,
+        file: &'a File,
+        t: &'a TensorInfo,
+        i: usize,
+        base: u64,
+    ) -> Result<ChunkSource<'a>> {
+        use cryptotensors::Data;
+        let whole = t.len().max(1);
+        let src = |piece, check| ChunkSource {
+            file,
+            t,
+            base,
+            piece,
+            check,
+        };
+        let Some(entry) = self.meta.entries.get(i).and_then(Option::as_ref) else {
+            // Unencrypted: only an empty one has nothing to authenticate.
+            let check = if t.is_empty() {
+                Check::Plain
+            } else {
+                Check::Unauthenticated
+            };
+            return Ok(src(whole, check));
+        };
+        let Some(Some(key)) = self.keys.get(i) else {
+            return Err(Error::NoMatchingKey {
+                given: 0,
+                slots: format!(
+                    "a CryptoTensors {} key, {}",
+                    self.meta.cipher.name(),
+                    self.meta.enc.describe()
+                ),
+            });
+        };
+        Ok(match &entry.data {
+            Data::Plain | Data::EmptyWhole => src(whole, Check::Plain),
+            Data::Whole { iv, tag } => src(
+                whole,
+                Check::Foreign {
+                    key,
+                    nonces: ForeignNonces::Fixed(*iv),
+                    tags: std::slice::from_ref(tag),
+                },
+            ),
+            Data::Chunks { base_iv, tags } => src(
+                self.meta
+                    .chunk_size
+                    .unwrap_or(cryptotensors::DEFAULT_CHUNK_SIZE),
+                Check::Foreign {
+                    key,
+                    nonces: ForeignNonces::Counter(*base_iv),
+                    tags,
+                },
+            ),
+        })
+    }
 }
 
 /// One tensor's bytes in the file and how to check them, chunk by chunk.
@@ -699,6 +885,20 @@ impl ChunkSource<'_> {
                 .get(i)
                 .is_some_and(|want| crypto::ct_eq(&crypto::sha256(dst), want)),
             Check::Refuse => false,
+            Check::Foreign { key, nonces, tags } => {
+                let nonce = match nonces {
+                    ForeignNonces::Fixed(n) if i == 0 => Some(*n),
+                    ForeignNonces::Fixed(_) => None,
+                    ForeignNonces::Counter(b) => cryptotensors::chunk_nonce(b, c),
+                };
+                match (nonce, tags.get(i)) {
+                    (Some(n), Some(tag)) => key.open(&n, tag, dst),
+                    _ => false,
+                }
+            }
+            Check::Unauthenticated => {
+                return Err(Error::Unauthenticated(self.t.name.clone()));
+            }
         };
         if ok {
             Ok(())

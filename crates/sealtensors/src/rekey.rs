@@ -57,6 +57,9 @@ fn check_resign(f: &SealedFile, key: &SigningKey) -> Result<()> {
         Authenticity::Plain => Err(Error::ResignUnverified {
             found: "plain".into(),
         }),
+        Authenticity::SignedUnchecked => Err(Error::ResignUnverified {
+            found: "signed, its signature not checked".into(),
+        }),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Inspection {
     /// The seal metadata, for a sealed file.
     #[serde(flatten)]
     pub seal: Option<SealInspection>,
+    /// What a CryptoTensors file's reserved entries say (SPEC appendix A).
+    pub cryptotensors: Option<CryptoTensorsInspection>,
     /// The publisher's metadata (seal entries removed).
     pub metadata: Option<BTreeMap<String, String>>,
     /// Every tensor, in file order.
@@ -71,6 +73,29 @@ pub struct SealInspection {
     pub policy: Option<String>,
 }
 
+/// The reserved entries of an inspected CryptoTensors file, as found
+/// (nothing verified: the file does not carry its signer's key).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct CryptoTensorsInspection {
+    /// Their format version: 1 (whole tensors) or 2 (chunks).
+    pub version: u8,
+    /// The data cipher.
+    pub cipher: String,
+    /// Version 2's chunk size.
+    pub chunk_size: Option<usize>,
+    /// The encryption key the header names (kid, jku): a hint only.
+    pub enc_key: String,
+    /// The signing key the header names (kid, jku): never used to verify.
+    pub sign_key: String,
+    /// [`SIGNATURE_NOT_VERIFIED`]: their writer always signs.
+    pub signature: String,
+    /// The local policy (Rego), evaluated on every open.
+    pub policy: String,
+    /// The remote policy (for their key service), never evaluated here.
+    pub remote_policy: String,
+}
+
 /// One tensor of an inspected file.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -92,25 +117,32 @@ impl Inspection {
     pub fn of_file(path: &Path) -> Result<Inspection> {
         let (file, h) = read_header(path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let ct = if crate::cryptotensors::is_cryptotensors(&h) && !seal::is_sealed(&h) {
+            Some(crate::cryptotensors::parse(&h).map_err(|e| e.in_file(path))?)
+        } else {
+            None
+        };
         let meta = if seal::is_sealed(&h) {
             Some(seal::parse(&h).map_err(|e| e.in_file(path))?)
         } else {
             None
         };
-        let tensors = h
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| TensorInspection {
-                name: t.name.clone(),
-                dtype: t.dtype.as_str().to_string(),
-                shape: t.shape.clone(),
-                bytes: t.len(),
-                encrypted: meta
-                    .as_ref()
-                    .is_some_and(|m| matches!(m.protection.get(i), Some(Protection::Encrypted(_)))),
-            })
-            .collect();
+        let tensors =
+            h.tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TensorInspection {
+                    name: t.name.clone(),
+                    dtype: t.dtype.as_str().to_string(),
+                    shape: t.shape.clone(),
+                    bytes: t.len(),
+                    encrypted: meta.as_ref().is_some_and(|m| {
+                        matches!(m.protection.get(i), Some(Protection::Encrypted(_)))
+                    }) || ct
+                        .as_ref()
+                        .is_some_and(|c| c.entries.get(i).is_some_and(Option::is_some)),
+                })
+                .collect();
         let (seal, metadata) = match meta {
             Some(m) => (
                 Some(SealInspection {
@@ -131,14 +163,31 @@ impl Inspection {
                 }),
                 Some(m.user_metadata),
             ),
-            None => (None, h.metadata.clone()),
+            None => match &ct {
+                Some(c) => (
+                    None,
+                    (!c.user_metadata.is_empty()).then(|| c.user_metadata.clone()),
+                ),
+                None => (None, h.metadata.clone()),
+            },
         };
+        let cryptotensors = ct.map(|c| CryptoTensorsInspection {
+            version: c.version,
+            cipher: c.cipher.name().to_string(),
+            chunk_size: c.chunk_size,
+            enc_key: c.enc.describe(),
+            sign_key: c.sign.describe(),
+            signature: SIGNATURE_NOT_VERIFIED.to_string(),
+            policy: c.policy,
+            remote_policy: c.remote_policy,
+        });
         Ok(Inspection {
             file: path.display().to_string(),
             size,
             header_size: h.data_start(),
             sealed: seal.is_some(),
             seal,
+            cryptotensors,
             metadata,
             tensors,
         })
@@ -231,11 +280,7 @@ impl FileVerification {
                 encrypted += 1;
             }
         }
-        let unchecked = if f.model_key().is_none() {
-            encrypted
-        } else {
-            0
-        };
+        let unchecked = if !f.can_decrypt() { encrypted } else { 0 };
         if unchecked == 0 {
             f.verify_data()?;
         } else {

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Header, TensorInfo};
 use crate::keys::{b64, ModelKey, Recipient, SigningKey, Slot, MAX_SLOTS};
 use crate::policy::{self, Decision, Policy, PolicyContext};
+use crate::read::SealedFile;
 use crate::runtime::{now_unix, Progress};
 use crate::seal::{self, ChunkAad, Mode, ModelInfo, SealDoc, Shard, TensorSealDoc};
 
@@ -277,6 +278,31 @@ impl Sealer {
         self.seal_from(&file, &header, input, output, None)
     }
 
+    /// Seal a file that is already open and verified (a CryptoTensors file,
+    /// for `convert`, SPEC A.5) into `output`: the same tensors, layout and
+    /// publisher metadata, its plaintext streamed through the loading
+    /// engine in blocks (bounded memory, each block authenticated before it
+    /// is sealed again), written atomically.
+    pub(crate) fn seal_opened(
+        &self,
+        input: &SealedFile,
+        output: &Path,
+        shard: Option<Shard>,
+    ) -> Result<()> {
+        self.check_selection(input.tensors().iter().map(|t| t.name.as_str()))
+            .map_err(|e| e.in_file(input.path()))?;
+        let mut w = SealWriter::new(
+            SealerRef::Borrowed(self),
+            output,
+            input.tensors().to_vec(),
+            input.metadata(),
+            shard,
+        )
+        .map_err(|e| e.in_file(output))?;
+        input.for_each_block(|b| w.write(b))?;
+        w.finish()
+    }
+
     /// Seal one file; `shard` places it in a sharded model (SPEC §8.5).
     pub(crate) fn seal_from(
         &self,
@@ -383,6 +409,14 @@ impl<'s> SealWriter<'s> {
             return Err(Error::Config(format!(
                 "the metadata key {k:?} uses the reserved prefix {:?}; rename it",
                 seal::PREFIX
+            )));
+        }
+        if let Some(k) = metadata
+            .keys()
+            .find(|k| crate::cryptotensors::RESERVED.contains(&k.as_str()))
+        {
+            return Err(Error::Config(format!(
+                "the metadata key {k:?} is one of CryptoTensors' reserved keys: the input is a CryptoTensors file, whose data is their ciphertext; convert it with `sealtensors convert --from cryptotensors` (or sealtensors.convert_cryptotensors)"
             )));
         }
         let encrypted: Vec<bool> = tensors.iter().map(|t| sealer.encrypts(&t.name)).collect();

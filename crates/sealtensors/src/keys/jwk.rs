@@ -62,6 +62,11 @@ pub enum KeyFile {
 impl KeyFile {
     /// Parse JWK text.
     pub fn from_jwk(text: &str) -> Result<KeyFile> {
+        if super::is_cryptotensors_key(text) {
+            return Err(Error::InvalidKey(
+                "this is a CryptoTensors key file: it reads CryptoTensors files only, as an identity (-i, SEALTENSORS_IDENTITY) for its oct key and as a trusted signer (--trust) for its okp key".into(),
+            ));
+        }
         // serde's message may quote the offending value, which here may be
         // (part of) the secret: say where and what was expected, not what.
         if !text.trim_start().starts_with('{') {
@@ -160,10 +165,7 @@ impl KeyFile {
 
     /// Read a JWK file.
     pub fn load(path: &Path) -> Result<KeyFile> {
-        let text = Zeroizing::new(
-            fs::read_to_string(path).map_err(|e| Error::io("reading key file", e).in_file(path))?,
-        );
-        KeyFile::from_jwk(&text).map_err(|e| e.in_file(path))
+        KeyFile::from_jwk(&read_key_text(path)?).map_err(|e| e.in_file(path))
     }
 
     /// Write a JWK file, mode 0600 from its creation: written aside (a new
@@ -194,9 +196,28 @@ impl KeyFile {
     }
 }
 
-/// Load an identity (X25519 secret or symmetric key) from a JWK file.
+/// A key file's text, wiped when dropped.
+fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
+    Ok(Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+        Error::io("reading key file", e).in_file(path)
+    })?))
+}
+
+/// Load an identity from a JWK file: an X25519 secret or symmetric key, or
+/// a CryptoTensors key file (SPEC A.4) holding an oct key.
 pub fn load_identity(path: &Path) -> Result<Box<dyn Identity>> {
-    match KeyFile::load(path)? {
+    let text = read_key_text(path)?;
+    if super::is_cryptotensors_key(&text) {
+        let keys = super::parse_cryptotensors_keys(&text).map_err(|e| e.in_file(path))?;
+        if keys.master.is_empty() {
+            return Err(Error::InvalidKey(
+                "this CryptoTensors key file holds no oct (encryption) key, so it is not an identity; a file of signing keys goes to --trust".into(),
+            )
+            .in_file(path));
+        }
+        return Ok(Box::new(keys));
+    }
+    match KeyFile::from_jwk(&text).map_err(|e| e.in_file(path))? {
         KeyFile::X25519Identity(i) => Ok(Box::new(i)),
         KeyFile::Symmetric(s) => Ok(Box::new(s)),
         _ => Err(Error::InvalidKey(
@@ -253,7 +274,23 @@ pub fn load_verifying_key(spec: &str) -> Result<VerifyingKey> {
         return spec.parse();
     }
     let path = Path::new(spec);
-    match KeyFile::load(path)? {
+    let text = read_key_text(path)?;
+    if super::is_cryptotensors_key(&text) {
+        let keys = super::parse_cryptotensors_keys(&text).map_err(|e| e.in_file(path))?;
+        return match keys.signers.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::InvalidKey(
+                "this CryptoTensors key file holds no okp (Ed25519) key to trust".into(),
+            )
+            .in_file(path)),
+            many => Err(Error::InvalidKey(format!(
+                "this CryptoTensors key file holds {} Ed25519 keys; trust one at a time (a file with one key, or ed25519:...)",
+                many.len()
+            ))
+            .in_file(path)),
+        };
+    }
+    match KeyFile::from_jwk(&text).map_err(|e| e.in_file(path))? {
         KeyFile::Verifying(v) => Ok(v),
         KeyFile::Signing(k) => Ok(k.verifying_key()),
         _ => Err(Error::InvalidKey("not an Ed25519 key".into()).in_file(path)),

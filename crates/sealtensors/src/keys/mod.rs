@@ -8,6 +8,7 @@
 //! `broker/`) for the model key.
 
 mod broker;
+mod cryptotensors;
 mod discover;
 mod jwk;
 mod passphrase;
@@ -22,6 +23,10 @@ pub use broker::{
 };
 #[cfg(feature = "broker-client")]
 pub use broker::{TpmError, TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
+pub use cryptotensors::{
+    is_cryptotensors_key, load_cryptotensors_keys, parse_cryptotensors_keys, CryptoTensorsKey,
+    CryptoTensorsKeys,
+};
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
 pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};
@@ -222,6 +227,11 @@ pub trait Identity: Send + Sync {
     fn unwrap(&self, slot: &Slot, mk_id: &[u8; 16]) -> Option<Result<ModelKey>>;
     /// Kind and id, for messages.
     fn describe(&self) -> String;
+    /// CryptoTensors master keys this identity holds (SPEC A.4): none for
+    /// every sealtensors identity.
+    fn cryptotensors_keys(&self) -> &[CryptoTensorsKey] {
+        &[]
+    }
 }
 
 /// Try every identity on every slot; the first that opens wins.
