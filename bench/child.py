@@ -196,6 +196,10 @@ def loader(system: str, framework: str, keys: dict[str, Any]) -> Any:
         kw["identities"] = [keys["identity"]]
     elif system == "seal-sign":
         kw["trusted"] = [keys["signer"]]
+    elif system == "ct-by-sealtensors":
+        # cryptotensors' file, its key set as identity and trusted signer.
+        kw["identities"] = [keys["cryptotensors"]]
+        kw["trusted"] = [keys["cryptotensors"]]
 
     def load(p: str) -> dict[str, Any]:
         return st.load_file(p, **kw)

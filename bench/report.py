@@ -23,6 +23,7 @@ LABELS = {
     "seal-chacha": "sealtensors sealed, ChaCha20-Poly1305",
     "seal-sign": "sealtensors sign-only (SHA-256 digests, Ed25519)",
     "cryptotensors": "cryptotensors 0.2.3 encrypted (defaults)",
+    "ct-by-sealtensors": "sealtensors on cryptotensors' file",
     "floor": "raw floor with MADV_HUGEPAGE",
     "floor-no-thp": "raw floor, plain 4 KiB pages",
     "cli-seal": "`sealtensors seal` (CLI) on the folder",
@@ -36,6 +37,7 @@ SHORT = {
     "seal-chacha": "sealed ChaCha",
     "seal-sign": "sign-only",
     "cryptotensors": "cryptotensors",
+    "ct-by-sealtensors": "sealtensors on cryptotensors' file",
     "floor": "floor (THP)",
     "floor-no-thp": "floor",
     "cli-seal": "CLI seal",
@@ -127,6 +129,23 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             ">= 3.00x",
             v >= 3,
             "cryptotensors / sealtensors AES, median load + sum over every tensor",
+        )
+    # 1b. cryptotensors' own file: opened by sealtensors at least as fast as by
+    # cryptotensors itself (issue 13, SPEC appendix A).
+    for w in ("large", "small", "sharded", "large-numpy"):
+        x = wl(r, w)
+        if not x or "ct-by-sealtensors" not in x["load"]:
+            continue
+        L = x["load"]
+        v = L["ct-by-sealtensors"]["seconds"] / L["cryptotensors"]["seconds"]
+        add(
+            f"cryptotensors' file loads at least as fast through sealtensors ({w})",
+            v,
+            "x",
+            "<= 1.00x",
+            v <= 1.0,
+            "sealtensors / cryptotensors on the same cryptotensors file, median load + sum "
+            "(sealtensors also checks the signature against a trusted key and the policy)",
         )
     for w in ("large", "small", "sharded"):
         x = wl(r, w)

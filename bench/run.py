@@ -119,13 +119,18 @@ LOAD_FILE = {
     "seal-chacha": "seal-chacha",
     "seal-sign": "seal-sign",
     "cryptotensors": "cryptotensors",
+    # sealtensors opening cryptotensors' own file (SPEC appendix A).
+    "ct-by-sealtensors": "cryptotensors",
 }
 NUMPY_LOADS = ["safetensors", "sealtensors-plain", "seal-aes", "cryptotensors"]
+NUMPY_LOADS += ["ct-by-sealtensors"]
 SMALL_SAVE = ["safetensors", "seal-aes", "cryptotensors"]
 SMALL_LOADS = ["safetensors", "sealtensors-plain", "seal-aes", "cryptotensors"]
+SMALL_LOADS += ["ct-by-sealtensors"]
 COLD_LOADS = ["safetensors", "sealtensors-plain", "seal-aes", "cryptotensors"]
 SHARDED_SEAL = ["cli-seal", "py-seal", "cryptotensors"]
 SHARDED_LOADS = ["safetensors", "sealtensors-plain", "seal-aes", "cryptotensors"]
+SHARDED_LOADS += ["ct-by-sealtensors"]
 SLICE_SYSTEMS = ["safetensors", "seal-aes", "cryptotensors"]
 FLOORS = ["floor", "floor-no-thp"]
 
@@ -526,6 +531,7 @@ class Suite:
             "sealtensors-plain": plain,
             "seal-aes": outs["cli-seal"],
             "cryptotensors": outs["cryptotensors"],
+            "ct-by-sealtensors": outs["cryptotensors"],
         }
         floor = self.floor_prepare(shards(outs["cli-seal"]), "sharded")
         load = self.load_rounds(

@@ -340,3 +340,59 @@ def test_sealed_lora_adapter_through_vllm(models: dict, tmp_path: Path) -> None:
     base, with_plain, with_sealed = json.loads(lines[-1][len("TEXTS=") :])
     assert with_plain != base, "the adapter does not change the text: the test would be vacuous"
     assert with_sealed == with_plain
+
+
+def _cryptotensors_model(plain: Path, out: Path) -> dict:
+    """The plain model's weights encrypted by the CryptoTensors reference
+    package itself (spec/SPEC.md appendix A), the other files copied; returns
+    the loader environment for its keys (their key set as the identity, the
+    signer's public half trusted)."""
+    import base64
+    import shutil
+
+    import cryptotensors.torch as ct_torch
+    import safetensors.torch
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
+
+    def unb64u(s: str) -> bytes:
+        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+    sealtensors.keygen(out.parent / "ct-sign.jwk", "ed25519")
+    j = json.loads((out.parent / "ct-sign.jwk").read_text())
+    sign = {
+        "kty": "okp",
+        "alg": "ed25519",
+        "kid": "s",
+        "d": b64(unb64u(j["d"])),
+        "x": b64(unb64u(j["x"])),
+    }
+    enc = {"kty": "oct", "alg": "aes256gcm", "kid": "e", "k": b64(os.urandom(32))}
+    keyset = out.parent / "ct-keys.json"
+    keyset.write_text(json.dumps({"keys": [enc, sign]}))
+    public = out.parent / "ct-sign.pub.json"
+    public.write_text(json.dumps({k: v for k, v in sign.items() if k != "d"}))
+    shutil.copytree(plain, out)
+    for f in plain.glob("*.safetensors"):
+        with safetensors.safe_open(str(f), "pt") as src:
+            meta = src.metadata()
+        tensors = safetensors.torch.load_file(str(f))
+        ct_torch.save_file(
+            tensors, str(out / f.name), metadata=meta, config={"enc_key": enc, "sign_key": sign}
+        )
+    return {**BASE_ENV, "SEALTENSORS_IDENTITY": str(keyset), "SEALTENSORS_TRUST": str(public)}
+
+
+def test_cryptotensors_model_through_vllm(models: dict, plain_text: str, tmp_path: Path) -> None:
+    """A model encrypted by the CryptoTensors reference package loads through
+    `--load-format sealtensors` with their keys, its text the plain model's;
+    without the signer's key it is refused, never loaded as ciphertext."""
+    ct = tmp_path / "models" / "smollm2-cryptotensors"
+    ct.parent.mkdir()
+    env = _cryptotensors_model(models["plain"], ct)
+    assert _generate(ct, "sealtensors", env) == plain_text
+    # (the worker's NotAuthenticError is in its own log, not always in the tail)
+    no_trust = {k: v for k, v in env.items() if k != "SEALTENSORS_TRUST"}
+    with pytest.raises(RuntimeError, match="exited"):
+        _generate(ct, "sealtensors", no_trust)
