@@ -124,6 +124,24 @@ def convert_cryptotensors(
     signature, policy and every chunk checked, and its plaintext re-sealed for
     ``recipients`` without touching the disk.
     """
+def oms_sign(
+    folder: _Path, key: _Path, signature: _Path | None = None, overwrite: bool = False
+) -> str:
+    """Write an OpenSSF model signing bundle over a model folder.
+
+    ``key`` is an ECDSA P-256 private key (PEM); the bundle (default:
+    ``model.sig`` inside the folder) is what ``model_signing verify key``
+    accepts. Returns the bundle's path.
+    """
+def oms_verify(
+    folder: _Path, signature: _Path, trusted: Sequence[_Path]
+) -> tuple[str, int, list[str]]:
+    """Verify a model folder against an OpenSSF model signing bundle.
+
+    The bundle must be signed by one of the ``trusted`` PEM public keys and
+    every file it lists must match; returns (signer, files covered, files in
+    the folder it does not cover).
+    """
 def unseal(
     input: _Path,
     output: _Path,

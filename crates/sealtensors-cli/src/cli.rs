@@ -284,6 +284,10 @@ pub struct Unseal {
 pub struct Verify {
     #[command(flatten)]
     pub keys: KeyArgs,
+    /// Verify the folder against this OpenSSF model signing bundle (model_signing's
+    /// key method) instead: the signer must be a --trust'ed PEM public key.
+    #[arg(long)]
+    pub oms: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -328,9 +332,16 @@ pub struct Rekey {
 
 #[derive(Args, Debug)]
 pub struct Sign {
-    /// Ed25519 signing key (JWK).
+    /// Ed25519 signing key (JWK): sign every weight file's header (sign-only seal).
+    #[arg(long, required_unless_present = "oms_key")]
+    pub sign_key: Option<PathBuf>,
+    /// ECDSA P-256 private key (PEM): also write an OpenSSF model signing bundle over
+    /// the whole folder, which `model_signing verify key` accepts (docs/oms.md).
     #[arg(long)]
-    pub sign_key: PathBuf,
+    pub oms_key: Option<PathBuf>,
+    /// Where the bundle goes (default: model.sig inside the folder).
+    #[arg(long, requires = "oms_key")]
+    pub oms_signature: Option<PathBuf>,
     /// Model id written in the signed header.
     #[arg(long, default_value = "")]
     pub model_id: String,

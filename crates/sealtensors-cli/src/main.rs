@@ -24,6 +24,7 @@ use sealtensors::keys::{
 use sealtensors::model::{
     convert_path, data_len, rekey_path, seal_path, seal_path_in_place, unseal_path, EmbeddedPolicy,
 };
+use sealtensors::oms::{self, OmsSigningKey};
 use sealtensors::policy::{self, Decision, Policy, PolicyContext, Template, TemplateParams};
 use sealtensors::rekey::RekeyOptions;
 use sealtensors::report;
@@ -296,6 +297,24 @@ fn unseal(a: cli::Unseal, quiet: bool) -> Result<()> {
 
 fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
     let keys = Keys::load(&a.keys)?;
+    if let Some(bundle) = &a.oms {
+        let v = oms::verify_folder(&a.input, bundle, &keys.config.oms_trusted)?;
+        if a.json {
+            show::json(&v)?;
+        } else {
+            show::oms_verification(&a.input, &v);
+        }
+        if v.ok {
+            return Ok(());
+        }
+        return Err(CliError::with_code(
+            format!(
+                "{} file(s) in the folder are not covered by the signature",
+                v.uncovered.len()
+            ),
+            code::NOT_AUTHENTIC,
+        ));
+    }
     let mut opts = keys.options(&a.keys);
     let (bar, progress) = progress(quiet, data_len(&a.input)?, "verifying");
     opts.progress = progress;
@@ -363,7 +382,15 @@ fn rekey(a: cli::Rekey) -> Result<()> {
 }
 
 fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
-    let key = load_signing_key(&a.sign_key)?;
+    let oms_key = a.oms_key.as_deref().map(OmsSigningKey::load).transpose()?;
+    let Some(sign_key) = &a.sign_key else {
+        // Only the OpenSSF model signing bundle, over the folder as it is.
+        let Some(k) = &oms_key else {
+            return Err(CliError::usage("give --sign-key, --oms-key, or both"));
+        };
+        return oms_sign(k, &a.input, a.oms_signature.as_deref(), a.force);
+    };
+    let key = load_signing_key(sign_key)?;
     let in_place = a.output.is_none();
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
     if !in_place {
@@ -384,6 +411,16 @@ fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
         seal_path(&sealer, &a.input, &output, a.force)?;
     }
     bar.finish_and_clear();
+    match &oms_key {
+        Some(k) => oms_sign(k, &output, a.oms_signature.as_deref(), a.force || in_place),
+        None => Ok(()),
+    }
+}
+
+/// Write an OpenSSF model signing bundle over `folder` (default: its model.sig).
+fn oms_sign(key: &OmsSigningKey, folder: &Path, at: Option<&Path>, overwrite: bool) -> Result<()> {
+    let at = at.map_or_else(|| folder.join(oms::SIGNATURE_FILE), Path::to_path_buf);
+    oms::sign_folder(folder, key, &at, overwrite)?;
     Ok(())
 }
 

@@ -130,6 +130,20 @@ pub fn inspection(j: &Inspection) {
 }
 
 /// `sealtensors verify`, as text: one line per file.
+/// `sealtensors verify --oms`, as text.
+pub fn oms_verification(folder: &std::path::Path, v: &sealtensors::oms::OmsVerification) {
+    let status = if v.ok { "OK" } else { "NOT VERIFIED" };
+    println!(
+        "{status}: {} (OpenSSF model signing, signed by {}; {} files match their signed digests)",
+        shown(&folder.display().to_string()),
+        shown(&v.signer),
+        v.covered
+    );
+    for f in &v.uncovered {
+        println!("not covered: {}", shown(f));
+    }
+}
+
 pub fn verification(v: &Verification) {
     for f in &v.files {
         println!("{}", file_verification(f));

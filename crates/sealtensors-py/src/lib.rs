@@ -468,6 +468,47 @@ fn convert_cryptotensors(
     .map_err(to_py)
 }
 
+/// Write an OpenSSF model signing bundle (model_signing's key method) over a
+/// model folder, signed with an ECDSA P-256 PEM private key; returns its path.
+#[pyfunction]
+#[pyo3(signature = (folder, key, signature=None, overwrite=false))]
+fn oms_sign(
+    py: Python<'_>,
+    folder: PathBuf,
+    key: PathBuf,
+    signature: Option<PathBuf>,
+    overwrite: bool,
+) -> PyResult<String> {
+    py.detach(|| {
+        let k = sealtensors::oms::OmsSigningKey::load(&key)?;
+        let at = signature.unwrap_or_else(|| folder.join(sealtensors::oms::SIGNATURE_FILE));
+        sealtensors::oms::sign_folder(&folder, &k, &at, overwrite)?;
+        Ok(at.display().to_string())
+    })
+    .map_err(to_py)
+}
+
+/// Verify a model folder against an OpenSSF model signing bundle with the
+/// trusted PEM public keys: (signer, files covered, files not covered).
+#[pyfunction]
+#[pyo3(signature = (folder, signature, trusted))]
+fn oms_verify(
+    py: Python<'_>,
+    folder: PathBuf,
+    signature: PathBuf,
+    trusted: Vec<PathBuf>,
+) -> PyResult<(String, usize, Vec<String>)> {
+    py.detach(|| {
+        let keys = trusted
+            .iter()
+            .map(|p| sealtensors::oms::load_public_key(p))
+            .collect::<sealtensors::Result<Vec<_>>>()?;
+        let v = sealtensors::oms::verify_folder(&folder, &signature, &keys)?;
+        Ok((v.signer, v.covered, v.uncovered))
+    })
+    .map_err(to_py)
+}
+
 /// Unseal a file or a model folder to plain safetensors.
 #[pyfunction]
 #[pyo3(signature = (input, output, identities=Vec::new(), trusted=Vec::new(), passphrase=None, require_signed=false, overwrite=false))]
@@ -693,6 +734,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scope::exit_load_scope, m)?)?;
     m.add_function(wrap_pyfunction!(unseal, m)?)?;
     m.add_function(wrap_pyfunction!(convert_cryptotensors, m)?)?;
+    m.add_function(wrap_pyfunction!(oms_sign, m)?)?;
+    m.add_function(wrap_pyfunction!(oms_verify, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(policy_template, m)?)?;

@@ -304,6 +304,120 @@ impl ForeignKey {
     }
 }
 
+/// An ECDSA key pair on NIST P-256 with SHA-256, signatures DER-encoded:
+/// the key type OpenSSF model signing's `key` method signs with (docs/oms.md).
+pub struct EcdsaP256Key {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl EcdsaP256Key {
+    /// From a DER private key: PKCS#8, or SEC1 (`EC PRIVATE KEY`).
+    pub fn from_der(der: &[u8]) -> Result<Self> {
+        use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der)
+            .or_else(|_| EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_ASN1_SIGNING, der))
+            .map_err(|_| {
+                Error::InvalidKey("not an ECDSA P-256 private key (PKCS#8 or SEC1 DER)".into())
+            })?;
+        Ok(EcdsaP256Key { pair })
+    }
+    /// The public key as a DER SubjectPublicKeyInfo.
+    pub fn public_spki_der(&self) -> Result<Vec<u8>> {
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        use aws_lc_rs::signature::KeyPair;
+        let der: PublicKeyX509Der<'static> = self
+            .pair
+            .public_key()
+            .as_der()
+            .map_err(|_| Error::Crypto("encoding the ECDSA public key failed"))?;
+        Ok(der.as_ref().to_vec())
+    }
+    /// Sign `msg` (hashed with SHA-256): a DER-encoded signature.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
+        let sig = self
+            .pair
+            .sign(&rand::SystemRandom::new(), msg)
+            .map_err(|_| Error::Crypto("ECDSA signing failed"))?;
+        Ok(sig.as_ref().to_vec())
+    }
+}
+
+impl std::fmt::Debug for EcdsaP256Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EcdsaP256Key(<redacted>)")
+    }
+}
+
+/// The NIST curves OpenSSF model signing accepts, each with its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcdsaCurve {
+    /// P-256 with SHA-256.
+    P256,
+    /// P-384 with SHA-384.
+    P384,
+    /// P-521 with SHA-512.
+    P521,
+}
+
+/// Verify a DER-encoded ECDSA signature over `msg` with a public key given
+/// as a DER SubjectPublicKeyInfo of `curve`.
+pub fn ecdsa_verify(curve: EcdsaCurve, spki_der: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    use aws_lc_rs::signature::{
+        UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, ECDSA_P521_SHA512_ASN1,
+    };
+    let alg = match curve {
+        EcdsaCurve::P256 => &ECDSA_P256_SHA256_ASN1,
+        EcdsaCurve::P384 => &ECDSA_P384_SHA384_ASN1,
+        EcdsaCurve::P521 => &ECDSA_P521_SHA512_ASN1,
+    };
+    UnparsedPublicKey::new(alg, spki_der)
+        .verify(msg, sig)
+        .is_ok()
+}
+
+/// The curve of a DER SubjectPublicKeyInfo, when it is an EC key on one of
+/// [`EcdsaCurve`]'s (the key is parsed and checked on the curve).
+pub fn ecdsa_curve_of(spki_der: &[u8]) -> Option<EcdsaCurve> {
+    use aws_lc_rs::signature::{
+        ParsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, ECDSA_P521_SHA512_ASN1,
+    };
+    [
+        (EcdsaCurve::P256, &ECDSA_P256_SHA256_ASN1),
+        (EcdsaCurve::P384, &ECDSA_P384_SHA384_ASN1),
+        (EcdsaCurve::P521, &ECDSA_P521_SHA512_ASN1),
+    ]
+    .into_iter()
+    .find(|(_, alg)| ParsedPublicKey::new(*alg, spki_der).is_ok())
+    .map(|(c, _)| c)
+}
+
+/// A SHA-256 computed in pieces.
+pub struct Sha256Stream(digest::Context);
+
+impl Sha256Stream {
+    /// A fresh one.
+    pub fn new() -> Self {
+        Sha256Stream(digest::Context::new(&digest::SHA256))
+    }
+    /// Add bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    /// The digest.
+    pub fn finish(self) -> [u8; DIGEST_LEN] {
+        let d = self.0.finish();
+        let mut out = [0u8; DIGEST_LEN];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+}
+
+impl Default for Sha256Stream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Wrap a 32-byte key under a single-use wrapping key (SPEC §6): AES-256-GCM,
 /// zero nonce (the wrapping key is fresh for every slot), output `ct || tag`.
 pub fn wrap_key(kek: &Secret32, aad: &[u8], key: &Secret32) -> Result<Vec<u8>> {

@@ -234,6 +234,26 @@ pub enum Error {
         chunk: u64,
     },
 
+    /// An OpenSSF model signing bundle is malformed or of a kind not read.
+    #[error("the model signing bundle cannot be used: {0}")]
+    OmsInvalid(String),
+
+    /// An OpenSSF model signing bundle verifies against no trusted key.
+    #[error("the model signing bundle's signature verifies against none of the {trusted} trusted ECDSA key(s): it was signed by another key, or modified; give the signer's PEM public key with --trust (or SEALTENSORS_TRUST), and only if you trust its owner")]
+    OmsSignature {
+        /// How many OMS keys the verifier trusts.
+        trusted: usize,
+    },
+
+    /// A file does not match its digest in a verified OMS bundle.
+    #[error("{file}: {reason}; the folder is not the one that was signed, do not use it")]
+    OmsMismatch {
+        /// The file, relative to the folder (escaped).
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A tensor that nothing authenticates: stored unencrypted in a
     /// CryptoTensors file, whose signature covers the header only.
     #[error("tensor {0:?} is stored unencrypted in this CryptoTensors file, and nothing authenticates its bytes (their signature covers the header only), so sealtensors does not return it; ask the publisher to encrypt every tensor, or to publish a sealtensors file")]
@@ -339,6 +359,8 @@ impl Error {
             | Error::ChunkAuthFailed { .. }
             | Error::UntrustedSigner { .. }
             | Error::CryptoTensorsSignature { .. }
+            | Error::OmsSignature { .. }
+            | Error::OmsMismatch { .. }
             | Error::Unauthenticated(_)
             | Error::NotSigned { .. }
             | Error::NotSealed { .. }
@@ -351,6 +373,7 @@ impl Error {
             Error::InvalidContainer(_)
             | Error::LimitExceeded { .. }
             | Error::InvalidSealMetadata { .. }
+            | Error::OmsInvalid(_)
             | Error::UnsupportedVersion(_)
             | Error::PolicyUnsupported
             | Error::PolicyInvalid { .. }

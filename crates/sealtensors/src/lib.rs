@@ -39,6 +39,7 @@ pub mod format;
 pub mod hpke;
 pub mod keys;
 pub mod model;
+pub mod oms;
 pub mod policy;
 mod read;
 pub mod rekey;

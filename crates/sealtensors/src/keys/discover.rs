@@ -19,6 +19,9 @@ pub struct KeyConfig {
     pub identities: Vec<Box<dyn Identity>>,
     /// Trusted signers.
     pub trusted: Vec<VerifyingKey>,
+    /// Trusted OpenSSF model signing keys (PEM ECDSA public keys given as
+    /// trust entries): what an OMS bundle is verified with (docs/oms.md).
+    pub oms_trusted: Vec<crate::oms::OmsPublicKey>,
     /// Key brokers this loader may ask (SPEC §10), when any host is allowed.
     pub broker: Option<BrokerAccess>,
 }
@@ -29,6 +32,7 @@ impl std::fmt::Debug for KeyConfig {
         f.debug_struct("KeyConfig")
             .field("identities", &ids)
             .field("trusted", &self.trusted)
+            .field("oms_trusted", &self.oms_trusted)
             .field("broker", &self.broker)
             .finish()
     }
@@ -56,7 +60,7 @@ impl KeyConfig {
             cfg.identities.push(load_identity(p)?);
         }
         for t in trusted {
-            cfg.trusted.push(load_verifying_key(t)?);
+            cfg.add_trust(t)?;
         }
         if cfg.identities.is_empty() {
             if let Some(v) = std::env::var_os(ENV_IDENTITY) {
@@ -65,10 +69,10 @@ impl KeyConfig {
                 }
             }
         }
-        if cfg.trusted.is_empty() {
+        if cfg.trusted.is_empty() && cfg.oms_trusted.is_empty() {
             if let Ok(v) = std::env::var(ENV_TRUST) {
                 for t in split_trust(&v) {
-                    cfg.trusted.push(load_verifying_key(&t)?);
+                    cfg.add_trust(&t)?;
                 }
             }
         }
@@ -80,13 +84,32 @@ impl KeyConfig {
                     cfg.identities.push(load_identity(&p)?);
                 }
             }
-            if cfg.trusted.is_empty() {
+            if cfg.trusted.is_empty() && cfg.oms_trusted.is_empty() {
                 for p in jwk_files(&dir.join("trusted"))? {
                     cfg.trusted.push(load_verifying_key(&p.to_string_lossy())?);
                 }
             }
         }
         Ok(cfg)
+    }
+
+    /// One trust entry: an `ed25519:` string or a key file (JWK, their
+    /// CryptoTensors form), or a PEM ECDSA public key, which is an OpenSSF
+    /// model signing key.
+    fn add_trust(&mut self, spec: &str) -> Result<()> {
+        if !spec.starts_with("ed25519:") {
+            let path = Path::new(spec);
+            if let Ok(text) = std::fs::read_to_string(path) {
+                if crate::oms::is_pem_public_key(&text) {
+                    let k =
+                        crate::oms::OmsPublicKey::from_pem(&text).map_err(|e| e.in_file(path))?;
+                    self.oms_trusted.push(k);
+                    return Ok(());
+                }
+            }
+        }
+        self.trusted.push(load_verifying_key(spec)?);
+        Ok(())
     }
 }
 
