@@ -161,8 +161,12 @@ pub struct Keygen {
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// An Ed25519 signing key instead of an X25519 identity.
-    #[arg(long, conflicts_with = "symmetric")]
+    #[arg(long, conflicts_with_all = ["symmetric", "oms"])]
     pub sign: bool,
+    /// An ECDSA P-256 key (PEM) for OpenSSF model signing bundles (sign --oms-key);
+    /// prints the PEM public key to give verifiers.
+    #[arg(long, conflicts_with = "symmetric", requires = "output")]
+    pub oms: bool,
     /// A symmetric 256-bit key (JWK oct) instead of an X25519 identity.
     #[arg(long)]
     pub symmetric: bool,

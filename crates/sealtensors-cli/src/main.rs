@@ -183,6 +183,14 @@ fn check_output(output: &Path, force: bool) -> Result<()> {
 // ---- verbs -----------------------------------------------------------------------------
 
 fn keygen(a: cli::Keygen) -> Result<()> {
+    if a.oms {
+        let (key, text) = OmsSigningKey::generate()?;
+        if let Some(path) = &a.output {
+            OmsSigningKey::save_pem(&text, path, a.force)?;
+            print!("{}", key.public_key()?.to_pem());
+        }
+        return Ok(());
+    }
     let (key, public) = if a.sign {
         let k = SigningKey::generate()?;
         let p = k.verifying_key().to_string();

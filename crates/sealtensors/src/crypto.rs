@@ -321,6 +321,16 @@ impl EcdsaP256Key {
             })?;
         Ok(EcdsaP256Key { pair })
     }
+    /// A fresh key, as PKCS#8 DER (wiped when dropped).
+    pub fn generate_pkcs8() -> Result<Zeroizing<Vec<u8>>> {
+        use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let doc = EcdsaKeyPair::generate_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rand::SystemRandom::new(),
+        )
+        .map_err(|_| Error::Crypto("ECDSA key generation failed"))?;
+        Ok(Zeroizing::new(doc.as_ref().to_vec()))
+    }
     /// The public key as a DER SubjectPublicKeyInfo.
     pub fn public_spki_der(&self) -> Result<Vec<u8>> {
         use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};

@@ -136,6 +136,35 @@ impl OmsSigningKey {
         })
     }
 
+    /// A fresh P-256 key and its PEM text (`PRIVATE KEY`, PKCS#8).
+    pub fn generate() -> Result<(Self, zeroize::Zeroizing<String>)> {
+        let der = EcdsaP256Key::generate_pkcs8()?;
+        let text = zeroize::Zeroizing::new(pem::encode_config(
+            &pem::Pem::new("PRIVATE KEY", der.to_vec()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        ));
+        Ok((
+            OmsSigningKey {
+                key: EcdsaP256Key::from_der(&der)?,
+            },
+            text,
+        ))
+    }
+
+    /// Write the PEM text of a key made by [`generate`](Self::generate) to
+    /// `path`, mode 0600 from its creation, never overwriting unless `force`.
+    pub fn save_pem(text: &str, path: &Path, force: bool) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let out = AtomicFile::create_private(path, force).map_err(|e| e.in_file(path))?;
+        out.file()
+            .set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::output("setting key file mode", e).in_file(path))?;
+        out.file()
+            .write_all(text.as_bytes())
+            .map_err(|e| Error::output("writing key file", e).in_file(path))?;
+        out.commit(force).map_err(|e| e.in_file(path))
+    }
+
     /// Read a PEM file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = zeroize::Zeroizing::new(
@@ -147,6 +176,12 @@ impl OmsSigningKey {
     /// The public half.
     pub fn public_key(&self) -> Result<OmsPublicKey> {
         OmsPublicKey::from_spki(&self.key.public_spki_der()?)
+    }
+}
+
+impl std::fmt::Debug for OmsSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OmsSigningKey(<redacted>)")
     }
 }
 
