@@ -358,6 +358,15 @@ def test_convert_round_trip_and_back_to_plain(keys: Keys, tmp_path: Path) -> Non
     import safetensors.numpy
 
     equal(safetensors.numpy.load_file(str(plain)), want)
+    # convert never writes plaintext: no recipient (a sign-only seal) is refused
+    with pytest.raises(sealtensors.ConfigError, match="unencrypted on disk"):
+        sealtensors.convert_cryptotensors(
+            src,
+            tmp_path / "signed-only.safetensors",
+            **keys.opts("chacha20poly1305"),
+            sign_key=tmp_path / "publisher.jwk",
+        )
+    assert not (tmp_path / "signed-only.safetensors").exists()
     # convert refuses what is not theirs, and sealing theirs as plain is refused
     with pytest.raises(sealtensors.ConfigError, match="not a CryptoTensors file"):
         sealtensors.convert_cryptotensors(plain, tmp_path / "x.safetensors", recipients=[recipient])

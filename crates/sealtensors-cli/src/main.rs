@@ -339,6 +339,12 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
     if verification.ok {
         return Ok(());
     }
+    if verification.any_unchecked_signature() {
+        return Err(CliError::with_code(
+            "a CryptoTensors file's signature was not checked: it does not carry its signer's key; give the publisher's key with --trust (or SEALTENSORS_TRUST)",
+            code::NOT_AUTHENTIC,
+        ));
+    }
     if opts.locked && !verification.any_plain() {
         return Err(CliError::with_code(
             "encrypted tensors were not checked: pass an identity (-i FILE) or set SEALTENSORS_IDENTITY",

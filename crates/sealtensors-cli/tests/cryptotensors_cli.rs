@@ -52,6 +52,15 @@ fn inspect_verify_convert_unseal() {
             .assert()
             .failure()
             .stderr(predicate::str::contains("trusts no signer"));
+        // no key and no trust: inspected locked, its signature unchecked,
+        // which is never "OK"
+        bin()
+            .arg("verify")
+            .arg(&file)
+            .assert()
+            .code(3)
+            .stdout(predicate::str::contains("NOT VERIFIED"))
+            .stderr(predicate::str::contains("signature was not checked"));
         // their key file as identity, the signer's public half trusted
         bin()
             .args(["verify", "-i"])
@@ -131,6 +140,20 @@ fn inspect_verify_convert_unseal() {
             .assert()
             .success();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        // converting to a partial seal would write plaintext: refused
+        bin()
+            .args(["convert", "--from", "cryptotensors", "-i"])
+            .arg(&keys)
+            .arg("--trust")
+            .arg(&signer)
+            .arg("--licence")
+            .arg(&lic)
+            .args(["-r", &recipient, "--encrypt", "t.u8", "-o"])
+            .arg(tmp.path().join("partial.safetensors"))
+            .arg(&file)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("unencrypted on disk"));
         // sealing their file as if it were plain is refused
         bin()
             .args(["seal", "-r", &recipient, "-o"])

@@ -282,8 +282,16 @@ pub fn parse(h: &Header) -> Result<CtMeta> {
     let docs: BTreeMap<String, EntryDoc> = serde_json::from_str(get(m, KEY_ENCRYPTION)?)
         .map_err(|e| bad(KEY_ENCRYPTION, crate::error::json_error_text(&e)))?;
     let mut entries: Vec<Option<Entry>> = vec![None; h.tensors.len()];
+    // One map, not a search per entry: a hostile header of 100k tensors
+    // would otherwise cost minutes before its signature is even checked.
+    let index: std::collections::HashMap<&str, usize> = h
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     for (name, d) in docs {
-        let Some(i) = h.index_of(&name) else {
+        let Some(&i) = index.get(name.as_str()) else {
             return Err(bad(
                 KEY_ENCRYPTION,
                 format!(

@@ -635,11 +635,29 @@ pub fn convert_path(
         )
         .in_file(f.path())
     };
+    // Their data was encrypted: the output must be too, every tensor of it
+    // (a sign-only or partial seal would write the plaintext to disk).
+    let all_encrypted = |names: &[&str]| -> Result<()> {
+        match names.iter().find(|n| !sealer.encrypts(n)) {
+            None => Ok(()),
+            Some(n) => Err(Error::Config(format!(
+                "converting would leave tensor {:?} unencrypted on disk: convert encrypts every tensor, give at least one recipient and no --encrypt selection",
+                crate::error::printable(n, 256)
+            ))
+            .in_file(input)),
+        }
+    };
     if !input.is_dir() {
         let f = SealedFile::open(input, opts)?;
         if f.cryptotensors().is_none() {
             return Err(not_ct(&f));
         }
+        all_encrypted(
+            &f.tensors()
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+        )?;
         return sealer.seal_opened(&f, output, None);
     }
     let model = SealedModel::open(input, opts)?;
@@ -649,6 +667,7 @@ pub fn convert_path(
     sealer
         .check_selection(model.tensor_names())
         .map_err(|e| e.in_file(input))?;
+    all_encrypted(&model.tensor_names())?;
     let count = model.files.len() as u64;
     if count > MAX_SHARDS {
         return Err(Error::Config(format!(
@@ -717,6 +736,12 @@ impl EmbeddedPolicy {
         };
         let (_, h) = read_header(&file)?;
         let tensors = h.tensors.iter().map(|t| t.name.clone()).collect();
+        if crate::cryptotensors::is_cryptotensors(&h) && !crate::seal::is_sealed(&h) {
+            return Err(Error::Config(
+                "this is a CryptoTensors file: its local policy (data.model.allow, SPEC appendix A) is evaluated on every open; test it with `sealtensors verify --licence ...` and its keys, or see it with `sealtensors inspect`".into(),
+            )
+            .in_file(&file));
+        }
         if !crate::seal::is_sealed(&h) {
             return Ok(Some(EmbeddedPolicy {
                 file,

@@ -675,7 +675,10 @@ impl SealedFile {
                 // A whole chunk, or a plain file's bytes (no chunk to check).
                 src.load_at(c, s - c0, dst)
             } else {
-                let mut tmp = vec![0u8; c1 - c0];
+                // A whole chunk: at most 64 MiB in a sealtensors file, but a
+                // whole tensor in a version 1 CryptoTensors file, so
+                // allocated fallibly.
+                let mut tmp = zeroed(c1 - c0, &t.name)?;
                 src.load(c, &mut tmp)?;
                 let off = s - c0;
                 dst.copy_from_slice(&tmp[off..off + dst.len()]);

@@ -260,6 +260,14 @@ impl From<&Decision> for PolicyVerdict {
 }
 
 impl Verification {
+    /// Whether any file's signature could not be checked (a CryptoTensors
+    /// file verified with no trusted signer).
+    pub fn any_unchecked_signature(&self) -> bool {
+        self.files
+            .iter()
+            .any(|f| f.authenticity == Authenticity::SignedUnchecked.name())
+    }
+
     /// Whether any file verified is plain (not sealed: nothing to verify).
     pub fn any_plain(&self) -> bool {
         self.files
@@ -290,7 +298,12 @@ impl FileVerification {
                 }
             }
         }
-        let plain = matches!(f.authenticity(), Authenticity::Plain);
+        // Plain, or a CryptoTensors signature no trusted key could check:
+        // nothing vouches for the file.
+        let plain = matches!(
+            f.authenticity(),
+            Authenticity::Plain | Authenticity::SignedUnchecked
+        );
         Ok(FileVerification {
             file: f.path().display().to_string(),
             authenticity: f.authenticity().name().to_string(),

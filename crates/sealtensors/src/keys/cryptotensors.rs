@@ -115,15 +115,30 @@ impl Identity for CryptoTensorsKeys {
 /// Whether `text` is a CryptoTensors key file rather than a sealtensors JWK:
 /// a key set (`keys`), or a key with their `alg` and lower-case `kty`.
 pub fn is_cryptotensors_key(text: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+    // Only the members that tell the forms apart are kept: the secret
+    // members are skipped by the parser, never copied into a value.
+    let Ok(s) = serde_json::from_str::<Shape>(text) else {
         return false;
     };
-    if v.get("keys").is_some_and(|k| k.is_array()) {
+    if s.keys.is_some() {
         return true;
     }
-    let alg = v.get("alg").and_then(|a| a.as_str());
-    let kty = v.get("kty").and_then(|a| a.as_str());
-    matches!((kty, alg), (Some("oct" | "okp"), Some(a)) if ForeignCipher::from_alg(a).is_some() || a.eq_ignore_ascii_case("ed25519"))
+    let (Some(kty), Some(alg)) = (s.kty.as_deref(), s.alg.as_deref()) else {
+        return false;
+    };
+    matches!(kty, "oct" | "okp")
+        && (ForeignCipher::from_alg(alg).is_some() || alg.eq_ignore_ascii_case("ed25519"))
+}
+
+/// The members [`is_cryptotensors_key`] looks at.
+#[derive(Deserialize)]
+struct Shape {
+    #[serde(default)]
+    keys: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    kty: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
 }
 
 fn unb64(what: &str, s: &str) -> Result<Zeroizing<Vec<u8>>> {
@@ -142,11 +157,16 @@ pub fn parse_cryptotensors_keys(text: &str) -> Result<CryptoTensorsKeys> {
             crate::error::json_error_text(&e)
         ))
     };
-    let v: serde_json::Value = serde_json::from_str(text).map_err(shape)?;
-    let jwks: Vec<CtJwk> = if v.get("keys").is_some() {
-        serde_json::from_value::<CtJwks>(v).map_err(shape)?.keys
+    // Parsed straight into the zeroizing key structs, never through a JSON
+    // value (which would copy `k` and `d` into memory nothing wipes).
+    let set = serde_json::from_str::<Shape>(text)
+        .map_err(shape)?
+        .keys
+        .is_some();
+    let jwks: Vec<CtJwk> = if set {
+        serde_json::from_str::<CtJwks>(text).map_err(shape)?.keys
     } else {
-        vec![serde_json::from_value::<CtJwk>(v).map_err(shape)?]
+        vec![serde_json::from_str::<CtJwk>(text).map_err(shape)?]
     };
     let mut out = CryptoTensorsKeys {
         master: Vec::new(),
