@@ -124,6 +124,7 @@ def convert_cryptotensors(
     signature, policy and every chunk checked, and its plaintext re-sealed for
     ``recipients`` without touching the disk.
     """
+
 def oms_sign(
     folder: _Path, key: _Path, signature: _Path | None = None, overwrite: bool = False
 ) -> str:
@@ -133,6 +134,7 @@ def oms_sign(
     ``model.sig`` inside the folder) is what ``model_signing verify key``
     accepts. Returns the bundle's path.
     """
+
 def oms_verify(
     folder: _Path, signature: _Path, trusted: Sequence[_Path]
 ) -> tuple[str, int, list[str]]:
@@ -142,6 +144,7 @@ def oms_verify(
     every file it lists must match; returns (signer, files covered, files in
     the folder it does not cover).
     """
+
 def unseal(
     input: _Path,
     output: _Path,
