@@ -136,13 +136,14 @@ def oms_sign(
     """
 
 def oms_verify(
-    folder: _Path, signature: _Path, trusted: Sequence[_Path]
+    folder: _Path, signature: _Path, trusted: Sequence[_Path], allow_uncovered: bool = False
 ) -> tuple[str, int, list[str]]:
     """Verify a model folder against an OpenSSF model signing bundle.
 
     The bundle must be signed by one of the ``trusted`` PEM public keys and
-    every file it lists must match; returns (signer, files covered, files in
-    the folder it does not cover).
+    every file it lists must match; a file in the folder that it does not
+    cover fails it too (``NotAuthenticError``), unless ``allow_uncovered``.
+    Returns (signer, files covered, files in the folder it does not cover).
     """
 
 def unseal(

@@ -120,9 +120,11 @@ def test_model_signing_bundle_verifies_with_sealtensors(
     ms_sign(folder, sig, priv)
     signer, covered, uncovered = sealtensors.oms_verify(folder, sig, [pub])
     assert covered == 4 and uncovered == []
-    # a file added after signing is reported, not silently accepted
+    # a file added after signing fails it, or is listed when asked
     (folder / "extra.txt").write_text("added later\n")
-    _, _, uncovered = sealtensors.oms_verify(folder, sig, [pub])
+    with pytest.raises(sealtensors.NotAuthenticError, match="extra.txt"):
+        sealtensors.oms_verify(folder, sig, [pub])
+    _, _, uncovered = sealtensors.oms_verify(folder, sig, [pub], allow_uncovered=True)
     assert uncovered == ["extra.txt"]
     os.unlink(folder / "extra.txt")
     # a flipped byte in a sealed shard
@@ -166,3 +168,21 @@ def test_cli_sign_and_verify_through_trust(tmp_path: Path) -> None:
     (folder / "notes.txt").write_text("unsigned\n")
     r = run("verify", "--oms", folder / "model.sig", "--trust", pub, folder)
     assert r.returncode == 3 and "not covered: notes.txt" in r.stdout, r.stdout + r.stderr
+
+    # A PEM trust entry never weakens the Ed25519 trust of ordinary loads:
+    # it does not hide the configuration's signers, and alone it still makes
+    # the loader refuse plain files (it trusts a signer, so it wants one).
+    import numpy as np
+    import sealtensors.numpy
+
+    plain = tmp_path / "plain.safetensors"
+    sealtensors.numpy.save_file({"x": np.zeros(4, dtype=np.float32)}, plain)
+    cfg = tmp_path / "cfg"
+    (cfg / "trusted").mkdir(parents=True)
+    sealtensors.keygen(cfg / "trusted" / "publisher.jwk", "ed25519")
+    r = run("verify", plain, SEALTENSORS_CONFIG_DIR=str(cfg), SEALTENSORS_TRUST=str(pub))
+    assert r.returncode == 3 and "no signature" in r.stderr, r.stdout + r.stderr
+    r = run("verify", "--trust", pub, plain)
+    assert r.returncode == 3 and "no signature" in r.stderr, r.stdout + r.stderr
+    with pytest.raises(sealtensors.NotAuthenticError):
+        sealtensors.safe_open(plain, "np", trusted=[str(pub)])

@@ -132,7 +132,7 @@ impl Keys {
         if let Some(p) = &self.passphrase {
             o.identities.push(p as &dyn Identity);
         }
-        o.require_signed = a.require_signed;
+        o.require_signed |= a.require_signed;
         o.require_encrypted = a.require_encrypted;
         o.policy.licence = self.licence.clone();
         o

@@ -119,7 +119,7 @@ impl Keys {
             o.identities.push(p as &dyn Identity);
         }
         o.require_encrypted = require_encrypted;
-        o.require_signed = require_signed;
+        o.require_signed |= require_signed;
         o
     }
 }
@@ -490,13 +490,16 @@ fn oms_sign(
 
 /// Verify a model folder against an OpenSSF model signing bundle with the
 /// trusted PEM public keys: (signer, files covered, files not covered).
+/// Files the bundle does not cover fail it (NotAuthenticError, as
+/// model_signing does) unless `allow_uncovered`.
 #[pyfunction]
-#[pyo3(signature = (folder, signature, trusted))]
+#[pyo3(signature = (folder, signature, trusted, allow_uncovered=false))]
 fn oms_verify(
     py: Python<'_>,
     folder: PathBuf,
     signature: PathBuf,
     trusted: Vec<PathBuf>,
+    allow_uncovered: bool,
 ) -> PyResult<(String, usize, Vec<String>)> {
     py.detach(|| {
         let keys = trusted
@@ -504,6 +507,17 @@ fn oms_verify(
             .map(|p| sealtensors::oms::load_public_key(p))
             .collect::<sealtensors::Result<Vec<_>>>()?;
         let v = sealtensors::oms::verify_folder(&folder, &signature, &keys)?;
+        if !allow_uncovered && !v.uncovered.is_empty() {
+            return Err(sealtensors::Error::OmsMismatch {
+                file: v
+                    .uncovered
+                    .iter()
+                    .map(|f| sealtensors::printable(f, 256))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason: "in the folder but not covered by the signature (pass allow_uncovered=True to list them instead)".into(),
+            });
+        }
         Ok((v.signer, v.covered, v.uncovered))
     })
     .map_err(to_py)

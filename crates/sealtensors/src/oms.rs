@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -122,17 +123,22 @@ impl OmsSigningKey {
     /// Parse PEM text.
     pub fn from_pem(text: &str) -> Result<Self> {
         // The PEM may also hold `EC PARAMETERS` (openssl ecparam): take the key.
-        let all = pem::parse_many(text).map_err(|_| Error::InvalidKey("not a PEM file".into()))?;
-        let p = all
+        // Every block's bytes are wiped when dropped (a private key's are secret).
+        let all: Vec<(String, zeroize::Zeroizing<Vec<u8>>)> = pem::parse_many(text)
+            .map_err(|_| Error::InvalidKey("not a PEM file".into()))?
+            .into_iter()
+            .map(|p| (p.tag().to_string(), zeroize::Zeroizing::new(p.into_contents())))
+            .collect();
+        let (_, der) = all
             .iter()
-            .find(|p| p.tag() == "PRIVATE KEY" || p.tag() == "EC PRIVATE KEY")
+            .find(|p| p.0 == "PRIVATE KEY" || p.0 == "EC PRIVATE KEY")
             .ok_or_else(|| {
                 Error::InvalidKey(
                     "no unencrypted PRIVATE KEY or EC PRIVATE KEY in this PEM file".into(),
                 )
             })?;
         Ok(OmsSigningKey {
-            key: EcdsaP256Key::from_der(p.contents())?,
+            key: EcdsaP256Key::from_der(der)?,
         })
     }
 
@@ -197,12 +203,21 @@ pub fn is_pem_public_key(text: &str) -> bool {
     text.trim_start().starts_with("-----BEGIN PUBLIC KEY-----")
 }
 
+/// A path for a message: escaped (a file name may hold newlines or
+/// terminal controls).
+fn shown(p: &Path) -> String {
+    printable(&p.display().to_string(), 1024)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex32(s: &str) -> Option<[u8; DIGEST_LEN]> {
     if s.len() != 2 * DIGEST_LEN {
+        return None;
+    }
+    if !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; DIGEST_LEN];
@@ -238,7 +253,7 @@ fn is_ignored(rel: &str, ignored: &[String]) -> bool {
 /// anything that is neither a file nor a folder, is an error (as
 /// `model_signing` does by default).
 pub fn hash_folder(dir: &Path, ignored: &[String]) -> Result<BTreeMap<String, [u8; DIGEST_LEN]>> {
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut files: Vec<(String, PathBuf, (u64, u64))> = Vec::new();
     let mut stack = vec![(String::new(), dir.to_path_buf())];
     while let Some((prefix, d)) = stack.pop() {
         let rd = fs::read_dir(&d).map_err(|e| Error::io("listing the folder", e).in_file(&d))?;
@@ -248,7 +263,7 @@ pub fn hash_folder(dir: &Path, ignored: &[String]) -> Result<BTreeMap<String, [u
             let name = name.to_str().ok_or_else(|| {
                 invalid(format!(
                     "{} has a name that is not UTF-8",
-                    entry.path().display()
+                    shown(&entry.path())
                 ))
             })?;
             let rel = if prefix.is_empty() {
@@ -265,12 +280,14 @@ pub fn hash_folder(dir: &Path, ignored: &[String]) -> Result<BTreeMap<String, [u
             if ft.is_symlink() {
                 return Err(invalid(format!(
                     "{} is a symbolic link; model signing covers regular files only: replace it with the file",
-                    entry.path().display()
+                    shown(&entry.path())
                 )));
             } else if ft.is_dir() {
                 stack.push((rel, entry.path()));
             } else if ft.is_file() {
-                files.push((rel, entry.path()));
+                let m = fs::symlink_metadata(entry.path())
+                    .map_err(|e| Error::io("reading a file's type", e).in_file(entry.path()))?;
+                files.push((rel, entry.path(), (m.dev(), m.ino())));
                 if files.len() > MAX_FILES {
                     return Err(Error::LimitExceeded {
                         what: "files in a signed folder",
@@ -281,16 +298,27 @@ pub fn hash_folder(dir: &Path, ignored: &[String]) -> Result<BTreeMap<String, [u
             } else {
                 return Err(invalid(format!(
                     "{} is neither a file nor a folder",
-                    entry.path().display()
+                    shown(&entry.path())
                 )));
             }
         }
     }
     files
         .into_par_iter()
-        .map(|(rel, path)| {
+        .map(|(rel, path, id)| {
             let mut f =
                 fs::File::open(&path).map_err(|e| Error::io("opening", e).in_file(&path))?;
+            // The file opened must be the regular file listed: not a link or
+            // another file put in its place since.
+            let m = f
+                .metadata()
+                .map_err(|e| Error::io("reading a file's type", e).in_file(&path))?;
+            if !m.is_file() || (m.dev(), m.ino()) != id {
+                return Err(invalid(format!(
+                    "{} changed while the folder was being hashed",
+                    shown(&path)
+                )));
+            }
             let mut h = Sha256Stream::new();
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -348,6 +376,11 @@ pub fn sign_folder(
     }
     let ignored = default_ignored(dir, signature);
     let files = hash_folder(dir, &ignored)?;
+    // Listed in model_signing's order (paths compared component by
+    // component), so that the subject digest, which some tools use as the
+    // model's id, is the one it computes for the same folder.
+    let mut files: Vec<(String, [u8; DIGEST_LEN])> = files.into_iter().collect();
+    files.sort_by(|a, b| a.0.split('/').cmp(b.0.split('/')));
     let mut root = Sha256Stream::new();
     let resources: Vec<serde_json::Value> = files
         .iter()
@@ -443,12 +476,16 @@ struct DsseSig {
 }
 
 #[derive(Deserialize)]
-struct Statement {
+struct StatementKind {
     #[serde(rename = "_type")]
     kind: String,
-    subject: Vec<Subject>,
     #[serde(rename = "predicateType")]
     predicate_type: String,
+}
+
+#[derive(Deserialize)]
+struct Statement {
+    subject: Vec<Subject>,
     predicate: Predicate,
 }
 
@@ -489,13 +526,32 @@ pub fn verify_folder(
     signature: &Path,
     trusted: &[OmsPublicKey],
 ) -> Result<OmsVerification> {
-    let text = fs::read(signature)
-        .map_err(|e| Error::io("reading the signature", e).in_file(signature))?;
-    if text.len() > 64 << 20 {
+    const MAX_BUNDLE: u64 = 64 << 20;
+    let io = |e| Error::io("reading the signature", e).in_file(signature);
+    // A regular file of bounded size, checked before anything is read (a
+    // FIFO would block, a huge file fill memory).
+    let m = fs::metadata(signature).map_err(io)?;
+    if !m.is_file() {
+        return Err(invalid(format!("{} is not a regular file", shown(signature))));
+    }
+    if m.len() > MAX_BUNDLE {
+        return Err(Error::LimitExceeded {
+            what: "signature bundle bytes",
+            got: m.len(),
+            max: MAX_BUNDLE,
+        });
+    }
+    let mut text = Vec::new();
+    fs::File::open(signature)
+        .map_err(io)?
+        .take(MAX_BUNDLE + 1)
+        .read_to_end(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_BUNDLE {
         return Err(Error::LimitExceeded {
             what: "signature bundle bytes",
             got: text.len() as u64,
-            max: 64 << 20,
+            max: MAX_BUNDLE,
         });
     }
     let b: Bundle = serde_json::from_slice(&text).map_err(|e| {
@@ -527,7 +583,8 @@ pub fn verify_folder(
     let hint = b
         .verification_material
         .and_then(|m| m.public_key)
-        .and_then(|k| k.hint);
+        .and_then(|k| k.hint)
+        .filter(|h| !h.is_empty());
     let msg = pae(&payload);
     let signer = trusted
         .iter()
@@ -536,19 +593,19 @@ pub fn verify_folder(
         .ok_or(Error::OmsSignature {
             trusted: trusted.len(),
         })?;
-    let st: Statement = serde_json::from_slice(&payload).map_err(|e| {
-        invalid(format!(
-            "the statement: {}",
-            crate::error::json_error_text(&e)
-        ))
-    })?;
-    if st.kind != STATEMENT_TYPE || st.predicate_type != PREDICATE_TYPE {
+    let statement_error =
+        |e: serde_json::Error| invalid(format!("the statement: {}", crate::error::json_error_text(&e)));
+    // Its type first, so that another kind of statement (model_signing's
+    // v0.2 `Digests/v0.1`) is named as such, not as a missing member.
+    let kind: StatementKind = serde_json::from_slice(&payload).map_err(statement_error)?;
+    if kind.kind != STATEMENT_TYPE || kind.predicate_type != PREDICATE_TYPE {
         return Err(invalid(format!(
-            "statement type {:?} / predicate {:?}: this verifier reads {PREDICATE_TYPE}",
-            printable(&st.kind, 128),
-            printable(&st.predicate_type, 128)
+            "statement type {:?} / predicate {:?}: this verifier reads {PREDICATE_TYPE} (model_signing 1.x); re-sign with it",
+            printable(&kind.kind, 128),
+            printable(&kind.predicate_type, 128)
         )));
     }
+    let st: Statement = serde_json::from_slice(&payload).map_err(statement_error)?;
     let ser = &st.predicate.serialization;
     if ser.method != "files" || ser.hash_type != "sha256" || ser.allow_symlinks {
         return Err(invalid(format!(

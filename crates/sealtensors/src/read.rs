@@ -61,6 +61,10 @@ impl<'a> OpenOptions<'a> {
         OpenOptions {
             identities: keys.identities.iter().map(|b| b.as_ref()).collect(),
             trusted: keys.trusted.clone(),
+            // Trust was given, but only OpenSSF model signing keys, which
+            // sign no header: such a loader still refuses unsigned and
+            // plain files rather than trusting any (fail closed).
+            require_signed: keys.trusted.is_empty() && !keys.oms_trusted.is_empty(),
             broker: keys.broker.clone(),
             ..Default::default()
         }

@@ -69,10 +69,20 @@ impl KeyConfig {
                 }
             }
         }
-        if cfg.trusted.is_empty() && cfg.oms_trusted.is_empty() {
+        // Each kind of trust falls back on its own: a PEM (OMS) entry given
+        // explicitly must not hide the environment's Ed25519 signers, which
+        // would leave the loader trusting no signer (permissive).
+        if cfg.trusted.is_empty() || cfg.oms_trusted.is_empty() {
             if let Ok(v) = std::env::var(ENV_TRUST) {
+                let mut env = KeyConfig::default();
                 for t in split_trust(&v) {
-                    cfg.add_trust(&t)?;
+                    env.add_trust(&t)?;
+                }
+                if cfg.trusted.is_empty() {
+                    cfg.trusted = env.trusted;
+                }
+                if cfg.oms_trusted.is_empty() {
+                    cfg.oms_trusted = env.oms_trusted;
                 }
             }
         }
@@ -84,7 +94,7 @@ impl KeyConfig {
                     cfg.identities.push(load_identity(&p)?);
                 }
             }
-            if cfg.trusted.is_empty() && cfg.oms_trusted.is_empty() {
+            if cfg.trusted.is_empty() {
                 for p in jwk_files(&dir.join("trusted"))? {
                     cfg.trusted.push(load_verifying_key(&p.to_string_lossy())?);
                 }
