@@ -127,7 +127,12 @@ impl OmsSigningKey {
         let all: Vec<(String, zeroize::Zeroizing<Vec<u8>>)> = pem::parse_many(text)
             .map_err(|_| Error::InvalidKey("not a PEM file".into()))?
             .into_iter()
-            .map(|p| (p.tag().to_string(), zeroize::Zeroizing::new(p.into_contents())))
+            .map(|p| {
+                (
+                    p.tag().to_string(),
+                    zeroize::Zeroizing::new(p.into_contents()),
+                )
+            })
             .collect();
         let (_, der) = all
             .iter()
@@ -532,7 +537,10 @@ pub fn verify_folder(
     // FIFO would block, a huge file fill memory).
     let m = fs::metadata(signature).map_err(io)?;
     if !m.is_file() {
-        return Err(invalid(format!("{} is not a regular file", shown(signature))));
+        return Err(invalid(format!(
+            "{} is not a regular file",
+            shown(signature)
+        )));
     }
     if m.len() > MAX_BUNDLE {
         return Err(Error::LimitExceeded {
@@ -593,8 +601,12 @@ pub fn verify_folder(
         .ok_or(Error::OmsSignature {
             trusted: trusted.len(),
         })?;
-    let statement_error =
-        |e: serde_json::Error| invalid(format!("the statement: {}", crate::error::json_error_text(&e)));
+    let statement_error = |e: serde_json::Error| {
+        invalid(format!(
+            "the statement: {}",
+            crate::error::json_error_text(&e)
+        ))
+    };
     // Its type first, so that another kind of statement (model_signing's
     // v0.2 `Digests/v0.1`) is named as such, not as a missing member.
     let kind: StatementKind = serde_json::from_slice(&payload).map_err(statement_error)?;
