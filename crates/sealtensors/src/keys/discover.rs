@@ -72,17 +72,24 @@ impl KeyConfig {
         // Each kind of trust falls back on its own: a PEM (OMS) entry given
         // explicitly must not hide the environment's Ed25519 signers, which
         // would leave the loader trusting no signer (permissive).
-        if cfg.trusted.is_empty() || cfg.oms_trusted.is_empty() {
-            if let Ok(v) = std::env::var(ENV_TRUST) {
+        if let Ok(v) = std::env::var(ENV_TRUST) {
+            if cfg.trusted.is_empty() {
                 let mut env = KeyConfig::default();
                 for t in split_trust(&v) {
                     env.add_trust(&t)?;
                 }
-                if cfg.trusted.is_empty() {
-                    cfg.trusted = env.trusted;
-                }
+                cfg.trusted = env.trusted;
                 if cfg.oms_trusted.is_empty() {
                     cfg.oms_trusted = env.oms_trusted;
+                }
+            } else if cfg.oms_trusted.is_empty() {
+                // Signers were given explicitly: only the environment's OMS
+                // keys are taken (its other entries are not even parsed, as
+                // before OMS keys existed).
+                for t in split_trust(&v) {
+                    if let Some(k) = oms_key_at(&t)? {
+                        cfg.oms_trusted.push(k);
+                    }
                 }
             }
         }
@@ -107,19 +114,27 @@ impl KeyConfig {
     /// CryptoTensors form), or a PEM ECDSA public key, which is an OpenSSF
     /// model signing key.
     fn add_trust(&mut self, spec: &str) -> Result<()> {
-        if !spec.starts_with("ed25519:") {
-            let path = Path::new(spec);
-            if let Ok(text) = std::fs::read_to_string(path) {
-                if crate::oms::is_pem_public_key(&text) {
-                    let k =
-                        crate::oms::OmsPublicKey::from_pem(&text).map_err(|e| e.in_file(path))?;
-                    self.oms_trusted.push(k);
-                    return Ok(());
-                }
-            }
+        match oms_key_at(spec)? {
+            Some(k) => self.oms_trusted.push(k),
+            None => self.trusted.push(load_verifying_key(spec)?),
         }
-        self.trusted.push(load_verifying_key(spec)?);
         Ok(())
+    }
+}
+
+/// The OMS key a trust entry names, when it is a PEM public key file.
+fn oms_key_at(spec: &str) -> Result<Option<crate::oms::OmsPublicKey>> {
+    if spec.starts_with("ed25519:") {
+        return Ok(None);
+    }
+    let path = Path::new(spec);
+    match std::fs::read_to_string(path) {
+        Ok(text) if crate::oms::is_pem_public_key(&text) => {
+            crate::oms::OmsPublicKey::from_pem(&text)
+                .map(Some)
+                .map_err(|e| e.in_file(path))
+        }
+        _ => Ok(None),
     }
 }
 
