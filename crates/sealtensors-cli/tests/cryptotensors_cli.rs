@@ -19,6 +19,20 @@ fn vec_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spec/vectors/cryptotensors")
 }
 
+/// `verb` with their key file as identity, the signer trusted and the
+/// licence their policy wants.
+fn keyed(verb: &[&str], keys: &Path, signer: &Path, lic: &Path) -> Command {
+    let mut c = bin();
+    c.args(verb)
+        .arg("-i")
+        .arg(keys)
+        .arg("--trust")
+        .arg(signer)
+        .arg("--licence")
+        .arg(lic);
+    c
+}
+
 fn licence(dir: &Path) -> PathBuf {
     let p = dir.join("licence.json");
     std::fs::write(&p, r#"{"vector": "yes"}"#).unwrap();
@@ -62,13 +76,7 @@ fn inspect_verify_convert_unseal() {
             .stdout(predicate::str::contains("NOT VERIFIED"))
             .stderr(predicate::str::contains("signature was not checked"));
         // their key file as identity, the signer's public half trusted
-        bin()
-            .args(["verify", "-i"])
-            .arg(&keys)
-            .arg("--trust")
-            .arg(&signer)
-            .arg("--licence")
-            .arg(&lic)
+        keyed(&["verify"], &keys, &signer, &lic)
             .arg(&file)
             .assert()
             .success()
@@ -96,18 +104,17 @@ fn inspect_verify_convert_unseal() {
             .clone();
         let recipient = String::from_utf8(out).unwrap().trim().to_string();
         let sealed = tmp.path().join(format!("{name}.sealed.safetensors"));
-        bin()
-            .args(["convert", "--from", "cryptotensors", "-i"])
-            .arg(&keys)
-            .arg("--trust")
-            .arg(&signer)
-            .arg("--licence")
-            .arg(&lic)
-            .args(["-r", &recipient, "-o"])
-            .arg(&sealed)
-            .arg(&file)
-            .assert()
-            .success();
+        keyed(
+            &["convert", "--from", "cryptotensors"],
+            &keys,
+            &signer,
+            &lic,
+        )
+        .args(["-r", &recipient, "-o"])
+        .arg(&sealed)
+        .arg(&file)
+        .assert()
+        .success();
         bin()
             .arg("inspect")
             .arg(&sealed)
@@ -127,13 +134,7 @@ fn inspect_verify_convert_unseal() {
             .arg(&sealed)
             .assert()
             .success();
-        bin()
-            .args(["unseal", "-i"])
-            .arg(&keys)
-            .arg("--trust")
-            .arg(&signer)
-            .arg("--licence")
-            .arg(&lic)
+        keyed(&["unseal"], &keys, &signer, &lic)
             .arg("-o")
             .arg(&b)
             .arg(&file)
@@ -141,19 +142,18 @@ fn inspect_verify_convert_unseal() {
             .success();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         // converting to a partial seal would write plaintext: refused
-        bin()
-            .args(["convert", "--from", "cryptotensors", "-i"])
-            .arg(&keys)
-            .arg("--trust")
-            .arg(&signer)
-            .arg("--licence")
-            .arg(&lic)
-            .args(["-r", &recipient, "--encrypt", "t.u8", "-o"])
-            .arg(tmp.path().join("partial.safetensors"))
-            .arg(&file)
-            .assert()
-            .failure()
-            .stderr(predicate::str::contains("unencrypted on disk"));
+        keyed(
+            &["convert", "--from", "cryptotensors"],
+            &keys,
+            &signer,
+            &lic,
+        )
+        .args(["-r", &recipient, "--encrypt", "t.u8", "-o"])
+        .arg(tmp.path().join("partial.safetensors"))
+        .arg(&file)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("unencrypted on disk"));
         // sealing their file as if it were plain is refused
         bin()
             .args(["seal", "-r", &recipient, "-o"])
