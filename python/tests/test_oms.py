@@ -155,6 +155,8 @@ def test_cli_sign_and_verify_through_trust(tmp_path: Path) -> None:
             [str(cli), *map(str, args)], capture_output=True, text=True, env={**env, **extra}
         )
 
+    r = run("sign", "--oms-key", priv, "-o", tmp_path / "elsewhere", folder)
+    assert r.returncode == 2 and "--oms-signature" in r.stderr, r.stderr
     r = run("sign", "--oms-key", priv, folder)
     assert r.returncode == 0, r.stderr
     ms_verify(folder, folder / "model.sig", pub)

@@ -402,6 +402,11 @@ fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
         let Some(k) = &oms_key else {
             return Err(CliError::usage("give --sign-key, --oms-key, or both"));
         };
+        if a.output.is_some() {
+            return Err(CliError::usage(
+                "-o names where --sign-key writes the signed model; with --oms-key alone the folder is left as it is, and --oms-signature names where the bundle goes",
+            ));
+        }
         return oms_sign(k, &a.input, a.oms_signature.as_deref(), a.force);
     };
     let key = load_signing_key(sign_key)?;
