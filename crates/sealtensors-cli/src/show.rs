@@ -129,7 +129,6 @@ pub fn inspection(j: &Inspection) {
     }
 }
 
-/// `sealtensors verify`, as text: one line per file.
 /// `sealtensors verify --oms`, as text.
 pub fn oms_verification(folder: &std::path::Path, v: &sealtensors::oms::OmsVerification) {
     let status = if v.ok { "OK" } else { "NOT VERIFIED" };
@@ -144,6 +143,7 @@ pub fn oms_verification(folder: &std::path::Path, v: &sealtensors::oms::OmsVerif
     }
 }
 
+/// `sealtensors verify`, as text: one line per file.
 pub fn verification(v: &Verification) {
     for f in &v.files {
         println!("{}", file_verification(f));

@@ -175,6 +175,19 @@ pub struct CtMeta {
     pub user_metadata: BTreeMap<String, String>,
 }
 
+impl CtMeta {
+    /// Whether tensor `i` (header order) is encrypted.
+    pub fn is_encrypted(&self, i: usize) -> bool {
+        self.entries.get(i).is_some_and(Option::is_some)
+    }
+
+    /// The publisher's metadata, `None` when there is none beside the
+    /// reserved entries.
+    pub fn metadata(&self) -> Option<BTreeMap<String, String>> {
+        (!self.user_metadata.is_empty()).then(|| self.user_metadata.clone())
+    }
+}
+
 fn bad(key: &str, reason: impl Into<String>) -> Error {
     Error::seal_meta(key, reason)
 }

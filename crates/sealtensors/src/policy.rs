@@ -289,6 +289,25 @@ impl Policy {
     /// Check the text against the limits and the builtin profile, parse it
     /// and check that it defines `data.sealtensors.allow`.
     pub fn compile(text: &str) -> Result<Policy, CompileError> {
+        Self::compile_as(text, Dialect::Sealtensors)
+    }
+
+    /// [`compile`](Self::compile) for a CryptoTensors file's local policy:
+    /// the same limits and profile, the decision `data.model.allow`
+    /// (`package model`, an `allow` rule) and optional reasons
+    /// `data.model.deny_reasons`.
+    pub fn compile_cryptotensors(text: &str) -> Result<Policy> {
+        Self::compile_as(text, Dialect::CryptoTensors).map_err(|e| match e {
+            CompileError::NoDecision => invalid(format!(
+                "this CryptoTensors policy defines no {CRYPTOTENSORS_DECISION_RULE} rule (`package model` and an `allow` rule)"
+            )),
+            CompileError::Other(e) => e,
+        })
+    }
+
+    /// The limits and the profile (hostile text is checked before it is
+    /// parsed), then the parse, for `dialect`'s decision rule.
+    fn compile_as(text: &str, dialect: Dialect) -> Result<Policy, CompileError> {
         if text.len() > MAX_POLICY_BYTES {
             return Err(CompileError::Other(Error::LimitExceeded {
                 what: "policy text bytes",
@@ -297,28 +316,7 @@ impl Policy {
             }));
         }
         check_profile(text).map_err(CompileError::Other)?;
-        Self::compile_checked(text, Dialect::Sealtensors)
-    }
-
-    /// [`compile`](Self::compile) for a CryptoTensors file's local policy:
-    /// the same limits and profile, the decision `data.model.allow`
-    /// (`package model`, an `allow` rule) and optional reasons
-    /// `data.model.deny_reasons`.
-    pub fn compile_cryptotensors(text: &str) -> Result<Policy> {
-        if text.len() > MAX_POLICY_BYTES {
-            return Err(Error::LimitExceeded {
-                what: "policy text bytes",
-                got: text.len() as u64,
-                max: MAX_POLICY_BYTES as u64,
-            });
-        }
-        check_profile(text)?;
-        Self::compile_checked(text, Dialect::CryptoTensors).map_err(|e| match e {
-            CompileError::NoDecision => invalid(format!(
-                "this CryptoTensors policy defines no {CRYPTOTENSORS_DECISION_RULE} rule (`package model` and an `allow` rule)"
-            )),
-            CompileError::Other(e) => e,
-        })
+        Self::compile_checked(text, dialect)
     }
 
     /// Parse text that passed [`check_profile`], into an engine where every

@@ -425,8 +425,7 @@ impl SealedFile {
     /// The publisher's metadata, without the seal's reserved keys.
     pub fn metadata(&self) -> Option<BTreeMap<String, String>> {
         if let Some(ct) = &self.ct {
-            let m = &ct.meta.user_metadata;
-            return (!m.is_empty()).then(|| m.clone());
+            return ct.meta.metadata();
         }
         match &self.meta {
             None => self.header.metadata.clone(),
@@ -488,7 +487,7 @@ impl SealedFile {
     pub fn is_encrypted(&self, name: &str) -> Result<bool> {
         let i = self.index(name)?;
         if let Some(ct) = &self.ct {
-            return Ok(ct.meta.entries.get(i).is_some_and(Option::is_some));
+            return Ok(ct.meta.is_encrypted(i));
         }
         Ok(matches!(self.protection(i), Protection::Encrypted(_)))
     }

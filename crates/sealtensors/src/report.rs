@@ -138,9 +138,7 @@ impl Inspection {
                     bytes: t.len(),
                     encrypted: meta.as_ref().is_some_and(|m| {
                         matches!(m.protection.get(i), Some(Protection::Encrypted(_)))
-                    }) || ct
-                        .as_ref()
-                        .is_some_and(|c| c.entries.get(i).is_some_and(Option::is_some)),
+                    }) || ct.as_ref().is_some_and(|c| c.is_encrypted(i)),
                 })
                 .collect();
         let (seal, metadata) = match meta {
@@ -164,10 +162,7 @@ impl Inspection {
                 Some(m.user_metadata),
             ),
             None => match &ct {
-                Some(c) => (
-                    None,
-                    (!c.user_metadata.is_empty()).then(|| c.user_metadata.clone()),
-                ),
+                Some(c) => (None, c.metadata()),
                 None => (None, h.metadata.clone()),
             },
         };

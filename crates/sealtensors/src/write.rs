@@ -282,13 +282,23 @@ impl Sealer {
     /// for `convert`, SPEC A.5) into `output`: the same tensors, layout and
     /// publisher metadata, its plaintext streamed through the loading
     /// engine in blocks (bounded memory, each block authenticated before it
-    /// is sealed again), written atomically.
+    /// is sealed again), written atomically. Every tensor of the output is
+    /// encrypted: the input's data was, and a sign-only or partial seal would
+    /// put it on disk in plain, so such a sealer is refused before anything
+    /// is written.
     pub(crate) fn seal_opened(
         &self,
         input: &SealedFile,
         output: &Path,
         shard: Option<Shard>,
     ) -> Result<()> {
+        if let Some(t) = input.tensors().iter().find(|t| !self.encrypts(&t.name)) {
+            return Err(Error::Config(format!(
+                "converting would leave tensor {:?} unencrypted on disk: convert encrypts every tensor, give at least one recipient and no --encrypt selection",
+                crate::error::printable(&t.name, 256)
+            ))
+            .in_file(input.path()));
+        }
         self.check_selection(input.tensors().iter().map(|t| t.name.as_str()))
             .map_err(|e| e.in_file(input.path()))?;
         let mut w = SealWriter::new(

@@ -8,8 +8,6 @@
 //! CryptoTensors files only. Their Ed25519 keys are trusted signers when the
 //! user names the file as one (`--trust`), never because a file names them.
 
-use std::path::Path;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
@@ -220,13 +218,4 @@ pub fn parse_cryptotensors_keys(text: &str) -> Result<CryptoTensorsKeys> {
         }
     }
     Ok(out)
-}
-
-/// Read a CryptoTensors key file.
-pub fn load_cryptotensors_keys(path: &Path) -> Result<CryptoTensorsKeys> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| Error::io("reading key file", e).in_file(path))?,
-    );
-    parse_cryptotensors_keys(&text).map_err(|e| e.in_file(path))
 }

@@ -175,29 +175,35 @@ impl KeyFile {
     /// was (a link planted there cannot make the key land elsewhere, or a
     /// victim file be truncated).
     pub fn save(&self, path: &Path, force: bool) -> Result<()> {
-        let out = AtomicFile::create_private(path, force).map_err(|e| match e {
-            e @ Error::OutputExists(_) => e,
-            e => e.in_file(path),
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            out.file()
-                .set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(|e| Error::output("setting key file mode", e).in_file(path))?;
-        }
-        out.file()
-            .write_all(self.to_jwk().as_bytes())
-            .map_err(|e| Error::output("writing key file", e).in_file(path))?;
-        out.commit(force).map_err(|e| match e {
-            e @ Error::OutputExists(_) => e,
-            e => e.in_file(path),
-        })
+        write_key_file(path, self.to_jwk().as_bytes(), force)
     }
 }
 
+/// Write a secret key file (a JWK, an OMS PEM key), mode 0600 from its
+/// creation, as [`KeyFile::save`] describes.
+pub(crate) fn write_key_file(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
+    let out = AtomicFile::create_private(path, force).map_err(|e| match e {
+        e @ Error::OutputExists(_) => e,
+        e => e.in_file(path),
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        out.file()
+            .set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::output("setting key file mode", e).in_file(path))?;
+    }
+    out.file()
+        .write_all(bytes)
+        .map_err(|e| Error::output("writing key file", e).in_file(path))?;
+    out.commit(force).map_err(|e| match e {
+        e @ Error::OutputExists(_) => e,
+        e => e.in_file(path),
+    })
+}
+
 /// A key file's text, wiped when dropped.
-fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
+pub(crate) fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
     Ok(Zeroizing::new(fs::read_to_string(path).map_err(|e| {
         Error::io("reading key file", e).in_file(path)
     })?))

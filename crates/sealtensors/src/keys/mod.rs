@@ -24,11 +24,11 @@ pub use broker::{
 #[cfg(feature = "broker-client")]
 pub use broker::{TpmError, TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
 pub use cryptotensors::{
-    is_cryptotensors_key, load_cryptotensors_keys, parse_cryptotensors_keys, CryptoTensorsKey,
-    CryptoTensorsKeys,
+    is_cryptotensors_key, parse_cryptotensors_keys, CryptoTensorsKey, CryptoTensorsKeys,
 };
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
+pub(crate) use jwk::{read_key_text, write_key_file};
 pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};
 pub use signing::{SigningKey, VerifyingKey};
 pub use symmetric::SymmetricKey;
