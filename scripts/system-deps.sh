@@ -6,6 +6,8 @@
 #                                    attestation tests (crates/sealtensors-broker/tests/attest.rs)
 #   postgresql                       the server programs (initdb, pg_ctl) behind
 #                                    scripts/pg-test-server.sh: the broker's PostgreSQL store
+#   softhsm2                         a software PKCS#11 token: hardware-held keys
+#                                    (crates/sealtensors/tests/pkcs11.rs, the CLI and Python)
 #
 #   scripts/system-deps.sh           install what is missing (Debian, as root), or, when
 #                                    not root, stop with the one command to run
@@ -21,7 +23,7 @@ case "${1:-}" in
 "") ;;
 --check) check_only=1 ;;
 *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
@@ -60,6 +62,7 @@ probe() {
     for tool in tpm2_createek tpm2_createak tpm2_quote tpm2_pcrextend; do
         command -v "$tool" >/dev/null || need tpm2-tools
     done
+    command -v softhsm2-util >/dev/null || need softhsm2
     if [[ -z "${SEALTENSORS_TEST_POSTGRES_URL:-}" ]]; then
         has_pg_server || need postgresql
         # As root, pg-test-server.sh runs the server as `postgres` (the package makes it).

@@ -120,7 +120,7 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         filename: the file.
         framework: "pt"/"torch", "np"/"numpy".
         device: where tensors go ("cpu", "cuda", "cuda:1", ...).
-        identities: identity files (X25519 or symmetric JWK); default from the
+        identities: identity files (X25519, P-256 or symmetric JWK); default from the
             environment or the config directory.
         trusted: trusted signers (`ed25519:...` or JWK files); when given,
             every file must be signed by one of them.

@@ -24,7 +24,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Make a key: an X25519 identity (default), an Ed25519 signing key, or a symmetric key.
+    /// Make a key: an X25519 identity (default), a P-256 identity, an Ed25519 signing key, or a symmetric key.
     #[command(
         after_help = "Example:\n  sealtensors keygen -o deployer.jwk\n  sealtensors keygen --sign -o publisher.jwk"
     )]
@@ -161,8 +161,19 @@ pub struct Keygen {
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// An Ed25519 signing key instead of an X25519 identity.
-    #[arg(long, conflicts_with_all = ["symmetric", "oms"])]
+    #[arg(long, conflicts_with_all = ["symmetric", "oms", "p256"])]
     pub sign: bool,
+    /// A P-256 identity (JWK kty EC) instead of an X25519 one: the key type
+    /// that hardware tokens and TPMs hold (SPEC §6.7); prints its p256:... recipient.
+    #[arg(long, conflicts_with_all = ["symmetric", "oms"])]
+    pub p256: bool,
+    /// Make a P-256 key pair inside the PKCS#11 token this URI names
+    /// (pkcs11:token=...;object=LABEL?module-path=...&pin-source=file:...; the
+    /// PIN may instead be in SEALTENSORS_PKCS11_PIN) and print its p256:...
+    /// recipient; the private key never leaves the token. Use the same URI as
+    /// -i (or SEALTENSORS_IDENTITY) to open what is sealed to it.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["sign", "symmetric", "oms", "p256", "output", "force"])]
+    pub pkcs11: Option<String>,
     /// An ECDSA P-256 key (PEM) for OpenSSF model signing bundles (sign --oms-key);
     /// prints the PEM public key to give verifiers.
     #[arg(long, conflicts_with = "symmetric", requires = "output")]
@@ -180,7 +191,7 @@ pub struct Keygen {
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {
-    /// Identity file (X25519 or symmetric JWK); repeatable. Default: SEALTENSORS_IDENTITY, then the config directory.
+    /// Identity file (X25519, P-256 or symmetric JWK) or pkcs11: URI of a token-held P-256 key; repeatable. Default: SEALTENSORS_IDENTITY, then the config directory.
     #[arg(short = 'i', long = "identity")]
     pub identities: Vec<PathBuf>,
     /// Trusted signer (ed25519:... or a JWK file); repeatable. Default: SEALTENSORS_TRUST, then the config directory.
@@ -241,7 +252,7 @@ pub struct Convert {
 /// What a new seal is made with: recipients, signer, cipher, model identity, policy.
 #[derive(Args, Debug)]
 pub struct SealParams {
-    /// Recipient: an x25519:... public key, or a JWK file (X25519 public key or symmetric key); repeatable.
+    /// Recipient: an x25519:... or p256:... public key, a JWK file (X25519 or P-256 public key, or symmetric key), or a pkcs11: URI of a token-held P-256 key; repeatable.
     #[arg(short = 'r', long = "recipient")]
     pub recipients: Vec<String>,
     /// Sign the header with this Ed25519 key (JWK).

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use sealtensors::keys::{
-    load_recipient, load_signing_key, Identity, KeyConfig, KeyFile, Passphrase, Recipient,
-    SigningKey, SymmetricKey, X25519Identity,
+    load_recipient, load_signing_key, Identity, KeyConfig, KeyFile, P256Identity, Passphrase,
+    Recipient, SigningKey, SymmetricKey, X25519Identity,
 };
 use sealtensors::model::{
     convert_path, data_len, rekey_path, seal_path, seal_path_in_place, unseal_path, EmbeddedPolicy,
@@ -183,6 +183,9 @@ fn check_output(output: &Path, force: bool) -> Result<()> {
 // ---- verbs -----------------------------------------------------------------------------
 
 fn keygen(a: cli::Keygen) -> Result<()> {
+    if let Some(uri) = &a.pkcs11 {
+        return keygen_pkcs11(uri);
+    }
     if a.oms {
         let (key, text) = OmsSigningKey::generate()?;
         if let Some(path) = &a.output {
@@ -195,6 +198,10 @@ fn keygen(a: cli::Keygen) -> Result<()> {
         let k = SigningKey::generate()?;
         let p = k.verifying_key().to_string();
         (KeyFile::Signing(k), p)
+    } else if a.p256 {
+        let k = P256Identity::generate()?;
+        let p = k.recipient().to_string();
+        (KeyFile::P256Identity(k), p)
     } else if a.symmetric {
         let k = SymmetricKey::generate(a.kid)?;
         let p = format!(
@@ -218,6 +225,19 @@ fn keygen(a: cli::Keygen) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "pkcs11")]
+fn keygen_pkcs11(uri: &str) -> Result<()> {
+    println!("{}", sealtensors::keys::pkcs11_generate_p256(uri)?);
+    Ok(())
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn keygen_pkcs11(_uri: &str) -> Result<()> {
+    Err(CliError::usage(
+        "this build of sealtensors has no PKCS#11 support (built without the `pkcs11` feature)",
+    ))
 }
 
 fn seal(a: cli::Seal, quiet: bool) -> Result<()> {

@@ -666,18 +666,23 @@ impl Writer {
     }
 }
 
-/// Make a key file (mode 0600): "x25519" (an identity), "ed25519" (a signing
+/// Make a key file (mode 0600): "x25519" or "p256" (an identity), "ed25519" (a signing
 /// key) or "symmetric". Returns the public half to share (the recipient or
 /// signer string; for a symmetric key, its kid).
 #[pyfunction]
 #[pyo3(signature = (path, kind="x25519", kid=None, overwrite=false))]
 fn keygen(path: PathBuf, kind: &str, kid: Option<String>, overwrite: bool) -> PyResult<String> {
-    use sealtensors::keys::{KeyFile, SigningKey, SymmetricKey, X25519Identity};
+    use sealtensors::keys::{KeyFile, P256Identity, SigningKey, SymmetricKey, X25519Identity};
     let (key, public) = match kind {
         "x25519" => {
             let k = X25519Identity::generate().map_err(to_py)?;
             let p = k.recipient().to_string();
             (KeyFile::X25519Identity(k), p)
+        }
+        "p256" => {
+            let k = P256Identity::generate().map_err(to_py)?;
+            let p = k.recipient().to_string();
+            (KeyFile::P256Identity(k), p)
         }
         "ed25519" => {
             let k = SigningKey::generate().map_err(to_py)?;
@@ -691,7 +696,7 @@ fn keygen(path: PathBuf, kind: &str, kid: Option<String>, overwrite: bool) -> Py
         }
         other => {
             return Err(ConfigError::new_err(format!(
-                "unknown key kind {other:?}; use x25519, ed25519 or symmetric"
+                "unknown key kind {other:?}; use x25519, p256, ed25519 or symmetric"
             )))
         }
     };

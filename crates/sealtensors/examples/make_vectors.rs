@@ -26,8 +26,8 @@ use serde_json::{json, Value};
 
 use sealtensors::crypto::{self, Secret32};
 use sealtensors::keys::{
-    Argon2Params, BrokerRecipient, KeyFile, ModelKey, Passphrase, SigningKey, SymmetricKey,
-    X25519Identity,
+    Argon2Params, BrokerRecipient, KeyFile, ModelKey, P256Agreement, P256Identity, Passphrase,
+    SigningKey, Slot, SymmetricKey, X25519Identity,
 };
 use sealtensors::seal::{self, SignatureDoc};
 use sealtensors::{Cipher, Dtype, Header, SealOptions, Sealer, TensorRef};
@@ -434,6 +434,84 @@ fn broker_vectors(out: &mut Out, dir: &Path) -> Res {
     Ok(())
 }
 
+/// SPEC §6.7: the plain model sealed to a P-256 recipient (signed,
+/// AES-256-GCM), with the slot's intermediate values; and the same file
+/// opened with another P-256 key.
+fn p256_vectors(out: &mut Out, dir: &Path) -> Res {
+    let p = |name: &str| dir.join(format!("{name}.safetensors"));
+    let file = |name: &str| format!("{name}.safetensors");
+    let id = P256Identity::from_secret_bytes(fixed("p256 recipient"))?;
+    let other = P256Identity::from_secret_bytes(fixed("p256 other"))?;
+    let r = id.recipient();
+    KeyFile::P256Identity(P256Identity::from_secret_bytes(fixed("p256 recipient"))?)
+        .save(&dir.join("keys/p256-recipient.jwk"), true)?;
+    KeyFile::P256Recipient(r).save(&dir.join("keys/p256-recipient.pub.jwk"), true)?;
+    KeyFile::P256Identity(other).save(&dir.join("keys/p256-other.jwk"), true)?;
+    let signer = SigningKey::from_seed(fixed("ed25519 signer"))?;
+    let sealer = Sealer::new(SealOptions {
+        recipients: vec![Box::new(r)],
+        cipher: Cipher::Aes256Gcm,
+        ..base_opts(Some(&signer))?
+    })?;
+    sealer.seal_file(&p("plain"), &p("p256_signed"))?;
+    // The slot by the SPEC's formulas, checked against the library.
+    let e = Edit::load(&p("p256_signed"))?;
+    let meta = seal::parse(&e.header)?;
+    let mk_id = meta.mk_id.ok_or("no mk_id")?;
+    let Slot::P256 { rid, epk, ct } = &meta.slots[0] else {
+        return Err("expected a p256 slot".into());
+    };
+    let epk = URL_SAFE_NO_PAD.decode(epk)?;
+    let epk: [u8; 65] = epk.as_slice().try_into()?;
+    let z = id.agree(&epk)?;
+    let kek = crypto::hkdf32(
+        z.expose(),
+        &[&epk[..], r.as_bytes()].concat(),
+        &[b"sealtensors/1 p256 slot"],
+    )?;
+    let mut aad = b"sealtensors/1 slot\0p256\0".to_vec();
+    aad.extend_from_slice(&mk_id);
+    let mk: Secret32 = crypto::unwrap_key(&kek, &aad, &URL_SAFE_NO_PAD.decode(ct)?)
+        .ok_or("p256 slot does not open")?;
+    assert_eq!(*rid, r.rid(), "rid");
+    let model = model();
+    out.manifest(
+        "p256_signed",
+        json!({
+            "description": "AES-256-GCM, every tensor encrypted, one P-256 recipient (SPEC §6.7), signed; opened with the recipient's P-256 identity (JWK kty EC) and the signer trusted. p256_derived: the recipient's public point, the slot's rid, ECDH output Z, KEK, slot AAD and the model key, in hex.",
+            "file": file("p256_signed"),
+            "identities": ["keys/p256-recipient.jwk"],
+            "trusted": ["keys/signer.pub.jwk"],
+            "require_encrypted": true,
+            "expect": "ok",
+            "authenticity": "trusted",
+            "metadata": plain_metadata(),
+            "tensors": tensor_table(&model, |_| true),
+            "p256_derived": {
+                "pk": hex(r.as_bytes()),
+                "rid": rid,
+                "z": hex(z.expose()),
+                "kek": hex(kek.expose()),
+                "slot_aad": hex(&aad),
+                "model_key": hex(mk.expose()),
+                "mk_id": hex(&mk_id),
+            },
+        }),
+    )?;
+    out.manifest(
+        "fail_p256_wrong_identity",
+        json!({
+            "description": "The P-256 vector opened with another P-256 key: its rid differs, nothing opens.",
+            "file": file("p256_signed"),
+            "identities": ["keys/p256-other.jwk"],
+            "trusted": ["keys/signer.pub.jwk"],
+            "expect": "NoMatchingKey",
+            "fails_at": "open",
+        }),
+    )?;
+    Ok(())
+}
+
 /// `make_vectors DIR --only policy`: write the policy vectors alone, from
 /// the existing symmetric vector (its MK is recovered with its key), leaving
 /// every other vector as it is.
@@ -462,21 +540,26 @@ fn main() -> Res {
     let dir = PathBuf::from(
         std::env::args()
             .nth(1)
-            .ok_or("usage: make_vectors OUTPUT_DIR [--only policy|broker]")?,
+            .ok_or("usage: make_vectors OUTPUT_DIR [--only policy|broker|p256]")?,
     );
     if std::env::args().nth(2).as_deref() == Some("--only") {
         return match std::env::args().nth(3).as_deref() {
             Some("policy") => only_policy(&dir),
-            Some("broker") => {
+            Some(which @ ("broker" | "p256")) => {
                 let mut out = Out {
                     dir: dir.clone(),
                     count: 0,
                 };
-                broker_vectors(&mut out, &dir)?;
-                println!("wrote {} broker manifests", out.count);
+                if which == "broker" {
+                    broker_vectors(&mut out, &dir)?;
+                    p256_vectors(&mut out, &dir)?;
+                } else {
+                    p256_vectors(&mut out, &dir)?;
+                }
+                println!("wrote {} {which} manifests", out.count);
                 Ok(())
             }
-            _ => Err("usage: make_vectors OUTPUT_DIR [--only policy|broker]".into()),
+            _ => Err("usage: make_vectors OUTPUT_DIR [--only policy|broker|p256]".into()),
         };
     }
     fs::create_dir_all(&dir)?;

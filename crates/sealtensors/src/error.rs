@@ -327,6 +327,50 @@ pub enum Error {
         /// The way around it in this build.
         fix: &'static str,
     },
+
+    // ---- hardware keys -----------------------------------------------------------
+    /// A key held in a PKCS#11 token could not be used (module, token, PIN,
+    /// key, or the token's own failure).
+    #[error("PKCS#11 {what}: {problem}")]
+    Pkcs11 {
+        /// Which step failed, and where (module, token, object).
+        what: String,
+        /// What is wrong, and what to do.
+        problem: Pkcs11Problem,
+    },
+}
+
+/// What went wrong with a PKCS#11 key, each with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Pkcs11Problem {
+    /// The URI is malformed or names something unsupported.
+    #[error("{0}")]
+    BadUri(String),
+    /// The module (shared library) could not be loaded or initialised.
+    #[error("the PKCS#11 module could not be loaded ({0}); check module-path in the URI (or SEALTENSORS_PKCS11_MODULE) names the vendor's .so")]
+    Module(String),
+    /// No PIN was given.
+    #[error("no PIN: put it in a file named by pin-source=file:PATH in the URI, or in SEALTENSORS_PKCS11_PIN (never on the command line)")]
+    NoPin,
+    /// The token refused the PIN.
+    #[error("the token refused the PIN (CKR_PIN_INCORRECT); check the PIN, and mind that tokens lock after a few wrong tries")]
+    PinIncorrect,
+    /// The token is locked.
+    #[error("the PIN is locked (CKR_PIN_LOCKED); unlock it with the security officer's PIN")]
+    PinLocked,
+    /// No token matches the URI.
+    #[error("no token matches {0}; check that it is plugged in and that token= (or serial=, slot-id=) names it")]
+    TokenNotFound(String),
+    /// No key (or more than one) matches the URI on the token.
+    #[error("{0}")]
+    KeyNotFound(String),
+    /// The key is there but not usable for this (wrong type or curve, no derive).
+    #[error("{0}")]
+    WrongKey(String),
+    /// Anything else the token or module returned.
+    #[error("the token failed: {0}")]
+    Token(String),
 }
 
 /// Coarse classes of errors, so that every front end (CLI exit codes, Python
@@ -386,6 +430,10 @@ impl Error {
             Error::BrokerUnavailable { .. } | Error::BrokerClientMissing { .. } => {
                 ErrorClass::NoKey
             }
+            Error::Pkcs11 { problem, .. } => match problem {
+                Pkcs11Problem::BadUri(_) => ErrorClass::Usage,
+                _ => ErrorClass::NoKey,
+            },
             Error::OutputExists(_) | Error::Output { .. } => ErrorClass::Output,
             Error::Config(_)
             | Error::Licence(_)

@@ -50,7 +50,8 @@ mod write;
 
 pub use crypto::Cipher;
 pub use error::{
-    is_invisible, json_error_text, printable, without_values, Error, ErrorClass, Result,
+    is_invisible, json_error_text, printable, without_values, Error, ErrorClass, Pkcs11Problem,
+    Result,
 };
 pub use format::{read_header, Dtype, Header, TensorInfo};
 pub use read::{Authenticity, OpenOptions, SealedFile};

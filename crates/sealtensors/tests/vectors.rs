@@ -361,7 +361,7 @@ fn x25519_kek(d: &[u8], pk: &[u8], epk: &[u8], info: &[&[u8]]) -> Option<[u8; 32
     Some(hkdf(&shared, &[epk, pk].concat(), info))
 }
 
-/// Try to open one slot with the manifest's keys (SPEC §6.1-§6.3).
+/// Try to open one slot with the manifest's keys (SPEC §6.1-§6.3, §6.6, §6.7).
 fn open_slot(slot: &Value, m: &Value, mk_id: &[u8]) -> Option<[u8; 32]> {
     let s = |k: &str| slot[k].as_str().unwrap_or("");
     match s("type") {
@@ -379,6 +379,61 @@ fn open_slot(slot: &Value, m: &Value, mk_id: &[u8]) -> Option<[u8; 32]> {
             }
             let kek = x25519_kek(&d, &pk, &unb64(s("epk")), &[b"sealtensors/1 x25519 slot"])?;
             unwrap(&kek, &slot_aad("x25519", mk_id), &unb64(s("ct")))
+        }),
+        // §6.7: the identity is a JWK EC P-256 key; pk = 04 || x || y.
+        "p256" => strs(m, "identities").iter().find_map(|p| {
+            use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, ECDH_P256};
+            let j = jwk(p);
+            if j["kty"] != "EC" || j["crv"] != "P-256" {
+                return None;
+            }
+            let d = unb64(j["d"].as_str()?);
+            let pk = [
+                &[4u8][..],
+                &unb64(j["x"].as_str()?),
+                &unb64(j["y"].as_str()?),
+            ]
+            .concat();
+            let mut rid_in = b"sealtensors/1 p256 rid\0".to_vec();
+            rid_in.extend_from_slice(&pk);
+            if hex(&crypto::sha256(&rid_in)[..8]) != s("rid") {
+                return None;
+            }
+            let epk = unb64(s("epk"));
+            assert!(
+                epk.len() == 65 && epk[0] == 4,
+                "p256 epk is an uncompressed point"
+            );
+            let sk = PrivateKey::from_private_key(&ECDH_P256, &d).ok()?;
+            let z = agree(&sk, UnparsedPublicKey::new(&ECDH_P256, &epk), (), |z| {
+                Ok(z.to_vec())
+            })
+            .ok()?;
+            let kek = hkdf(&z, &[&epk[..], &pk].concat(), &[b"sealtensors/1 p256 slot"]);
+            let aad = slot_aad("p256", mk_id);
+            let mk = unwrap(&kek, &aad, &unb64(s("ct")));
+            if let (Some(want), Some(mk)) = (m.get("p256_derived"), mk) {
+                assert_eq!(want["pk"].as_str(), Some(hex(&pk).as_str()), "p256 pk");
+                assert_eq!(want["rid"].as_str(), Some(s("rid")), "p256 rid");
+                assert_eq!(want["z"].as_str(), Some(hex(&z).as_str()), "p256 Z");
+                assert_eq!(want["kek"].as_str(), Some(hex(&kek).as_str()), "p256 KEK");
+                assert_eq!(
+                    want["slot_aad"].as_str(),
+                    Some(hex(&aad).as_str()),
+                    "p256 AAD"
+                );
+                assert_eq!(
+                    want["model_key"].as_str(),
+                    Some(hex(&mk).as_str()),
+                    "p256 MK"
+                );
+                assert_eq!(
+                    want["mk_id"].as_str(),
+                    Some(hex(mk_id).as_str()),
+                    "p256 mk_id"
+                );
+            }
+            mk
         }),
         // The broker's side (§6.6): its KEK, the URL bound into the KDF.
         "broker" => m.get("broker_kek").and_then(|b| {

@@ -64,8 +64,14 @@ impl KeyConfig {
         }
         if cfg.identities.is_empty() {
             if let Some(v) = std::env::var_os(ENV_IDENTITY) {
-                for p in std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()) {
-                    cfg.identities.push(load_identity(&p)?);
+                // A PKCS#11 URI holds ':' itself: it is the variable's only entry.
+                if v.to_str().is_some_and(|s| s.starts_with("pkcs11:")) {
+                    cfg.identities
+                        .push(load_identity(std::path::Path::new(&v))?);
+                } else {
+                    for p in std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()) {
+                        cfg.identities.push(load_identity(&p)?);
+                    }
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Keys stored as JSON Web Keys (RFC 7517, RFC 8037 for OKP).
 //!
 //! - X25519 identity: `{"kty":"OKP","crv":"X25519","d":..,"x":..}`
+//! - P-256 identity: `{"kty":"EC","crv":"P-256","d":..,"x":..,"y":..}` (RFC 7518 §6.2)
 //! - Ed25519 signing key: `{"kty":"OKP","crv":"Ed25519","d":..,"x":..}`
 //! - public halves: the same without `d`
 //! - symmetric key: `{"kty":"oct","k":..,"kid":..}`
@@ -15,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{
-    b64, unb64_array, Identity, Recipient, SigningKey, SymmetricKey, VerifyingKey, X25519Identity,
-    X25519Recipient,
+    b64, unb64_array, Identity, P256Identity, P256Recipient, Recipient, SigningKey, SymmetricKey,
+    VerifyingKey, X25519Identity, X25519Recipient,
 };
 use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
@@ -28,6 +29,8 @@ struct Jwk {
     crv: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     x: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    y: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     d: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +54,10 @@ pub enum KeyFile {
     X25519Identity(X25519Identity),
     /// An X25519 public key.
     X25519Recipient(X25519Recipient),
+    /// A P-256 secret key (ECDH).
+    P256Identity(P256Identity),
+    /// A P-256 public key.
+    P256Recipient(P256Recipient),
     /// An Ed25519 signing key.
     Signing(SigningKey),
     /// An Ed25519 public key.
@@ -76,7 +83,7 @@ impl KeyFile {
         }
         let j: Jwk = serde_json::from_str(text).map_err(|e| {
             Error::InvalidKey(format!(
-                "not a JSON Web Key: {} (every member, kty, crv, x, d, k and kid, is a string)",
+                "not a JSON Web Key: {} (every member, kty, crv, x, y, d, k and kid, is a string)",
                 crate::error::json_error_text(&e)
             ))
         })?;
@@ -93,6 +100,22 @@ impl KeyFile {
                         Ok(KeyFile::X25519Identity(id))
                     }
                     None => Ok(KeyFile::X25519Recipient(X25519Recipient(x))),
+                }
+            }
+            ("EC", Some("P-256")) => {
+                let x: [u8; 32] = unb64_array("x", j.x.as_deref().unwrap_or(""))?;
+                let y: [u8; 32] = unb64_array("y", j.y.as_deref().unwrap_or(""))?;
+                let public = P256Recipient::from_coordinates(&x, &y)?;
+                match &j.d {
+                    Some(d) => {
+                        let d = Zeroizing::new(unb64_array::<32>("d", d)?);
+                        let id = P256Identity::from_secret_bytes(*d)?;
+                        if id.recipient() != public {
+                            return Err(Error::InvalidKey("x, y do not match d".into()));
+                        }
+                        Ok(KeyFile::P256Identity(id))
+                    }
+                    None => Ok(KeyFile::P256Recipient(public)),
                 }
             }
             ("OKP", Some("Ed25519")) => {
@@ -121,7 +144,7 @@ impl KeyFile {
                 Ok(KeyFile::Symmetric(SymmetricKey::new(kid, *k)?))
             }
             (kty, crv) => Err(Error::InvalidKey(format!(
-                "unsupported JWK kty {kty:?} crv {crv:?}; use X25519, Ed25519 or oct"
+                "unsupported JWK kty {kty:?} crv {crv:?}; use OKP X25519, OKP Ed25519, EC P-256 or oct"
             ))),
         }
     }
@@ -132,6 +155,16 @@ impl KeyFile {
             kty: "OKP".into(),
             crv: Some(crv.into()),
             x: Some(b64(x)),
+            y: None,
+            d,
+            k: None,
+            kid: None,
+        };
+        let ec = |p: &P256Recipient, d: Option<String>| Jwk {
+            kty: "EC".into(),
+            crv: Some("P-256".into()),
+            x: Some(b64(&p.x())),
+            y: Some(b64(&p.y())),
             d,
             k: None,
             kid: None,
@@ -141,12 +174,15 @@ impl KeyFile {
                 okp("X25519", &id.recipient().0, Some(b64(id.secret_bytes())))
             }
             KeyFile::X25519Recipient(r) => okp("X25519", &r.0, None),
+            KeyFile::P256Identity(id) => ec(&id.recipient(), Some(b64(id.secret_bytes()))),
+            KeyFile::P256Recipient(r) => ec(r, None),
             KeyFile::Signing(k) => okp("Ed25519", &k.verifying_key().0, Some(b64(k.seed()))),
             KeyFile::Verifying(v) => okp("Ed25519", &v.0, None),
             KeyFile::Symmetric(s) => Jwk {
                 kty: "oct".into(),
                 crv: None,
                 x: None,
+                y: None,
                 d: None,
                 k: Some(b64(s.secret().expose())),
                 kid: Some(s.kid().to_string()),
@@ -159,7 +195,10 @@ impl KeyFile {
     pub fn is_secret(&self) -> bool {
         matches!(
             self,
-            KeyFile::X25519Identity(_) | KeyFile::Signing(_) | KeyFile::Symmetric(_)
+            KeyFile::X25519Identity(_)
+                | KeyFile::P256Identity(_)
+                | KeyFile::Signing(_)
+                | KeyFile::Symmetric(_)
         )
     }
 
@@ -212,6 +251,9 @@ pub(crate) fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
 /// Load an identity from a JWK file: an X25519 secret or symmetric key, or
 /// a CryptoTensors key file (SPEC A.4) holding an oct key.
 pub fn load_identity(path: &Path) -> Result<Box<dyn Identity>> {
+    if let Some(uri) = pkcs11_uri(path) {
+        return pkcs11_identity(uri);
+    }
     let text = read_key_text(path)?;
     if super::is_cryptotensors_key(&text) {
         let keys = super::parse_cryptotensors_keys(&text).map_err(|e| e.in_file(path))?;
@@ -225,23 +267,69 @@ pub fn load_identity(path: &Path) -> Result<Box<dyn Identity>> {
     }
     match KeyFile::from_jwk(&text).map_err(|e| e.in_file(path))? {
         KeyFile::X25519Identity(i) => Ok(Box::new(i)),
+        KeyFile::P256Identity(i) => Ok(Box::new(i)),
         KeyFile::Symmetric(s) => Ok(Box::new(s)),
         _ => Err(Error::InvalidKey(
-            "this key file is not an identity (an X25519 secret key or a symmetric key)".into(),
+            "this key file is not an identity (an X25519 or P-256 secret key, or a symmetric key)"
+                .into(),
         )
         .in_file(path)),
     }
 }
 
-/// A recipient: an `x25519:` string, a key broker URL (`https://HOST/keys/KID`
-/// or `broker:URL[#x25519:PK]`), or a path to a JWK file holding an X25519
-/// public key (or identity) or a symmetric key.
+/// `path` as a PKCS#11 URI, when it is one (and no file of that name exists).
+fn pkcs11_uri(path: &Path) -> Option<&str> {
+    let s = path.to_str()?;
+    (s.starts_with("pkcs11:") && !path.exists()).then_some(s)
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11_identity(uri: &str) -> Result<Box<dyn Identity>> {
+    Ok(Box::new(super::Pkcs11Identity::open(uri)?))
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11_public(uri: &str) -> Result<Box<dyn Recipient>> {
+    Ok(Box::new(super::pkcs11_recipient(uri)?))
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_identity(_uri: &str) -> Result<Box<dyn Identity>> {
+    Err(no_pkcs11())
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_public(_uri: &str) -> Result<Box<dyn Recipient>> {
+    Err(no_pkcs11())
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn no_pkcs11() -> Error {
+    Error::Pkcs11 {
+        what: "key".into(),
+        problem: crate::error::Pkcs11Problem::Module(
+            "this build of sealtensors has no PKCS#11 support (built without the `pkcs11` feature)"
+                .into(),
+        ),
+    }
+}
+
+/// A recipient: an `x25519:` or `p256:` string, a key broker URL
+/// (`https://HOST/keys/KID` or `broker:URL[#x25519:PK]`), or a path to a JWK
+/// file holding an X25519 or P-256 public key (or identity) or a symmetric key,
+/// or a `pkcs11:` URI naming a P-256 key pair on a token (its public key).
 ///
 /// Never touches the network: a broker named without its key is fetched
 /// from when sealing calls [`Recipient::resolve`].
 pub fn load_recipient(spec: &str) -> Result<Box<dyn Recipient>> {
     if spec.starts_with("x25519:") {
         return Ok(Box::new(spec.parse::<X25519Recipient>()?));
+    }
+    if spec.starts_with("p256:") {
+        return Ok(Box::new(spec.parse::<P256Recipient>()?));
+    }
+    if let Some(uri) = pkcs11_uri(Path::new(spec)) {
+        return pkcs11_public(uri);
     }
     // SPEC §6.6: a key broker, by URL (its public key fetched when sealing)
     // or `broker:URL#x25519:PK`.
@@ -251,12 +339,14 @@ pub fn load_recipient(spec: &str) -> Result<Box<dyn Recipient>> {
     let path = Path::new(spec);
     if !path.exists() {
         return Err(Error::InvalidKey(format!(
-            "recipient {spec:?} is neither an x25519:... public key nor an existing key file"
+            "recipient {spec:?} is neither an x25519:... or p256:... public key, a key broker URL, nor an existing key file"
         )));
     }
     match KeyFile::load(path)? {
         KeyFile::X25519Recipient(r) => Ok(Box::new(r)),
         KeyFile::X25519Identity(i) => Ok(Box::new(i.recipient())),
+        KeyFile::P256Recipient(r) => Ok(Box::new(r)),
+        KeyFile::P256Identity(i) => Ok(Box::new(i.recipient())),
         KeyFile::Symmetric(s) => Ok(Box::new(s)),
         _ => Err(Error::InvalidKey("a signing key is not a recipient".into()).in_file(path)),
     }
@@ -329,6 +419,44 @@ mod tests {
         // never overwritten silently
         let again = KeyFile::Symmetric(SymmetricKey::generate(None).unwrap());
         assert!(matches!(again.save(&p, false), Err(Error::OutputExists(_))));
+    }
+
+    #[test]
+    fn p256_jwk_round_trips_and_is_checked() {
+        let id = P256Identity::generate().unwrap();
+        let r = id.recipient();
+        let text = KeyFile::P256Identity(id).to_jwk();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (v["kty"].as_str(), v["crv"].as_str()),
+            (Some("EC"), Some("P-256"))
+        );
+        match KeyFile::from_jwk(&text).unwrap() {
+            KeyFile::P256Identity(i) => assert_eq!(i.recipient(), r),
+            _ => panic!("wrong kind"),
+        }
+        let public = KeyFile::P256Recipient(r).to_jwk();
+        assert!(!public.contains("\"d\""));
+        match KeyFile::from_jwk(&public).unwrap() {
+            KeyFile::P256Recipient(p) => assert_eq!(p, r),
+            _ => panic!("wrong kind"),
+        }
+        // d of another key: x, y do not match d.
+        let other = P256Identity::generate().unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["d"] = b64(other.secret_bytes()).into();
+        let e = KeyFile::from_jwk(&v.to_string()).err().unwrap().to_string();
+        assert!(e.contains("do not match"), "{e}");
+        // A point off the curve.
+        let mut v: serde_json::Value = serde_json::from_str(&public).unwrap();
+        let mut y = r.y();
+        y[31] ^= 1;
+        v["y"] = b64(&y).into();
+        assert!(KeyFile::from_jwk(&v.to_string()).is_err());
+        // Other curves are refused by name.
+        v["crv"] = "P-384".into();
+        let e = KeyFile::from_jwk(&v.to_string()).err().unwrap().to_string();
+        assert!(e.contains("P-256"), "{e}");
     }
 
     #[cfg(unix)]

@@ -11,7 +11,10 @@ mod broker;
 mod cryptotensors;
 mod discover;
 mod jwk;
+mod p256;
 mod passphrase;
+#[cfg(feature = "pkcs11")]
+mod pkcs11;
 mod signing;
 mod symmetric;
 mod x25519;
@@ -29,7 +32,13 @@ pub use cryptotensors::{
 pub use discover::{KeyConfig, ENV_IDENTITY, ENV_TRUST};
 pub use jwk::{load_identity, load_recipient, load_signing_key, load_verifying_key, KeyFile};
 pub(crate) use jwk::{read_key_text, write_key_file};
+pub use p256::{open_slot as open_p256_slot, P256Agreement, P256Identity, P256Recipient};
 pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};
+#[cfg(feature = "pkcs11")]
+pub use pkcs11::{
+    pkcs11_generate_p256, pkcs11_recipient, Pkcs11Identity, Pkcs11Uri, ENV_PKCS11_MODULE,
+    ENV_PKCS11_PIN,
+};
 pub use signing::{SigningKey, VerifyingKey};
 pub use symmetric::SymmetricKey;
 pub use x25519::{X25519Identity, X25519Recipient};
@@ -116,6 +125,16 @@ pub enum Slot {
         /// Wrapped model key and tag.
         ct: String,
     },
+    /// P-256 recipient (SPEC §6.7), the slot that hardware keys open.
+    #[serde(rename = "p256")]
+    P256 {
+        /// Recipient fingerprint.
+        rid: String,
+        /// Ephemeral public key (65-byte uncompressed point).
+        epk: String,
+        /// Wrapped model key and tag.
+        ct: String,
+    },
     /// Symmetric key (SPEC §6.2).
     #[serde(rename = "oct")]
     Oct {
@@ -170,6 +189,7 @@ impl Slot {
             // The strings come from the file: escaped, as every message that
             // quotes a file is (they reach terminals and logs).
             Slot::X25519 { rid, .. } => format!("x25519 {}", printable(rid, 256)),
+            Slot::P256 { rid, .. } => format!("p256 {}", printable(rid, 256)),
             Slot::Oct { kid, .. } => format!("symmetric key \"{}\"", printable(kid, 256)),
             Slot::Argon2id { .. } => "passphrase".to_string(),
             Slot::Broker { url, .. } => format!("broker {}", printable(url, 256)),
@@ -187,7 +207,7 @@ impl Slot {
             .ok_or_else(|| Error::seal_meta("sealtensors.slots", "a slot has no \"type\""))?
             .to_string();
         match kind.as_str() {
-            "x25519" | "oct" | "argon2id" | "broker" => serde_json::from_value(v)
+            "x25519" | "p256" | "oct" | "argon2id" | "broker" => serde_json::from_value(v)
                 .map_err(|e| Error::seal_meta("sealtensors.slots", e.to_string())),
             _ => Ok(Slot::Unknown { kind, raw: v }),
         }

@@ -1,0 +1,681 @@
+//! P-256 identities held in a PKCS#11 token (an HSM, a smart card, SoftHSM2),
+//! named by RFC 7512 URIs. The private key never leaves the token: opening a
+//! `p256` slot (SPEC §6.7) asks the token for `Z = x(sk · epk)` with
+//! `CKM_ECDH1_DERIVE` (`CKD_NULL`), as a session object that is read once and
+//! destroyed; the KEK and the model key are derived in software from `Z`,
+//! exactly as for a key file.
+//!
+//! The URI names the token and the key; the module and PIN come from its
+//! query or the environment:
+//!
+//! ```text
+//! pkcs11:token=deploy;object=model-key?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/secrets/pin
+//! ```
+//!
+//! - path attributes: `token`, `serial`, `slot-id` (which token; may be left
+//!   out when exactly one token is present), `object` (the key's label), `id`
+//!   (its CKA_ID, percent-encoded bytes), `type` (`private` or `public`);
+//! - query attributes: `module-path` (else `SEALTENSORS_PKCS11_MODULE`),
+//!   `pin-source=file:PATH` (else `SEALTENSORS_PKCS11_PIN`). `pin-value` is
+//!   refused: a PIN in a URI ends up in shell histories and process lists.
+//!
+//! Other attributes are refused rather than ignored, so a URI never selects
+//! less precisely than it reads.
+//!
+//! Modules are loaded and initialised once per process and kept (a second
+//! `C_Initialize`/`C_Finalize` pair would end the first user's sessions).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot as CkSlot;
+use cryptoki::types::AuthPin;
+use percent_encoding::percent_decode_str;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::p256::{open_slot, P256Agreement, P256Recipient, POINT_LEN};
+use super::{Identity, ModelKey, Slot};
+use crate::crypto::{self, Secret32};
+use crate::error::{Error, Pkcs11Problem, Result};
+
+/// The module (shared library) when the URI has no `module-path`.
+pub const ENV_PKCS11_MODULE: &str = "SEALTENSORS_PKCS11_MODULE";
+/// The user PIN when the URI has no `pin-source`.
+pub const ENV_PKCS11_PIN: &str = "SEALTENSORS_PKCS11_PIN";
+
+/// DER of the P-256 curve's OID (1.2.840.10045.3.1.7), CKA_EC_PARAMS.
+const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+fn err(what: impl Into<String>, problem: Pkcs11Problem) -> Error {
+    Error::Pkcs11 {
+        what: what.into(),
+        problem,
+    }
+}
+
+fn bad_uri(msg: impl Into<String>) -> Error {
+    err("URI", Pkcs11Problem::BadUri(msg.into()))
+}
+
+/// A cryptoki error as a typed problem.
+fn problem(e: CkError) -> Pkcs11Problem {
+    match e {
+        CkError::Pkcs11(RvError::PinIncorrect, _) => Pkcs11Problem::PinIncorrect,
+        CkError::Pkcs11(RvError::PinLocked, _) => Pkcs11Problem::PinLocked,
+        CkError::Pkcs11(RvError::PinLenRange, _) => Pkcs11Problem::PinIncorrect,
+        CkError::Pkcs11(rv @ (RvError::TokenNotPresent | RvError::DeviceRemoved), _) => {
+            Pkcs11Problem::TokenNotFound(format!("the URI ({rv})"))
+        }
+        CkError::Pkcs11(
+            rv @ (RvError::ObjectHandleInvalid
+            | RvError::KeyHandleInvalid
+            | RvError::SessionHandleInvalid
+            | RvError::SessionClosed),
+            _,
+        ) => Pkcs11Problem::KeyNotFound(format!(
+            "the key or its session is gone ({rv}); was the key deleted or the token removed? open the identity again"
+        )),
+        CkError::LibraryLoading(e) => Pkcs11Problem::Module(e.to_string()),
+        e => Pkcs11Problem::Token(e.to_string()),
+    }
+}
+
+/// A parsed `pkcs11:` URI (RFC 7512), the subset sealtensors uses.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Pkcs11Uri {
+    /// Token label (CK_TOKEN_INFO.label).
+    pub token: Option<String>,
+    /// Token serial number.
+    pub serial: Option<String>,
+    /// Slot id.
+    pub slot_id: Option<u64>,
+    /// Key label (CKA_LABEL).
+    pub object: Option<String>,
+    /// Key id (CKA_ID).
+    pub id: Option<Vec<u8>>,
+    /// The module to load.
+    pub module_path: Option<PathBuf>,
+    /// Where the PIN is: a file path (`pin-source=file:PATH`).
+    pub pin_file: Option<PathBuf>,
+}
+
+fn decode(name: &str, v: &str) -> Result<Vec<u8>> {
+    // RFC 7512 allows only pchar/unreserved characters and %XX escapes; a
+    // malformed escape is refused rather than passed through.
+    let b = v.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'%'
+            && !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())
+        {
+            return Err(bad_uri(format!(
+                "{name}: a % not followed by two hex digits"
+            )));
+        }
+    }
+    Ok(percent_decode_str(v).collect())
+}
+
+fn decode_str(name: &str, v: &str) -> Result<String> {
+    String::from_utf8(decode(name, v)?).map_err(|_| bad_uri(format!("{name} is not UTF-8")))
+}
+
+impl FromStr for Pkcs11Uri {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let body = match s.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("pkcs11:") => &s[7..],
+            _ => return Err(bad_uri("a PKCS#11 URI starts with \"pkcs11:\"")),
+        };
+        let (path, query) = match body.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (body, None),
+        };
+        let mut u = Pkcs11Uri::default();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut once = |name: &str| {
+            if seen.insert(name.to_string()) {
+                Ok(())
+            } else {
+                Err(bad_uri(format!("{name} is given twice")))
+            }
+        };
+        for attr in path.split(';').filter(|a| !a.is_empty()) {
+            let (name, v) = attr
+                .split_once('=')
+                .ok_or_else(|| bad_uri(format!("{attr:?} is not name=value")))?;
+            once(name)?;
+            match name {
+                "token" => u.token = Some(decode_str(name, v)?),
+                "serial" => u.serial = Some(decode_str(name, v)?),
+                "slot-id" => {
+                    u.slot_id = Some(
+                        decode_str(name, v)?
+                            .parse()
+                            .map_err(|_| bad_uri("slot-id is not a number"))?,
+                    )
+                }
+                "object" => u.object = Some(decode_str(name, v)?),
+                "id" => u.id = Some(decode(name, v)?),
+                "type" => match v {
+                    "private" | "public" => {}
+                    _ => return Err(bad_uri("type must be private or public (a key pair)")),
+                },
+                other => {
+                    return Err(bad_uri(format!(
+                        "path attribute {:?} is not supported here; name the token with token=, serial= or slot-id= and the key with object= or id=",
+                        crate::error::printable(other, 64)
+                    )))
+                }
+            }
+        }
+        for attr in query.unwrap_or("").split('&').filter(|a| !a.is_empty()) {
+            let (name, v) = attr
+                .split_once('=')
+                .ok_or_else(|| bad_uri(format!("{attr:?} is not name=value")))?;
+            once(name)?;
+            match name {
+                "module-path" => u.module_path = Some(PathBuf::from(decode_str(name, v)?)),
+                "pin-source" => {
+                    let src = decode_str(name, v)?;
+                    let file = src.strip_prefix("file:").ok_or_else(|| {
+                        bad_uri("pin-source must be file:PATH (or leave it out and set SEALTENSORS_PKCS11_PIN)")
+                    })?;
+                    // RFC 7512 allows file:///path as well.
+                    let file = file.strip_prefix("//").unwrap_or(file);
+                    u.pin_file = Some(PathBuf::from(file));
+                }
+                "pin-value" => {
+                    return Err(bad_uri(
+                        "pin-value is refused: a PIN in a URI ends up in shell histories and process lists; use pin-source=file:PATH or SEALTENSORS_PKCS11_PIN",
+                    ))
+                }
+                "module-name" => {
+                    return Err(bad_uri(
+                        "module-name is not supported; give module-path=/path/to/module.so",
+                    ))
+                }
+                other => {
+                    return Err(bad_uri(format!(
+                        "query attribute {:?} is not supported here (module-path, pin-source)",
+                        crate::error::printable(other, 64)
+                    )))
+                }
+            }
+        }
+        if u.object.is_none() && u.id.is_none() {
+            return Err(bad_uri("name the key with object=LABEL or id=%XX..."));
+        }
+        Ok(u)
+    }
+}
+
+impl fmt::Display for Pkcs11Uri {
+    /// The token and key part, for messages (no module or PIN source).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let enc = |s: &[u8]| {
+            percent_encoding::percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let mut parts = Vec::new();
+        if let Some(t) = &self.token {
+            parts.push(format!("token={}", enc(t.as_bytes())));
+        }
+        if let Some(t) = &self.serial {
+            parts.push(format!("serial={}", enc(t.as_bytes())));
+        }
+        if let Some(t) = self.slot_id {
+            parts.push(format!("slot-id={t}"));
+        }
+        if let Some(t) = &self.object {
+            parts.push(format!("object={}", enc(t.as_bytes())));
+        }
+        if let Some(t) = &self.id {
+            parts.push(format!("id={}", enc(t)));
+        }
+        write!(f, "pkcs11:{}", parts.join(";"))
+    }
+}
+
+impl fmt::Debug for Pkcs11Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Pkcs11Uri {
+    fn module_path(&self) -> Result<PathBuf> {
+        self.module_path
+            .clone()
+            .or_else(|| std::env::var_os(ENV_PKCS11_MODULE).map(PathBuf::from))
+            .ok_or_else(|| {
+                bad_uri(format!(
+                    "no module: add ?module-path=/path/to/module.so to the URI, or set {ENV_PKCS11_MODULE}"
+                ))
+            })
+    }
+
+    fn pin(&self) -> Result<AuthPin> {
+        let text = match &self.pin_file {
+            Some(p) => Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
+                Error::io("reading the PKCS#11 PIN file (pin-source)", e).in_file(p)
+            })?),
+            None => match std::env::var(ENV_PKCS11_PIN) {
+                Ok(v) => Zeroizing::new(v),
+                Err(_) => return Err(err(self.to_string(), Pkcs11Problem::NoPin)),
+            },
+        };
+        let pin = text.trim_end_matches(['\n', '\r']);
+        if pin.is_empty() {
+            return Err(err(self.to_string(), Pkcs11Problem::NoPin));
+        }
+        Ok(AuthPin::from(pin.to_string()))
+    }
+
+    /// The key's search template: its class and type, label and/or id.
+    fn template(&self, class: ObjectClass) -> Vec<Attribute> {
+        let mut t = vec![Attribute::Class(class), Attribute::KeyType(KeyType::EC)];
+        if let Some(l) = &self.object {
+            t.push(Attribute::Label(l.as_bytes().to_vec()));
+        }
+        if let Some(id) = &self.id {
+            t.push(Attribute::Id(id.clone()));
+        }
+        t
+    }
+}
+
+/// The process's loaded modules, by path: each initialised once.
+fn module(path: &Path) -> Result<Pkcs11> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut m = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| Error::Crypto("PKCS#11 module table poisoned"))?;
+    if let Some(ctx) = m.get(path) {
+        return Ok(ctx.clone());
+    }
+    let what = format!("module {}", path.display());
+    if !path.is_file() {
+        return Err(err(what, Pkcs11Problem::Module("no such file".into())));
+    }
+    let ctx =
+        Pkcs11::new(path).map_err(|e| err(what.clone(), Pkcs11Problem::Module(e.to_string())))?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(err(what, Pkcs11Problem::Module(e.to_string()))),
+    }
+    m.insert(path.to_path_buf(), ctx.clone());
+    Ok(ctx)
+}
+
+/// The one token slot the URI names.
+fn find_slot(ctx: &Pkcs11, uri: &Pkcs11Uri) -> Result<CkSlot> {
+    let what = || uri.to_string();
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| err(what(), problem(e)))?;
+    let mut found = Vec::new();
+    for s in slots {
+        if uri.slot_id.is_some_and(|id| id != s.id()) {
+            continue;
+        }
+        let info = ctx.get_token_info(s).map_err(|e| err(what(), problem(e)))?;
+        if uri
+            .token
+            .as_deref()
+            .is_some_and(|t| t != info.label().trim_end())
+        {
+            continue;
+        }
+        if uri
+            .serial
+            .as_deref()
+            .is_some_and(|t| t != info.serial_number().trim_end())
+        {
+            continue;
+        }
+        found.push(s);
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(err(what(), Pkcs11Problem::TokenNotFound(what()))),
+        many => Err(err(
+            what(),
+            Pkcs11Problem::TokenNotFound(format!(
+                "{} (it matches {} tokens: name one with token=, serial= or slot-id=)",
+                what(),
+                many.len()
+            )),
+        )),
+    }
+}
+
+fn login(session: &Session, uri: &Pkcs11Uri) -> Result<()> {
+    let pin = uri.pin()?;
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(err(format!("login to {uri}"), problem(e))),
+    }
+}
+
+/// The one object of `class` the URI names.
+fn find_key(session: &Session, uri: &Pkcs11Uri, class: ObjectClass) -> Result<ObjectHandle> {
+    let kind = if class == ObjectClass::PRIVATE_KEY {
+        "private"
+    } else {
+        "public"
+    };
+    let found = session
+        .find_objects(&uri.template(class))
+        .map_err(|e| err(uri.to_string(), problem(e)))?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(err(
+            uri.to_string(),
+            Pkcs11Problem::KeyNotFound(format!(
+                "no EC {kind} key with this object=/id= on the token; list its keys (pkcs11-tool --list-objects) or make one with `sealtensors keygen --pkcs11 URI`"
+            )),
+        )),
+        many => Err(err(
+            uri.to_string(),
+            Pkcs11Problem::KeyNotFound(format!(
+                "{} EC {kind} keys match; name one key with both object= and id=",
+                many.len()
+            )),
+        )),
+    }
+}
+
+/// The P-256 public point of `key` (a public key object): CKA_EC_PARAMS must
+/// name P-256, CKA_EC_POINT is the DER OCTET STRING of the point (some
+/// modules give the raw point).
+fn public_point(session: &Session, uri: &Pkcs11Uri, key: ObjectHandle) -> Result<P256Recipient> {
+    let attrs = session
+        .get_attributes(key, &[AttributeType::EcParams, AttributeType::EcPoint])
+        .map_err(|e| err(uri.to_string(), problem(e)))?;
+    let mut params = None;
+    let mut point = None;
+    for a in attrs {
+        match a {
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::EcPoint(p) => point = Some(p),
+            _ => {}
+        }
+    }
+    if params.as_deref() != Some(&P256_EC_PARAMS[..]) {
+        return Err(err(
+            uri.to_string(),
+            Pkcs11Problem::WrongKey(
+                "the key is not on P-256 (CKA_EC_PARAMS); sealtensors' hardware slot is P-256 (SPEC §6.7)"
+                    .into(),
+            ),
+        ));
+    }
+    let point = point.unwrap_or_default();
+    let raw = match point.as_slice() {
+        [0x04, 0x41, rest @ ..] if rest.len() == POINT_LEN => rest,
+        p => p,
+    };
+    P256Recipient::from_point(raw).map_err(|_| {
+        err(
+            uri.to_string(),
+            Pkcs11Problem::WrongKey("the token's CKA_EC_POINT is not a P-256 point".into()),
+        )
+    })
+}
+
+fn open_session(uri: &Pkcs11Uri, rw: bool) -> Result<Session> {
+    let ctx = module(&uri.module_path()?)?;
+    let slot = find_slot(&ctx, uri)?;
+    let s = if rw {
+        ctx.open_rw_session(slot)
+    } else {
+        ctx.open_ro_session(slot)
+    };
+    s.map_err(|e| err(uri.to_string(), problem(e)))
+}
+
+/// A P-256 identity whose private key stays in a PKCS#11 token.
+pub struct Pkcs11Identity {
+    uri: Pkcs11Uri,
+    session: Mutex<Session>,
+    key: ObjectHandle,
+    public: P256Recipient,
+}
+
+impl Pkcs11Identity {
+    /// Log in to the token the URI names and find its P-256 key pair (a
+    /// private key with CKA_DERIVE, and its public key of the same label/id).
+    pub fn open(uri: &str) -> Result<Self> {
+        let uri: Pkcs11Uri = uri.parse()?;
+        let session = open_session(&uri, false)?;
+        login(&session, &uri)?;
+        let key = find_key(&session, &uri, ObjectClass::PRIVATE_KEY)?;
+        let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY)?;
+        let public = public_point(&session, &uri, public)?;
+        Ok(Pkcs11Identity {
+            uri,
+            session: Mutex::new(session),
+            key,
+            public,
+        })
+    }
+
+    /// The public half.
+    pub fn recipient(&self) -> P256Recipient {
+        self.public
+    }
+}
+
+impl P256Agreement for Pkcs11Identity {
+    fn public_key(&self) -> &P256Recipient {
+        &self.public
+    }
+
+    fn agree(&self, peer: &[u8; POINT_LEN]) -> Result<Secret32> {
+        let session = self
+            .session
+            .lock()
+            .map_err(|_| Error::Crypto("PKCS#11 session poisoned"))?;
+        let params = Ecdh1DeriveParams::new(EcKdf::null(), peer);
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ];
+        let what = || format!("ECDH with {}", self.uri);
+        let z = session
+            .derive_key(&Mechanism::Ecdh1Derive(params), self.key, &template)
+            .map_err(|e| err(what(), problem(e)))?;
+        let value = session.get_attributes(z, &[AttributeType::Value]);
+        // The derived object is destroyed whatever happened to the read.
+        let destroyed = session.destroy_object(z);
+        let mut out = None;
+        for a in value.map_err(|e| err(what(), problem(e)))? {
+            if let Attribute::Value(mut v) = a {
+                out = <[u8; 32]>::try_from(v.as_slice())
+                    .ok()
+                    .map(Secret32::from_bytes);
+                v.zeroize();
+            }
+        }
+        destroyed.map_err(|e| err(what(), problem(e)))?;
+        out.ok_or_else(|| {
+            err(
+                what(),
+                Pkcs11Problem::Token("the derived secret is not 32 bytes".into()),
+            )
+        })
+    }
+
+    fn location(&self) -> String {
+        self.uri.to_string()
+    }
+}
+
+impl Identity for Pkcs11Identity {
+    fn unwrap(&self, slot: &Slot, mk_id: &[u8; 16]) -> Option<Result<ModelKey>> {
+        open_slot(self, slot, mk_id)
+    }
+    fn describe(&self) -> String {
+        format!("p256 {} ({})", self.public.rid(), self.uri)
+    }
+}
+
+impl fmt::Debug for Pkcs11Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pkcs11Identity({}, {})", self.uri, self.public)
+    }
+}
+
+/// The public key of the key pair the URI names (for `-r pkcs11:...`): read
+/// from the token's public key object, logging in only if the PIN is at hand
+/// (public objects are readable without it on most tokens).
+pub fn pkcs11_recipient(uri: &str) -> Result<P256Recipient> {
+    let uri: Pkcs11Uri = uri.parse()?;
+    let session = open_session(&uri, false)?;
+    if uri.pin().is_ok() {
+        login(&session, &uri)?;
+    }
+    let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY)?;
+    public_point(&session, &uri, public)
+}
+
+/// Make a P-256 key pair on the token the URI names (`keygen --pkcs11`): the
+/// private key sensitive, never extractable, usable only to derive (ECDH);
+/// labelled `object` and with the URI's `id` (else 16 random bytes). Refuses
+/// when the token already holds an object with that label or id. Returns the
+/// public half, the recipient to seal to.
+pub fn pkcs11_generate_p256(uri: &str) -> Result<P256Recipient> {
+    let uri: Pkcs11Uri = uri.parse()?;
+    let label = uri
+        .object
+        .clone()
+        .ok_or_else(|| bad_uri("keygen needs object=LABEL, the new key's name"))?;
+    let id = match &uri.id {
+        Some(id) => id.clone(),
+        None => crypto::random_array::<16>()?.to_vec(),
+    };
+    let session = open_session(&uri, true)?;
+    login(&session, &uri)?;
+    for t in [
+        vec![Attribute::Label(label.as_bytes().to_vec())],
+        vec![Attribute::Id(id.clone())],
+    ] {
+        let n = session
+            .find_objects(&t)
+            .map_err(|e| err(uri.to_string(), problem(e)))?
+            .len();
+        if n > 0 {
+            return Err(err(
+                uri.to_string(),
+                Pkcs11Problem::WrongKey(
+                    "the token already holds an object with this label or id; choose another object= (keys are never replaced)"
+                        .into(),
+                ),
+            ));
+        }
+    }
+    let public = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.clone()),
+    ];
+    let private = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Derive(true),
+        Attribute::Sign(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.clone()),
+    ];
+    let (pk, _sk) = session
+        .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+        .map_err(|e| err(format!("generating a P-256 key on {uri}"), problem(e)))?;
+    let uri = Pkcs11Uri {
+        id: Some(id),
+        ..uri
+    };
+    public_point(&session, &uri, pk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_parse_strictly() {
+        let u: Pkcs11Uri = "pkcs11:token=My%20Token;object=k1;id=%01%ff?module-path=/usr/lib/x.so&pin-source=file:/run/pin"
+            .parse()
+            .unwrap();
+        assert_eq!(u.token.as_deref(), Some("My Token"));
+        assert_eq!(u.object.as_deref(), Some("k1"));
+        assert_eq!(u.id.as_deref(), Some(&[1u8, 0xff][..]));
+        assert_eq!(u.module_path.as_deref(), Some(Path::new("/usr/lib/x.so")));
+        assert_eq!(u.pin_file.as_deref(), Some(Path::new("/run/pin")));
+        assert_eq!(u.to_string(), "pkcs11:token=My%20Token;object=k1;id=%01%FF");
+        for bad in [
+            "pkcs11:token=t",                           // no key named
+            "pkcs11:object=k?pin-value=1234",           // PIN in the URI
+            "pkcs11:object=k;object=j",                 // twice
+            "pkcs11:object=k;manufacturer=x",           // unsupported selector
+            "pkcs11:object=k%2",                        // bad escape
+            "pkcs11:object=k?module-name=softhsm2",     // no module lookup by name
+            "pkcs11:object=k?pin-source=https://x/pin", // only files
+            "pkcs11:object=k;type=cert",
+            "pkcs11:object",
+            "file:/x",
+        ] {
+            let e = bad.parse::<Pkcs11Uri>().err().unwrap();
+            assert!(
+                matches!(
+                    e,
+                    Error::Pkcs11 {
+                        problem: Pkcs11Problem::BadUri(_),
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
+        // The PIN is never in the message.
+        let e = "pkcs11:object=k?pin-value=9876"
+            .parse::<Pkcs11Uri>()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("9876"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_module_is_a_typed_error() {
+        let e = Pkcs11Identity::open("pkcs11:object=k?module-path=/nonexistent/module.so")
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Pkcs11 {
+                    problem: Pkcs11Problem::Module(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}

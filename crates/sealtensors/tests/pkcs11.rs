@@ -1,0 +1,296 @@
+//! P-256 identities held in a real software token (SoftHSM2, Debian
+//! `softhsm2`; `scripts/system-deps.sh` installs it): a key made on the
+//! token opens files sealed to it, its private half never leaves the token,
+//! and a wrong PIN, a missing token or a removed key is a typed error.
+//!
+//! Every token lives in one temporary folder named by SOFTHSM2_CONF, set
+//! once before the module is first loaded (a module is initialised once per
+//! process, and SoftHSM2 reads its tokens then), so all tokens are made up
+//! front: `main` for most tests, `pinless` for the wrong-PIN test (PKCS#11
+//! logins are per process and token: once a test has logged in to `main`, a
+//! wrong PIN there is not asked for again).
+#![cfg(feature = "pkcs11")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::*;
+use sealtensors::keys::{
+    load_identity, load_recipient, pkcs11_generate_p256, Identity, Pkcs11Identity,
+};
+use sealtensors::{Error, OpenOptions, Pkcs11Problem, SealOptions, SealedFile, Sealer};
+
+const INSTALL: &str = "scripts/system-deps.sh (apt-get install softhsm2)";
+const PIN: &str = "246810";
+
+struct Tokens {
+    _dir: tempfile::TempDir,
+    module: PathBuf,
+    pin_file: PathBuf,
+    wrong_pin_file: PathBuf,
+}
+
+fn module_path() -> PathBuf {
+    for p in [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+    ] {
+        if Path::new(p).is_file() {
+            return p.into();
+        }
+    }
+    panic!("SoftHSM2's module libsofthsm2.so is not installed; run {INSTALL}");
+}
+
+fn tokens() -> &'static Tokens {
+    static T: OnceLock<Tokens> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("tokens");
+        std::fs::create_dir(&store).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                store.display()
+            ),
+        )
+        .unwrap();
+        // Set before any thread loads the module (this runs inside the
+        // OnceLock, which every test goes through first).
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        for label in ["main", "pinless"] {
+            let out = Command::new("softhsm2-util")
+                .args(["--init-token", "--free", "--label", label])
+                .args(["--pin", PIN, "--so-pin", "13579"])
+                .env("SOFTHSM2_CONF", &conf)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run softhsm2-util ({e}); run {INSTALL}"));
+            assert!(
+                out.status.success(),
+                "softhsm2-util --init-token failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+        let wrong_pin_file = dir.path().join("wrong-pin");
+        std::fs::write(&wrong_pin_file, "000000\n").unwrap();
+        Tokens {
+            _dir: dir,
+            module: module_path(),
+            pin_file,
+            wrong_pin_file,
+        }
+    })
+}
+
+fn uri(token: &str, object: &str) -> String {
+    let t = tokens();
+    format!(
+        "pkcs11:token={token};object={object}?module-path={}&pin-source=file:{}",
+        t.module.display(),
+        t.pin_file.display()
+    )
+}
+
+fn seal_to(fx: &Fixture, name: &str, r: Box<dyn sealtensors::keys::Recipient>) -> PathBuf {
+    let out = fx.path(name);
+    Sealer::new(SealOptions {
+        recipients: vec![r],
+        signing_key: Some(fx.signer.try_clone().unwrap()),
+        chunk_size: 4096,
+        model_id: "acme/test".into(),
+        model_version: "1".into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&fx.plain, &out)
+    .unwrap();
+    out
+}
+
+fn open_with(fx: &Fixture, p: &Path, id: &dyn Identity) -> sealtensors::Result<SealedFile> {
+    SealedFile::open(
+        p,
+        &OpenOptions {
+            identities: vec![id],
+            trusted: vec![fx.signer.verifying_key()],
+            require_encrypted: true,
+            ..Default::default()
+        },
+    )
+}
+
+fn problem(e: &Error) -> &Pkcs11Problem {
+    match e.kind() {
+        Error::Pkcs11 { problem, .. } => problem,
+        other => panic!("expected a PKCS#11 error, got {other:?} ({e})"),
+    }
+}
+
+#[test]
+fn a_token_key_opens_what_was_sealed_to_it() {
+    let fx = Fixture::new();
+    let u = uri("main", "deploy-1");
+    let recipient = pkcs11_generate_p256(&u).unwrap();
+    // The recipient read back from the token is the one keygen printed.
+    let again = load_recipient(&u).unwrap();
+    assert_eq!(again.describe(), format!("p256 {}", recipient.rid()));
+    let p = seal_to(&fx, "to-token.safetensors", Box::new(recipient));
+    // As the CLI and Python load -i values and SEALTENSORS_IDENTITY entries.
+    let id = load_identity(Path::new(&u)).unwrap();
+    assert!(id.describe().contains("token=main"), "{}", id.describe());
+    let f = open_with(&fx, &p, id.as_ref()).unwrap();
+    for t in f.tensors().to_vec() {
+        assert_eq!(f.read_tensor(&t.name).unwrap(), fx.model.data(&t.name));
+    }
+    // Another key on the same token does not open it.
+    let other = uri("main", "deploy-other");
+    pkcs11_generate_p256(&other).unwrap();
+    let e = open_with(&fx, &p, &Pkcs11Identity::open(&other).unwrap())
+        .err()
+        .unwrap();
+    assert!(matches!(e.kind(), Error::NoMatchingKey { .. }), "{e:?}");
+}
+
+#[test]
+fn the_private_key_never_leaves_the_token() {
+    use cryptoki::context::Pkcs11;
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    let u = uri("main", "never-leaves");
+    pkcs11_generate_p256(&u).unwrap();
+    let _id = Pkcs11Identity::open(&u).unwrap(); // loads and logs in
+                                                 // A second handle on the module, already initialised in this process by
+                                                 // the identity above (cryptoki never finalises on drop).
+    let ctx = Pkcs11::new(&tokens().module).unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "main")
+        .unwrap();
+    let s = ctx.open_ro_session(slot).unwrap();
+    let keys = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(b"never-leaves".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let attrs = s
+        .get_attributes(
+            keys[0],
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Derive,
+                AttributeType::Sign,
+            ],
+        )
+        .unwrap();
+    for a in attrs {
+        match a {
+            Attribute::Sensitive(v) => assert!(v, "sensitive"),
+            Attribute::Extractable(v) => assert!(!v, "extractable"),
+            Attribute::Derive(v) => assert!(v, "derive"),
+            Attribute::Sign(v) => assert!(!v, "sign"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Its value cannot be read.
+    let value = s.get_attributes(keys[0], &[AttributeType::Value]).unwrap();
+    assert!(
+        !value.iter().any(|a| matches!(a, Attribute::Value(_))),
+        "the token gave out the private key"
+    );
+}
+
+#[test]
+fn wrong_pin_missing_token_and_missing_key_are_typed() {
+    let t = tokens();
+    // No test logs in to `pinless` with the right PIN, so the token is asked.
+    let wrong = format!(
+        "pkcs11:token=pinless;object=k?module-path={}&pin-source=file:{}",
+        t.module.display(),
+        t.wrong_pin_file.display()
+    );
+    let e = Pkcs11Identity::open(&wrong).err().unwrap();
+    assert_eq!(problem(&e), &Pkcs11Problem::PinIncorrect, "{e}");
+    assert!(e.to_string().contains("PIN"), "{e}");
+
+    let e = Pkcs11Identity::open(&uri("no-such-token", "k"))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(problem(&e), Pkcs11Problem::TokenNotFound(_)),
+        "{e}"
+    );
+    assert!(e.to_string().contains("plugged in"), "{e}");
+
+    let e = Pkcs11Identity::open(&uri("main", "no-such-key"))
+        .err()
+        .unwrap();
+    assert!(matches!(problem(&e), Pkcs11Problem::KeyNotFound(_)), "{e}");
+    assert!(e.to_string().contains("keygen --pkcs11"), "{e}");
+
+    // No PIN anywhere.
+    let no_pin = format!(
+        "pkcs11:token=main;object=k?module-path={}",
+        t.module.display()
+    );
+    if std::env::var_os("SEALTENSORS_PKCS11_PIN").is_none() {
+        let e = Pkcs11Identity::open(&no_pin).err().unwrap();
+        assert_eq!(problem(&e), &Pkcs11Problem::NoPin, "{e}");
+    }
+}
+
+#[test]
+fn a_key_removed_from_the_token_is_a_typed_error() {
+    use cryptoki::context::Pkcs11;
+    use cryptoki::object::Attribute;
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let fx = Fixture::new();
+    let u = uri("main", "to-remove");
+    let r = pkcs11_generate_p256(&u).unwrap();
+    let p = seal_to(&fx, "removed.safetensors", Box::new(r));
+    let id = Pkcs11Identity::open(&u).unwrap();
+    // Delete both halves through the module, as an administrator would.
+    let ctx = Pkcs11::new(&tokens().module).unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "main")
+        .unwrap();
+    let s = ctx.open_rw_session(slot).unwrap();
+    let _ = s.login(UserType::User, Some(&AuthPin::from(PIN.to_string())));
+    for h in s
+        .find_objects(&[Attribute::Label(b"to-remove".to_vec())])
+        .unwrap()
+    {
+        s.destroy_object(h).unwrap();
+    }
+    drop(s);
+    // The open identity's handle is gone, and a new one finds nothing.
+    let e = open_with(&fx, &p, &id).err().unwrap();
+    assert!(matches!(problem(&e), Pkcs11Problem::KeyNotFound(_)), "{e}");
+    let e = Pkcs11Identity::open(&u).err().unwrap();
+    assert!(matches!(problem(&e), Pkcs11Problem::KeyNotFound(_)), "{e}");
+}
+
+#[test]
+fn keygen_never_replaces_a_key() {
+    let u = uri("main", "only-once");
+    pkcs11_generate_p256(&u).unwrap();
+    let e = pkcs11_generate_p256(&u).err().unwrap();
+    assert!(matches!(problem(&e), Pkcs11Problem::WrongKey(_)), "{e}");
+    assert!(e.to_string().contains("never replaced"), "{e}");
+}
