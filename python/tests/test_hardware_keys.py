@@ -4,6 +4,8 @@ installed by scripts/system-deps.sh).
 - The P-256 test vector checked with a second ECDH implementation (OpenSSL,
   through pyca/cryptography): Z, KEK and the model key.
 - A software P-256 identity made by `sealtensors.keygen(..., "p256")`.
+- A signing key made on the token (`keygen --sign --pkcs11`) signs headers
+  that verify with its `ed25519:` key.
 - A key made on the token by `sealtensors keygen --pkcs11`: files sealed to
   it load through `sealtensors.torch.load_file(identities=[URI])` and a
   sealed Llama loads through unmodified transformers after
@@ -127,7 +129,23 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         capture_output=True,
         text=True,
     )
+    signer_uri = f"pkcs11:token=py;object=publisher?module-path={module}"
+    signer = subprocess.run(
+        [
+            str(_target_dir() / "release" / "sealtensors"),
+            "keygen",
+            "--sign",
+            "--pkcs11",
+            signer_uri,
+        ],
+        env={**os.environ, "SEALTENSORS_PKCS11_PIN": PIN},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     yield {
+        "signer": signer.stdout.strip(),
+        "signer_uri": f"{signer_uri}&pin-source=file:{d / 'pin'}",
         "recipient": out.stdout.strip(),
         "uri": f"{uri}&pin-source=file:{d / 'pin'}",
         "wrong": f"{uri}&pin-source=file:{d / 'wrong-pin'}",
@@ -150,6 +168,17 @@ def test_token_key_through_the_python_api(token: dict[str, str], tmp_path: Path)
     st.save_file(tensors, path2, recipients=[token["uri"]])
     with sealtensors.safe_open(path2, framework="pt", identities=[token["uri"]]) as f:
         assert torch.equal(f.get_tensor("w"), tensors["w"])
+
+
+def test_token_signing_key_through_the_python_api(token: dict[str, str], tmp_path: Path) -> None:
+    assert token["signer"].startswith("ed25519:")
+    tensors = {"w": torch.arange(6, dtype=torch.float32)}
+    path = tmp_path / "signed.safetensors"
+    st.save_file(tensors, path, recipients=[token["recipient"]], sign_key=token["signer_uri"])
+    got = st.load_file(
+        path, identities=[token["uri"]], trusted=[token["signer"]], require_signed=True
+    )
+    assert torch.equal(got["w"], tensors["w"])
 
 
 def test_wrong_pin_is_a_no_key_error(token: dict[str, str], tmp_path: Path) -> None:

@@ -171,8 +171,10 @@ pub struct Keygen {
     /// (pkcs11:token=...;object=LABEL?module-path=...&pin-source=file:...; the
     /// PIN may instead be in SEALTENSORS_PKCS11_PIN) and print its p256:...
     /// recipient; the private key never leaves the token. Use the same URI as
-    /// -i (or SEALTENSORS_IDENTITY) to open what is sealed to it.
-    #[arg(long, value_name = "URI", conflicts_with_all = ["sign", "symmetric", "oms", "p256", "output", "force"])]
+    /// -i (or SEALTENSORS_IDENTITY) to open what is sealed to it. With --sign:
+    /// an Ed25519 signing key on the token (prints its ed25519:... signer;
+    /// give the URI to --sign-key).
+    #[arg(long, value_name = "URI", conflicts_with_all = ["symmetric", "oms", "p256", "output", "force"])]
     pub pkcs11: Option<String>,
     /// An ECDSA P-256 key (PEM) for OpenSSF model signing bundles (sign --oms-key);
     /// prints the PEM public key to give verifiers.
@@ -255,7 +257,7 @@ pub struct SealParams {
     /// Recipient: an x25519:... or p256:... public key, a JWK file (X25519 or P-256 public key, or symmetric key), or a pkcs11: URI of a token-held P-256 key; repeatable.
     #[arg(short = 'r', long = "recipient")]
     pub recipients: Vec<String>,
-    /// Sign the header with this Ed25519 key (JWK).
+    /// Sign the header with this Ed25519 key: a JWK file, or the pkcs11: URI of a token-held key.
     #[arg(long)]
     pub sign_key: Option<PathBuf>,
     /// Encrypt only tensors whose names match this glob; repeatable. Default: all.
@@ -329,7 +331,7 @@ pub struct Rekey {
     /// Recipient to remove; repeatable.
     #[arg(long = "remove-recipient")]
     pub remove: Vec<String>,
-    /// Re-sign with this key (keeps or rotates the signer).
+    /// Re-sign with this key, a JWK file or pkcs11: URI (keeps or rotates the signer).
     #[arg(long)]
     pub sign_key: Option<PathBuf>,
     /// Drop the signature (only without --sign-key).
@@ -347,7 +349,7 @@ pub struct Rekey {
 
 #[derive(Args, Debug)]
 pub struct Sign {
-    /// Ed25519 signing key (JWK): sign every weight file's header (sign-only seal).
+    /// Ed25519 signing key (JWK file or pkcs11: URI): sign every weight file's header (sign-only seal).
     #[arg(long, required_unless_present = "oms_key")]
     pub sign_key: Option<PathBuf>,
     /// ECDSA P-256 private key (PEM): also write an OpenSSF model signing bundle over

@@ -184,7 +184,7 @@ fn check_output(output: &Path, force: bool) -> Result<()> {
 
 fn keygen(a: cli::Keygen) -> Result<()> {
     if let Some(uri) = &a.pkcs11 {
-        return keygen_pkcs11(uri);
+        return keygen_pkcs11(uri, a.sign);
     }
     if a.oms {
         let (key, text) = OmsSigningKey::generate()?;
@@ -228,13 +228,17 @@ fn keygen(a: cli::Keygen) -> Result<()> {
 }
 
 #[cfg(feature = "pkcs11")]
-fn keygen_pkcs11(uri: &str) -> Result<()> {
-    println!("{}", sealtensors::keys::pkcs11_generate_p256(uri)?);
+fn keygen_pkcs11(uri: &str, sign: bool) -> Result<()> {
+    if sign {
+        println!("{}", sealtensors::keys::pkcs11_generate_ed25519(uri)?);
+    } else {
+        println!("{}", sealtensors::keys::pkcs11_generate_p256(uri)?);
+    }
     Ok(())
 }
 
 #[cfg(not(feature = "pkcs11"))]
-fn keygen_pkcs11(_uri: &str) -> Result<()> {
+fn keygen_pkcs11(_uri: &str, _sign: bool) -> Result<()> {
     Err(CliError::usage(
         "this build of sealtensors has no PKCS#11 support (built without the `pkcs11` feature)",
     ))

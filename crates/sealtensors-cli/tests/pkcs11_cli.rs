@@ -198,3 +198,51 @@ fn keygen_seal_and_open_with_a_token_key() {
         .stderr(predicate::str::contains("pin-value is refused"))
         .stderr(predicate::str::contains(PIN).not());
 }
+
+#[test]
+fn a_token_key_signs_and_the_signature_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let conf = token(d);
+    let plain = d.join("model.safetensors");
+    write_model(&plain);
+    let uri = format!(
+        "pkcs11:token=cli;object=publisher?module-path={}",
+        module().display()
+    );
+    let out = bin(&conf)
+        .args(["keygen", "--sign", "--pkcs11", &uri])
+        .env("SEALTENSORS_PKCS11_PIN", PIN)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let signer = String::from_utf8(out).unwrap().trim().to_string();
+    assert!(signer.starts_with("ed25519:"), "{signer}");
+    let signed = d.join("signed.safetensors");
+    bin(&conf)
+        .args(["--quiet", "sign", "--sign-key", &uri, "-o"])
+        .arg(&signed)
+        .arg(&plain)
+        .env("SEALTENSORS_PKCS11_PIN", PIN)
+        .assert()
+        .success();
+    bin(&conf)
+        .args(["verify", "--json", "--trust", &signer])
+        .arg(&signed)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "\"authenticity\":\"signed-trusted\"",
+        ));
+    // The signing key is no identity (and --sign-key with a wrong PIN fails).
+    bin(&conf)
+        .args(["--quiet", "sign", "--sign-key", &uri, "-o"])
+        .arg(d.join("never.safetensors"))
+        .arg(&plain)
+        .env("SEALTENSORS_PKCS11_PIN", "000000")
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains("refused the PIN"));
+}

@@ -221,7 +221,7 @@ impl Edit {
             self.meta().insert(seal::KEY_MAC.into(), b64(&mac));
         }
         if let Some(sk) = sk {
-            let sig = sk.sign(&seal::signed_message(&self.header));
+            let sig = sk.sign(&seal::signed_message(&self.header))?;
             let doc = SignatureDoc {
                 alg: "ed25519".into(),
                 key: sk.verifying_key().to_string(),

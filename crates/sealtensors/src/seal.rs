@@ -631,7 +631,7 @@ pub(crate) fn authenticate(
         meta.insert(KEY_SIGNATURE.into(), to_json(&sig)?);
         if !placeholder {
             h.metadata = Some(meta.clone());
-            sig.sig = b64(&sk.sign(&signed_message(&h)));
+            sig.sig = b64(&sk.sign(&signed_message(&h))?);
             meta.insert(KEY_SIGNATURE.into(), to_json(&sig)?);
         }
     }

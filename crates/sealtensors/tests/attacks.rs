@@ -100,7 +100,7 @@ fn remac(h: &mut Header, mk: &ModelKey) {
 /// Sign the header with `sk` (replacing any signature).
 fn resign(h: &mut Header, sk: &SigningKey) {
     meta(h).remove(seal::KEY_SIGNATURE);
-    let sig = sk.sign(&seal::signed_message(h));
+    let sig = sk.sign(&seal::signed_message(h)).unwrap();
     let doc = SignatureDoc {
         alg: "ed25519".into(),
         key: sk.verifying_key().to_string(),

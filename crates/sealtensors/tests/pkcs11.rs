@@ -19,9 +19,12 @@ use std::sync::OnceLock;
 
 use common::*;
 use sealtensors::keys::{
-    load_identity, load_recipient, pkcs11_generate_p256, Identity, Pkcs11Identity,
+    load_identity, load_recipient, load_signing_key, pkcs11_generate_ed25519, pkcs11_generate_p256,
+    Identity, KeyFile, Pkcs11Identity,
 };
-use sealtensors::{Error, OpenOptions, Pkcs11Problem, SealOptions, SealedFile, Sealer};
+use sealtensors::{
+    Authenticity, Error, OpenOptions, Pkcs11Problem, SealOptions, SealedFile, Sealer,
+};
 
 const INSTALL: &str = "scripts/system-deps.sh (apt-get install softhsm2)";
 const PIN: &str = "246810";
@@ -91,6 +94,23 @@ fn tokens() -> &'static Tokens {
     })
 }
 
+/// Held while a test changes token objects (SoftHSM2 2.6 fails concurrent
+/// token object changes from one process with CKR_GENERAL_ERROR).
+fn token_writes() -> std::sync::MutexGuard<'static, ()> {
+    static W: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    W.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn gen_p256(uri: &str) -> sealtensors::Result<sealtensors::keys::P256Recipient> {
+    let _w = token_writes();
+    pkcs11_generate_p256(uri)
+}
+
+fn gen_ed25519(uri: &str) -> sealtensors::Result<sealtensors::keys::VerifyingKey> {
+    let _w = token_writes();
+    pkcs11_generate_ed25519(uri)
+}
+
 fn uri(token: &str, object: &str) -> String {
     let t = tokens();
     format!(
@@ -139,7 +159,7 @@ fn problem(e: &Error) -> &Pkcs11Problem {
 fn a_token_key_opens_what_was_sealed_to_it() {
     let fx = Fixture::new();
     let u = uri("main", "deploy-1");
-    let recipient = pkcs11_generate_p256(&u).unwrap();
+    let recipient = gen_p256(&u).unwrap();
     // The recipient read back from the token is the one keygen printed.
     let again = load_recipient(&u).unwrap();
     assert_eq!(again.describe(), format!("p256 {}", recipient.rid()));
@@ -153,7 +173,7 @@ fn a_token_key_opens_what_was_sealed_to_it() {
     }
     // Another key on the same token does not open it.
     let other = uri("main", "deploy-other");
-    pkcs11_generate_p256(&other).unwrap();
+    gen_p256(&other).unwrap();
     let e = open_with(&fx, &p, &Pkcs11Identity::open(&other).unwrap())
         .err()
         .unwrap();
@@ -165,7 +185,7 @@ fn the_private_key_never_leaves_the_token() {
     use cryptoki::context::Pkcs11;
     use cryptoki::object::{Attribute, AttributeType, ObjectClass};
     let u = uri("main", "never-leaves");
-    pkcs11_generate_p256(&u).unwrap();
+    gen_p256(&u).unwrap();
     let _id = Pkcs11Identity::open(&u).unwrap(); // loads and logs in
                                                  // A second handle on the module, already initialised in this process by
                                                  // the identity above (cryptoki never finalises on drop).
@@ -259,7 +279,7 @@ fn a_key_removed_from_the_token_is_a_typed_error() {
     use cryptoki::types::AuthPin;
     let fx = Fixture::new();
     let u = uri("main", "to-remove");
-    let r = pkcs11_generate_p256(&u).unwrap();
+    let r = gen_p256(&u).unwrap();
     let p = seal_to(&fx, "removed.safetensors", Box::new(r));
     let id = Pkcs11Identity::open(&u).unwrap();
     // Delete both halves through the module, as an administrator would.
@@ -272,6 +292,9 @@ fn a_key_removed_from_the_token_is_a_typed_error() {
         .unwrap();
     let s = ctx.open_rw_session(slot).unwrap();
     let _ = s.login(UserType::User, Some(&AuthPin::from(PIN.to_string())));
+    // Not while another test makes a key: SoftHSM2 fails concurrent token
+    // object changes (the library serialises its own keygens).
+    let _one = token_writes();
     for h in s
         .find_objects(&[Attribute::Label(b"to-remove".to_vec())])
         .unwrap()
@@ -289,8 +312,68 @@ fn a_key_removed_from_the_token_is_a_typed_error() {
 #[test]
 fn keygen_never_replaces_a_key() {
     let u = uri("main", "only-once");
-    pkcs11_generate_p256(&u).unwrap();
-    let e = pkcs11_generate_p256(&u).err().unwrap();
+    gen_p256(&u).unwrap();
+    let e = gen_p256(&u).err().unwrap();
     assert!(matches!(problem(&e), Pkcs11Problem::WrongKey(_)), "{e}");
     assert!(e.to_string().contains("never replaced"), "{e}");
+}
+
+#[test]
+fn a_token_key_signs_headers_that_verify_as_ed25519() {
+    let fx = Fixture::new();
+    let u = uri("main", "publisher-1");
+    let signer = gen_ed25519(&u).unwrap();
+    let key = load_signing_key(Path::new(&u)).unwrap();
+    assert_eq!(key.verifying_key(), signer);
+    // A plain Ed25519 signature: the software verifier accepts it.
+    let sig = key.sign(b"message").unwrap();
+    assert!(signer.verify(b"message", &sig));
+    assert!(!signer.verify(b"messagf", &sig));
+    let out = fx.path("token-signed.safetensors");
+    Sealer::new(SealOptions {
+        recipients: vec![Box::new(fx.id.recipient())],
+        signing_key: Some(key.try_clone().unwrap()),
+        chunk_size: 4096,
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&fx.plain, &out)
+    .unwrap();
+    let f = SealedFile::open(
+        &out,
+        &OpenOptions {
+            identities: vec![&fx.id],
+            trusted: vec![signer],
+            require_signed: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(f.authenticity(), Authenticity::Trusted(k) if *k == signer));
+    // Another signer trusted instead: refused.
+    let e = SealedFile::open(
+        &out,
+        &OpenOptions {
+            identities: vec![&fx.id],
+            trusted: vec![fx.signer.verifying_key()],
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e.kind(), Error::UntrustedSigner { .. }), "{e:?}");
+    // A token key has no file form.
+    let e = KeyFile::Signing(key)
+        .save(&fx.path("k.jwk"), false)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("pkcs11: URI"), "{e}");
+    assert!(!fx.path("k.jwk").exists());
+    // A P-256 identity is not a signing key, nor the other way round.
+    let id_uri = uri("main", "deploy-not-a-signer");
+    gen_p256(&id_uri).unwrap();
+    let e = load_signing_key(Path::new(&id_uri)).err().unwrap();
+    assert!(matches!(problem(&e), Pkcs11Problem::KeyNotFound(_)), "{e}");
+    let e = Pkcs11Identity::open(&u).err().unwrap();
+    assert!(matches!(problem(&e), Pkcs11Problem::KeyNotFound(_)), "{e}");
 }

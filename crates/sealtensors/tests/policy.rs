@@ -358,7 +358,7 @@ fn hostile_passphrase_file(fx: &Fixture, name: &str, policy: &str) -> std::path:
     meta(&mut h).remove(seal::KEY_SIGNATURE);
     let mac = seal::header_mac(&mk, &fid, &h).unwrap();
     meta(&mut h).insert(seal::KEY_MAC.into(), URL_SAFE_NO_PAD.encode(mac));
-    let sig = fx.signer.sign(&seal::signed_message(&h));
+    let sig = fx.signer.sign(&seal::signed_message(&h)).unwrap();
     let doc = SignatureDoc {
         alg: "ed25519".into(),
         key: fx.signer.verifying_key().to_string(),
@@ -507,7 +507,7 @@ fn policy_size_is_limited_at_seal_and_at_open() {
     let (mut h, data) = split(&p);
     meta(&mut h).insert(seal::KEY_POLICY.into(), big);
     meta(&mut h).remove(seal::KEY_SIGNATURE);
-    let sig = fx.signer.sign(&seal::signed_message(&h));
+    let sig = fx.signer.sign(&seal::signed_message(&h)).unwrap();
     let doc = SignatureDoc {
         alg: "ed25519".into(),
         key: fx.signer.verifying_key().to_string(),

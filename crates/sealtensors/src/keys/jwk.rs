@@ -176,7 +176,9 @@ impl KeyFile {
             KeyFile::X25519Recipient(r) => okp("X25519", &r.0, None),
             KeyFile::P256Identity(id) => ec(&id.recipient(), Some(b64(id.secret_bytes()))),
             KeyFile::P256Recipient(r) => ec(r, None),
-            KeyFile::Signing(k) => okp("Ed25519", &k.verifying_key().0, Some(b64(k.seed()))),
+            // A token-held key has no secret to write: its public half only
+            // (save refuses it, so it never lands in a file as if it were one).
+            KeyFile::Signing(k) => okp("Ed25519", &k.verifying_key().0, k.seed().map(|s| b64(s))),
             KeyFile::Verifying(v) => okp("Ed25519", &v.0, None),
             KeyFile::Symmetric(s) => Jwk {
                 kty: "oct".into(),
@@ -214,6 +216,13 @@ impl KeyFile {
     /// was (a link planted there cannot make the key land elsewhere, or a
     /// victim file be truncated).
     pub fn save(&self, path: &Path, force: bool) -> Result<()> {
+        if let KeyFile::Signing(k) = self {
+            if k.seed().is_none() {
+                return Err(Error::InvalidKey(
+                    "this signing key is held in a PKCS#11 token and has no file form; name it by its pkcs11: URI".into(),
+                ));
+            }
+        }
         write_key_file(path, self.to_jwk().as_bytes(), force)
     }
 }
@@ -293,6 +302,18 @@ fn pkcs11_public(uri: &str) -> Result<Box<dyn Recipient>> {
     Ok(Box::new(super::pkcs11_recipient(uri)?))
 }
 
+#[cfg(feature = "pkcs11")]
+fn pkcs11_signer(uri: &str) -> Result<SigningKey> {
+    Ok(SigningKey::from_token(super::pkcs11::Pkcs11Signer::open(
+        uri,
+    )?))
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_signer(_uri: &str) -> Result<SigningKey> {
+    Err(no_pkcs11())
+}
+
 #[cfg(not(feature = "pkcs11"))]
 fn pkcs11_identity(_uri: &str) -> Result<Box<dyn Identity>> {
     Err(no_pkcs11())
@@ -354,6 +375,9 @@ pub fn load_recipient(spec: &str) -> Result<Box<dyn Recipient>> {
 
 /// Load an Ed25519 signing key.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
+    if let Some(uri) = pkcs11_uri(path) {
+        return pkcs11_signer(uri);
+    }
     match KeyFile::load(path)? {
         KeyFile::Signing(k) => Ok(k),
         _ => Err(Error::InvalidKey(

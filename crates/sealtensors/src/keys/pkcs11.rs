@@ -1,9 +1,13 @@
-//! P-256 identities held in a PKCS#11 token (an HSM, a smart card, SoftHSM2),
-//! named by RFC 7512 URIs. The private key never leaves the token: opening a
-//! `p256` slot (SPEC §6.7) asks the token for `Z = x(sk · epk)` with
-//! `CKM_ECDH1_DERIVE` (`CKD_NULL`), as a session object that is read once and
-//! destroyed; the KEK and the model key are derived in software from `Z`,
-//! exactly as for a key file.
+//! Keys held in a PKCS#11 token (an HSM, a smart card, SoftHSM2), named by
+//! RFC 7512 URIs. The private keys never leave the token:
+//!
+//! - P-256 identities: opening a `p256` slot (SPEC §6.7) asks the token for
+//!   `Z = x(sk · epk)` with `CKM_ECDH1_DERIVE` (`CKD_NULL`), as a session
+//!   object that is read once and destroyed; the KEK and the model key are
+//!   derived in software from `Z`, exactly as for a key file.
+//! - Ed25519 signing keys: the header signature (SPEC §7.1) is made by the
+//!   token with `CKM_EDDSA`; it is the same Ed25519 signature a key file
+//!   makes, so nothing changes for readers or trust entries.
 //!
 //! The URI names the token and the key; the module and PIN come from its
 //! query or the environment:
@@ -33,6 +37,7 @@ use std::sync::{Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -43,7 +48,7 @@ use percent_encoding::percent_decode_str;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::p256::{open_slot, P256Agreement, P256Recipient, POINT_LEN};
-use super::{Identity, ModelKey, Slot};
+use super::{Identity, ModelKey, Slot, VerifyingKey};
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Pkcs11Problem, Result};
 
@@ -54,6 +59,34 @@ pub const ENV_PKCS11_PIN: &str = "SEALTENSORS_PKCS11_PIN";
 
 /// DER of the P-256 curve's OID (1.2.840.10045.3.1.7), CKA_EC_PARAMS.
 const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER of id-Ed25519 (1.3.101.112, RFC 8410), CKA_EC_PARAMS of an Ed25519 key.
+const ED25519_EC_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+/// The other form PKCS#11 3.0 allows: PrintableString "edwards25519".
+const ED25519_EC_PARAMS_NAME: &[u8] = b"\x13\x0cedwards25519";
+
+/// The two kinds of token key sealtensors uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// P-256, derive only: an identity.
+    P256,
+    /// Ed25519, sign only: a publisher's signing key.
+    Ed25519,
+}
+
+impl Kind {
+    fn key_type(self) -> KeyType {
+        match self {
+            Kind::P256 => KeyType::EC,
+            Kind::Ed25519 => KeyType::EC_EDWARDS,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kind::P256 => "EC P-256",
+            Kind::Ed25519 => "Ed25519",
+        }
+    }
+}
 
 fn err(what: impl Into<String>, problem: Pkcs11Problem) -> Error {
     Error::Pkcs11 {
@@ -280,8 +313,8 @@ impl Pkcs11Uri {
     }
 
     /// The key's search template: its class and type, label and/or id.
-    fn template(&self, class: ObjectClass) -> Vec<Attribute> {
-        let mut t = vec![Attribute::Class(class), Attribute::KeyType(KeyType::EC)];
+    fn template(&self, class: ObjectClass, kind: Kind) -> Vec<Attribute> {
+        let mut t = vec![Attribute::Class(class), Attribute::KeyType(kind.key_type())];
         if let Some(l) = &self.object {
             t.push(Attribute::Label(l.as_bytes().to_vec()));
         }
@@ -366,51 +399,92 @@ fn login(session: &Session, uri: &Pkcs11Uri) -> Result<()> {
     }
 }
 
-/// The one object of `class` the URI names.
-fn find_key(session: &Session, uri: &Pkcs11Uri, class: ObjectClass) -> Result<ObjectHandle> {
-    let kind = if class == ObjectClass::PRIVATE_KEY {
+/// The one object of `class` and `kind` the URI names.
+fn find_key(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    class: ObjectClass,
+    kind: Kind,
+) -> Result<ObjectHandle> {
+    let half = if class == ObjectClass::PRIVATE_KEY {
         "private"
     } else {
         "public"
     };
     let found = session
-        .find_objects(&uri.template(class))
+        .find_objects(&uri.template(class, kind))
         .map_err(|e| err(uri.to_string(), problem(e)))?;
+    let keygen = match kind {
+        Kind::P256 => "keygen --pkcs11 URI",
+        Kind::Ed25519 => "keygen --sign --pkcs11 URI",
+    };
     match found.as_slice() {
         [one] => Ok(*one),
         [] => Err(err(
             uri.to_string(),
             Pkcs11Problem::KeyNotFound(format!(
-                "no EC {kind} key with this object=/id= on the token; list its keys (pkcs11-tool --list-objects) or make one with `sealtensors keygen --pkcs11 URI`"
+                "no {} {half} key with this object=/id= on the token; list its keys (pkcs11-tool --list-objects) or make one with `sealtensors {keygen}`",
+                kind.name()
             )),
         )),
         many => Err(err(
             uri.to_string(),
             Pkcs11Problem::KeyNotFound(format!(
-                "{} EC {kind} keys match; name one key with both object= and id=",
-                many.len()
+                "{} {} {half} keys match; name one key with both object= and id=",
+                many.len(),
+                kind.name()
             )),
         )),
     }
+}
+
+/// The EC parameters and point of a public key object.
+fn ec_public(session: &Session, uri: &Pkcs11Uri, key: ObjectHandle) -> Result<(Vec<u8>, Vec<u8>)> {
+    let attrs = session
+        .get_attributes(key, &[AttributeType::EcParams, AttributeType::EcPoint])
+        .map_err(|e| err(uri.to_string(), problem(e)))?;
+    let mut params = Vec::new();
+    let mut point = Vec::new();
+    for a in attrs {
+        match a {
+            Attribute::EcParams(p) => params = p,
+            Attribute::EcPoint(p) => point = p,
+            _ => {}
+        }
+    }
+    Ok((params, point))
+}
+
+/// The Ed25519 public key of `key` (a public key object): CKA_EC_PARAMS
+/// names Ed25519, CKA_EC_POINT is the DER OCTET STRING of the 32-byte key
+/// (or the raw key).
+fn ed25519_public(session: &Session, uri: &Pkcs11Uri, key: ObjectHandle) -> Result<VerifyingKey> {
+    let (params, point) = ec_public(session, uri, key)?;
+    if params != ED25519_EC_PARAMS && params != ED25519_EC_PARAMS_NAME {
+        return Err(err(
+            uri.to_string(),
+            Pkcs11Problem::WrongKey("the key is not an Ed25519 key (CKA_EC_PARAMS)".into()),
+        ));
+    }
+    let raw = match point.as_slice() {
+        [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
+        p => p,
+    };
+    let pk: [u8; 32] = raw.try_into().map_err(|_| {
+        err(
+            uri.to_string(),
+            Pkcs11Problem::WrongKey("the token's Ed25519 public key is not 32 bytes".into()),
+        )
+    })?;
+    Ok(VerifyingKey(pk))
 }
 
 /// The P-256 public point of `key` (a public key object): CKA_EC_PARAMS must
 /// name P-256, CKA_EC_POINT is the DER OCTET STRING of the point (some
 /// modules give the raw point).
 fn public_point(session: &Session, uri: &Pkcs11Uri, key: ObjectHandle) -> Result<P256Recipient> {
-    let attrs = session
-        .get_attributes(key, &[AttributeType::EcParams, AttributeType::EcPoint])
-        .map_err(|e| err(uri.to_string(), problem(e)))?;
-    let mut params = None;
-    let mut point = None;
-    for a in attrs {
-        match a {
-            Attribute::EcParams(p) => params = Some(p),
-            Attribute::EcPoint(p) => point = Some(p),
-            _ => {}
-        }
-    }
-    if params.as_deref() != Some(&P256_EC_PARAMS[..]) {
+    let (params, point) = ec_public(session, uri, key)?;
+    if params != P256_EC_PARAMS {
         return Err(err(
             uri.to_string(),
             Pkcs11Problem::WrongKey(
@@ -419,7 +493,6 @@ fn public_point(session: &Session, uri: &Pkcs11Uri, key: ObjectHandle) -> Result
             ),
         ));
     }
-    let point = point.unwrap_or_default();
     let raw = match point.as_slice() {
         [0x04, 0x41, rest @ ..] if rest.len() == POINT_LEN => rest,
         p => p,
@@ -458,8 +531,8 @@ impl Pkcs11Identity {
         let uri: Pkcs11Uri = uri.parse()?;
         let session = open_session(&uri, false)?;
         login(&session, &uri)?;
-        let key = find_key(&session, &uri, ObjectClass::PRIVATE_KEY)?;
-        let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY)?;
+        let key = find_key(&session, &uri, ObjectClass::PRIVATE_KEY, Kind::P256)?;
+        let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY, Kind::P256)?;
         let public = public_point(&session, &uri, public)?;
         Ok(Pkcs11Identity {
             uri,
@@ -548,16 +621,16 @@ pub fn pkcs11_recipient(uri: &str) -> Result<P256Recipient> {
     if uri.pin().is_ok() {
         login(&session, &uri)?;
     }
-    let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY)?;
+    let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY, Kind::P256)?;
     public_point(&session, &uri, public)
 }
 
-/// Make a P-256 key pair on the token the URI names (`keygen --pkcs11`): the
-/// private key sensitive, never extractable, usable only to derive (ECDH);
-/// labelled `object` and with the URI's `id` (else 16 random bytes). Refuses
-/// when the token already holds an object with that label or id. Returns the
-/// public half, the recipient to seal to.
-pub fn pkcs11_generate_p256(uri: &str) -> Result<P256Recipient> {
+/// A new key pair on the token: `(session, uri with its id, public key)`.
+/// The private key is sensitive, never extractable, and usable for one
+/// thing only (derive for P-256, sign for Ed25519); labelled `object` and
+/// with the URI's `id` (else 16 random bytes). Refuses when the token
+/// already holds an object with that label or id: keys are never replaced.
+fn generate(uri: &str, kind: Kind) -> Result<(Session, Pkcs11Uri, ObjectHandle)> {
     let uri: Pkcs11Uri = uri.parse()?;
     let label = uri
         .object
@@ -569,6 +642,13 @@ pub fn pkcs11_generate_p256(uri: &str) -> Result<P256Recipient> {
     };
     let session = open_session(&uri, true)?;
     login(&session, &uri)?;
+    // One key generation at a time in this process: SoftHSM2 2.6 fails with
+    // CKR_GENERAL_ERROR when two sessions create token objects at once, and
+    // the label/id check below must not race another keygen.
+    static KEYGEN: Mutex<()> = Mutex::new(());
+    let _one = KEYGEN
+        .lock()
+        .map_err(|_| Error::Crypto("PKCS#11 keygen lock poisoned"))?;
     for t in [
         vec![Attribute::Label(label.as_bytes().to_vec())],
         vec![Attribute::Id(id.clone())],
@@ -587,10 +667,15 @@ pub fn pkcs11_generate_p256(uri: &str) -> Result<P256Recipient> {
             ));
         }
     }
+    let (mechanism, params) = match kind {
+        Kind::P256 => (Mechanism::EccKeyPairGen, P256_EC_PARAMS.to_vec()),
+        Kind::Ed25519 => (Mechanism::EccEdwardsKeyPairGen, ED25519_EC_PARAMS.to_vec()),
+    };
     let public = [
         Attribute::Token(true),
         Attribute::Private(false),
-        Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+        Attribute::EcParams(params),
+        Attribute::Verify(kind == Kind::Ed25519),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.clone()),
     ];
@@ -599,19 +684,92 @@ pub fn pkcs11_generate_p256(uri: &str) -> Result<P256Recipient> {
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
-        Attribute::Derive(true),
-        Attribute::Sign(false),
+        Attribute::Derive(kind == Kind::P256),
+        Attribute::Sign(kind == Kind::Ed25519),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.clone()),
     ];
     let (pk, _sk) = session
-        .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-        .map_err(|e| err(format!("generating a P-256 key on {uri}"), problem(e)))?;
+        .generate_key_pair(&mechanism, &public, &private)
+        .map_err(|e| {
+            err(
+                format!("generating an {} key on {uri}", kind.name()),
+                problem(e),
+            )
+        })?;
     let uri = Pkcs11Uri {
         id: Some(id),
         ..uri
     };
+    Ok((session, uri, pk))
+}
+
+/// Make a P-256 key pair on the token the URI names (`keygen --pkcs11`), its
+/// private key usable only to derive (ECDH). Returns the public half, the
+/// recipient to seal to.
+pub fn pkcs11_generate_p256(uri: &str) -> Result<P256Recipient> {
+    let (session, uri, pk) = generate(uri, Kind::P256)?;
     public_point(&session, &uri, pk)
+}
+
+/// Make an Ed25519 key pair on the token the URI names (`keygen --sign
+/// --pkcs11`), its private key usable only to sign. Returns the public half,
+/// the signer that loaders trust.
+pub fn pkcs11_generate_ed25519(uri: &str) -> Result<VerifyingKey> {
+    let (session, uri, pk) = generate(uri, Kind::Ed25519)?;
+    ed25519_public(&session, &uri, pk)
+}
+
+/// An Ed25519 signing key held in a PKCS#11 token (`CKM_EDDSA`); used as a
+/// [`SigningKey`](super::SigningKey) through `load_signing_key(URI)`.
+pub(crate) struct Pkcs11Signer {
+    uri: Pkcs11Uri,
+    session: Mutex<Session>,
+    key: ObjectHandle,
+    public: VerifyingKey,
+}
+
+impl Pkcs11Signer {
+    /// Log in to the token and find the Ed25519 key pair the URI names.
+    pub(crate) fn open(uri: &str) -> Result<Self> {
+        let uri: Pkcs11Uri = uri.parse()?;
+        let session = open_session(&uri, false)?;
+        login(&session, &uri)?;
+        let key = find_key(&session, &uri, ObjectClass::PRIVATE_KEY, Kind::Ed25519)?;
+        let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY, Kind::Ed25519)?;
+        let public = ed25519_public(&session, &uri, public)?;
+        Ok(Pkcs11Signer {
+            uri,
+            session: Mutex::new(session),
+            key,
+            public,
+        })
+    }
+
+    pub(crate) fn verifying_key(&self) -> VerifyingKey {
+        self.public
+    }
+
+    /// Ed25519 (pure) over `msg`, by the token.
+    pub(crate) fn sign(&self, msg: &[u8]) -> Result<[u8; 64]> {
+        let session = self
+            .session
+            .lock()
+            .map_err(|_| Error::Crypto("PKCS#11 session poisoned"))?;
+        let sig = session
+            .sign(
+                &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                self.key,
+                msg,
+            )
+            .map_err(|e| err(format!("signing with {}", self.uri), problem(e)))?;
+        sig.as_slice().try_into().map_err(|_| {
+            err(
+                format!("signing with {}", self.uri),
+                Pkcs11Problem::Token(format!("an Ed25519 signature of {} bytes", sig.len())),
+            )
+        })
+    }
 }
 
 #[cfg(test)]

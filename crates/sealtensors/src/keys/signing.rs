@@ -1,7 +1,12 @@
-//! Ed25519 header signatures (SPEC §7).
+//! Ed25519 header signatures (SPEC §7). A signing key is a seed in memory
+//! (a JWK file's) or, with the `pkcs11` feature, a key held in a PKCS#11
+//! token that signs with `CKM_EDDSA` (src/keys/pkcs11.rs): the signatures are
+//! the same Ed25519 either way, so readers cannot tell and need not.
 
 use std::fmt;
 use std::str::FromStr;
+#[cfg(feature = "pkcs11")]
+use std::sync::Arc;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 
@@ -13,8 +18,17 @@ const PREFIX: &str = "ed25519:";
 
 /// A signer's secret key. Never printed.
 pub struct SigningKey {
-    seed: Secret32,
-    pair: Ed25519KeyPair,
+    inner: Inner,
+    public: VerifyingKey,
+}
+
+enum Inner {
+    Seed {
+        seed: Secret32,
+        pair: Ed25519KeyPair,
+    },
+    #[cfg(feature = "pkcs11")]
+    Token(Arc<super::pkcs11::Pkcs11Signer>),
 }
 
 /// A signer's public key, written `ed25519:<base64url>`.
@@ -28,41 +42,71 @@ impl SigningKey {
     }
     /// From the 32-byte seed (RFC 8032 private key).
     pub fn from_seed(seed: [u8; 32]) -> Result<Self> {
-        let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
+        let seed = Secret32::from_bytes(seed);
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed.expose())
             .map_err(|_| Error::InvalidKey("Ed25519 seed rejected".into()))?;
+        let mut pk = [0u8; 32];
+        pk.copy_from_slice(pair.public_key().as_ref());
         Ok(SigningKey {
-            seed: Secret32::from_bytes(seed),
-            pair,
+            inner: Inner::Seed { seed, pair },
+            public: VerifyingKey(pk),
         })
+    }
+    /// A key held in a PKCS#11 token.
+    #[cfg(feature = "pkcs11")]
+    pub(crate) fn from_token(t: super::pkcs11::Pkcs11Signer) -> Self {
+        let public = t.verifying_key();
+        SigningKey {
+            inner: Inner::Token(Arc::new(t)),
+            public,
+        }
     }
     /// A second handle on the same key.
     pub fn try_clone(&self) -> Result<Self> {
-        Self::from_seed(*self.seed.expose())
+        match &self.inner {
+            Inner::Seed { seed, .. } => Self::from_seed(*seed.expose()),
+            #[cfg(feature = "pkcs11")]
+            Inner::Token(t) => Ok(SigningKey {
+                inner: Inner::Token(Arc::clone(t)),
+                public: self.public,
+            }),
+        }
     }
     /// The public half.
     pub fn verifying_key(&self) -> VerifyingKey {
-        let mut pk = [0u8; 32];
-        pk.copy_from_slice(self.pair.public_key().as_ref());
-        VerifyingKey(pk)
+        self.public
     }
-    /// Sign a message.
-    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+    /// Sign a message. A token's signature is checked against the public key
+    /// before it is returned, so a faulty token cannot publish a bad one.
+    pub fn sign(&self, msg: &[u8]) -> Result<[u8; 64]> {
         let mut out = [0u8; 64];
-        out.copy_from_slice(self.pair.sign(msg).as_ref());
-        out
+        match &self.inner {
+            Inner::Seed { pair, .. } => out.copy_from_slice(pair.sign(msg).as_ref()),
+            #[cfg(feature = "pkcs11")]
+            Inner::Token(t) => {
+                out = t.sign(msg)?;
+                if !self.public.verify(msg, &out) {
+                    return Err(Error::Crypto(
+                        "the token's Ed25519 signature does not verify with its public key",
+                    ));
+                }
+            }
+        }
+        Ok(out)
     }
-    pub(crate) fn seed(&self) -> &[u8; 32] {
-        self.seed.expose()
+    /// The seed, for a key file; `None` for a key held in hardware.
+    pub(crate) fn seed(&self) -> Option<&[u8; 32]> {
+        match &self.inner {
+            Inner::Seed { seed, .. } => Some(seed.expose()),
+            #[cfg(feature = "pkcs11")]
+            Inner::Token(_) => None,
+        }
     }
 }
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SigningKey({}, secret: <redacted>)",
-            self.verifying_key()
-        )
+        write!(f, "SigningKey({}, secret: <redacted>)", self.public)
     }
 }
 
