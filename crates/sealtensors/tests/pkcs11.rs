@@ -377,3 +377,56 @@ fn a_token_key_signs_headers_that_verify_as_ed25519() {
     let e = Pkcs11Identity::open(&u).err().unwrap();
     assert!(matches!(problem(&e), Pkcs11Problem::KeyNotFound(_)), "{e}");
 }
+
+#[test]
+fn a_substituted_public_key_is_refused() {
+    use cryptoki::context::Pkcs11;
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let u = uri("main", "substituted");
+    gen_p256(&u).unwrap();
+    // An attacker's point in the public object's place, same label and id
+    // (as anyone who can change the token's objects could do).
+    let attacker = sealtensors::keys::P256Identity::generate().unwrap();
+    {
+        let _w = token_writes();
+        let ctx = Pkcs11::new(&tokens().module).unwrap();
+        let slot = ctx
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "main")
+            .unwrap();
+        let s = ctx.open_rw_session(slot).unwrap();
+        let _ = s.login(UserType::User, Some(&AuthPin::from(PIN.to_string())));
+        let public = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(b"substituted".to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(public.len(), 1);
+        let id = s
+            .get_attributes(public[0], &[AttributeType::Id, AttributeType::EcParams])
+            .unwrap();
+        s.destroy_object(public[0]).unwrap();
+        let mut point = vec![0x04, 0x41];
+        point.extend_from_slice(attacker.recipient().as_bytes());
+        let mut template = vec![
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Label(b"substituted".to_vec()),
+            Attribute::EcPoint(point),
+        ];
+        template.extend(id);
+        s.create_object(&template).unwrap();
+    }
+    let e = Pkcs11Identity::open(&u).err().unwrap();
+    assert!(matches!(problem(&e), Pkcs11Problem::WrongKey(_)), "{e}");
+    assert!(e.to_string().contains("does not belong"), "{e}");
+    // ... and a publisher given the URI as a recipient does not seal to it.
+    let e = load_recipient(&u).err().unwrap();
+    assert!(matches!(problem(&e), Pkcs11Problem::WrongKey(_)), "{e}");
+}

@@ -65,7 +65,10 @@ impl KeyConfig {
         if cfg.identities.is_empty() {
             if let Some(v) = std::env::var_os(ENV_IDENTITY) {
                 // A PKCS#11 URI holds ':' itself: it is the variable's only entry.
-                if v.to_str().is_some_and(|s| s.starts_with("pkcs11:")) {
+                if v.to_str()
+                    .and_then(|s| s.get(..7))
+                    .is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"))
+                {
                     cfg.identities
                         .push(load_identity(std::path::Path::new(&v))?);
                 } else {

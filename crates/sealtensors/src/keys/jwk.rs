@@ -286,10 +286,14 @@ pub fn load_identity(path: &Path) -> Result<Box<dyn Identity>> {
     }
 }
 
-/// `path` as a PKCS#11 URI, when it is one (and no file of that name exists).
+/// `path` as a PKCS#11 URI, when it starts with `pkcs11:` (any case). A URI
+/// always wins over a file of that name, which a cloned folder could plant;
+/// such a file is named `./pkcs11:...`.
 fn pkcs11_uri(path: &Path) -> Option<&str> {
     let s = path.to_str()?;
-    (s.starts_with("pkcs11:") && !path.exists()).then_some(s)
+    s.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"))
+        .then_some(s)
 }
 
 #[cfg(feature = "pkcs11")]
@@ -481,6 +485,22 @@ mod tests {
         v["crv"] = "P-384".into();
         let e = KeyFile::from_jwk(&v.to_string()).err().unwrap().to_string();
         assert!(e.contains("P-256"), "{e}");
+    }
+
+    #[test]
+    fn a_pkcs11_uri_is_never_taken_for_a_file() {
+        // Even when a file of that name exists (a cloned folder could plant
+        // one): such a file is reached as ./pkcs11:...
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("pkcs11:token=t;object=k");
+        std::fs::write(&planted, "{}").unwrap();
+        assert_eq!(
+            pkcs11_uri(Path::new("pkcs11:token=t;object=k")),
+            Some("pkcs11:token=t;object=k")
+        );
+        assert!(pkcs11_uri(Path::new("PKCS11:object=k")).is_some());
+        assert_eq!(pkcs11_uri(Path::new("./pkcs11:token=t;object=k")), None);
+        assert_eq!(pkcs11_uri(&planted), None);
     }
 
     #[cfg(unix)]

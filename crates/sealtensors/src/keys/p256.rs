@@ -163,11 +163,12 @@ impl P256Identity {
         let d: EcPrivateKeyBin<'_> = sk
             .as_be_bytes()
             .map_err(|_| Error::Crypto("P-256 secret key export"))?;
-        let d: [u8; 32] = d
-            .as_ref()
-            .try_into()
-            .map_err(|_| Error::Crypto("P-256 secret key length"))?;
-        Self::from_secret_bytes(d)
+        let d: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(
+            d.as_ref()
+                .try_into()
+                .map_err(|_| Error::Crypto("P-256 secret key length"))?,
+        );
+        Self::from_secret_bytes(*d)
     }
 
     /// From the 32-byte big-endian scalar `d` (JWK `d`, SEC 1).

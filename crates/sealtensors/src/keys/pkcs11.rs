@@ -24,7 +24,15 @@
 //!   refused: a PIN in a URI ends up in shell histories and process lists.
 //!
 //! Other attributes are refused rather than ignored, so a URI never selects
-//! less precisely than it reads.
+//! less precisely than it reads. A URI is trusted configuration, like a key
+//! file path: its module is loaded and run.
+//!
+//! A key pair is found by its private half (the URI's label/id), and the
+//! public half by the private key's own CKA_ID, never by label alone: token
+//! vendors label the halves differently, and anyone who can open a public
+//! session may add public objects. The pair is then proven to match (one
+//! ECDH or one signature checked in software) before it is used, so a
+//! substituted public key is refused rather than sealed to.
 //!
 //! Modules are loaded and initialised once per process and kept (a second
 //! `C_Initialize`/`C_Finalize` pair would end the first user's sessions).
@@ -47,7 +55,7 @@ use cryptoki::types::AuthPin;
 use percent_encoding::percent_decode_str;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::p256::{open_slot, P256Agreement, P256Recipient, POINT_LEN};
+use super::p256::{open_slot, P256Agreement, P256Identity, P256Recipient, POINT_LEN};
 use super::{Identity, ModelKey, Slot, VerifyingKey};
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Pkcs11Problem, Result};
@@ -285,26 +293,38 @@ impl fmt::Debug for Pkcs11Uri {
 
 impl Pkcs11Uri {
     fn module_path(&self) -> Result<PathBuf> {
-        self.module_path
+        let p = self
+            .module_path
             .clone()
             .or_else(|| std::env::var_os(ENV_PKCS11_MODULE).map(PathBuf::from))
             .ok_or_else(|| {
                 bad_uri(format!(
                     "no module: add ?module-path=/path/to/module.so to the URI, or set {ENV_PKCS11_MODULE}"
                 ))
-            })
+            })?;
+        // A relative name would be searched for on the library path, so the
+        // file checked could differ from the one loaded.
+        if !p.is_absolute() {
+            return Err(bad_uri(
+                "module-path must be an absolute path to the module (.so)",
+            ));
+        }
+        Ok(p)
     }
 
     fn pin(&self) -> Result<AuthPin> {
-        let text = match &self.pin_file {
-            Some(p) => Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
-                Error::io("reading the PKCS#11 PIN file (pin-source)", e).in_file(p)
-            })?),
-            None => match std::env::var(ENV_PKCS11_PIN) {
-                Ok(v) => Zeroizing::new(v),
-                Err(_) => return Err(err(self.to_string(), Pkcs11Problem::NoPin)),
-            },
-        };
+        let text =
+            match &self.pin_file {
+                // The path is not repeated: a PIN typed where the path belongs
+                // must not end up in the message.
+                Some(p) => Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
+                    Error::io("reading the PIN file named by the URI's pin-source", e)
+                })?),
+                None => match std::env::var(ENV_PKCS11_PIN) {
+                    Ok(v) => Zeroizing::new(v),
+                    Err(_) => return Err(err(self.to_string(), Pkcs11Problem::NoPin)),
+                },
+            };
         let pin = text.trim_end_matches(['\n', '\r']);
         if pin.is_empty() {
             return Err(err(self.to_string(), Pkcs11Problem::NoPin));
@@ -438,6 +458,48 @@ fn find_key(
     }
 }
 
+/// The key pair the URI names: the private key by the URI's label and/or id,
+/// its public key by the private key's own CKA_ID (see the module docs).
+fn find_pair(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    kind: Kind,
+) -> Result<(ObjectHandle, ObjectHandle)> {
+    let sk = find_key(session, uri, ObjectClass::PRIVATE_KEY, kind)?;
+    let id = session
+        .get_attributes(sk, &[AttributeType::Id])
+        .map_err(|e| err(uri.to_string(), problem(e)))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(id) if !id.is_empty() => Some(id),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            err(
+                uri.to_string(),
+                Pkcs11Problem::WrongKey(
+                    "the private key has no CKA_ID, so its public key cannot be told apart from others; give the pair an id".into(),
+                ),
+            )
+        })?;
+    let by_id = Pkcs11Uri {
+        object: None,
+        id: Some(id),
+        ..uri.clone()
+    };
+    let pk = find_key(session, &by_id, ObjectClass::PUBLIC_KEY, kind)?;
+    Ok((sk, pk))
+}
+
+fn mismatch(uri: &Pkcs11Uri) -> Error {
+    err(
+        uri.to_string(),
+        Pkcs11Problem::WrongKey(
+            "the public key stored beside this private key does not belong to it; the token's objects were changed: do not seal to it, check the token".into(),
+        ),
+    )
+}
+
 /// The EC parameters and point of a public key object.
 fn ec_public(session: &Session, uri: &Pkcs11Uri, key: ObjectHandle) -> Result<(Vec<u8>, Vec<u8>)> {
     let attrs = session
@@ -531,15 +593,30 @@ impl Pkcs11Identity {
         let uri: Pkcs11Uri = uri.parse()?;
         let session = open_session(&uri, false)?;
         login(&session, &uri)?;
-        let key = find_key(&session, &uri, ObjectClass::PRIVATE_KEY, Kind::P256)?;
-        let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY, Kind::P256)?;
+        let (key, public) = find_pair(&session, &uri, Kind::P256)?;
         let public = public_point(&session, &uri, public)?;
-        Ok(Pkcs11Identity {
+        let id = Pkcs11Identity {
             uri,
             session: Mutex::new(session),
             key,
             public,
-        })
+        };
+        id.prove()?;
+        Ok(id)
+    }
+
+    /// Check that the private key belongs to the public key: ECDH with a
+    /// fresh software key `e`, `x(sk · eG)` by the token against
+    /// `x(e · pk)` in software.
+    fn prove(&self) -> Result<()> {
+        let e = P256Identity::generate()?;
+        let by_token = self.agree(e.recipient().as_bytes())?;
+        let in_software = e.agree(self.public.as_bytes())?;
+        if crypto::ct_eq(by_token.expose(), in_software.expose()) {
+            Ok(())
+        } else {
+            Err(mismatch(&self.uri))
+        }
     }
 
     /// The public half.
@@ -612,17 +689,12 @@ impl fmt::Debug for Pkcs11Identity {
     }
 }
 
-/// The public key of the key pair the URI names (for `-r pkcs11:...`): read
-/// from the token's public key object, logging in only if the PIN is at hand
-/// (public objects are readable without it on most tokens).
+/// The public key of the key pair the URI names (for `-r pkcs11:...`). It
+/// needs the PIN: the pair is opened and proven as for an identity, because
+/// a public key object alone can be replaced by anyone who can reach the
+/// token.
 pub fn pkcs11_recipient(uri: &str) -> Result<P256Recipient> {
-    let uri: Pkcs11Uri = uri.parse()?;
-    let session = open_session(&uri, false)?;
-    if uri.pin().is_ok() {
-        login(&session, &uri)?;
-    }
-    let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY, Kind::P256)?;
-    public_point(&session, &uri, public)
+    Ok(Pkcs11Identity::open(uri)?.recipient())
 }
 
 /// A new key pair on the token: `(session, uri with its id, public key)`.
@@ -673,7 +745,8 @@ fn generate(uri: &str, kind: Kind) -> Result<(Session, Pkcs11Uri, ObjectHandle)>
     };
     let public = [
         Attribute::Token(true),
-        Attribute::Private(false),
+        // Readable (and replaceable) only after login.
+        Attribute::Private(true),
         Attribute::EcParams(params),
         Attribute::Verify(kind == Kind::Ed25519),
         Attribute::Label(label.as_bytes().to_vec()),
@@ -689,7 +762,7 @@ fn generate(uri: &str, kind: Kind) -> Result<(Session, Pkcs11Uri, ObjectHandle)>
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.clone()),
     ];
-    let (pk, _sk) = session
+    let (pk, sk) = session
         .generate_key_pair(&mechanism, &public, &private)
         .map_err(|e| {
             err(
@@ -701,6 +774,36 @@ fn generate(uri: &str, kind: Kind) -> Result<(Session, Pkcs11Uri, ObjectHandle)>
         id: Some(id),
         ..uri
     };
+    // A token may ignore parts of a template: check what it made, and undo
+    // a key that could leave the token.
+    let made = session
+        .get_attributes(
+            sk,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Derive,
+                AttributeType::Sign,
+            ],
+        )
+        .map_err(|e| err(uri.to_string(), problem(e)))?;
+    let as_asked = made.iter().all(|a| match a {
+        Attribute::Sensitive(v) => *v,
+        Attribute::Extractable(v) => !*v,
+        Attribute::Derive(v) => *v == (kind == Kind::P256),
+        Attribute::Sign(v) => *v == (kind == Kind::Ed25519),
+        _ => true,
+    });
+    if !as_asked || made.len() < 4 {
+        let _ = session.destroy_object(sk);
+        let _ = session.destroy_object(pk);
+        return Err(err(
+            uri.to_string(),
+            Pkcs11Problem::WrongKey(
+                "the token did not make the key as asked (sensitive, not extractable, one use); it was deleted again".into(),
+            ),
+        ));
+    }
     Ok((session, uri, pk))
 }
 
@@ -735,15 +838,21 @@ impl Pkcs11Signer {
         let uri: Pkcs11Uri = uri.parse()?;
         let session = open_session(&uri, false)?;
         login(&session, &uri)?;
-        let key = find_key(&session, &uri, ObjectClass::PRIVATE_KEY, Kind::Ed25519)?;
-        let public = find_key(&session, &uri, ObjectClass::PUBLIC_KEY, Kind::Ed25519)?;
+        let (key, public) = find_pair(&session, &uri, Kind::Ed25519)?;
         let public = ed25519_public(&session, &uri, public)?;
-        Ok(Pkcs11Signer {
+        let s = Pkcs11Signer {
             uri,
             session: Mutex::new(session),
             key,
             public,
-        })
+        };
+        // Prove the pair: a signature over a fresh challenge must verify.
+        let mut challenge = b"sealtensors/1 pkcs11 key check\0".to_vec();
+        challenge.extend_from_slice(&crypto::random_array::<32>()?);
+        if !s.public.verify(&challenge, &s.sign(&challenge)?) {
+            return Err(mismatch(&s.uri));
+        }
+        Ok(s)
     }
 
     pub(crate) fn verifying_key(&self) -> VerifyingKey {
@@ -818,6 +927,36 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(!e.contains("9876"), "{e}");
+    }
+
+    #[test]
+    fn module_paths_must_be_absolute() {
+        let e = Pkcs11Identity::open("pkcs11:object=k?module-path=libsofthsm2.so")
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Pkcs11 {
+                    problem: Pkcs11Problem::BadUri(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn a_pin_path_is_not_echoed() {
+        let e = Pkcs11Uri {
+            pin_file: Some("123456".into()),
+            ..Default::default()
+        }
+        .pin()
+        .err()
+        .unwrap();
+        assert!(!e.to_string().contains("123456"), "{e}");
     }
 
     #[test]
