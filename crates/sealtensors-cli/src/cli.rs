@@ -174,8 +174,19 @@ pub struct Keygen {
     /// -i (or SEALTENSORS_IDENTITY) to open what is sealed to it. With --sign:
     /// an Ed25519 signing key on the token (prints its ed25519:... signer;
     /// give the URI to --sign-key).
-    #[arg(long, value_name = "URI", conflicts_with_all = ["symmetric", "oms", "p256", "output", "force"])]
+    #[arg(long, value_name = "URI", conflicts_with_all = ["symmetric", "oms", "p256", "output", "force", "tpm"])]
     pub pkcs11: Option<String>,
+    /// Make a P-256 key inside this machine's TPM 2.0 (through tpm2-tools;
+    /// SEALTENSORS_TPM_TCTI names the TPM) and write the TPM-wrapped key as
+    /// the identity file -o: it opens nothing on another TPM. Prints the
+    /// p256:... recipient.
+    #[arg(long, requires = "output", conflicts_with_all = ["sign", "symmetric", "oms", "p256"])]
+    pub tpm: bool,
+    /// With --tpm: bind the key to the current values of these PCRs
+    /// (sha256:0,7); after a change to them (another boot chain, firmware,
+    /// Secure Boot state) it opens nothing.
+    #[arg(long, requires = "tpm", value_name = "SELECTION")]
+    pub pcrs: Option<String>,
     /// An ECDSA P-256 key (PEM) for OpenSSF model signing bundles (sign --oms-key);
     /// prints the PEM public key to give verifiers.
     #[arg(long, conflicts_with = "symmetric", requires = "output")]

@@ -186,6 +186,16 @@ fn keygen(a: cli::Keygen) -> Result<()> {
     if let Some(uri) = &a.pkcs11 {
         return keygen_pkcs11(uri, a.sign);
     }
+    if a.tpm {
+        let Some(path) = &a.output else {
+            return Err(CliError::usage(
+                "--tpm needs -o FILE, the identity file to write",
+            ));
+        };
+        let r = sealtensors::keys::tpm_generate_p256(path, a.pcrs.as_deref(), a.force)?;
+        println!("{r}");
+        return Ok(());
+    }
     if a.oms {
         let (key, text) = OmsSigningKey::generate()?;
         if let Some(path) = &a.output {

@@ -329,6 +329,15 @@ pub enum Error {
     },
 
     // ---- hardware keys -----------------------------------------------------------
+    /// A key held in this machine's TPM could not be used.
+    #[error("TPM {what}: {problem}")]
+    Tpm {
+        /// Which step or file.
+        what: String,
+        /// What is wrong, and what to do.
+        problem: TpmProblem,
+    },
+
     /// A key held in a PKCS#11 token could not be used (module, token, PIN,
     /// key, or the token's own failure).
     #[error("PKCS#11 {what}: {problem}")]
@@ -338,6 +347,30 @@ pub enum Error {
         /// What is wrong, and what to do.
         problem: Pkcs11Problem,
     },
+}
+
+/// What went wrong with a TPM-held key, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmProblem {
+    /// A tpm2-tools program is not installed.
+    #[error("{0} is not installed; install tpm2-tools (Debian: apt-get install tpm2-tools)")]
+    ToolMissing(String),
+    /// The TPM did not answer.
+    #[error("the TPM could not be reached ({0}); check SEALTENSORS_TPM_TCTI (or TPM2TOOLS_TCTI) and that the TPM or its resource manager is there")]
+    Unreachable(String),
+    /// The key was wrapped by another TPM, or the owner hierarchy was cleared.
+    #[error("this TPM cannot load the key: the identity file was made on another TPM, or this TPM's owner hierarchy was cleared since; it opens nothing here")]
+    OtherTpm,
+    /// The PCR policy of the key does not hold now.
+    #[error("the key is bound to PCR values ({0}) that differ now (another boot chain, firmware or configuration); it opens nothing in this state")]
+    PcrMismatch(String),
+    /// The identity file is not one.
+    #[error("{0}")]
+    BadFile(String),
+    /// Anything else a program reported.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// What went wrong with a PKCS#11 key, each with what to do about it.
@@ -430,6 +463,10 @@ impl Error {
             Error::BrokerUnavailable { .. } | Error::BrokerClientMissing { .. } => {
                 ErrorClass::NoKey
             }
+            Error::Tpm { problem, .. } => match problem {
+                TpmProblem::BadFile(_) => ErrorClass::InvalidInput,
+                _ => ErrorClass::NoKey,
+            },
             Error::Pkcs11 { problem, .. } => match problem {
                 Pkcs11Problem::BadUri(_) => ErrorClass::Usage,
                 _ => ErrorClass::NoKey,

@@ -51,7 +51,7 @@ mod write;
 pub use crypto::Cipher;
 pub use error::{
     is_invisible, json_error_text, printable, without_values, Error, ErrorClass, Pkcs11Problem,
-    Result,
+    Result, TpmProblem,
 };
 pub use format::{read_header, Dtype, Header, TensorInfo};
 pub use read::{Authenticity, OpenOptions, SealedFile};

@@ -264,6 +264,9 @@ pub fn load_identity(path: &Path) -> Result<Box<dyn Identity>> {
         return pkcs11_identity(uri);
     }
     let text = read_key_text(path)?;
+    if super::tpm::is_tpm_identity(&text) {
+        return Ok(Box::new(super::TpmIdentity::from_text(&text, path)?));
+    }
     if super::is_cryptotensors_key(&text) {
         let keys = super::parse_cryptotensors_keys(&text).map_err(|e| e.in_file(path))?;
         if keys.master.is_empty() {

@@ -17,6 +17,7 @@ mod passphrase;
 mod pkcs11;
 mod signing;
 mod symmetric;
+mod tpm;
 mod x25519;
 
 pub use broker::{
@@ -41,6 +42,7 @@ pub use pkcs11::{
 };
 pub use signing::{SigningKey, VerifyingKey};
 pub use symmetric::SymmetricKey;
+pub use tpm::{tpm_generate_p256, TpmIdentity};
 pub use x25519::{X25519Identity, X25519Recipient};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

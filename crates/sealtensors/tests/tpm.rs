@@ -1,0 +1,225 @@
+//! P-256 identities held in a TPM 2.0, against real software TPMs (swtpm,
+//! installed with tpm2-tools by scripts/system-deps.sh), each started by the
+//! test on loopback and stopped after it:
+//!
+//! - a key made in a TPM opens files sealed to its recipient, there;
+//! - its identity file copied to another TPM opens nothing (typed error);
+//! - a key bound to PCR values opens while they hold, and nothing once a
+//!   PCR was extended.
+//!
+//! The TPM is named by SEALTENSORS_TPM_TCTI, which is process-wide, so the
+//! tests take turns (one lock) rather than race on it.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sealtensors::keys::{load_identity, load_recipient, tpm_generate_p256, Identity};
+use sealtensors::{Error, OpenOptions, SealOptions, SealedFile, Sealer, TpmProblem};
+
+const INSTALL: &str = "scripts/system-deps.sh (apt-get install swtpm swtpm-tools tpm2-tools)";
+
+/// A software TPM on two loopback ports, killed on drop.
+struct Swtpm {
+    child: Child,
+    _dir: tempfile::TempDir,
+    tcti: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Swtpm {
+    fn start() -> Swtpm {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let Some(ctrl) = port.checked_add(1) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", ctrl)).is_err() {
+                continue;
+            }
+            let child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", dir.path().display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start swtpm ({e}); run {INSTALL}"));
+            let mut t = Swtpm {
+                child,
+                _dir: dir,
+                tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+            };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = t.child.try_wait() {
+                    break; // a port was taken: try others
+                }
+                let ok = Command::new("tpm2_getcap")
+                    .args(["-T", &t.tcti, "properties-fixed"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap_or_else(|e| panic!("cannot run tpm2_getcap ({e}); run {INSTALL}"))
+                    .success();
+                if ok {
+                    return t;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = t.child.kill();
+        }
+        panic!("swtpm did not start on loopback; run {INSTALL}");
+    }
+
+    /// Make this TPM the one the library uses.
+    fn select(&self) {
+        std::env::set_var("SEALTENSORS_TPM_TCTI", &self.tcti);
+    }
+
+    fn extend_pcr(&self, index: u8) {
+        let ok = Command::new("tpm2_pcrextend")
+            .args(["-T", &self.tcti])
+            .arg(format!("{index}:sha256={}", "ab".repeat(32)))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tpm2_pcrextend failed");
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn seal_to(fx: &Fixture, name: &str, r: Box<dyn sealtensors::keys::Recipient>) -> PathBuf {
+    let out = fx.path(name);
+    Sealer::new(SealOptions {
+        recipients: vec![r],
+        chunk_size: 4096,
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&fx.plain, &out)
+    .unwrap();
+    out
+}
+
+fn open(p: &Path, id: &dyn Identity) -> sealtensors::Result<SealedFile> {
+    SealedFile::open(
+        p,
+        &OpenOptions {
+            identities: vec![id],
+            require_encrypted: true,
+            ..Default::default()
+        },
+    )
+}
+
+fn tpm_problem(e: &Error) -> &TpmProblem {
+    match e.kind() {
+        Error::Tpm { problem, .. } => problem,
+        other => panic!("expected a TPM error, got {other:?} ({e})"),
+    }
+}
+
+#[test]
+fn a_tpm_key_opens_there_and_nowhere_else() {
+    let _turn = one_at_a_time();
+    let fx = Fixture::new();
+    let a = Swtpm::start();
+    a.select();
+    let idp = fx.path("id.tpm.json");
+    let r = tpm_generate_p256(&idp, None, false).unwrap();
+    // The file holds no secret in the clear, is private, and never replaced.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&idp).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let text = std::fs::read_to_string(&idp).unwrap();
+    assert!(!text.contains("\"d\""), "{text}");
+    assert!(tpm_generate_p256(&idp, None, false).is_err());
+    // Its public half is a recipient as any P-256 key file's.
+    assert_eq!(
+        load_recipient(&idp.to_string_lossy()).unwrap().describe(),
+        format!("p256 {}", r.rid())
+    );
+    let p = seal_to(&fx, "to-tpm.safetensors", Box::new(r));
+    let id = load_identity(&idp).unwrap();
+    assert!(id.describe().contains("TPM key"), "{}", id.describe());
+    let f = open(&p, id.as_ref()).unwrap();
+    for t in f.tensors().to_vec() {
+        assert_eq!(f.read_tensor(&t.name).unwrap(), fx.model.data(&t.name));
+    }
+    // The same file on another TPM: it cannot even be loaded there.
+    let b = Swtpm::start();
+    b.select();
+    let e = open(&p, id.as_ref()).err().unwrap();
+    assert_eq!(tpm_problem(&e), &TpmProblem::OtherTpm, "{e}");
+    assert!(e.to_string().contains("another TPM"), "{e}");
+    // ... and back on its own TPM it still opens.
+    a.select();
+    open(&p, id.as_ref()).unwrap();
+}
+
+#[test]
+fn a_pcr_bound_key_opens_only_while_the_pcrs_hold() {
+    let _turn = one_at_a_time();
+    let fx = Fixture::new();
+    let t = Swtpm::start();
+    t.select();
+    let idp = fx.path("pcr.tpm.json");
+    let r = tpm_generate_p256(&idp, Some("sha256:16,23"), false).unwrap();
+    let p = seal_to(&fx, "pcr.safetensors", Box::new(r));
+    let id = load_identity(&idp).unwrap();
+    open(&p, id.as_ref()).unwrap();
+    t.extend_pcr(16);
+    let e = open(&p, id.as_ref()).err().unwrap();
+    assert!(
+        matches!(tpm_problem(&e), TpmProblem::PcrMismatch(s) if s == "sha256:16,23"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("PCR"), "{e}");
+}
+
+#[test]
+fn a_tpm_that_is_not_there_is_a_typed_error() {
+    let _turn = one_at_a_time();
+    let fx = Fixture::new();
+    std::env::set_var(
+        "SEALTENSORS_TPM_TCTI",
+        format!("swtpm:host=127.0.0.1,port={}", free_port()),
+    );
+    let e = tpm_generate_p256(&fx.path("never.json"), None, false)
+        .err()
+        .unwrap();
+    assert!(matches!(tpm_problem(&e), TpmProblem::Unreachable(_)), "{e}");
+    assert!(!fx.path("never.json").exists());
+}
