@@ -7,13 +7,17 @@ use serde::Deserialize;
 
 use crate::error::{BrokerError, Result};
 
-/// One key-encryption key: a key id and the X25519 identity (JWK) file.
+/// One key-encryption key: a key id and where its secret is (a JWK file, a
+/// TPM identity file, or a pkcs11: URI).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// The key id, the last segment of the key URL `.../keys/KID`.
     pub kid: String,
-    /// Path of the X25519 identity JWK (`sealtensors keygen`), mode 0600.
+    /// The X25519 or P-256 identity JWK (`sealtensors keygen [--p256]`, mode
+    /// 0600), a TPM identity file (`keygen --tpm`), or the pkcs11: URI of a
+    /// P-256 key in a token (`keygen --pkcs11`): the last two keep the KEK in
+    /// hardware.
     pub identity: PathBuf,
 }
 
@@ -193,7 +197,13 @@ impl Config {
             }
         }
         for k in &mut c.keys {
-            if k.identity.is_relative() {
+            // A pkcs11: URI is not a path (and never relative to the file).
+            let uri = k
+                .identity
+                .to_str()
+                .and_then(|s| s.get(..7))
+                .is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"));
+            if k.identity.is_relative() && !uri {
                 k.identity = base.join(&k.identity);
             }
         }
@@ -233,7 +243,7 @@ impl Config {
         }
         if self.keys.is_empty() {
             return Err(BrokerError::Config(
-                "no [[keys]]: give at least one kid and X25519 identity file".into(),
+                "no [[keys]]: give at least one kid and identity (a key file, TPM identity file or pkcs11: URI)".into(),
             ));
         }
         if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure_plain_http {
@@ -275,6 +285,13 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8470");
         assert_eq!((c.release_ttl, c.replay_window), (300, 300));
         assert!(c.keys[0].identity.is_absolute());
+        // A pkcs11: URI is kept as written, never joined to the folder.
+        let uri = "pkcs11:token=broker;object=kek-1?module-path=/usr/lib/softhsm/libsofthsm2.so";
+        let c = load(&format!(
+            "database = \"b.db\"\nadmin_token_sha256 = \"{HASH}\"\n[[keys]]\nkid = \"k1\"\nidentity = \"{uri}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.keys[0].identity, std::path::Path::new(uri));
     }
 
     #[test]

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use sealtensors::crypto::{ct_eq, random_array, sha256};
-use sealtensors::keys::{BrokerKek, KeyFile, VerifyingKey};
+use sealtensors::keys::{BrokerKek, VerifyingKey};
 
 pub use config::Config;
 pub use error::{BrokerError, Denial, Result};
@@ -210,16 +210,10 @@ impl Broker {
         config.check()?;
         let mut keks = HashMap::new();
         for k in &config.keys {
-            let id = match KeyFile::load(&k.identity)? {
-                KeyFile::X25519Identity(id) => id,
-                _ => {
-                    return Err(BrokerError::Config(format!(
-                        "{}: not an X25519 identity (make one with `sealtensors keygen`)",
-                        k.identity.display()
-                    )))
-                }
-            };
-            keks.insert(k.kid.clone(), BrokerKek::new(&k.kid, id)?);
+            // A JWK file (X25519: `broker` slots; P-256: `broker-p256`), a
+            // TPM identity file, or a pkcs11: URI: the last two keep the KEK
+            // in hardware (docs/hardware-keys.md).
+            keks.insert(k.kid.clone(), BrokerKek::load(&k.kid, &k.identity)?);
         }
         Self::with_keks(config, store, keks)
     }

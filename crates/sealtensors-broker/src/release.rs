@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sealtensors::crypto::{ct_eq, sha256};
 use sealtensors::format::Header;
 use sealtensors::hpke;
-use sealtensors::keys::{BrokerKek, ReleaseAnswer, ReleaseRequest, Slot, VerifyingKey};
+use sealtensors::keys::{BrokerKek, ReleaseAnswer, ReleaseRequest, VerifyingKey};
 use sealtensors::policy::{input_document, CompileError, Decision, Policy, PolicyContext};
 use sealtensors::seal;
 
@@ -306,7 +306,7 @@ impl Releaser {
         let slot = meta
             .slots
             .iter()
-            .find(|s| matches!(s, Slot::Broker { kid: k, .. } if k == kid))
+            .find(|s| s.broker().is_some_and(|(_, k)| k == kid))
             .ok_or_else(|| {
                 deny(
                     400,

@@ -218,7 +218,7 @@ struct Fx {
     running: Option<Running>,
     addr: SocketAddr,
     store: Arc<SqliteStore>,
-    kek_public: sealtensors::keys::X25519Recipient,
+    kek_public: sealtensors::keys::BrokerPublicKey,
     signer: SigningKey,
     seed: [u8; 32],
     data: Vec<u8>,

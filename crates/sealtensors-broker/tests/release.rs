@@ -49,7 +49,7 @@ struct Fx {
     running: Option<Running>,
     addr: SocketAddr,
     store: Arc<dyn Store>,
-    kek_public: sealtensors::keys::X25519Recipient,
+    kek_public: sealtensors::keys::BrokerPublicKey,
     seed: [u8; 32],
     signer: SigningKey,
     data: Vec<u8>,
@@ -65,6 +65,9 @@ struct Opts {
     /// Revoke the licence just before each seat step (a revocation racing
     /// a release in flight).
     revoke_before_seat: bool,
+    /// The KEK as a broker configuration names it (a pkcs11: URI, a key
+    /// file); `None`: a fresh X25519 key in memory.
+    kek: Option<String>,
 }
 
 impl Default for Opts {
@@ -77,6 +80,7 @@ impl Default for Opts {
             max_connections_per_client: 64,
             request_timeout: 30,
             revoke_before_seat: false,
+            kek: None,
         }
     }
 }
@@ -176,7 +180,10 @@ impl Fx {
     fn new(o: Opts) -> Option<Fx> {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path())?;
-        let kek = BrokerKek::new("k1", X25519Identity::generate().unwrap()).unwrap();
+        let kek = match &o.kek {
+            Some(spec) => BrokerKek::load("k1", Path::new(spec)).unwrap(),
+            None => BrokerKek::new("k1", X25519Identity::generate().unwrap()).unwrap(),
+        };
         let kek_public = kek.public_key();
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -1256,4 +1263,68 @@ fn https_with_a_private_ca() {
     let rows = admin.audit(10).unwrap();
     assert_eq!(rows[0]["code"], "released");
     running.stop().unwrap();
+}
+
+/// A broker whose KEK is a P-256 key in a real software token (SoftHSM2,
+/// installed by scripts/system-deps.sh): files sealed to it carry a
+/// `broker-p256` slot (SPEC §6.8), and the broker releases their key with
+/// the token doing the ECDH; the KEK is in no file.
+#[test]
+fn a_broker_with_its_kek_in_a_pkcs11_token_releases_keys() {
+    let module = [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).is_file())
+    .expect("SoftHSM2 is not installed; run scripts/system-deps.sh (apt-get install softhsm2)");
+    let hsm = tempfile::tempdir().unwrap();
+    std::fs::create_dir(hsm.path().join("tokens")).unwrap();
+    let conf = hsm.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            hsm.path().join("tokens").display()
+        ),
+    )
+    .unwrap();
+    // Only this test of the binary uses a PKCS#11 module, so the process-wide
+    // variable is set here, before the module is first loaded.
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let init = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "broker"])
+        .args(["--pin", "314159", "--so-pin", "271828"])
+        .output()
+        .expect("softhsm2-util: run scripts/system-deps.sh");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    std::fs::write(hsm.path().join("pin"), "314159").unwrap();
+    let uri = format!(
+        "pkcs11:token=broker;object=kek-1?module-path={module}&pin-source=file:{}",
+        hsm.path().join("pin").display()
+    );
+    let made = sealtensors::keys::pkcs11_generate_p256(&uri).unwrap();
+    let Some(fx) = Fx::new(Opts {
+        kek: Some(uri),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    // GET /keys/k1 answers the token's public key; sealing to the URL
+    // fetches it and writes a broker-p256 slot.
+    assert_eq!(fx.kek_public.to_string(), made.to_string());
+    let (_, token) = fx.licence(1, None, json!({}));
+    let p = fx.sealed();
+    let raw = std::fs::read(&p).unwrap();
+    let h = sealtensors::Header::parse_buffer(&raw).unwrap();
+    let slots = &h.metadata.as_ref().unwrap()["sealtensors.slots"];
+    assert!(slots.contains("\"type\":\"broker-p256\""), "{slots}");
+    let f = fx.open(&p, fx.access(&token, "m1")).unwrap();
+    assert_eq!(f.read_tensor("w").unwrap(), fx.data);
+    assert_eq!(fx.audit_codes(), ["released"]);
 }

@@ -148,8 +148,8 @@ fn sealing_fetches_the_broker_key_once_and_only_then() {
     })
     .unwrap();
     // The explicit step, once: a second resolve uses the key it kept.
-    assert_eq!(r.resolve().unwrap(), kek.recipient());
-    assert_eq!(r.resolve().unwrap(), kek.recipient());
+    assert_eq!(r.resolve().unwrap(), kek.recipient().into());
+    assert_eq!(r.resolve().unwrap(), kek.recipient().into());
     assert_eq!(r.to_string(), format!("broker:{spec}#{}", kek.recipient()));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(server.join().unwrap(), 2, "one GET per recipient resolved");

@@ -289,6 +289,44 @@ pub fn load_identity(path: &Path) -> Result<Box<dyn Identity>> {
     }
 }
 
+/// An ECDH key a key broker can hold as its KEK.
+pub(crate) enum EcdhKey {
+    X25519(X25519Identity),
+    P256(Box<dyn super::P256Agreement>),
+}
+
+/// The key a broker's `[[keys]] identity` names: a JWK file (X25519 or
+/// P-256 identity), a TPM identity file, or a `pkcs11:` URI (P-256).
+pub(crate) fn load_ecdh_key(path: &Path) -> Result<EcdhKey> {
+    if let Some(uri) = pkcs11_uri(path) {
+        return pkcs11_agreement(uri).map(EcdhKey::P256);
+    }
+    let text = read_key_text(path)?;
+    if super::tpm::is_tpm_identity(&text) {
+        return Ok(EcdhKey::P256(Box::new(super::TpmIdentity::from_text(
+            &text, path,
+        )?)));
+    }
+    match KeyFile::from_jwk(&text).map_err(|e| e.in_file(path))? {
+        KeyFile::X25519Identity(i) => Ok(EcdhKey::X25519(i)),
+        KeyFile::P256Identity(i) => Ok(EcdhKey::P256(Box::new(i))),
+        _ => Err(Error::InvalidKey(
+            "a key broker's KEK is an X25519 or P-256 secret key (a JWK file, a TPM identity file or a pkcs11: URI)".into(),
+        )
+        .in_file(path)),
+    }
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11_agreement(uri: &str) -> Result<Box<dyn super::P256Agreement>> {
+    Ok(Box::new(super::Pkcs11Identity::open(uri)?))
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11_agreement(_uri: &str) -> Result<Box<dyn super::P256Agreement>> {
+    Err(no_pkcs11())
+}
+
 /// `path` as a PKCS#11 URI, when it starts with `pkcs11:` (any case). A URI
 /// always wins over a file of that name, which a cloned folder could plant;
 /// such a file is named `./pkcs11:...`.

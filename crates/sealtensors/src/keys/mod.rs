@@ -10,8 +10,8 @@
 mod broker;
 mod cryptotensors;
 mod discover;
-mod jwk;
-mod p256;
+pub(crate) mod jwk;
+pub(crate) mod p256;
 mod passphrase;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
@@ -22,8 +22,8 @@ mod x25519;
 
 pub use broker::{
     attestation_nonce, forget_released_keys, is_loopback, release_info, BrokerAccess, BrokerKek,
-    BrokerRecipient, BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer, ReleaseRequest,
-    ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN,
+    BrokerPublicKey, BrokerRecipient, BrokerUrl, ErrorAnswer, PublicKeyAnswer, ReleaseAnswer,
+    ReleaseRequest, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN,
 };
 #[cfg(feature = "broker-client")]
 pub use broker::{TpmError, TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
@@ -174,6 +174,19 @@ pub enum Slot {
         /// Wrapped model key and tag.
         ct: String,
     },
+    /// Key broker with a P-256 key-encryption key (SPEC §6.8), the broker
+    /// slot that a KEK held in hardware opens.
+    #[serde(rename = "broker-p256")]
+    BrokerP256 {
+        /// Where the broker serves this key (a hint, as for `broker`).
+        url: String,
+        /// The broker's key id.
+        kid: String,
+        /// Ephemeral public key (65-byte uncompressed point).
+        epk: String,
+        /// Wrapped model key and tag.
+        ct: String,
+    },
     /// A slot kind this version does not know; never opened, kept on rekey.
     #[serde(skip)]
     Unknown {
@@ -194,7 +207,9 @@ impl Slot {
             Slot::P256 { rid, .. } => format!("p256 {}", printable(rid, 256)),
             Slot::Oct { kid, .. } => format!("symmetric key \"{}\"", printable(kid, 256)),
             Slot::Argon2id { .. } => "passphrase".to_string(),
-            Slot::Broker { url, .. } => format!("broker {}", printable(url, 256)),
+            Slot::Broker { url, .. } | Slot::BrokerP256 { url, .. } => {
+                format!("broker {}", printable(url, 256))
+            }
             Slot::Unknown { kind, .. } => {
                 format!("{} (unsupported by this version)", printable(kind, 256))
             }
@@ -209,9 +224,19 @@ impl Slot {
             .ok_or_else(|| Error::seal_meta("sealtensors.slots", "a slot has no \"type\""))?
             .to_string();
         match kind.as_str() {
-            "x25519" | "p256" | "oct" | "argon2id" | "broker" => serde_json::from_value(v)
-                .map_err(|e| Error::seal_meta("sealtensors.slots", e.to_string())),
+            "x25519" | "p256" | "oct" | "argon2id" | "broker" | "broker-p256" => {
+                serde_json::from_value(v)
+                    .map_err(|e| Error::seal_meta("sealtensors.slots", e.to_string()))
+            }
             _ => Ok(Slot::Unknown { kind, raw: v }),
+        }
+    }
+
+    /// The broker URL and key id of a broker slot (either kind).
+    pub fn broker(&self) -> Option<(&str, &str)> {
+        match self {
+            Slot::Broker { url, kid, .. } | Slot::BrokerP256 { url, kid, .. } => Some((url, kid)),
+            _ => None,
         }
     }
 

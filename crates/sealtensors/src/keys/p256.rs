@@ -98,12 +98,40 @@ pub trait P256Agreement: Send + Sync {
     fn location(&self) -> String;
 }
 
-/// `KEK = HKDF(Z, salt = epk || pk, "sealtensors/1 p256 slot")`.
-fn kek(z: &Secret32, epk: &[u8; POINT_LEN], pk: &[u8; POINT_LEN]) -> Result<Secret32> {
+/// `KEK = HKDF(Z, salt = epk || pk, info)`: the `p256` and `broker-p256`
+/// slots differ only in `info` (SPEC §6.7, §6.8).
+fn kek_with(
+    z: &Secret32,
+    epk: &[u8; POINT_LEN],
+    pk: &[u8; POINT_LEN],
+    info: &[&[u8]],
+) -> Result<Secret32> {
     let mut salt = [0u8; 2 * POINT_LEN];
     salt[..POINT_LEN].copy_from_slice(epk);
     salt[POINT_LEN..].copy_from_slice(pk);
-    crypto::hkdf32(z.expose(), &salt, &[b"sealtensors/1 p256 slot"])
+    crypto::hkdf32(z.expose(), &salt, info)
+}
+
+/// The sealing side of a P-256 slot: a fresh ephemeral key, and the KEK
+/// shared with `pk` under `info`. Returns `(epk, KEK)`.
+pub(crate) fn seal_kek(pk: &P256Recipient, info: &[&[u8]]) -> Result<([u8; POINT_LEN], Secret32)> {
+    let esk = PrivateKey::generate(&ECDH_P256).map_err(|_| Error::Crypto("P-256 keygen"))?;
+    let epk = point(
+        "ephemeral public key",
+        esk.compute_public_key()
+            .map_err(|_| Error::Crypto("P-256 public key"))?
+            .as_ref(),
+    )?;
+    let z = software_agree(&esk, &pk.0)?;
+    Ok((epk, kek_with(&z, &epk, &pk.0, info)?))
+}
+
+/// The opening side: `epk` as stored (base64url, checked to be a point on
+/// the curve), the key's ECDH, the KEK under `info`.
+pub(crate) fn open_kek(key: &dyn P256Agreement, epk: &str, info: &[&[u8]]) -> Result<Secret32> {
+    let epk = point("slot epk", &unb64("slot epk", epk)?)?;
+    let z = key.agree(&epk)?;
+    kek_with(&z, &epk, &key.public_key().0, info)
 }
 
 /// Open a `p256` slot with any P-256 key (SPEC §6.7): `None` unless the slot's
@@ -121,10 +149,8 @@ pub fn open_slot(
         return None;
     }
     Some((|| {
-        let epk = point("slot epk", &unb64("slot epk", epk)?)?;
         let ct = unb64("slot ct", ct)?;
-        let z = key.agree(&epk)?;
-        let kek = kek(&z, &epk, &pk.0)?;
+        let kek = open_kek(key, epk, &[b"sealtensors/1 p256 slot"])?;
         crypto::unwrap_key(&kek, &slot_aad("p256", mk_id), &ct)
             .map(ModelKey::from_secret)
             .ok_or(Error::NoMatchingKey {
@@ -225,15 +251,7 @@ impl Identity for P256Identity {
 
 impl Recipient for P256Recipient {
     fn wrap(&self, key: &ModelKey) -> Result<Slot> {
-        let esk = PrivateKey::generate(&ECDH_P256).map_err(|_| Error::Crypto("P-256 keygen"))?;
-        let epk = point(
-            "ephemeral public key",
-            esk.compute_public_key()
-                .map_err(|_| Error::Crypto("P-256 public key"))?
-                .as_ref(),
-        )?;
-        let z = software_agree(&esk, &self.0)?;
-        let kek = kek(&z, &epk, &self.0)?;
+        let (epk, kek) = seal_kek(self, &[b"sealtensors/1 p256 slot"])?;
         let ct = crypto::wrap_key(&kek, &slot_aad("p256", &key.id()?), key.secret())?;
         Ok(Slot::P256 {
             rid: self.rid(),

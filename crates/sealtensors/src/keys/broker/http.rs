@@ -12,7 +12,6 @@ use super::access::ca_from_env;
 use super::slot::BrokerUrl;
 use super::wire::{ErrorAnswer, PublicKeyAnswer};
 use crate::error::{Error, Result};
-use crate::keys::X25519Recipient;
 
 /// Bounds of one HTTP exchange (SPEC §10).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -131,7 +130,7 @@ pub(super) fn post(
 }
 
 /// `GET url`: the broker's public key for this key id (SPEC §6.6).
-pub(super) fn fetch_public_key(u: &BrokerUrl) -> Result<X25519Recipient> {
+pub(super) fn fetch_public_key(u: &BrokerUrl) -> Result<super::BrokerPublicKey> {
     let unavailable = |reason: String| Error::BrokerUnavailable {
         broker: u.authority(),
         reason,

@@ -33,17 +33,16 @@ use crate::keys::{KeyRequest, KeySource, ModelKey};
 pub use access::{
     forget_released_keys, BrokerAccess, ENV_BROKERS, ENV_BROKER_CA, ENV_BROKER_TOKEN,
 };
-pub use slot::{is_loopback, BrokerKek, BrokerRecipient, BrokerUrl};
+pub use slot::{is_loopback, BrokerKek, BrokerPublicKey, BrokerRecipient, BrokerUrl};
 #[cfg(feature = "broker-client")]
 pub use tpm::{TpmError, TpmQuoter, DEFAULT_TPM_PCRS, ENV_TPM_AK, ENV_TPM_PCRS, ENV_TPM_TCTI};
 
 /// The broker URLs of a file's `broker` slots, in file order (unparsable
 /// ones skipped: they name no broker a loader could ask).
 fn broker_urls(slots: &[Slot]) -> impl Iterator<Item = BrokerUrl> + '_ {
-    slots.iter().filter_map(|s| match s {
-        Slot::Broker { url, .. } => BrokerUrl::parse(url).ok(),
-        _ => None,
-    })
+    slots
+        .iter()
+        .filter_map(|s| s.broker().and_then(|(url, _)| BrokerUrl::parse(url).ok()))
 }
 
 /// No local identity opened the file and no key source answered: when a
@@ -132,6 +131,6 @@ mod tests {
         let given: BrokerRecipient = format!("broker:https://b.example/keys/k1#{pk}")
             .parse()
             .unwrap();
-        assert_eq!(given.resolve().unwrap(), pk);
+        assert_eq!(given.resolve().unwrap(), pk.into());
     }
 }

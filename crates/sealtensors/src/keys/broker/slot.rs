@@ -1,6 +1,8 @@
-//! Key broker slots (SPEC §6.6): the model key wrapped to a broker's
-//! long-term X25519 key-encryption key, like an `x25519` slot, plus the URL
-//! and key id under which the broker serves it. Sealing needs only the
+//! Key broker slots (SPEC §6.6, §6.8): the model key wrapped to a broker's
+//! long-term key-encryption key, like an `x25519` (or `p256`) slot, plus the
+//! URL and key id under which the broker serves it. An X25519 KEK makes
+//! `broker` slots; a P-256 KEK, which a PKCS#11 token or a TPM can hold,
+//! makes `broker-p256` slots. Sealing needs only the
 //! broker's public key; only the broker ([`BrokerKek`]) opens the slot, and it
 //! releases the model key to clients over HPKE (see `release`).
 //!
@@ -17,12 +19,72 @@ use aws_lc_rs::agreement::{PrivateKey, X25519};
 
 use crate::crypto::{self, Secret32};
 use crate::error::{Error, Result};
+use crate::keys::p256::{open_kek, seal_kek};
 use crate::keys::x25519::ecdh_kek;
 use crate::keys::{b64, slot_aad, unb64, unb64_array, Identity, ModelKey, Recipient, Slot};
-use crate::keys::{X25519Identity, X25519Recipient};
+use crate::keys::{P256Agreement, P256Recipient, X25519Identity, X25519Recipient};
 
 /// The slot type.
 pub const SLOT_TYPE: &str = "broker";
+/// The slot type of a P-256 KEK (SPEC §6.8).
+pub const SLOT_TYPE_P256: &str = "broker-p256";
+
+/// A broker KEK's public key: X25519 (`broker` slots) or P-256
+/// (`broker-p256` slots).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BrokerPublicKey {
+    /// `x25519:...`
+    X25519(X25519Recipient),
+    /// `p256:...`
+    P256(P256Recipient),
+}
+
+impl From<X25519Recipient> for BrokerPublicKey {
+    fn from(k: X25519Recipient) -> Self {
+        BrokerPublicKey::X25519(k)
+    }
+}
+
+impl From<P256Recipient> for BrokerPublicKey {
+    fn from(k: P256Recipient) -> Self {
+        BrokerPublicKey::P256(k)
+    }
+}
+
+impl fmt::Display for BrokerPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerPublicKey::X25519(k) => fmt::Display::fmt(k, f),
+            BrokerPublicKey::P256(k) => fmt::Display::fmt(k, f),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for BrokerPublicKey {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.starts_with("p256:") {
+            Ok(BrokerPublicKey::P256(s.parse()?))
+        } else if s.starts_with("x25519:") {
+            Ok(BrokerPublicKey::X25519(s.parse()?))
+        } else {
+            Err(Error::InvalidKey(
+                "a broker's public key is x25519:... or p256:...".into(),
+            ))
+        }
+    }
+}
+
+/// `KEK = HKDF(Z, epk || pk, "sealtensors/1 broker-p256 slot\0" || url)`.
+fn p256_info(url: &str) -> [&[u8]; 2] {
+    [b"sealtensors/1 broker-p256 slot\0", url.as_bytes()]
+}
 /// Longest `url` (SPEC §6.6).
 pub const MAX_URL_LEN: usize = 2048;
 /// Longest `kid`.
@@ -151,15 +213,15 @@ fn slot_kek(
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerRecipient {
     url: BrokerUrl,
-    pk: OnceLock<X25519Recipient>,
+    pk: OnceLock<BrokerPublicKey>,
 }
 
 impl BrokerRecipient {
     /// From a key URL and the broker's public key, both known to the caller.
-    pub fn new(url: &str, pk: X25519Recipient) -> Result<Self> {
+    pub fn new(url: &str, pk: impl Into<BrokerPublicKey>) -> Result<Self> {
         Ok(BrokerRecipient {
             url: BrokerUrl::parse(url)?,
-            pk: OnceLock::from(pk),
+            pk: OnceLock::from(pk.into()),
         })
     }
 
@@ -184,7 +246,7 @@ impl BrokerRecipient {
     /// (`GET url`, SPEC §6.6) the first time and kept. The publisher named
     /// this broker itself, so no host list applies. The only step of a broker
     /// recipient that uses the network.
-    pub fn resolve(&self) -> Result<X25519Recipient> {
+    pub fn resolve(&self) -> Result<BrokerPublicKey> {
         if let Some(pk) = self.pk.get() {
             return Ok(*pk);
         }
@@ -198,7 +260,7 @@ impl BrokerRecipient {
         Err(Error::BrokerClientMissing {
             broker: self.url.authority(),
             task: "sealing to this broker",
-            fix: "give its public key as broker:URL#x25519:...",
+            fix: "give its public key as broker:URL#x25519:... (or #p256:...)",
         })
     }
 
@@ -211,12 +273,12 @@ impl BrokerRecipient {
         &self.url.kid
     }
     /// The broker's public key, when given or already fetched.
-    pub fn public_key(&self) -> Option<X25519Recipient> {
+    pub fn public_key(&self) -> Option<BrokerPublicKey> {
         self.pk.get().copied()
     }
 }
 
-/// `broker:URL`, `URL`, either with `#x25519:PK` to give the key; without
+/// `broker:URL`, `URL`, either with `#x25519:PK` or `#p256:PK` to give the key; without
 /// it the key is fetched by [`BrokerRecipient::resolve`]. Parsing never
 /// touches the network.
 impl FromStr for BrokerRecipient {
@@ -224,7 +286,7 @@ impl FromStr for BrokerRecipient {
     fn from_str(s: &str) -> Result<Self> {
         let s = s.strip_prefix("broker:").unwrap_or(s);
         match s.split_once('#') {
-            Some((url, pk)) => BrokerRecipient::new(url, pk.parse()?),
+            Some((url, pk)) => BrokerRecipient::new(url, pk.parse::<BrokerPublicKey>()?),
             None => BrokerRecipient::named(s),
         }
     }
@@ -256,71 +318,130 @@ impl Recipient for BrokerRecipient {
                 self.url.url
             )));
         };
-        let (esk, epk) = crate::keys::x25519::ephemeral()?;
-        let pk = pk.as_bytes();
-        let kek = slot_kek(&esk, pk, &epk, pk, &self.url.url)?;
-        let ct = crypto::wrap_key(&kek, &slot_aad(SLOT_TYPE, &key.id()?), key.secret())?;
-        Ok(Slot::Broker {
-            url: self.url.url.clone(),
-            kid: self.url.kid.clone(),
-            epk: b64(&epk),
-            ct: b64(&ct),
-        })
+        let (url, kid) = (self.url.url.clone(), self.url.kid.clone());
+        match pk {
+            BrokerPublicKey::X25519(pk) => {
+                let (esk, epk) = crate::keys::x25519::ephemeral()?;
+                let pk = pk.as_bytes();
+                let kek = slot_kek(&esk, pk, &epk, pk, &url)?;
+                let ct = crypto::wrap_key(&kek, &slot_aad(SLOT_TYPE, &key.id()?), key.secret())?;
+                Ok(Slot::Broker {
+                    url,
+                    kid,
+                    epk: b64(&epk),
+                    ct: b64(&ct),
+                })
+            }
+            BrokerPublicKey::P256(pk) => {
+                let (epk, kek) = seal_kek(pk, &p256_info(&url))?;
+                let aad = slot_aad(SLOT_TYPE_P256, &key.id()?);
+                let ct = crypto::wrap_key(&kek, &aad, key.secret())?;
+                Ok(Slot::BrokerP256 {
+                    url,
+                    kid,
+                    epk: b64(&epk),
+                    ct: b64(&ct),
+                })
+            }
+        }
     }
     fn matches(&self, slot: &Slot) -> bool {
-        matches!(slot, Slot::Broker { url, .. } if *url == self.url.url)
+        slot.broker().is_some_and(|(url, _)| url == self.url.url)
     }
     fn describe(&self) -> String {
         format!("broker {}", self.url.url)
     }
 }
 
-/// The broker's key-encryption key: an X25519 identity under a key id. Only
-/// a broker holds one; it opens the `broker` slots with its `kid`.
+/// The broker's key-encryption key under a key id: an X25519 identity
+/// (`broker` slots), or a P-256 key in a file, a PKCS#11 token or a TPM
+/// (`broker-p256` slots). Only a broker holds one; it opens the slots of its
+/// kind with its `kid`.
 pub struct BrokerKek {
     kid: String,
-    id: X25519Identity,
+    key: KekKey,
+}
+
+enum KekKey {
+    X25519(X25519Identity),
+    P256(Box<dyn P256Agreement>),
+}
+
+fn check_kid(kid: &str) -> Result<()> {
+    if valid_kid(kid) {
+        Ok(())
+    } else {
+        Err(Error::InvalidKey(format!(
+            "broker key id {kid:?} must be 1 to 256 of A-Z a-z 0-9 . _ -"
+        )))
+    }
 }
 
 impl BrokerKek {
     /// A KEK from an X25519 identity.
     pub fn new(kid: &str, id: X25519Identity) -> Result<Self> {
-        if !valid_kid(kid) {
-            return Err(Error::InvalidKey(format!(
-                "broker key id {kid:?} must be 1 to 256 of A-Z a-z 0-9 . _ -"
-            )));
-        }
+        check_kid(kid)?;
         Ok(BrokerKek {
             kid: kid.to_string(),
-            id,
+            key: KekKey::X25519(id),
         })
+    }
+    /// A KEK held as a P-256 key: a key file's, a PKCS#11 token's or a TPM's.
+    pub fn new_p256(kid: &str, key: Box<dyn P256Agreement>) -> Result<Self> {
+        check_kid(kid)?;
+        Ok(BrokerKek {
+            kid: kid.to_string(),
+            key: KekKey::P256(key),
+        })
+    }
+    /// The KEK named by a broker configuration's `identity`: a JWK file
+    /// (X25519 or P-256), a TPM identity file, or a `pkcs11:` URI.
+    pub fn load(kid: &str, spec: &std::path::Path) -> Result<Self> {
+        match crate::keys::jwk::load_ecdh_key(spec)? {
+            crate::keys::jwk::EcdhKey::X25519(id) => Self::new(kid, id),
+            crate::keys::jwk::EcdhKey::P256(k) => Self::new_p256(kid, k),
+        }
     }
     /// The key id.
     pub fn kid(&self) -> &str {
         &self.kid
     }
     /// The public key publishers seal to.
-    pub fn public_key(&self) -> X25519Recipient {
-        self.id.recipient()
+    pub fn public_key(&self) -> BrokerPublicKey {
+        match &self.key {
+            KekKey::X25519(id) => BrokerPublicKey::X25519(id.recipient()),
+            KekKey::P256(k) => BrokerPublicKey::P256(*k.public_key()),
+        }
     }
 
-    /// Open a broker slot: `None` when it is not for this key id.
+    /// Open a broker slot: `None` when it is not for this key id, or of the
+    /// other kind.
     pub fn open(&self, slot: &Slot, mk_id: &[u8; 16]) -> Option<Result<ModelKey>> {
-        let Slot::Broker { url, kid, epk, ct } = slot else {
-            return None;
+        let (url, kid, epk, ct, kind) = match (slot, &self.key) {
+            (Slot::Broker { url, kid, epk, ct }, KekKey::X25519(_)) => {
+                (url, kid, epk, ct, SLOT_TYPE)
+            }
+            (Slot::BrokerP256 { url, kid, epk, ct }, KekKey::P256(_)) => {
+                (url, kid, epk, ct, SLOT_TYPE_P256)
+            }
+            _ => return None,
         };
         if *kid != self.kid {
             return None;
         }
         Some((|| {
             BrokerUrl::parse(url)?;
-            let epk: [u8; 32] = unb64_array("slot epk", epk)?;
             let ct = unb64("slot ct", ct)?;
-            let sk = PrivateKey::from_private_key(&X25519, self.id.secret_bytes())
-                .map_err(|_| Error::InvalidKey("X25519 secret key rejected".into()))?;
-            let pk = self.id.recipient();
-            let kek = slot_kek(&sk, &epk, &epk, pk.as_bytes(), url)?;
-            let mk = crypto::unwrap_key(&kek, &slot_aad(SLOT_TYPE, mk_id), &ct)
+            let kek = match &self.key {
+                KekKey::X25519(id) => {
+                    let epk: [u8; 32] = unb64_array("slot epk", epk)?;
+                    let sk = PrivateKey::from_private_key(&X25519, id.secret_bytes())
+                        .map_err(|_| Error::InvalidKey("X25519 secret key rejected".into()))?;
+                    slot_kek(&sk, &epk, &epk, id.recipient().as_bytes(), url)?
+                }
+                KekKey::P256(k) => open_kek(k.as_ref(), epk, &p256_info(url))?,
+            };
+            let mk = crypto::unwrap_key(&kek, &slot_aad(kind, mk_id), &ct)
                 .map(ModelKey::from_secret)
                 .ok_or(Error::NoMatchingKey {
                     given: 1,
@@ -339,7 +460,16 @@ impl BrokerKek {
 
 impl fmt::Debug for BrokerKek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BrokerKek({}, {:?})", self.kid, self.id)
+        match &self.key {
+            KekKey::X25519(id) => write!(f, "BrokerKek({}, {id:?})", self.kid),
+            KekKey::P256(k) => write!(
+                f,
+                "BrokerKek({}, {} in {}, secret: <redacted>)",
+                self.kid,
+                k.public_key(),
+                k.location()
+            ),
+        }
     }
 }
 
@@ -462,5 +592,63 @@ mod tests {
         extra["x"] = serde_json::json!(1);
         assert!(Slot::from_value(extra).is_err());
         assert!(slot.describe().contains("https://b.example/keys/k1"));
+    }
+
+    #[test]
+    fn p256_keks_make_and_open_broker_p256_slots_only() {
+        use crate::keys::P256Identity;
+        let url = "https://b.example/keys/k1";
+        let p = BrokerKek::new_p256("k1", Box::new(P256Identity::generate().unwrap())).unwrap();
+        let x = BrokerKek::new("k1", X25519Identity::generate().unwrap()).unwrap();
+        assert!(matches!(p.public_key(), BrokerPublicKey::P256(_)));
+        let mk = ModelKey::generate().unwrap();
+        let id = mk.id().unwrap();
+        // The public key string round-trips through a recipient.
+        let r: BrokerRecipient = format!("broker:{url}#{}", p.public_key()).parse().unwrap();
+        let slot = r.wrap(&mk).unwrap();
+        assert!(matches!(slot, Slot::BrokerP256 { .. }), "{slot:?}");
+        assert_eq!(slot.broker(), Some((url, "k1")));
+        assert!(r.matches(&slot));
+        let got = p.open(&slot, &id).unwrap().unwrap();
+        assert_eq!(got.expose_secret(), mk.expose_secret());
+        // The other kind of KEK does not see it; nor does this kind another's.
+        assert!(x.open(&slot, &id).is_none());
+        let xslot = BrokerRecipient::new(url, x.public_key())
+            .unwrap()
+            .wrap(&mk)
+            .unwrap();
+        assert!(p.open(&xslot, &id).is_none());
+        // Relabelled (type swapped, fields kept): neither opens it.
+        let Slot::BrokerP256 {
+            url: u,
+            kid,
+            epk,
+            ct,
+        } = slot.clone()
+        else {
+            unreachable!()
+        };
+        let swapped = Slot::Broker {
+            url: u.clone(),
+            kid: kid.clone(),
+            epk,
+            ct,
+        };
+        assert!(p.open(&swapped, &id).is_none());
+        assert!(x.open(&swapped, &id).unwrap().is_err());
+        // The URL is bound into the KEK: another URL, same kid, does not open.
+        let Slot::BrokerP256 { kid, epk, ct, .. } = slot else {
+            unreachable!()
+        };
+        let moved = Slot::BrokerP256 {
+            url: "https://evil.example/keys/k1".into(),
+            kid,
+            epk,
+            ct,
+        };
+        assert!(p.open(&moved, &id).unwrap().is_err());
+        // Debug shows no secret.
+        assert!(format!("{p:?}").contains("redacted"));
+        assert!("ed25519:AAAA".parse::<BrokerPublicKey>().is_err());
     }
 }

@@ -80,7 +80,7 @@ pub fn attestation_nonce(nonce: &[u8], ek: &[u8]) -> [u8; 32] {
 pub struct PublicKeyAnswer {
     /// The key id asked for.
     pub kid: String,
-    /// The public key, `x25519:...`.
+    /// The public key, `x25519:...` or `p256:...` (SPEC §6.6, §6.8).
     pub public_key: String,
 }
 
