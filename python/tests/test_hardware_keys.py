@@ -6,6 +6,9 @@ installed by scripts/system-deps.sh).
 - A software P-256 identity made by `sealtensors.keygen(..., "p256")`.
 - A signing key made on the token (`keygen --sign --pkcs11`) signs headers
   that verify with its `ed25519:` key.
+- A P-256 key in a software TPM (swtpm) made by `keygen --tpm`: a sealed
+  Llama loads through transformers with SEALTENSORS_IDENTITY naming the TPM
+  identity file.
 - A key made on the token by `sealtensors keygen --pkcs11`: files sealed to
   it load through `sealtensors.torch.load_file(identities=[URI])` and a
   sealed Llama loads through unmodified transformers after
@@ -21,9 +24,11 @@ import importlib
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,3 +228,89 @@ def test_sealed_llama_loads_through_transformers_with_a_token_key(
         assert torch.equal(a, b)
     finally:
         auto.disable()
+
+
+def _free_port_pair() -> int:
+    """A port whose successor is free too (swtpm's control channel)."""
+    for _ in range(20):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no free pair of loopback ports")
+
+
+@pytest.fixture()
+def swtpm(tmp_path: Path) -> Iterator[str]:
+    """A software TPM on loopback, stopped afterwards; yields its TCTI."""
+    assert shutil.which("swtpm") and shutil.which("tpm2_getcap"), (
+        "swtpm and tpm2-tools are not installed; run scripts/system-deps.sh"
+    )
+    port = _free_port_pair()
+    state = tmp_path / "tpmstate"
+    state.mkdir()
+    proc = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}"]
+        + ["--server", f"type=tcp,port={port},bindaddr=127.0.0.1"]
+        + ["--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1"]
+        + ["--flags", "not-need-init,startup-clear"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    tcti = f"swtpm:host=127.0.0.1,port={port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            up = subprocess.run(
+                ["tpm2_getcap", "-T", tcti, "properties-fixed"], capture_output=True, check=False
+            )
+            if up.returncode == 0:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "swtpm did not start"
+            time.sleep(0.1)
+        yield tcti
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sealed_llama_loads_through_transformers_with_a_tpm_key(
+    swtpm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subprocess.run(["cargo", "build", "--release", "-p", "sealtensors-cli"], cwd=ROOT, check=True)
+    ident = tmp_path / "deployer.tpm.json"
+    out = subprocess.run(
+        [str(_target_dir() / "release" / "sealtensors"), "keygen", "--tpm", "-o", str(ident)],
+        env={**os.environ, "SEALTENSORS_TPM_TCTI": swtpm},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    recipient = out.stdout.strip()
+    assert recipient.startswith("p256:")
+    model = tiny_llama(2)
+    plain, sealed = tmp_path / "plain", tmp_path / "sealed"
+    model.save_pretrained(plain)
+    sealtensors.hf.save_pretrained(model, sealed, recipients=[recipient])
+    monkeypatch.setenv("SEALTENSORS_TPM_TCTI", swtpm)
+    monkeypatch.setenv("SEALTENSORS_IDENTITY", str(ident))
+    monkeypatch.delenv("SEALTENSORS_TRUST", raising=False)
+    auto = importlib.import_module("sealtensors.auto")
+    auto.enable()
+    try:
+        ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            a = AutoModelForCausalLM.from_pretrained(plain).eval()(ids).logits
+            b = AutoModelForCausalLM.from_pretrained(sealed).eval()(ids).logits
+        assert torch.equal(a, b)
+    finally:
+        auto.disable()
+    # The same identity file with the TPM gone: a NoKeyError, never weights.
+    monkeypatch.setenv("SEALTENSORS_TPM_TCTI", f"swtpm:host=127.0.0.1,port={_free_port_pair()}")
+    with pytest.raises(sealtensors.NoKeyError, match="TPM"):
+        st.load_file(sealed / "model.safetensors", identities=[ident])

@@ -389,6 +389,7 @@ fn shard_vectors(out: &mut Out, dir: &Path, mk_b: &ModelKey, fid_b: [u8; 32]) ->
 }
 
 const BROKER_URL: &str = "https://keys.example.com/keys/vector-kek";
+const BROKER_P256_URL: &str = "https://keys.example.com/keys/vector-kek-p256";
 
 /// SPEC §6.6: a file whose only slot is a `broker` slot, sealed from the
 /// plain vector. It is opened as the broker opens it, with its KEK; the KEK
@@ -426,6 +427,43 @@ fn broker_vectors(out: &mut Out, dir: &Path) -> Res {
             "description": "The broker vector given to a loader with the broker's KEK as an ordinary identity and no broker allowed: a reader never opens a broker slot locally, and contacts no broker its configuration does not allow.",
             "file": file("broker_slot"),
             "identities": ["keys/broker-kek.jwk"],
+            "trusted": ["keys/signer.pub.jwk"],
+            "expect": "BrokerUnavailable",
+            "fails_at": "open",
+        }),
+    )?;
+    // SPEC §6.8: the same with a P-256 KEK (what a token or TPM holds).
+    let kek = P256Identity::from_secret_bytes(fixed("broker kek p256"))?;
+    KeyFile::P256Identity(P256Identity::from_secret_bytes(fixed("broker kek p256"))?)
+        .save(&dir.join("keys/broker-kek-p256.jwk"), true)?;
+    let sealer = Sealer::new(SealOptions {
+        recipients: vec![Box::new(BrokerRecipient::new(
+            BROKER_P256_URL,
+            kek.recipient(),
+        )?)],
+        cipher: Cipher::Aes256Gcm,
+        ..base_opts(Some(&signer))?
+    })?;
+    sealer.seal_file(&p("plain"), &p("broker_p256_slot"))?;
+    out.manifest(
+        "broker_p256_slot_at_the_broker",
+        json!({
+            "description": format!("AES-256-GCM, signed, one broker-p256 slot (SPEC §6.8) for kid vector-kek-p256 at {BROKER_P256_URL}; opened as the broker opens it, with its P-256 KEK."),
+            "file": file("broker_p256_slot"),
+            "broker_kek": {"kid": "vector-kek-p256", "identity": "keys/broker-kek-p256.jwk"},
+            "trusted": ["keys/signer.pub.jwk"],
+            "expect": "ok",
+            "authenticity": "trusted",
+            "metadata": plain_metadata(),
+            "tensors": tensor_table(&model, |_| true),
+        }),
+    )?;
+    out.manifest(
+        "fail_broker_p256_slot_local_identity",
+        json!({
+            "description": "The P-256 broker vector given to a loader with the broker's KEK as an ordinary P-256 identity and no broker allowed: never opened locally.",
+            "file": file("broker_p256_slot"),
+            "identities": ["keys/broker-kek-p256.jwk"],
             "trusted": ["keys/signer.pub.jwk"],
             "expect": "BrokerUnavailable",
             "fails_at": "open",
@@ -552,7 +590,6 @@ fn main() -> Res {
                 };
                 if which == "broker" {
                     broker_vectors(&mut out, &dir)?;
-                    p256_vectors(&mut out, &dir)?;
                 } else {
                     p256_vectors(&mut out, &dir)?;
                 }
@@ -1031,6 +1068,7 @@ fn main() -> Res {
     policy_vectors(&mut out, &dir, &mk_b, fid_b)?;
     shard_vectors(&mut out, &dir, &mk_b, fid_b)?;
     broker_vectors(&mut out, &dir)?;
+    p256_vectors(&mut out, &dir)?;
 
     // Unknown reserved key.
     let mut e = Edit::load(&p("chacha_oct_unsigned"))?;

@@ -137,15 +137,12 @@ fn keys(m: &Value) -> Keys {
 /// its slot opened with the broker's KEK, as the broker does.
 fn released_by_broker(v: &Vector) -> Option<sealtensors::keys::ModelKey> {
     let b = v.m.get("broker_kek")?;
-    let id = match sealtensors::keys::KeyFile::load(
+    // X25519 (`broker` slots) or P-256 (`broker-p256`), as a broker loads it.
+    let kek = sealtensors::keys::BrokerKek::load(
+        b["kid"].as_str().expect("kid"),
         &vectors_dir().join(b["identity"].as_str().expect("identity")),
     )
-    .expect("broker KEK")
-    {
-        sealtensors::keys::KeyFile::X25519Identity(id) => id,
-        _ => panic!("{}: the broker KEK is not an X25519 identity", v.name),
-    };
-    let kek = sealtensors::keys::BrokerKek::new(b["kid"].as_str().expect("kid"), id).unwrap();
+    .expect("broker KEK");
     let (_, h) = sealtensors::read_header(&v.file).unwrap();
     let meta = sealtensors::seal::parse(&h).unwrap();
     let mk_id = meta.mk_id.expect("mk_id");
@@ -434,6 +431,30 @@ fn open_slot(slot: &Value, m: &Value, mk_id: &[u8]) -> Option<[u8; 32]> {
                 );
             }
             mk
+        }),
+        // The broker's side with a P-256 KEK (§6.8).
+        "broker-p256" => m.get("broker_kek").and_then(|b| {
+            use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, ECDH_P256};
+            let j = jwk(b["identity"].as_str()?);
+            if s("kid") != b["kid"].as_str()? || j["crv"] != "P-256" {
+                return None;
+            }
+            let d = unb64(j["d"].as_str()?);
+            let pk = [
+                &[4u8][..],
+                &unb64(j["x"].as_str()?),
+                &unb64(j["y"].as_str()?),
+            ]
+            .concat();
+            let epk = unb64(s("epk"));
+            let sk = PrivateKey::from_private_key(&ECDH_P256, &d).ok()?;
+            let z = agree(&sk, UnparsedPublicKey::new(&ECDH_P256, &epk), (), |z| {
+                Ok(z.to_vec())
+            })
+            .ok()?;
+            let info: [&[u8]; 2] = [b"sealtensors/1 broker-p256 slot\0", s("url").as_bytes()];
+            let kek = hkdf(&z, &[&epk[..], &pk].concat(), &info);
+            unwrap(&kek, &slot_aad("broker-p256", mk_id), &unb64(s("ct")))
         }),
         // The broker's side (§6.6): its KEK, the URL bound into the KDF.
         "broker" => m.get("broker_kek").and_then(|b| {
