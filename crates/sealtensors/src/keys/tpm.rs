@@ -15,7 +15,8 @@
 //! differ from their values at keygen. Opening a slot runs
 //! `tpm2_ecdhzgen`; `Z` comes back through a pipe, never through a file.
 //!
-//! Transient objects are flushed (`tpm2_flushcontext -t`) after each step:
+//! Transient objects and sessions are flushed (`tpm2_flushcontext -t -l
+//! -s`) after each step:
 //! behind the kernel's resource manager (`/dev/tpmrm0`) that is a no-op, and
 //! on a TPM reached directly (a simulator, `/dev/tpm0`) the few object slots
 //! would otherwise fill up.
@@ -217,11 +218,14 @@ fn tool(dir: &WorkDir, program: &str, args: &[&str]) -> Result<Zeroizing<Vec<u8>
     Err(err(program, problem))
 }
 
-/// Flush every transient object and session this connection left (see the
-/// module docs).
+/// Flush every transient object and every loaded and saved session left on
+/// the TPM (see the module docs): tpm2-tools leave one loaded session behind
+/// per run of some tools, and a TPM has room for three.
 fn flush(dir: &WorkDir) -> Result<()> {
-    tool(dir, "tpm2_flushcontext", &["-t"])?;
-    tool(dir, "tpm2_flushcontext", &["-s"]).map(|_| ())
+    for what in ["-t", "-l", "-s"] {
+        tool(dir, "tpm2_flushcontext", &[what])?;
+    }
+    Ok(())
 }
 
 /// The storage primary key, as `primary.ctx` in `dir`.
