@@ -94,21 +94,41 @@ fn tokens() -> &'static Tokens {
     })
 }
 
-/// Held while a test changes token objects (SoftHSM2 2.6 fails concurrent
-/// token object changes from one process with CKR_GENERAL_ERROR).
-fn token_writes() -> std::sync::MutexGuard<'static, ()> {
+/// Held by each test for its whole run: SoftHSM2 2.6 fails a key generation
+/// (CKR_GENERAL_ERROR) when another session of the same process works on the
+/// token at that moment, so the tests, which share one token, take turns.
+/// (The library serialises its own key generations; a process that makes
+/// keys while it loads models is not a use case.)
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static W: std::sync::Mutex<()> = std::sync::Mutex::new(());
     W.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn gen_p256(uri: &str) -> sealtensors::Result<sealtensors::keys::P256Recipient> {
-    let _w = token_writes();
     pkcs11_generate_p256(uri)
 }
 
 fn gen_ed25519(uri: &str) -> sealtensors::Result<sealtensors::keys::VerifyingKey> {
-    let _w = token_writes();
     pkcs11_generate_ed25519(uri)
+}
+
+/// A logged-in read-write session on `main` through cryptoki directly, for
+/// what an administrator (or an attacker with the PIN) does to the token.
+fn admin_session() -> cryptoki::session::Session {
+    use cryptoki::context::Pkcs11;
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let ctx = Pkcs11::new(&tokens().module).unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "main")
+        .unwrap();
+    let s = ctx.open_rw_session(slot).unwrap();
+    // Already logged in by the process's identities: that is fine.
+    let _ = s.login(UserType::User, Some(&AuthPin::from(PIN.to_string())));
+    s
 }
 
 fn uri(token: &str, object: &str) -> String {
@@ -157,6 +177,7 @@ fn problem(e: &Error) -> &Pkcs11Problem {
 
 #[test]
 fn a_token_key_opens_what_was_sealed_to_it() {
+    let _turn = one_at_a_time();
     let fx = Fixture::new();
     let u = uri("main", "deploy-1");
     let recipient = gen_p256(&u).unwrap();
@@ -182,6 +203,7 @@ fn a_token_key_opens_what_was_sealed_to_it() {
 
 #[test]
 fn the_private_key_never_leaves_the_token() {
+    let _turn = one_at_a_time();
     use cryptoki::context::Pkcs11;
     use cryptoki::object::{Attribute, AttributeType, ObjectClass};
     let u = uri("main", "never-leaves");
@@ -234,6 +256,7 @@ fn the_private_key_never_leaves_the_token() {
 
 #[test]
 fn wrong_pin_missing_token_and_missing_key_are_typed() {
+    let _turn = one_at_a_time();
     let t = tokens();
     // No test logs in to `pinless` with the right PIN, so the token is asked.
     let wrong = format!(
@@ -273,28 +296,15 @@ fn wrong_pin_missing_token_and_missing_key_are_typed() {
 
 #[test]
 fn a_key_removed_from_the_token_is_a_typed_error() {
-    use cryptoki::context::Pkcs11;
+    let _turn = one_at_a_time();
     use cryptoki::object::Attribute;
-    use cryptoki::session::UserType;
-    use cryptoki::types::AuthPin;
     let fx = Fixture::new();
     let u = uri("main", "to-remove");
     let r = gen_p256(&u).unwrap();
     let p = seal_to(&fx, "removed.safetensors", Box::new(r));
     let id = Pkcs11Identity::open(&u).unwrap();
     // Delete both halves through the module, as an administrator would.
-    let ctx = Pkcs11::new(&tokens().module).unwrap();
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "main")
-        .unwrap();
-    let s = ctx.open_rw_session(slot).unwrap();
-    let _ = s.login(UserType::User, Some(&AuthPin::from(PIN.to_string())));
-    // Not while another test makes a key: SoftHSM2 fails concurrent token
-    // object changes (the library serialises its own keygens).
-    let _one = token_writes();
+    let s = admin_session();
     for h in s
         .find_objects(&[Attribute::Label(b"to-remove".to_vec())])
         .unwrap()
@@ -311,6 +321,7 @@ fn a_key_removed_from_the_token_is_a_typed_error() {
 
 #[test]
 fn keygen_never_replaces_a_key() {
+    let _turn = one_at_a_time();
     let u = uri("main", "only-once");
     gen_p256(&u).unwrap();
     let e = gen_p256(&u).err().unwrap();
@@ -320,6 +331,7 @@ fn keygen_never_replaces_a_key() {
 
 #[test]
 fn a_token_key_signs_headers_that_verify_as_ed25519() {
+    let _turn = one_at_a_time();
     let fx = Fixture::new();
     let u = uri("main", "publisher-1");
     let signer = gen_ed25519(&u).unwrap();
@@ -380,26 +392,15 @@ fn a_token_key_signs_headers_that_verify_as_ed25519() {
 
 #[test]
 fn a_substituted_public_key_is_refused() {
-    use cryptoki::context::Pkcs11;
+    let _turn = one_at_a_time();
     use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
-    use cryptoki::session::UserType;
-    use cryptoki::types::AuthPin;
     let u = uri("main", "substituted");
     gen_p256(&u).unwrap();
     // An attacker's point in the public object's place, same label and id
     // (as anyone who can change the token's objects could do).
     let attacker = sealtensors::keys::P256Identity::generate().unwrap();
     {
-        let _w = token_writes();
-        let ctx = Pkcs11::new(&tokens().module).unwrap();
-        let slot = ctx
-            .get_slots_with_token()
-            .unwrap()
-            .into_iter()
-            .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "main")
-            .unwrap();
-        let s = ctx.open_rw_session(slot).unwrap();
-        let _ = s.login(UserType::User, Some(&AuthPin::from(PIN.to_string())));
+        let s = admin_session();
         let public = s
             .find_objects(&[
                 Attribute::Class(ObjectClass::PUBLIC_KEY),

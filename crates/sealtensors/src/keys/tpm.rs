@@ -307,6 +307,18 @@ fn read_point(dir: &WorkDir, ctx: &str) -> Result<P256Recipient> {
     }
 }
 
+/// Load `key.pub`/`key.priv` under `primary.ctx` as `key.ctx`; its point.
+fn load_key(dir: &WorkDir) -> Result<P256Recipient> {
+    let args = [
+        "-Q", "-C", "primary.ctx", "-u", "key.pub", "-r", "key.priv", "-c", "key.ctx",
+    ];
+    tool(dir, "tpm2_load", &args)?;
+    flush(dir)?;
+    let public = read_point(dir, "key.ctx")?;
+    flush(dir)?;
+    Ok(public)
+}
+
 /// Make a P-256 ECDH key in the TPM (`keygen --tpm`), optionally bound to the
 /// current values of the PCRs `pcrs` (`sha256:0,7`), and write its identity
 /// file (mode 0600, never overwritten unless `force`). Returns the recipient.
@@ -344,24 +356,7 @@ pub fn tpm_generate_p256(path: &Path, pcrs: Option<&str>, force: bool) -> Result
     args.extend(["-a", &attrs]);
     tool(&dir, "tpm2_create", &args)?;
     flush(&dir)?;
-    tool(
-        &dir,
-        "tpm2_load",
-        &[
-            "-Q",
-            "-C",
-            "primary.ctx",
-            "-u",
-            "key.pub",
-            "-r",
-            "key.priv",
-            "-c",
-            "key.ctx",
-        ],
-    )?;
-    flush(&dir)?;
-    let public = read_point(&dir, "key.ctx")?;
-    flush(&dir)?;
+    let public = load_key(&dir)?;
     let file = TpmFile {
         kty: "EC".into(),
         crv: "P-256".into(),
@@ -451,25 +446,8 @@ impl P256Agreement for TpmIdentity {
         primary(&dir)?;
         dir.write("key.pub", &self.blob_public)?;
         dir.write("key.priv", &self.blob_private)?;
-        tool(
-            &dir,
-            "tpm2_load",
-            &[
-                "-Q",
-                "-C",
-                "primary.ctx",
-                "-u",
-                "key.pub",
-                "-r",
-                "key.priv",
-                "-c",
-                "key.ctx",
-            ],
-        )?;
-        flush(&dir)?;
         // The loaded key must be the file's: its x, y are what slots name.
-        if read_point(&dir, "key.ctx")? != self.public {
-            flush(&dir)?;
+        if load_key(&dir)? != self.public {
             return Err(err(
                 self.source.display().to_string(),
                 TpmProblem::BadFile(
@@ -477,7 +455,6 @@ impl P256Agreement for TpmIdentity {
                 ),
             ));
         }
-        flush(&dir)?;
         dir.write("peer.dat", &tpm2b_point(peer))?;
         let mut args = vec!["-c", "key.ctx", "-u", "peer.dat", "-o", "/dev/stdout"];
         if let Some(p) = &self.pcrs {
