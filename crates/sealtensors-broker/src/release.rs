@@ -303,20 +303,25 @@ impl Releaser {
                 "the file is not encrypted: there is no key to release",
             )
         })?;
-        let slot = meta
+        // Every broker slot with this key id is tried: another broker may
+        // use the same kid, with a key of the other kind.
+        let ours: Vec<_> = meta
             .slots
             .iter()
-            .find(|s| s.broker().is_some_and(|(_, k)| k == kid))
-            .ok_or_else(|| {
-                deny(
-                    400,
-                    "no_broker_slot",
-                    format!("the header has no broker slot for key id {kid:?}"),
-                )
-            })?;
-        let mk = match kek.open(slot, &mk_id) {
-            Some(Ok(mk)) => mk,
-            _ => return Err(deny(403, "slot_does_not_open", "the broker slot does not open with this broker's key (sealed to another key, or corrupt)")),
+            .filter(|s| s.broker().is_some_and(|(_, k)| k == kid))
+            .collect();
+        if ours.is_empty() {
+            return Err(deny(
+                400,
+                "no_broker_slot",
+                format!("the header has no broker slot for key id {kid:?}"),
+            ));
+        }
+        let Some(mk) = ours
+            .iter()
+            .find_map(|slot| kek.open(slot, &mk_id).and_then(|r| r.ok()))
+        else {
+            return Err(deny(403, "slot_does_not_open", "the broker slot does not open with this broker's key (sealed to another key, or corrupt)"));
         };
         let mac = seal::header_mac(&mk, &meta.file_id, &header)
             .map_err(|_| deny(500, "internal", "header MAC computation failed"))?;

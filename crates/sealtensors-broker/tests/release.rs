@@ -1327,4 +1327,24 @@ fn a_broker_with_its_kek_in_a_pkcs11_token_releases_keys() {
     let f = fx.open(&p, fx.access(&token, "m1")).unwrap();
     assert_eq!(f.read_tensor("w").unwrap(), fx.data);
     assert_eq!(fx.audit_codes(), ["released"]);
+    // Another broker using the same key id, with an X25519 key, sealed in
+    // first: this broker still finds and opens its own slot.
+    let other = BrokerRecipient::new(
+        "https://other-broker.example/keys/k1",
+        X25519Identity::generate().unwrap().recipient(),
+    )
+    .unwrap();
+    let both = fx.dir.path().join("both.safetensors");
+    Sealer::new(SealOptions {
+        recipients: vec![Box::new(other), load_recipient(&fx.url("k1")).unwrap()],
+        signing_key: Some(SigningKey::from_seed(fx.seed).unwrap()),
+        model_id: MODEL.into(),
+        model_version: "1".into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&fx.dir.path().join("plain.safetensors"), &both)
+    .unwrap();
+    let f = fx.open(&both, fx.access(&token, "m1")).unwrap();
+    assert_eq!(f.read_tensor("w").unwrap(), fx.data);
 }

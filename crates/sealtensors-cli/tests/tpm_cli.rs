@@ -97,7 +97,7 @@ fn keygen_tpm_then_unseal_with_the_identity_file() {
     let t = swtpm();
     let idp = d.join("id.tpm.json");
     let out = bin(&t.1)
-        .args(["keygen", "--tpm", "--pcrs", "sha256:23", "-o"])
+        .args(["keygen", "--tpm", "--pcrs", "sha256:7", "-o"])
         .arg(&idp)
         .assert()
         .success()

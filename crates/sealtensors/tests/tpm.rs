@@ -201,17 +201,35 @@ fn a_pcr_bound_key_opens_only_while_the_pcrs_hold() {
     let t = Swtpm::start();
     t.select();
     let idp = fx.path("pcr.tpm.json");
-    let r = tpm_generate_p256(&idp, Some("sha256:16,23"), false).unwrap();
+    let r = tpm_generate_p256(&idp, Some("sha256:0,7"), false).unwrap();
     let p = seal_to(&fx, "pcr.safetensors", Box::new(r));
     let id = load_identity(&idp).unwrap();
     open(&p, id.as_ref()).unwrap();
-    t.extend_pcr(16);
+    // The binding cannot be dropped by editing the file: the TPM's own
+    // description of the key says it needs its policy.
+    let text = std::fs::read_to_string(&idp).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["tpm"].as_object_mut().unwrap().remove("pcrs");
+    let unbound = fx.path("unbound.tpm.json");
+    std::fs::write(&unbound, v.to_string()).unwrap();
+    let e = open(&p, load_identity(&unbound).unwrap().as_ref())
+        .err()
+        .unwrap();
+    assert!(matches!(tpm_problem(&e), TpmProblem::BadFile(_)), "{e}");
+    // A PCR of the binding changes (as a firmware update or another boot
+    // loader would change PCR 0 or 7): the key opens nothing.
+    t.extend_pcr(7);
     let e = open(&p, id.as_ref()).err().unwrap();
     assert!(
-        matches!(tpm_problem(&e), TpmProblem::PcrMismatch(s) if s == "sha256:16,23"),
+        matches!(tpm_problem(&e), TpmProblem::PcrMismatch(s) if s == "sha256:0,7"),
         "{e}"
     );
     assert!(e.to_string().contains("PCR"), "{e}");
+    // Resettable PCRs are refused at keygen.
+    let e = tpm_generate_p256(&fx.path("reset.json"), Some("sha256:23"), false)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("0 to 15"), "{e}");
 }
 
 #[test]

@@ -22,6 +22,7 @@
 //! would otherwise fill up.
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +44,15 @@ const TCTI_VAR: &str = "SEALTENSORS_TPM_TCTI";
 const PARENT: &str = "owner ecc256:aes128cfb sha256 restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda";
 const PARENT_ATTRS: &str =
     "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda";
+/// One TPM operation at a time in this process: each flushes every
+/// transient object and session on a TPM reached directly, which would
+/// break another thread's operation in flight (a broker opens slots in
+/// parallel).
+fn one_at_a_time() -> Result<std::sync::MutexGuard<'static, ()>> {
+    static TPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TPM.lock().map_err(|_| Error::Crypto("TPM lock poisoned"))
+}
+
 /// How long one tpm2-tools program may run.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most a program's output is read.
@@ -135,19 +145,19 @@ impl Drop for WorkDir {
 /// Run one tpm2-tools program in `dir` (no shell), bounded in time; its
 /// standard output (at most [`MAX_OUTPUT`] bytes, wiped when dropped).
 fn tool(dir: &WorkDir, program: &str, args: &[&str]) -> Result<Zeroizing<Vec<u8>>> {
-    use std::io::Read;
     let mut cmd = Command::new(program);
     if let Some(t) = std::env::var_os(TCTI_VAR).filter(|t| !t.is_empty()) {
         cmd.arg("-T").arg(t);
     }
-    let stderr = std::fs::File::create(dir.file("stderr"))
-        .map_err(|e| Error::io("making a file for tpm2-tools' messages", e))?;
+    // TSS2_LOG at trace level would print command and response buffers,
+    // `Z` among them, to the tools' standard error.
+    cmd.env_remove("TSS2_LOG").env_remove("TSS2_LOGFILE");
     let mut child = cmd
         .args(args)
         .current_dir(&dir.0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(stderr)
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -156,16 +166,24 @@ fn tool(dir: &WorkDir, program: &str, args: &[&str]) -> Result<Zeroizing<Vec<u8>
                 Error::io(format!("starting {program}"), e)
             }
         })?;
-    // The output is small (a point); read it on a thread so a stuck program
-    // is still killed on time.
-    let mut out = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Zeroizing::new(Vec::new());
-        if let Some(o) = out.as_mut() {
-            let _ = o.take(MAX_OUTPUT).read_to_end(&mut buf);
-        }
-        buf
-    });
+    // Both outputs are small (a point, a few messages); they are read on
+    // threads so that a stuck program is still killed on time, and never
+    // land in a file.
+    fn reader<R: Read + Send + 'static>(
+        pipe: Option<R>,
+    ) -> std::thread::JoinHandle<Zeroizing<Vec<u8>>> {
+        std::thread::spawn(move || {
+            // Room for the whole output up front: growing would leave
+            // unwiped copies of `Z` in freed memory.
+            let mut buf = Zeroizing::new(Vec::with_capacity(MAX_OUTPUT as usize));
+            if let Some(o) = pipe {
+                let _ = o.take(MAX_OUTPUT).read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = reader(child.stdout.take());
+    let errs = reader(child.stderr.take());
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -186,36 +204,49 @@ fn tool(dir: &WorkDir, program: &str, args: &[&str]) -> Result<Zeroizing<Vec<u8>
             }
         }
     };
-    let stdout = reader.join().unwrap_or_default();
+    let stdout = out.join().unwrap_or_default();
+    let stderr = errs.join().unwrap_or_default();
     if status.success() {
         return Ok(stdout);
     }
-    let text = String::from_utf8_lossy(&dir.read("stderr").unwrap_or_default()).into_owned();
-    let last = text
+    Err(err(
+        program,
+        classify(program, status, &String::from_utf8_lossy(&stderr)),
+    ))
+}
+
+/// What a failed tpm2-tools run means, from the TPM response codes and
+/// messages on its standard error.
+fn classify(program: &str, status: std::process::ExitStatus, text: &str) -> TpmProblem {
+    let lower = text.to_ascii_lowercase();
+    // The line that carries the TPM's response code, else the last one.
+    let line = text
         .lines()
         .rev()
-        .find(|l| !l.trim().is_empty())
+        .find(|l| l.contains("(0x"))
+        .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
         .unwrap_or("")
         .chars()
         .take(300)
         .collect::<String>();
-    let lower = text.to_ascii_lowercase();
-    let problem = if lower.contains("integrity check failed") {
+    let code =
+        |c: &str| lower.contains(&format!("(0x{c})")) || lower.contains(&format!("(0x00000{c})"));
+    if lower.contains("integrity check failed") || code("1df") || code("9a2") {
         TpmProblem::OtherTpm
     } else if lower.contains("policy check failed")
         || lower.contains("pcr have changed")
-        || lower.contains("pcr_changed")
+        || code("99d")
+        || code("128")
     {
         TpmProblem::PcrMismatch(String::new())
-    } else if lower.contains("connection refused")
-        || lower.contains("no such file or directory")
+    } else if lower.contains("could not load tcti")
+        || lower.contains("connection refused")
         || lower.contains("tcti")
     {
-        TpmProblem::Unreachable(last)
+        TpmProblem::Unreachable(line)
     } else {
-        TpmProblem::Failed(format!("{program} failed ({status}): {last}"))
-    };
-    Err(err(program, problem))
+        TpmProblem::Failed(format!("{program} failed ({status}): {line}"))
+    }
 }
 
 /// Flush every transient object and every loaded and saved session left on
@@ -260,7 +291,7 @@ fn check_pcrs(pcrs: &str) -> Result<()> {
                     && !list.is_empty()
                     && list
                         .split(',')
-                        .all(|i| i.parse::<u8>().is_ok_and(|n| n < 24))
+                        .all(|i| i.parse::<u8>().is_ok_and(|n| n < 16))
             })
         });
     if ok {
@@ -269,7 +300,7 @@ fn check_pcrs(pcrs: &str) -> Result<()> {
         Err(err(
             "--pcrs",
             TpmProblem::BadFile(format!(
-                "{:?} is not a PCR selection; write it as sha256:0,7 (banks sha1, sha256, sha384, sha512; PCRs 0 to 23)",
+                "{:?} is not a PCR selection; write it as sha256:0,7 (banks sha1, sha256, sha384, sha512; PCRs 0 to 15: 16 to 23 can be reset by software or a dynamic launch, so binding to them proves nothing)",
                 crate::error::printable(pcrs, 64)
             )),
         ))
@@ -277,12 +308,13 @@ fn check_pcrs(pcrs: &str) -> Result<()> {
 }
 
 /// The public point of a loaded key context, from `tpm2_readpublic -f pem`.
-fn read_point(dir: &WorkDir, ctx: &str) -> Result<P256Recipient> {
-    tool(
+fn read_point(dir: &WorkDir, ctx: &str, pcrs: Option<&str>) -> Result<P256Recipient> {
+    let yaml = tool(
         dir,
         "tpm2_readpublic",
-        &["-Q", "-c", ctx, "-f", "pem", "-o", "key.pem"],
+        &["-c", ctx, "-f", "pem", "-o", "key.pem"],
     )?;
+    check_attributes(&String::from_utf8_lossy(&yaml), pcrs)?;
     let pem = pem::parse(dir.read("key.pem")?).map_err(|_| {
         err(
             "tpm2_readpublic",
@@ -307,16 +339,68 @@ fn read_point(dir: &WorkDir, ctx: &str) -> Result<P256Recipient> {
     }
 }
 
-/// Load `key.pub`/`key.priv` under `primary.ctx` as `key.ctx`; its point.
-fn load_key(dir: &WorkDir) -> Result<P256Recipient> {
+/// Load `key.pub`/`key.priv` under `primary.ctx` as `key.ctx`, check that
+/// the TPM describes it as a key `keygen --tpm` makes, and return its point.
+fn load_key(dir: &WorkDir, pcrs: Option<&str>) -> Result<P256Recipient> {
     let args = [
-        "-Q", "-C", "primary.ctx", "-u", "key.pub", "-r", "key.priv", "-c", "key.ctx",
+        "-Q",
+        "-C",
+        "primary.ctx",
+        "-u",
+        "key.pub",
+        "-r",
+        "key.priv",
+        "-c",
+        "key.ctx",
     ];
     tool(dir, "tpm2_load", &args)?;
     flush(dir)?;
-    let public = read_point(dir, "key.ctx")?;
+    let public = read_point(dir, "key.ctx", pcrs)?;
     flush(dir)?;
     Ok(public)
+}
+
+/// Check the TPM's own description of a loaded key (`tpm2_readpublic`'s
+/// YAML): made inside this TPM and never to leave it, for decryption, and
+/// usable through its PCR policy when `pcrs`, else by its empty password.
+/// A key imported from outside (whose creator kept a copy) or one whose PCR
+/// binding was removed from the file is refused.
+fn check_attributes(yaml: &str, pcrs: Option<&str>) -> Result<()> {
+    let mut attrs = "";
+    let mut policy = "";
+    let mut lines = yaml.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "attributes:" {
+            attrs = lines
+                .next()
+                .and_then(|v| v.trim().strip_prefix("value:"))
+                .unwrap_or("")
+                .trim();
+        } else if let Some(p) = l.strip_prefix("authorization policy:") {
+            policy = p.trim();
+        }
+    }
+    let has = |a: &str| attrs.split('|').any(|x| x == a);
+    let made_here = has("fixedtpm") && has("fixedparent") && has("sensitivedataorigin");
+    let ok = made_here
+        && has("decrypt")
+        && !has("restricted")
+        && match pcrs {
+            Some(_) => !has("userwithauth") && !policy.is_empty(),
+            None => has("userwithauth"),
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            "identity file",
+            TpmProblem::BadFile(format!(
+                "the TPM key is not one `keygen --tpm` makes (attributes {:?}, {}); it may have been imported from outside the TPM, or its PCR binding edited in the file",
+                crate::error::printable(attrs, 200),
+                if pcrs.is_some() { "a PCR policy expected" } else { "no PCR policy expected" }
+            )),
+        ))
+    }
 }
 
 /// Make a P-256 ECDH key in the TPM (`keygen --tpm`), optionally bound to the
@@ -328,7 +412,8 @@ pub fn tpm_generate_p256(path: &Path, pcrs: Option<&str>, force: bool) -> Result
     }
     let dir = WorkDir::new()?;
     primary(&dir)?;
-    let mut attrs = "fixedtpm|fixedparent|sensitivedataorigin|decrypt".to_string();
+    let _tpm = one_at_a_time()?;
+    let mut attrs = "fixedtpm|fixedparent|sensitivedataorigin|decrypt|noda".to_string();
     let mut args = vec![
         "-Q",
         "-C",
@@ -341,22 +426,25 @@ pub fn tpm_generate_p256(path: &Path, pcrs: Option<&str>, force: bool) -> Result
         "key.priv",
     ];
     if let Some(p) = pcrs {
-        // The policy digest of "these PCRs have their current values".
-        tool(&dir, "tpm2_startauthsession", &["-Q", "-S", "trial.ctx"])?;
+        // The policy digest of "these PCRs have their current values", in
+        // one program (a session kept between programs does not survive
+        // the kernel's resource manager). Using the key, and changing its
+        // authorisation, then need that policy.
         tool(
             &dir,
-            "tpm2_policypcr",
-            &["-Q", "-S", "trial.ctx", "-l", p, "-L", "policy.dat"],
+            "tpm2_createpolicy",
+            &["-Q", "--policy-pcr", "-l", p, "-L", "policy.dat"],
         )?;
-        tool(&dir, "tpm2_flushcontext", &["trial.ctx"])?;
+        flush(&dir)?;
         args.extend(["-L", "policy.dat"]);
+        attrs.push_str("|adminwithpolicy");
     } else {
         attrs.push_str("|userwithauth");
     }
     args.extend(["-a", &attrs]);
     tool(&dir, "tpm2_create", &args)?;
     flush(&dir)?;
-    let public = load_key(&dir)?;
+    let public = load_key(&dir, pcrs)?;
     let file = TpmFile {
         kty: "EC".into(),
         crv: "P-256".into(),
@@ -442,12 +530,13 @@ impl P256Agreement for TpmIdentity {
     }
 
     fn agree(&self, peer: &[u8; POINT_LEN]) -> Result<Secret32> {
+        let _tpm = one_at_a_time()?;
         let dir = WorkDir::new()?;
         primary(&dir)?;
         dir.write("key.pub", &self.blob_public)?;
         dir.write("key.priv", &self.blob_private)?;
         // The loaded key must be the file's: its x, y are what slots name.
-        if load_key(&dir)? != self.public {
+        if load_key(&dir, self.pcrs.as_deref())? != self.public {
             return Err(err(
                 self.source.display().to_string(),
                 TpmProblem::BadFile(
@@ -457,18 +546,11 @@ impl P256Agreement for TpmIdentity {
         }
         dir.write("peer.dat", &tpm2b_point(peer))?;
         let mut args = vec!["-c", "key.ctx", "-u", "peer.dat", "-o", "/dev/stdout"];
-        if let Some(p) = &self.pcrs {
-            tool(
-                &dir,
-                "tpm2_startauthsession",
-                &["-Q", "--policy-session", "-S", "session.ctx"],
-            )?;
-            tool(
-                &dir,
-                "tpm2_policypcr",
-                &["-Q", "-S", "session.ctx", "-l", p],
-            )?;
-            args.extend(["-p", "session:session.ctx"]);
+        // The PCR policy is satisfied inside the one program that uses the
+        // key (`-p pcr:SEL`), so no session has to outlive a program.
+        let auth = self.pcrs.as_ref().map(|p| format!("pcr:{p}"));
+        if let Some(a) = &auth {
+            args.extend(["-p", a]);
         }
         let z = tool(&dir, "tpm2_ecdhzgen", &args).map_err(|e| match e {
             Error::Tpm {
@@ -528,13 +610,17 @@ mod tests {
 
     #[test]
     fn pcr_selections_are_checked() {
-        for ok in ["sha256:0,7", "sha1:0+sha256:1,2,23"] {
+        for ok in ["sha256:0,7", "sha1:0+sha256:1,2,15"] {
             check_pcrs(ok).unwrap();
         }
+        // 16 (debug) and 23 (application) can be reset by software, 17-22
+        // by a dynamic launch: a binding to them proves nothing.
         for bad in [
             "",
             "sha256",
             "sha256:",
+            "sha256:16",
+            "sha256:0,23",
             "sha256:24",
             "md5:0",
             "sha256:0;rm",
@@ -562,6 +648,27 @@ mod tests {
         assert!(TpmIdentity::from_text(&extra.to_string(), p).is_err());
         assert!(is_tpm_identity(&good.to_string()));
         assert!(!is_tpm_identity(r#"{"kty":"EC"}"#));
+    }
+
+    #[test]
+    fn only_keys_made_inside_the_tpm_for_their_binding_are_taken() {
+        let yaml = |attrs: &str, policy: &str| {
+            format!("name: 000b\nattributes:\n  value: {attrs}\n  raw: 0x1\nauthorization policy: {policy}\n")
+        };
+        let plain = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|decrypt";
+        let bound = "fixedtpm|fixedparent|sensitivedataorigin|adminwithpolicy|noda|decrypt";
+        check_attributes(&yaml(plain, ""), None).unwrap();
+        check_attributes(&yaml(bound, "8b56"), Some("sha256:7")).unwrap();
+        // The binding removed from the file, or added to it.
+        assert!(check_attributes(&yaml(bound, "8b56"), None).is_err());
+        assert!(check_attributes(&yaml(plain, ""), Some("sha256:7")).is_err());
+        // Imported (no sensitivedataorigin), restricted, or not for decryption.
+        let imported = "fixedtpm|fixedparent|userwithauth|decrypt";
+        assert!(check_attributes(&yaml(imported, ""), None).is_err());
+        assert!(check_attributes(&yaml(&format!("{plain}|restricted"), ""), None).is_err());
+        let signing = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign";
+        assert!(check_attributes(&yaml(signing, ""), None).is_err());
+        assert!(check_attributes("", None).is_err());
     }
 
     #[test]
