@@ -84,6 +84,65 @@ def test_p256_vector_matches_openssl() -> None:
     )
 
 
+def test_ecdsa_vector_verifies_with_openssl() -> None:
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    manifest = json.loads((VECTORS / "ecdsa_p256_signed.json").read_text())
+    header = _header_json(VECTORS / manifest["file"])
+    meta = header["__metadata__"]
+    sig = json.loads(meta.pop("sealtensors.signature"))
+    assert sig["alg"] == "ecdsa-p256" and sig["key"] == manifest["trusted"][0]
+    # SPEC §7.1's message: the label and §7's canonical form of the header
+    # without the signature, rebuilt here from the SPEC.
+    msg = b"sealtensors/1 signature\0" + _canonical(header)
+    point = _ub(sig["key"].removeprefix("ecdsa-p256:"))
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    rs = _ub(sig["sig"])
+    r, s = int.from_bytes(rs[:32], "big"), int.from_bytes(rs[32:], "big")
+    key.verify(encode_dss_signature(r, s), msg, ec.ECDSA(hashes.SHA256()))
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    assert s <= order // 2
+    # The high-s vector is the same signature's other encoding: OpenSSL
+    # accepts it; SPEC §7.1 does not (the library's vector test checks that).
+    high_header = _header_json(VECTORS / "fail_ecdsa_p256_high_s.safetensors")
+    high = _ub(json.loads(high_header["__metadata__"].pop("sealtensors.signature"))["sig"])
+    assert high[:32] == rs[:32] and int.from_bytes(high[32:], "big") == order - s
+    key.verify(
+        encode_dss_signature(r, order - s),
+        b"sealtensors/1 signature\0" + _canonical(high_header),
+        ec.ECDSA(hashes.SHA256()),
+    )
+
+
+def _header_json(path: Path) -> dict:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n])
+
+
+def _canonical(header: dict) -> bytes:
+    """SPEC §7: C(header, {sealtensors.signature}) with the signature removed."""
+
+    def lp(b: bytes) -> bytes:
+        return struct.pack(">Q", len(b)) + b
+
+    meta = header.get("__metadata__", {})
+    tensors = sorted(
+        ((k, v) for k, v in header.items() if k != "__metadata__"),
+        key=lambda kv: (kv[1]["data_offsets"][0], kv[1]["data_offsets"][1], kv[0].encode()),
+    )
+    out = b"sealtensors/1 canonical header\0" + struct.pack(">Q", len(tensors))
+    for name, t in tensors:
+        out += lp(name.encode()) + lp(t["dtype"].encode()) + struct.pack(">Q", len(t["shape"]))
+        out += b"".join(struct.pack(">Q", d) for d in t["shape"])
+        out += struct.pack(">QQ", *t["data_offsets"])
+    kept = sorted((k.encode(), v.encode()) for k, v in meta.items())
+    out += struct.pack(">Q", len(kept))
+    for k, v in kept:
+        out += lp(k) + lp(v)
+    return out
+
+
 def test_software_p256_identity(tmp_path: Path) -> None:
     ident = tmp_path / "p256.jwk"
     recipient = sealtensors.keygen(ident, "p256")

@@ -172,8 +172,9 @@ pub struct Keygen {
     /// PIN may instead be in SEALTENSORS_PKCS11_PIN) and print its p256:...
     /// recipient; the private key never leaves the token. Use the same URI as
     /// -i (or SEALTENSORS_IDENTITY) to open what is sealed to it. With --sign:
-    /// an Ed25519 signing key on the token (prints its ed25519:... signer;
-    /// give the URI to --sign-key).
+    /// a signing key on the token, Ed25519 where the token has it, else ECDSA
+    /// P-256 (prints its ed25519:... or ecdsa-p256:... signer; give the URI
+    /// to --sign-key).
     #[arg(long, value_name = "URI", conflicts_with_all = ["symmetric", "oms", "p256", "output", "force", "tpm"])]
     pub pkcs11: Option<String>,
     /// Make a P-256 key inside this machine's TPM 2.0 (through tpm2-tools;
@@ -182,6 +183,10 @@ pub struct Keygen {
     /// p256:... recipient.
     #[arg(long, requires = "output", conflicts_with_all = ["sign", "symmetric", "oms", "p256"])]
     pub tpm: bool,
+    /// With --sign --pkcs11: an ECDSA P-256 signing key even where the token
+    /// has Ed25519.
+    #[arg(long, requires_all = ["sign", "pkcs11"])]
+    pub ecdsa: bool,
     /// With --tpm: bind the key to the current values of these PCRs
     /// (sha256:0,7); after a change to them (another boot chain, firmware,
     /// Secure Boot state) it opens nothing.

@@ -184,7 +184,7 @@ fn check_output(output: &Path, force: bool) -> Result<()> {
 
 fn keygen(a: cli::Keygen) -> Result<()> {
     if let Some(uri) = &a.pkcs11 {
-        return keygen_pkcs11(uri, a.sign);
+        return keygen_pkcs11(uri, a.sign, a.ecdsa);
     }
     if a.tpm {
         let Some(path) = &a.output else {
@@ -238,9 +238,11 @@ fn keygen(a: cli::Keygen) -> Result<()> {
 }
 
 #[cfg(feature = "pkcs11")]
-fn keygen_pkcs11(uri: &str, sign: bool) -> Result<()> {
-    if sign {
-        println!("{}", sealtensors::keys::pkcs11_generate_ed25519(uri)?);
+fn keygen_pkcs11(uri: &str, sign: bool, ecdsa: bool) -> Result<()> {
+    if ecdsa {
+        println!("{}", sealtensors::keys::pkcs11_generate_ecdsa_p256(uri)?);
+    } else if sign {
+        println!("{}", sealtensors::keys::pkcs11_generate_signer(uri)?);
     } else {
         println!("{}", sealtensors::keys::pkcs11_generate_p256(uri)?);
     }
@@ -248,7 +250,7 @@ fn keygen_pkcs11(uri: &str, sign: bool) -> Result<()> {
 }
 
 #[cfg(not(feature = "pkcs11"))]
-fn keygen_pkcs11(_uri: &str, _sign: bool) -> Result<()> {
+fn keygen_pkcs11(_uri: &str, _sign: bool, _ecdsa: bool) -> Result<()> {
     Err(CliError::usage(
         "this build of sealtensors has no PKCS#11 support (built without the `pkcs11` feature)",
     ))

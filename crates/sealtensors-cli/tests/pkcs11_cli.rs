@@ -236,6 +236,45 @@ fn a_token_key_signs_and_the_signature_verifies() {
         .stdout(predicate::str::contains(
             "\"authenticity\":\"signed-trusted\"",
         ));
+    // A token without Ed25519 (forced here with --ecdsa): ECDSA P-256, and a
+    // trust entry that names that algorithm, from the environment too.
+    let ecdsa_uri = format!(
+        "pkcs11:token=cli;object=publisher-ecdsa?module-path={}",
+        module().display()
+    );
+    let out = bin(&conf)
+        .args(["keygen", "--sign", "--ecdsa", "--pkcs11", &ecdsa_uri])
+        .env("SEALTENSORS_PKCS11_PIN", PIN)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let ecdsa = String::from_utf8(out).unwrap().trim().to_string();
+    assert!(ecdsa.starts_with("ecdsa-p256:"), "{ecdsa}");
+    let ecdsa_signed = d.join("ecdsa-signed.safetensors");
+    bin(&conf)
+        .args(["--quiet", "sign", "--sign-key", &ecdsa_uri, "-o"])
+        .arg(&ecdsa_signed)
+        .arg(&plain)
+        .env("SEALTENSORS_PKCS11_PIN", PIN)
+        .assert()
+        .success();
+    bin(&conf)
+        .args(["verify", "--json", "--require-signed"])
+        .arg(&ecdsa_signed)
+        .env("SEALTENSORS_TRUST", &ecdsa)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "\"authenticity\":\"signed-trusted\"",
+        ));
+    // The Ed25519 signer is not trusted for the ECDSA file.
+    bin(&conf)
+        .args(["verify", "--trust", &signer])
+        .arg(&ecdsa_signed)
+        .assert()
+        .code(3);
     // The signing key is no identity (and --sign-key with a wrong PIN fails).
     bin(&conf)
         .args(["--quiet", "sign", "--sign-key", &uri, "-o"])

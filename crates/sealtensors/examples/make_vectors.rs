@@ -550,6 +550,90 @@ fn p256_vectors(out: &mut Out, dir: &Path) -> Res {
     Ok(())
 }
 
+/// SPEC §7.1: the X25519 vector's model signed with ECDSA P-256 (what a
+/// PKCS#11 token without Ed25519 makes), and the same signature in its
+/// other, high-s encoding.
+fn ecdsa_vectors(out: &mut Out, dir: &Path) -> Res {
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let p = |name: &str| dir.join(format!("{name}.safetensors"));
+    let file = |name: &str| format!("{name}.safetensors");
+    let k = Keys::new()?;
+    let d = fixed("ecdsa p256 signer");
+    let point = P256Identity::from_secret_bytes(d)?.recipient();
+    let signer = sealtensors::keys::VerifyingKey::ecdsa_p256(point.as_bytes())?;
+    let pair = EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &d,
+        point.as_bytes(),
+    )
+    .map_err(|_| "ECDSA key")?;
+    let sealer = Sealer::new(SealOptions {
+        recipients: vec![Box::new(k.recipient.recipient())],
+        cipher: Cipher::Aes256Gcm,
+        ..base_opts(None)?
+    })?;
+    sealer.seal_file(&p("plain"), &p("ecdsa_p256_signed"))?;
+    let mut e = Edit::load(&p("ecdsa_p256_signed"))?;
+    let msg = seal::signed_message(&e.header);
+    let mut sig: [u8; 64] = pair
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), &msg)
+        .map_err(|_| "ECDSA sign")?
+        .as_ref()
+        .try_into()?;
+    crypto::ecdsa_p256_low_s(&mut sig);
+    let doc = |s: &[u8]| -> Res<String> {
+        Ok(serde_json::to_string(&SignatureDoc {
+            alg: "ecdsa-p256".into(),
+            key: signer.to_string(),
+            sig: b64(s),
+        })?)
+    };
+    e.meta().insert(seal::KEY_SIGNATURE.into(), doc(&sig)?);
+    e.save(&p("ecdsa_p256_signed"))?;
+    let model = model();
+    out.manifest(
+        "ecdsa_p256_signed",
+        json!({
+            "description": "AES-256-GCM, one X25519 recipient, signed with ECDSA P-256 (SPEC §7.1: r || s over SHA-256 of the signed message, low s), the signer trusted by its ecdsa-p256: string.",
+            "file": file("ecdsa_p256_signed"),
+            "identities": ["keys/recipient.jwk"],
+            "trusted": [signer.to_string()],
+            "require_signed": true,
+            "expect": "ok",
+            "authenticity": "trusted",
+            "metadata": plain_metadata(),
+            "tensors": tensor_table(&model, |_| true),
+        }),
+    )?;
+    // s -> n - s: the same signature's other encoding, which ECDSA accepts.
+    let mut high = sig;
+    let order: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let v = i16::from(order[i]) - i16::from(sig[32 + i]) - borrow;
+        high[32 + i] = v.rem_euclid(256) as u8;
+        borrow = i16::from(v < 0);
+    }
+    e.meta().insert(seal::KEY_SIGNATURE.into(), doc(&high)?);
+    e.save(&p("fail_ecdsa_p256_high_s"))?;
+    out.manifest(
+        "fail_ecdsa_p256_high_s",
+        json!({
+            "description": "The ECDSA vector with s replaced by n - s: a valid ECDSA signature, refused because SPEC §7.1 keeps one encoding (the low s).",
+            "file": file("fail_ecdsa_p256_high_s"),
+            "identities": ["keys/recipient.jwk"],
+            "trusted": [signer.to_string()],
+            "expect": "BadSignature",
+            "fails_at": "open",
+        }),
+    )?;
+    Ok(())
+}
+
 /// `make_vectors DIR --only policy`: write the policy vectors alone, from
 /// the existing symmetric vector (its MK is recovered with its key), leaving
 /// every other vector as it is.
@@ -578,25 +662,25 @@ fn main() -> Res {
     let dir = PathBuf::from(
         std::env::args()
             .nth(1)
-            .ok_or("usage: make_vectors OUTPUT_DIR [--only policy|broker|p256]")?,
+            .ok_or("usage: make_vectors OUTPUT_DIR [--only policy|broker|p256|ecdsa]")?,
     );
     if std::env::args().nth(2).as_deref() == Some("--only") {
         return match std::env::args().nth(3).as_deref() {
             Some("policy") => only_policy(&dir),
-            Some(which @ ("broker" | "p256")) => {
+            Some(which @ ("broker" | "p256" | "ecdsa")) => {
                 let mut out = Out {
                     dir: dir.clone(),
                     count: 0,
                 };
-                if which == "broker" {
-                    broker_vectors(&mut out, &dir)?;
-                } else {
-                    p256_vectors(&mut out, &dir)?;
+                match which {
+                    "broker" => broker_vectors(&mut out, &dir)?,
+                    "p256" => p256_vectors(&mut out, &dir)?,
+                    _ => ecdsa_vectors(&mut out, &dir)?,
                 }
                 println!("wrote {} {which} manifests", out.count);
                 Ok(())
             }
-            _ => Err("usage: make_vectors OUTPUT_DIR [--only policy|broker|p256]".into()),
+            _ => Err("usage: make_vectors OUTPUT_DIR [--only policy|broker|p256|ecdsa]".into()),
         };
     }
     fs::create_dir_all(&dir)?;
@@ -1069,6 +1153,7 @@ fn main() -> Res {
     shard_vectors(&mut out, &dir, &mk_b, fid_b)?;
     broker_vectors(&mut out, &dir)?;
     p256_vectors(&mut out, &dir)?;
+    ecdsa_vectors(&mut out, &dir)?;
 
     // Unknown reserved key.
     let mut e = Edit::load(&p("chacha_oct_unsigned"))?;

@@ -463,6 +463,48 @@ pub fn unwrap_key(kek: &Secret32, aad: &[u8], wrapped: &[u8]) -> Option<Secret32
     Some(Secret32::from_bytes(arr))
 }
 
+/// n/2 for P-256 (n the group order), big-endian: a signature's `s` above
+/// it is the other of the two valid encodings, refused (SPEC §7.1).
+const P256_HALF_N: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+/// The P-256 group order n, big-endian.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// ECDSA P-256 with SHA-256 over `msg`, the signature as 64 bytes `r || s`
+/// (IEEE P1363), with `s <= n/2` required so that a signature has one
+/// encoding.
+pub fn ecdsa_p256_verify_fixed(point: &[u8; 65], msg: &[u8], sig: &[u8]) -> bool {
+    sig.len() == 64
+        && sig[32..] <= P256_HALF_N[..]
+        && aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+            point,
+        )
+        .verify(msg, sig)
+        .is_ok()
+}
+
+/// An ECDSA P-256 signature `r || s` with `s` replaced by `n - s` when it
+/// is above n/2 (both verify; SPEC §7.1 keeps the low one).
+pub fn ecdsa_p256_low_s(sig: &mut [u8; 64]) {
+    if sig[32..] <= P256_HALF_N[..] {
+        return;
+    }
+    let mut borrow = 0u16;
+    for i in (0..32).rev() {
+        let d = u16::from(P256_N[i])
+            .wrapping_sub(u16::from(sig[32 + i]))
+            .wrapping_sub(borrow);
+        sig[32 + i] = d as u8;
+        borrow = u16::from(d > 0xff);
+    }
+}
+
 /// Ed25519 signature verification.
 pub fn ed25519_verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
     aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, public)
@@ -473,6 +515,45 @@ pub fn ed25519_verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ecdsa_signatures_have_one_encoding() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let kp =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point: [u8; 65] = kp.public_key().as_ref().try_into().unwrap();
+        let mut seen_high = false;
+        for i in 0..64u8 {
+            let msg = [i; 9];
+            let raw: [u8; 64] = kp
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), &msg)
+                .unwrap()
+                .as_ref()
+                .try_into()
+                .unwrap();
+            let mut low = raw;
+            ecdsa_p256_low_s(&mut low);
+            assert!(ecdsa_p256_verify_fixed(&point, &msg, &low));
+            if low != raw {
+                // The high form verifies with aws-lc alone, and is refused here.
+                seen_high = true;
+                assert!(!ecdsa_p256_verify_fixed(&point, &msg, &raw));
+                assert!(aws_lc_rs::signature::UnparsedPublicKey::new(
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                    &point
+                )
+                .verify(&msg, &raw)
+                .is_ok());
+            }
+            assert!(!ecdsa_p256_verify_fixed(&point, &[i; 8], &low));
+        }
+        assert!(seen_high, "64 signatures, none with a high s");
+    }
 
     #[test]
     fn chunk_round_trip_and_binding() {

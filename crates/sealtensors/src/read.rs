@@ -303,15 +303,26 @@ impl SealedFile {
         }
         let auth = match &meta.signature {
             Some(sig) => {
-                if sig.alg != "ed25519" {
+                if sig.alg != "ed25519" && sig.alg != "ecdsa-p256" {
                     return Err(Error::seal_meta(
                         seal::KEY_SIGNATURE,
                         format!("unknown alg {:?}", sig.alg),
                     ));
                 }
                 let hint: VerifyingKey = sig.key.parse().map_err(|_| {
-                    Error::seal_meta(seal::KEY_SIGNATURE, "key is not an ed25519: public key")
+                    Error::seal_meta(
+                        seal::KEY_SIGNATURE,
+                        "key is not an ed25519: or ecdsa-p256: public key",
+                    )
                 })?;
+                // The algorithm named and the key's must agree (a trusted
+                // key is trusted with its algorithm only).
+                if hint.alg() != sig.alg {
+                    return Err(Error::seal_meta(
+                        seal::KEY_SIGNATURE,
+                        format!("alg {:?} does not match the key's", sig.alg),
+                    ));
+                }
                 let bytes = crate::keys::unb64("signature", &sig.sig)
                     .map_err(|_| Error::seal_meta(seal::KEY_SIGNATURE, "sig is not base64url"))?;
                 let msg = seal::signed_message(&header);

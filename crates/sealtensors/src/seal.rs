@@ -186,9 +186,10 @@ pub struct TensorSealDoc {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureDoc {
-    /// `"ed25519"`.
+    /// `"ed25519"` or `"ecdsa-p256"`.
     pub alg: String,
-    /// The signer's public key, `ed25519:<base64url>`: a hint, never trusted.
+    /// The signer's public key, `ed25519:<base64url>` or
+    /// `ecdsa-p256:<base64url>`: a hint, never trusted.
     pub key: String,
     /// The signature, base64url of 64 bytes.
     pub sig: String,
@@ -621,7 +622,7 @@ pub(crate) fn authenticate(
     }
     if let Some(sk) = signing {
         let mut sig = SignatureDoc {
-            alg: "ed25519".into(),
+            alg: sk.verifying_key().alg().into(),
             key: sk.verifying_key().to_string(),
             sig: b64(&[0u8; 64]),
         };

@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 
 use common::*;
 use sealtensors::keys::{
-    load_identity, load_recipient, load_signing_key, pkcs11_generate_ed25519, pkcs11_generate_p256,
-    Identity, KeyFile, Pkcs11Identity,
+    load_identity, load_recipient, load_signing_key, pkcs11_generate_ecdsa_p256,
+    pkcs11_generate_ed25519, pkcs11_generate_p256, Identity, KeyFile, Pkcs11Identity,
 };
 use sealtensors::{
     Authenticity, Error, OpenOptions, Pkcs11Problem, SealOptions, SealedFile, Sealer,
@@ -430,4 +430,109 @@ fn a_substituted_public_key_is_refused() {
     // ... and a publisher given the URI as a recipient does not seal to it.
     let e = load_recipient(&u).err().unwrap();
     assert!(matches!(problem(&e), Pkcs11Problem::WrongKey(_)), "{e}");
+}
+
+#[test]
+fn an_ecdsa_token_key_signs_headers_for_ecdsa_p256_trust_only() {
+    let _turn = one_at_a_time();
+    let fx = Fixture::new();
+    let u = uri("main", "publisher-ecdsa");
+    let signer = pkcs11_generate_ecdsa_p256(&u).unwrap();
+    assert!(signer.to_string().starts_with("ecdsa-p256:"), "{signer}");
+    assert_eq!(
+        signer
+            .to_string()
+            .parse::<sealtensors::keys::VerifyingKey>()
+            .unwrap(),
+        signer
+    );
+    let key = load_signing_key(Path::new(&u)).unwrap();
+    assert_eq!(key.verifying_key(), signer);
+    let out = fx.path("ecdsa-signed.safetensors");
+    Sealer::new(SealOptions {
+        recipients: vec![Box::new(fx.id.recipient())],
+        signing_key: Some(key),
+        chunk_size: 4096,
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&fx.plain, &out)
+    .unwrap();
+    let open = |trusted: Vec<sealtensors::keys::VerifyingKey>, p: &Path| {
+        SealedFile::open(
+            p,
+            &OpenOptions {
+                identities: vec![&fx.id],
+                trusted,
+                require_signed: true,
+                ..Default::default()
+            },
+        )
+    };
+    let f = open(vec![signer], &out).unwrap();
+    assert!(matches!(f.authenticity(), Authenticity::Trusted(k) if *k == signer));
+    assert!(matches!(
+        open(vec![fx.signer.verifying_key()], &out)
+            .err()
+            .unwrap()
+            .kind(),
+        Error::UntrustedSigner { .. }
+    ));
+    // The other valid encoding of the same signature (s -> n - s) is refused,
+    // and so is the algorithm renamed.
+    let raw = std::fs::read(&out).unwrap();
+    let mut h = sealtensors::Header::parse_buffer(&raw).unwrap();
+    let data = raw[h.data_start() as usize..].to_vec();
+    let meta = h.metadata.as_mut().unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&meta["sealtensors.signature"]).unwrap();
+    assert_eq!(doc["alg"], "ecdsa-p256");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let sig = b64.decode(doc["sig"].as_str().unwrap()).unwrap();
+    let n = hex_bytes("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+    let mut high = sig.clone();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(n[i]) - i16::from(sig[32 + i]) - borrow;
+        high[32 + i] = d.rem_euclid(256) as u8;
+        borrow = i16::from(d < 0);
+    }
+    let variants = [
+        ("high-s.safetensors", "ecdsa-p256", b64.encode(&high)),
+        ("renamed.safetensors", "ed25519", b64.encode(&sig)),
+    ];
+    for (name, alg, s) in variants {
+        doc["alg"] = alg.into();
+        doc["sig"] = s.into();
+        let mut h2 = h.clone();
+        h2.metadata
+            .as_mut()
+            .unwrap()
+            .insert("sealtensors.signature".into(), doc.to_string());
+        let p = fx.path(name);
+        let mut bytes = h2.to_bytes();
+        bytes.extend_from_slice(&data);
+        std::fs::write(&p, bytes).unwrap();
+        let e = open(vec![signer], &p).err().unwrap();
+        assert!(
+            matches!(
+                e.kind(),
+                Error::BadSignature | Error::InvalidSealMetadata { .. }
+            ),
+            "{name}: {e:?}"
+        );
+    }
+    // An ECDSA signer has no key file form.
+    let e = KeyFile::Verifying(signer)
+        .save(&fx.path("s.jwk"), false)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("ecdsa-p256"), "{e}");
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }

@@ -119,7 +119,7 @@ fn keys(m: &Value) -> Keys {
     let trusted = strs(m, "trusted")
         .iter()
         .map(|t| {
-            if t.starts_with("ed25519:") {
+            if t.starts_with("ed25519:") || t.starts_with("ecdsa-p256:") {
                 load_verifying_key(t)
             } else {
                 load_verifying_key(&dir.join(t).to_string_lossy())
@@ -514,18 +514,33 @@ fn spec_read(v: &Vector) -> BTreeMap<String, String> {
     // §7.1: signature over the label and the canonical form without itself.
     if let Some(sig) = meta.get("sealtensors.signature") {
         let sig: Value = serde_json::from_str(sig).unwrap();
-        assert_eq!(sig["alg"], "ed25519");
-        let pk = unb64(
-            sig["key"]
-                .as_str()
-                .unwrap()
-                .strip_prefix("ed25519:")
-                .unwrap(),
-        );
+        let alg = sig["alg"].as_str().unwrap();
+        let key = sig["key"].as_str().unwrap();
+        let bytes = unb64(sig["sig"].as_str().unwrap());
         let mut msg = b"sealtensors/1 signature\0".to_vec();
         msg.extend_from_slice(&canonical(&h, &["sealtensors.signature"]));
-        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &pk)
-            .verify(&msg, &unb64(sig["sig"].as_str().unwrap()))
+        let (scheme, pk): (&dyn aws_lc_rs::signature::VerificationAlgorithm, Vec<u8>) = match alg {
+            "ed25519" => (
+                &aws_lc_rs::signature::ED25519,
+                unb64(key.strip_prefix("ed25519:").unwrap()),
+            ),
+            "ecdsa-p256" => {
+                // r || s, s at most n/2.
+                let half_n = "7fffffff800000007fffffffffffffffde737d56d38bcf4279dce5617e3192a8";
+                assert!(
+                    hex(&bytes[32..]).as_str() <= half_n,
+                    "{}: high s",
+                    v.name
+                );
+                (
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                    unb64(key.strip_prefix("ecdsa-p256:").unwrap()),
+                )
+            }
+            other => panic!("{}: alg {other}", v.name),
+        };
+        aws_lc_rs::signature::UnparsedPublicKey::new(scheme, &pk)
+            .verify(&msg, &bytes)
             .unwrap_or_else(|_| panic!("{}: signature", v.name));
     }
 

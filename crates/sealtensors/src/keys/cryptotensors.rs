@@ -194,11 +194,12 @@ pub fn parse_cryptotensors_keys(text: &str) -> Result<CryptoTensorsKeys> {
                 None => None,
             };
             let from_x = match &j.x {
-                Some(x) => {
-                    Some(VerifyingKey(unb64("x", x)?.as_slice().try_into().map_err(
-                        |_| Error::InvalidKey("x must be 32 bytes".into()),
-                    )?))
-                }
+                Some(x) => Some(VerifyingKey::from_bytes(
+                    unb64("x", x)?
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Error::InvalidKey("x must be 32 bytes".into()))?,
+                )),
                 None => None,
             };
             let key = match (from_x, from_d) {

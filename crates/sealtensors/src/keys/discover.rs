@@ -133,7 +133,7 @@ impl KeyConfig {
 
 /// The OMS key a trust entry names, when it is a PEM public key file.
 fn oms_key_at(spec: &str) -> Result<Option<crate::oms::OmsPublicKey>> {
-    if spec.starts_with("ed25519:") {
+    if spec.starts_with("ed25519:") || spec.starts_with("ecdsa-p256:") {
         return Ok(None);
     }
     let path = Path::new(spec);
@@ -162,14 +162,15 @@ fn jwk_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Split a colon-separated list whose items may themselves be
-/// `ed25519:<base64url>` strings (base64url has no colon).
+/// `ed25519:<base64url>` or `ecdsa-p256:<base64url>` strings (base64url has
+/// no colon).
 fn split_trust(v: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut parts = v.split(':').filter(|s| !s.is_empty());
     while let Some(p) = parts.next() {
-        if p == "ed25519" {
+        if p == "ed25519" || p == "ecdsa-p256" {
             if let Some(key) = parts.next() {
-                out.push(format!("ed25519:{key}"));
+                out.push(format!("{p}:{key}"));
             }
         } else {
             out.push(p.to_string());

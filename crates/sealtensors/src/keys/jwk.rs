@@ -124,12 +124,12 @@ impl KeyFile {
                     Some(d) => {
                         let d = Zeroizing::new(unb64_array::<32>("d", d)?);
                         let k = SigningKey::from_seed(*d)?;
-                        if k.verifying_key().0 != x {
+                        if k.verifying_key() != VerifyingKey::from_bytes(x) {
                             return Err(Error::InvalidKey("x does not match d".into()));
                         }
                         Ok(KeyFile::Signing(k))
                     }
-                    None => Ok(KeyFile::Verifying(VerifyingKey(x))),
+                    None => Ok(KeyFile::Verifying(VerifyingKey::from_bytes(x))),
                 }
             }
             ("oct", _) => {
@@ -178,8 +178,18 @@ impl KeyFile {
             KeyFile::P256Recipient(r) => ec(r, None),
             // A token-held key has no secret to write: its public half only
             // (save refuses it, so it never lands in a file as if it were one).
-            KeyFile::Signing(k) => okp("Ed25519", &k.verifying_key().0, k.seed().map(|s| b64(s))),
-            KeyFile::Verifying(v) => okp("Ed25519", &v.0, None),
+            KeyFile::Signing(k) => match k.verifying_key().ed25519_bytes() {
+                Some(x) => okp("Ed25519", x, k.seed().map(|s| b64(s))),
+                // An ECDSA key lives in a token only (save refuses it).
+                None => okp("Ed25519", &[0u8; 32], None),
+            },
+            KeyFile::Verifying(v) => match v.ed25519_bytes() {
+                Some(x) => okp("Ed25519", x, None),
+                None => ec(
+                    &P256Recipient(v.as_bytes().try_into().unwrap_or([0u8; 65])),
+                    None,
+                ),
+            },
             KeyFile::Symmetric(s) => Jwk {
                 kty: "oct".into(),
                 crv: None,
@@ -220,6 +230,13 @@ impl KeyFile {
             if k.seed().is_none() {
                 return Err(Error::InvalidKey(
                     "this signing key is held in a PKCS#11 token and has no file form; name it by its pkcs11: URI".into(),
+                ));
+            }
+        }
+        if let KeyFile::Verifying(v) = self {
+            if v.ed25519_bytes().is_none() {
+                return Err(Error::InvalidKey(
+                    "an ECDSA P-256 signer has no key file form; give it as its ecdsa-p256:... string".into(),
                 ));
             }
         }
@@ -432,10 +449,10 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
     }
 }
 
-/// A trusted signer: an `ed25519:` string, or a JWK file with an Ed25519 key
-/// (public or secret; only the public half is used).
+/// A trusted signer: an `ed25519:` or `ecdsa-p256:` string, or a JWK file
+/// with an Ed25519 key (public or secret; only the public half is used).
 pub fn load_verifying_key(spec: &str) -> Result<VerifyingKey> {
-    if spec.starts_with("ed25519:") {
+    if spec.starts_with("ed25519:") || spec.starts_with("ecdsa-p256:") {
         return spec.parse();
     }
     let path = Path::new(spec);

@@ -37,8 +37,9 @@ pub use p256::{open_slot as open_p256_slot, P256Agreement, P256Identity, P256Rec
 pub use passphrase::{Argon2Params, Passphrase, MAX_PASSPHRASE_SLOTS};
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{
-    pkcs11_generate_ed25519, pkcs11_generate_p256, pkcs11_recipient, Pkcs11Identity, Pkcs11Uri,
-    ENV_PKCS11_MODULE, ENV_PKCS11_PIN,
+    pkcs11_generate_ecdsa_p256, pkcs11_generate_ed25519, pkcs11_generate_p256,
+    pkcs11_generate_signer, pkcs11_recipient, Pkcs11Identity, Pkcs11Uri, ENV_PKCS11_MODULE,
+    ENV_PKCS11_PIN,
 };
 pub use signing::{SigningKey, VerifyingKey};
 pub use symmetric::SymmetricKey;

@@ -5,9 +5,10 @@
 //!   `Z = x(sk · epk)` with `CKM_ECDH1_DERIVE` (`CKD_NULL`), as a session
 //!   object that is read once and destroyed; the KEK and the model key are
 //!   derived in software from `Z`, exactly as for a key file.
-//! - Ed25519 signing keys: the header signature (SPEC §7.1) is made by the
-//!   token with `CKM_EDDSA`; it is the same Ed25519 signature a key file
-//!   makes, so nothing changes for readers or trust entries.
+//! - Signing keys: the header signature (SPEC §7.1) is made by the token
+//!   with `CKM_EDDSA` (Ed25519, the same signature a key file makes) or,
+//!   on tokens without Ed25519, `CKM_ECDSA` over SHA-256 (ECDSA P-256,
+//!   `ecdsa-p256:` signers).
 //!
 //! The URI names the token and the key; the module and PIN come from its
 //! query or the environment:
@@ -47,7 +48,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot as CkSlot;
@@ -79,12 +80,14 @@ enum Kind {
     P256,
     /// Ed25519, sign only: a publisher's signing key.
     Ed25519,
+    /// P-256, sign only: a publisher's signing key on a token without Ed25519.
+    EcdsaP256,
 }
 
 impl Kind {
     fn key_type(self) -> KeyType {
         match self {
-            Kind::P256 => KeyType::EC,
+            Kind::P256 | Kind::EcdsaP256 => KeyType::EC,
             Kind::Ed25519 => KeyType::EC_EDWARDS,
         }
     }
@@ -92,7 +95,11 @@ impl Kind {
         match self {
             Kind::P256 => "EC P-256",
             Kind::Ed25519 => "Ed25519",
+            Kind::EcdsaP256 => "EC P-256 signing",
         }
+    }
+    fn signs(self) -> bool {
+        matches!(self, Kind::Ed25519 | Kind::EcdsaP256)
     }
 }
 
@@ -335,6 +342,15 @@ impl Pkcs11Uri {
     /// The key's search template: its class and type, label and/or id.
     fn template(&self, class: ObjectClass, kind: Kind) -> Vec<Attribute> {
         let mut t = vec![Attribute::Class(class), Attribute::KeyType(kind.key_type())];
+        // P-256 keys of both uses share a type: a private key is told
+        // apart by what it may do.
+        if class == ObjectClass::PRIVATE_KEY {
+            match kind {
+                Kind::P256 => t.push(Attribute::Derive(true)),
+                Kind::EcdsaP256 => t.push(Attribute::Sign(true)),
+                Kind::Ed25519 => {}
+            }
+        }
         if let Some(l) = &self.object {
             t.push(Attribute::Label(l.as_bytes().to_vec()));
         }
@@ -436,7 +452,7 @@ fn find_key(
         .map_err(|e| err(uri.to_string(), problem(e)))?;
     let keygen = match kind {
         Kind::P256 => "keygen --pkcs11 URI",
-        Kind::Ed25519 => "keygen --sign --pkcs11 URI",
+        Kind::Ed25519 | Kind::EcdsaP256 => "keygen --sign --pkcs11 URI",
     };
     match found.as_slice() {
         [one] => Ok(*one),
@@ -538,7 +554,7 @@ fn ed25519_public(session: &Session, uri: &Pkcs11Uri, key: ObjectHandle) -> Resu
             Pkcs11Problem::WrongKey("the token's Ed25519 public key is not 32 bytes".into()),
         )
     })?;
-    Ok(VerifyingKey(pk))
+    Ok(VerifyingKey::from_bytes(pk))
 }
 
 /// The P-256 public point of `key` (a public key object): CKA_EC_PARAMS must
@@ -740,7 +756,7 @@ fn generate(uri: &str, kind: Kind) -> Result<(Session, Pkcs11Uri, ObjectHandle)>
         }
     }
     let (mechanism, params) = match kind {
-        Kind::P256 => (Mechanism::EccKeyPairGen, P256_EC_PARAMS.to_vec()),
+        Kind::P256 | Kind::EcdsaP256 => (Mechanism::EccKeyPairGen, P256_EC_PARAMS.to_vec()),
         Kind::Ed25519 => (Mechanism::EccEdwardsKeyPairGen, ED25519_EC_PARAMS.to_vec()),
     };
     let public = [
@@ -748,7 +764,7 @@ fn generate(uri: &str, kind: Kind) -> Result<(Session, Pkcs11Uri, ObjectHandle)>
         // Readable (and replaceable) only after login.
         Attribute::Private(true),
         Attribute::EcParams(params),
-        Attribute::Verify(kind == Kind::Ed25519),
+        Attribute::Verify(kind.signs()),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.clone()),
     ];
@@ -758,7 +774,7 @@ fn generate(uri: &str, kind: Kind) -> Result<(Session, Pkcs11Uri, ObjectHandle)>
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Derive(kind == Kind::P256),
-        Attribute::Sign(kind == Kind::Ed25519),
+        Attribute::Sign(kind.signs()),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.clone()),
     ];
@@ -791,7 +807,7 @@ fn generate(uri: &str, kind: Kind) -> Result<(Session, Pkcs11Uri, ObjectHandle)>
         Attribute::Sensitive(v) => *v,
         Attribute::Extractable(v) => !*v,
         Attribute::Derive(v) => *v == (kind == Kind::P256),
-        Attribute::Sign(v) => *v == (kind == Kind::Ed25519),
+        Attribute::Sign(v) => *v == kind.signs(),
         _ => true,
     });
     if !as_asked || made.len() < 4 {
@@ -815,21 +831,49 @@ pub fn pkcs11_generate_p256(uri: &str) -> Result<P256Recipient> {
     public_point(&session, &uri, pk)
 }
 
-/// Make an Ed25519 key pair on the token the URI names (`keygen --sign
-/// --pkcs11`), its private key usable only to sign. Returns the public half,
-/// the signer that loaders trust.
+/// Make an Ed25519 key pair on the token the URI names, its private key
+/// usable only to sign. Returns the public half, the signer that loaders
+/// trust.
 pub fn pkcs11_generate_ed25519(uri: &str) -> Result<VerifyingKey> {
     let (session, uri, pk) = generate(uri, Kind::Ed25519)?;
     ed25519_public(&session, &uri, pk)
 }
 
-/// An Ed25519 signing key held in a PKCS#11 token (`CKM_EDDSA`); used as a
-/// [`SigningKey`](super::SigningKey) through `load_signing_key(URI)`.
+/// Make an ECDSA P-256 signing key pair on the token the URI names (for
+/// tokens without Ed25519). Returns the `ecdsa-p256:` signer.
+pub fn pkcs11_generate_ecdsa_p256(uri: &str) -> Result<VerifyingKey> {
+    let (session, uri, pk) = generate(uri, Kind::EcdsaP256)?;
+    VerifyingKey::ecdsa_p256(public_point(&session, &uri, pk)?.as_bytes())
+}
+
+/// Make a signing key on the token (`keygen --sign --pkcs11`): Ed25519 when
+/// the token offers it (`CKM_EC_EDWARDS_KEY_PAIR_GEN` and `CKM_EDDSA`),
+/// else ECDSA P-256.
+pub fn pkcs11_generate_signer(uri: &str) -> Result<VerifyingKey> {
+    let parsed: Pkcs11Uri = uri.parse()?;
+    let ctx = module(&parsed.module_path()?)?;
+    let slot = find_slot(&ctx, &parsed)?;
+    let mechs = ctx
+        .get_mechanism_list(slot)
+        .map_err(|e| err(parsed.to_string(), problem(e)))?;
+    if mechs.contains(&MechanismType::ECC_EDWARDS_KEY_PAIR_GEN)
+        && mechs.contains(&MechanismType::EDDSA)
+    {
+        pkcs11_generate_ed25519(uri)
+    } else {
+        pkcs11_generate_ecdsa_p256(uri)
+    }
+}
+
+/// A signing key held in a PKCS#11 token (`CKM_EDDSA`, or `CKM_ECDSA` for a
+/// P-256 key); used as a [`SigningKey`](super::SigningKey) through
+/// `load_signing_key(URI)`.
 pub(crate) struct Pkcs11Signer {
     uri: Pkcs11Uri,
     session: Mutex<Session>,
     key: ObjectHandle,
     public: VerifyingKey,
+    ecdsa: bool,
 }
 
 impl Pkcs11Signer {
@@ -838,13 +882,23 @@ impl Pkcs11Signer {
         let uri: Pkcs11Uri = uri.parse()?;
         let session = open_session(&uri, false)?;
         login(&session, &uri)?;
-        let (key, public) = find_pair(&session, &uri, Kind::Ed25519)?;
-        let public = ed25519_public(&session, &uri, public)?;
+        // An Ed25519 key pair, else a P-256 key that may sign.
+        let (key, public, ecdsa) = match find_pair(&session, &uri, Kind::Ed25519) {
+            Ok((key, public)) => (key, ed25519_public(&session, &uri, public)?, false),
+            Err(first) => match find_pair(&session, &uri, Kind::EcdsaP256) {
+                Ok((key, public)) => {
+                    let p = public_point(&session, &uri, public)?;
+                    (key, VerifyingKey::ecdsa_p256(p.as_bytes())?, true)
+                }
+                Err(_) => return Err(first),
+            },
+        };
         let s = Pkcs11Signer {
             uri,
             session: Mutex::new(session),
             key,
             public,
+            ecdsa,
         };
         // Prove the pair: a signature over a fresh challenge must verify.
         let mut challenge = b"sealtensors/1 pkcs11 key check\0".to_vec();
@@ -859,25 +913,35 @@ impl Pkcs11Signer {
         self.public
     }
 
-    /// Ed25519 (pure) over `msg`, by the token.
+    /// Ed25519 (pure) over `msg`, or ECDSA P-256 over SHA-256(`msg`) as
+    /// `r || s` with the low `s`, by the token.
     pub(crate) fn sign(&self, msg: &[u8]) -> Result<[u8; 64]> {
         let session = self
             .session
             .lock()
             .map_err(|_| Error::Crypto("PKCS#11 session poisoned"))?;
-        let sig = session
-            .sign(
+        let sig = if self.ecdsa {
+            // CKM_ECDSA signs a digest given to it: tokens differ in which
+            // hash-and-sign mechanisms they have, every one has this.
+            session.sign(&Mechanism::Ecdsa, self.key, &crypto::sha256(msg))
+        } else {
+            session.sign(
                 &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
                 self.key,
                 msg,
             )
-            .map_err(|e| err(format!("signing with {}", self.uri), problem(e)))?;
-        sig.as_slice().try_into().map_err(|_| {
+        }
+        .map_err(|e| err(format!("signing with {}", self.uri), problem(e)))?;
+        let mut out: [u8; 64] = sig.as_slice().try_into().map_err(|_| {
             err(
                 format!("signing with {}", self.uri),
-                Pkcs11Problem::Token(format!("an Ed25519 signature of {} bytes", sig.len())),
+                Pkcs11Problem::Token(format!("a signature of {} bytes, not 64", sig.len())),
             )
-        })
+        })?;
+        if self.ecdsa {
+            crypto::ecdsa_p256_low_s(&mut out);
+        }
+        Ok(out)
     }
 }
 

@@ -1,7 +1,9 @@
-//! Ed25519 header signatures (SPEC §7). A signing key is a seed in memory
+//! Header signatures (SPEC §7.1): Ed25519, and ECDSA P-256 for PKCS#11
+//! tokens that have no Ed25519. A signing key is an Ed25519 seed in memory
 //! (a JWK file's) or, with the `pkcs11` feature, a key held in a PKCS#11
-//! token that signs with `CKM_EDDSA` (src/keys/pkcs11.rs): the signatures are
-//! the same Ed25519 either way, so readers cannot tell and need not.
+//! token that signs with `CKM_EDDSA` or `CKM_ECDSA` (src/keys/pkcs11.rs).
+//! A verifying key names its algorithm (`ed25519:...`, `ecdsa-p256:...`),
+//! so a trust entry pins the algorithm as well as the key.
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,6 +17,7 @@ use crate::crypto::{self, Secret32};
 use crate::error::{Error, Result};
 
 const PREFIX: &str = "ed25519:";
+const ECDSA_PREFIX: &str = "ecdsa-p256:";
 
 /// A signer's secret key. Never printed.
 pub struct SigningKey {
@@ -31,9 +34,16 @@ enum Inner {
     Token(Arc<super::pkcs11::Pkcs11Signer>),
 }
 
-/// A signer's public key, written `ed25519:<base64url>`.
+/// A signer's public key, written `ed25519:<base64url of 32 bytes>` or
+/// `ecdsa-p256:<base64url of the 65-byte uncompressed point>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct VerifyingKey(pub(crate) [u8; 32]);
+pub struct VerifyingKey(pub(crate) Vk);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Vk {
+    Ed25519([u8; 32]),
+    EcdsaP256([u8; 65]),
+}
 
 impl SigningKey {
     /// A fresh key.
@@ -49,7 +59,7 @@ impl SigningKey {
         pk.copy_from_slice(pair.public_key().as_ref());
         Ok(SigningKey {
             inner: Inner::Seed { seed, pair },
-            public: VerifyingKey(pk),
+            public: VerifyingKey::from_bytes(pk),
         })
     }
     /// A key held in a PKCS#11 token.
@@ -111,23 +121,53 @@ impl fmt::Debug for SigningKey {
 }
 
 impl VerifyingKey {
-    /// Verify a signature.
+    /// Verify a signature: Ed25519 (RFC 8032), or ECDSA P-256 with SHA-256
+    /// as 64 bytes `r || s` with `s` at most n/2 (SPEC §7.1).
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        crypto::ed25519_verify(&self.0, msg, sig)
+        match &self.0 {
+            Vk::Ed25519(k) => crypto::ed25519_verify(k, msg, sig),
+            Vk::EcdsaP256(k) => crypto::ecdsa_p256_verify_fixed(k, msg, sig),
+        }
     }
-    /// The raw key.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+    /// The raw key: 32 bytes (Ed25519) or the 65-byte point (ECDSA P-256).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Vk::Ed25519(k) => k,
+            Vk::EcdsaP256(k) => k,
+        }
     }
-    /// From raw bytes.
+    /// An Ed25519 key from its 32 bytes.
     pub fn from_bytes(b: [u8; 32]) -> Self {
-        VerifyingKey(b)
+        VerifyingKey(Vk::Ed25519(b))
+    }
+    /// An ECDSA P-256 key from its uncompressed point, checked to be on the
+    /// curve.
+    pub fn ecdsa_p256(point: &[u8]) -> Result<Self> {
+        let p = super::P256Recipient::from_point(point)?;
+        Ok(VerifyingKey(Vk::EcdsaP256(*p.as_bytes())))
+    }
+    /// The signature algorithm, as `sealtensors.signature` names it.
+    pub fn alg(&self) -> &'static str {
+        match self.0 {
+            Vk::Ed25519(_) => "ed25519",
+            Vk::EcdsaP256(_) => "ecdsa-p256",
+        }
+    }
+    /// The Ed25519 key bytes, for a JWK file; `None` for ECDSA.
+    pub(crate) fn ed25519_bytes(&self) -> Option<&[u8; 32]> {
+        match &self.0 {
+            Vk::Ed25519(k) => Some(k),
+            Vk::EcdsaP256(_) => None,
+        }
     }
 }
 
 impl fmt::Display for VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PREFIX}{}", b64(&self.0))
+        match &self.0 {
+            Vk::Ed25519(k) => write!(f, "{PREFIX}{}", b64(k)),
+            Vk::EcdsaP256(k) => write!(f, "{ECDSA_PREFIX}{}", b64(k)),
+        }
     }
 }
 
@@ -140,9 +180,17 @@ impl fmt::Debug for VerifyingKey {
 impl FromStr for VerifyingKey {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
+        if let Some(body) = s.strip_prefix(ECDSA_PREFIX) {
+            return Self::ecdsa_p256(&super::unb64("ecdsa-p256 public key", body)?);
+        }
         let body = s.strip_prefix(PREFIX).ok_or_else(|| {
-            Error::InvalidKey(format!("a signer's public key must start with {PREFIX:?}"))
+            Error::InvalidKey(format!(
+                "a signer's public key must start with {PREFIX:?} or {ECDSA_PREFIX:?}"
+            ))
         })?;
-        Ok(VerifyingKey(unb64_array("ed25519 public key", body)?))
+        Ok(VerifyingKey::from_bytes(unb64_array(
+            "ed25519 public key",
+            body,
+        )?))
     }
 }
