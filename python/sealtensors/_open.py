@@ -122,7 +122,7 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
         device: where tensors go ("cpu", "cuda", "cuda:1", ...).
         identities: identity files (X25519, P-256 or symmetric JWK); default from the
             environment or the config directory.
-        trusted: trusted signers (`ed25519:...` or JWK files); when given,
+        trusted: trusted signers (`ed25519:...`, `ecdsa-p256:...` or JWK files); when given,
             every file must be signed by one of them.
         passphrase: opens passphrase slots.
         require_encrypted: refuse plain or sign-only files (downgrade).

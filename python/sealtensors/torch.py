@@ -34,7 +34,7 @@ def save_file(
     """Save tensors; sealed when `recipients`, `passphrase` or `sign_key` is given.
 
     Seal options: recipients (x25519:... or p256:... strings or JWK paths), passphrase,
-    sign_key (Ed25519 JWK path), encrypt (name globs; default all), cipher,
+    sign_key (Ed25519 JWK path or pkcs11: URI), encrypt (name globs; default all), cipher,
     chunk_size, model_id, model_version, expires (Unix seconds), policy (Rego text).
     """
     if not seal_kwargs_given(seal):

@@ -760,7 +760,7 @@ async fn register_model_do(
         return Err(api(
             400,
             "bad_request",
-            "signer must be an ed25519:... public key",
+            "signer must be an ed25519:... or ecdsa-p256:... public key",
         ));
     };
     if !b.releaser.keks.contains_key(&r.kid) {

@@ -245,7 +245,7 @@ impl Releaser {
             )
         })?;
         let hint: Option<VerifyingKey> = sig.key.parse().ok();
-        if sig.alg != "ed25519" || hint != Some(signer) {
+        if sig.alg != signer.alg() || hint != Some(signer) {
             return Err(deny(
                 403,
                 "untrusted_signer",

@@ -37,7 +37,8 @@ pub fn open(store: &StoreConfig, database: &Path) -> Result<Arc<dyn Store>> {
 pub struct ModelRecord {
     /// The model id in the sealed header (`sealtensors.seal` `model.id`).
     pub model_id: String,
-    /// The publisher's Ed25519 signer, `ed25519:...`: headers must verify under it.
+    /// The publisher's signer, `ed25519:...` or `ecdsa-p256:...`: headers must
+    /// verify under it.
     pub signer: String,
     /// The broker key id the model is sealed to.
     pub kid: String,

@@ -1347,4 +1347,47 @@ fn a_broker_with_its_kek_in_a_pkcs11_token_releases_keys() {
     .unwrap();
     let f = fx.open(&both, fx.access(&token, "m1")).unwrap();
     assert_eq!(f.read_tensor("w").unwrap(), fx.data);
+
+    // A model whose publisher signs with an ECDSA P-256 token key (a token
+    // without Ed25519): registered with its ecdsa-p256: signer, released.
+    let signer_uri = format!(
+        "pkcs11:token=broker;object=publisher?module-path={module}&pin-source=file:{}",
+        hsm.path().join("pin").display()
+    );
+    let signer = sealtensors::keys::pkcs11_generate_ecdsa_p256(&signer_uri).unwrap();
+    let (s, v) = fx.admin(
+        "POST",
+        "/admin/models",
+        Some(json!({"model_id": "acme/ecdsa", "signer": signer.to_string(), "kid": "k1"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = fx.admin(
+        "POST",
+        "/admin/licences",
+        Some(json!({"customer": "acme", "models": ["acme/ecdsa"], "seats": 1, "expires": null, "claims": {}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let token2 = v["token"].as_str().unwrap().to_string();
+    let ecdsa_file = fx.dir.path().join("ecdsa.safetensors");
+    Sealer::new(SealOptions {
+        recipients: vec![load_recipient(&fx.url("k1")).unwrap()],
+        signing_key: Some(sealtensors::keys::load_signing_key(Path::new(&signer_uri)).unwrap()),
+        model_id: "acme/ecdsa".into(),
+        model_version: "1".into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .seal_file(&fx.dir.path().join("plain.safetensors"), &ecdsa_file)
+    .unwrap();
+    let f = SealedFile::open(
+        &ecdsa_file,
+        &OpenOptions {
+            trusted: vec![signer],
+            broker: Some(fx.access(&token2, "m1")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(f.read_tensor("w").unwrap(), fx.data);
+    assert_eq!(f.authenticity().name(), "signed-trusted");
 }

@@ -82,7 +82,7 @@ pub struct Register {
     /// The model id written when sealing (--model-id of `seal`).
     #[arg(long)]
     pub model_id: String,
-    /// The publisher's signer: ed25519:... or a verifying key JWK file.
+    /// The publisher's signer: ed25519:..., ecdsa-p256:... or a verifying key JWK file.
     #[arg(long)]
     pub signer: String,
     /// The broker key id the model is sealed to (the last segment of its key URL).

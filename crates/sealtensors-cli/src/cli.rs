@@ -212,7 +212,7 @@ pub struct KeyArgs {
     /// Identity file (X25519, P-256 or symmetric JWK) or pkcs11: URI of a token-held P-256 key; repeatable. Default: SEALTENSORS_IDENTITY, then the config directory.
     #[arg(short = 'i', long = "identity")]
     pub identities: Vec<PathBuf>,
-    /// Trusted signer (ed25519:... or a JWK file); repeatable. Default: SEALTENSORS_TRUST, then the config directory.
+    /// Trusted signer (ed25519:..., ecdsa-p256:... or a JWK file); repeatable. Default: SEALTENSORS_TRUST, then the config directory.
     #[arg(long = "trust")]
     pub trust: Vec<String>,
     /// Ask for a passphrase to open passphrase slots (or read SEALTENSORS_PASSPHRASE).

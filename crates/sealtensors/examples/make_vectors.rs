@@ -620,6 +620,26 @@ fn ecdsa_vectors(out: &mut Out, dir: &Path) -> Res {
     }
     e.meta().insert(seal::KEY_SIGNATURE.into(), doc(&high)?);
     e.save(&p("fail_ecdsa_p256_high_s"))?;
+    // The algorithm renamed, both ways: alg must be the key's.
+    let renamed = SignatureDoc {
+        alg: "ed25519".into(),
+        key: signer.to_string(),
+        sig: b64(&sig),
+    };
+    e.meta()
+        .insert(seal::KEY_SIGNATURE.into(), serde_json::to_string(&renamed)?);
+    e.save(&p("fail_ecdsa_p256_alg_renamed"))?;
+    out.manifest(
+        "fail_ecdsa_p256_alg_renamed",
+        json!({
+            "description": "The ECDSA vector with alg \"ed25519\" and its ecdsa-p256: key: the algorithm named is not the key's.",
+            "file": file("fail_ecdsa_p256_alg_renamed"),
+            "identities": ["keys/recipient.jwk"],
+            "trusted": [signer.to_string()],
+            "expect": "InvalidSealMetadata",
+            "fails_at": "open",
+        }),
+    )?;
     out.manifest(
         "fail_ecdsa_p256_high_s",
         json!({

@@ -556,6 +556,46 @@ mod tests {
     }
 
     #[test]
+    fn low_s_boundaries() {
+        let with_s = |s: [u8; 32]| {
+            let mut sig = [7u8; 64];
+            sig[32..].copy_from_slice(&s);
+            sig
+        };
+        let add = |a: [u8; 32], k: u8| {
+            let mut out = a;
+            let mut carry = k as u16;
+            for b in out.iter_mut().rev() {
+                let v = *b as u16 + carry;
+                *b = v as u8;
+                carry = v >> 8;
+            }
+            out
+        };
+        // n/2 stays; n/2 + 1 becomes n - (n/2 + 1) = n/2 (n is odd); n - 1 becomes 1.
+        let mut sig = with_s(P256_HALF_N);
+        ecdsa_p256_low_s(&mut sig);
+        assert_eq!(sig[32..], P256_HALF_N[..]);
+        let mut sig = with_s(add(P256_HALF_N, 1));
+        ecdsa_p256_low_s(&mut sig);
+        assert_eq!(sig[32..], P256_HALF_N[..]);
+        let mut n_minus_1 = P256_N;
+        n_minus_1[31] -= 1;
+        let mut sig = with_s(n_minus_1);
+        ecdsa_p256_low_s(&mut sig);
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        assert_eq!(sig[32..], one[..]);
+        // The r half is never touched.
+        assert_eq!(sig[..32], [7u8; 32]);
+        // Wrong lengths never verify.
+        let point = [4u8; 65];
+        assert!(!ecdsa_p256_verify_fixed(&point, b"m", &[0u8; 63]));
+        assert!(!ecdsa_p256_verify_fixed(&point, b"m", &[0u8; 65]));
+        assert!(!ecdsa_p256_verify_fixed(&point, b"m", &[0u8; 64]));
+    }
+
+    #[test]
     fn chunk_round_trip_and_binding() {
         for c in [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305] {
             let k = ChunkKey::new(c, &Secret32::random().unwrap()).unwrap();

@@ -407,20 +407,22 @@ pub fn signed_message(h: &Header) -> Vec<u8> {
 
 /// Check the signature against the trusted signers (SPEC A.3): the first
 /// that verifies is the signer. The file names no key that could verify it,
-/// so with no trusted signer nothing can be checked.
+/// so with no trusted signer nothing can be checked. Their signatures are
+/// Ed25519: trusted ECDSA keys are never tried (a key is trusted with its
+/// algorithm only, and their message has no domain label).
 pub fn verify_signature(
     meta: &CtMeta,
     h: &Header,
     trusted: &[VerifyingKey],
 ) -> Result<VerifyingKey> {
     let msg = signed_message(h);
-    trusted
-        .iter()
+    let ed25519 = || trusted.iter().filter(|k| k.alg() == "ed25519");
+    ed25519()
         .find(|k| k.verify(&msg, &meta.signature))
         .copied()
         .ok_or_else(|| Error::CryptoTensorsSignature {
             signer: meta.sign.describe(),
-            trusted: trusted.len(),
+            trusted: ed25519().count(),
         })
 }
 

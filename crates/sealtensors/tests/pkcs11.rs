@@ -522,12 +522,15 @@ fn an_ecdsa_token_key_signs_headers_for_ecdsa_p256_trust_only() {
             "{name}: {e:?}"
         );
     }
-    // An ECDSA signer has no key file form.
-    let e = KeyFile::Verifying(signer)
-        .save(&fx.path("s.jwk"), false)
-        .err()
-        .unwrap();
-    assert!(e.to_string().contains("ecdsa-p256"), "{e}");
+    // An ECDSA signer's key file (EC P-256 marked ES256) loads back as that
+    // signer, never as an encryption recipient, and works as a trust entry.
+    let sp = fx.path("signer.jwk");
+    KeyFile::Verifying(signer).save(&sp, false).unwrap();
+    assert_eq!(
+        sealtensors::keys::load_verifying_key(&sp.to_string_lossy()).unwrap(),
+        signer
+    );
+    assert!(load_recipient(&sp.to_string_lossy()).is_err());
 }
 
 fn hex_bytes(s: &str) -> Vec<u8> {

@@ -527,11 +527,7 @@ fn spec_read(v: &Vector) -> BTreeMap<String, String> {
             "ecdsa-p256" => {
                 // r || s, s at most n/2.
                 let half_n = "7fffffff800000007fffffffffffffffde737d56d38bcf4279dce5617e3192a8";
-                assert!(
-                    hex(&bytes[32..]).as_str() <= half_n,
-                    "{}: high s",
-                    v.name
-                );
+                assert!(hex(&bytes[32..]).as_str() <= half_n, "{}: high s", v.name);
                 (
                     &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
                     unb64(key.strip_prefix("ecdsa-p256:").unwrap()),

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// Colon-separated paths of identity files.
 pub const ENV_IDENTITY: &str = "SEALTENSORS_IDENTITY";
-/// Colon-separated trusted signers (paths or `ed25519:` strings).
+/// Colon-separated trusted signers (paths, `ed25519:` or `ecdsa-p256:` strings).
 pub const ENV_TRUST: &str = "SEALTENSORS_TRUST";
 
 /// Keys gathered for a loader.
@@ -119,7 +119,7 @@ impl KeyConfig {
         Ok(cfg)
     }
 
-    /// One trust entry: an `ed25519:` string or a key file (JWK, their
+    /// One trust entry: an `ed25519:` or `ecdsa-p256:` string or a key file (JWK, their
     /// CryptoTensors form), or a PEM ECDSA public key, which is an OpenSSF
     /// model signing key.
     fn add_trust(&mut self, spec: &str) -> Result<()> {
@@ -185,5 +185,7 @@ mod tests {
     fn trust_lists_keep_ed25519_strings_whole() {
         let v = super::split_trust("ed25519:abc:/keys/a.jwk::ed25519:def");
         assert_eq!(v, vec!["ed25519:abc", "/keys/a.jwk", "ed25519:def"]);
+        let v = super::split_trust("ecdsa-p256:BPx:ed25519:abc");
+        assert_eq!(v, vec!["ecdsa-p256:BPx", "ed25519:abc"]);
     }
 }

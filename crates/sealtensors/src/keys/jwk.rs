@@ -37,6 +37,10 @@ struct Jwk {
     k: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kid: Option<String>,
+    /// `ES256` marks an EC P-256 key as a signer (an ECDSA verifying key);
+    /// without it an EC P-256 key is an encryption recipient or identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alg: Option<String>,
 }
 
 impl Drop for Jwk {
@@ -106,6 +110,16 @@ impl KeyFile {
                 let x: [u8; 32] = unb64_array("x", j.x.as_deref().unwrap_or(""))?;
                 let y: [u8; 32] = unb64_array("y", j.y.as_deref().unwrap_or(""))?;
                 let public = P256Recipient::from_coordinates(&x, &y)?;
+                if j.alg.as_deref() == Some("ES256") {
+                    if j.d.is_some() {
+                        return Err(Error::InvalidKey(
+                            "an ECDSA P-256 signing key in a file is not supported: ECDSA signing keys live in PKCS#11 tokens (name them by pkcs11: URI)".into(),
+                        ));
+                    }
+                    return Ok(KeyFile::Verifying(VerifyingKey::ecdsa_p256(
+                        public.as_bytes(),
+                    )?));
+                }
                 match &j.d {
                     Some(d) => {
                         let d = Zeroizing::new(unb64_array::<32>("d", d)?);
@@ -159,8 +173,9 @@ impl KeyFile {
             d,
             k: None,
             kid: None,
+            alg: None,
         };
-        let ec = |p: &P256Recipient, d: Option<String>| Jwk {
+        let ec_with = |p: &P256Recipient, d: Option<String>, alg: Option<&str>| Jwk {
             kty: "EC".into(),
             crv: Some("P-256".into()),
             x: Some(b64(&p.x())),
@@ -168,6 +183,17 @@ impl KeyFile {
             d,
             k: None,
             kid: None,
+            alg: alg.map(str::to_string),
+        };
+        let ec = |p: &P256Recipient, d: Option<String>| ec_with(p, d, None);
+        // A verifying key's JWK: OKP Ed25519, or EC P-256 marked ES256.
+        let verifying = |v: &VerifyingKey, d: Option<String>| match v.ed25519_bytes() {
+            Some(x) => okp("Ed25519", x, d),
+            None => ec_with(
+                &P256Recipient(v.as_bytes().try_into().unwrap_or([4u8; 65])),
+                None,
+                Some("ES256"),
+            ),
         };
         let j = match self {
             KeyFile::X25519Identity(id) => {
@@ -178,18 +204,8 @@ impl KeyFile {
             KeyFile::P256Recipient(r) => ec(r, None),
             // A token-held key has no secret to write: its public half only
             // (save refuses it, so it never lands in a file as if it were one).
-            KeyFile::Signing(k) => match k.verifying_key().ed25519_bytes() {
-                Some(x) => okp("Ed25519", x, k.seed().map(|s| b64(s))),
-                // An ECDSA key lives in a token only (save refuses it).
-                None => okp("Ed25519", &[0u8; 32], None),
-            },
-            KeyFile::Verifying(v) => match v.ed25519_bytes() {
-                Some(x) => okp("Ed25519", x, None),
-                None => ec(
-                    &P256Recipient(v.as_bytes().try_into().unwrap_or([0u8; 65])),
-                    None,
-                ),
-            },
+            KeyFile::Signing(k) => verifying(&k.verifying_key(), k.seed().map(|s| b64(s))),
+            KeyFile::Verifying(v) => verifying(v, None),
             KeyFile::Symmetric(s) => Jwk {
                 kty: "oct".into(),
                 crv: None,
@@ -198,6 +214,7 @@ impl KeyFile {
                 d: None,
                 k: Some(b64(s.secret().expose())),
                 kid: Some(s.kid().to_string()),
+                alg: None,
             },
         };
         Zeroizing::new(serde_json::to_string_pretty(&j).unwrap_or_default() + "\n")
@@ -233,13 +250,7 @@ impl KeyFile {
                 ));
             }
         }
-        if let KeyFile::Verifying(v) = self {
-            if v.ed25519_bytes().is_none() {
-                return Err(Error::InvalidKey(
-                    "an ECDSA P-256 signer has no key file form; give it as its ecdsa-p256:... string".into(),
-                ));
-            }
-        }
+
         write_key_file(path, self.to_jwk().as_bytes(), force)
     }
 }

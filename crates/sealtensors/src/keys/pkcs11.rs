@@ -856,13 +856,17 @@ pub fn pkcs11_generate_signer(uri: &str) -> Result<VerifyingKey> {
     let mechs = ctx
         .get_mechanism_list(slot)
         .map_err(|e| err(parsed.to_string(), problem(e)))?;
-    if mechs.contains(&MechanismType::ECC_EDWARDS_KEY_PAIR_GEN)
-        && mechs.contains(&MechanismType::EDDSA)
-    {
+    if has_ed25519(&mechs) {
         pkcs11_generate_ed25519(uri)
     } else {
         pkcs11_generate_ecdsa_p256(uri)
     }
+}
+
+/// Whether a token's mechanisms make and use Ed25519 keys.
+fn has_ed25519(mechs: &[MechanismType]) -> bool {
+    mechs.contains(&MechanismType::ECC_EDWARDS_KEY_PAIR_GEN)
+        && mechs.contains(&MechanismType::EDDSA)
 }
 
 /// A signing key held in a PKCS#11 token (`CKM_EDDSA`, or `CKM_ECDSA` for a
@@ -877,7 +881,8 @@ pub(crate) struct Pkcs11Signer {
 }
 
 impl Pkcs11Signer {
-    /// Log in to the token and find the Ed25519 key pair the URI names.
+    /// Log in to the token and find the signing key pair the URI names: an
+    /// Ed25519 pair, else a P-256 pair whose private key may sign.
     pub(crate) fn open(uri: &str) -> Result<Self> {
         let uri: Pkcs11Uri = uri.parse()?;
         let session = open_session(&uri, false)?;
@@ -991,6 +996,25 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(!e.contains("9876"), "{e}");
+    }
+
+    #[test]
+    fn signers_are_ed25519_only_where_the_token_makes_and_uses_it() {
+        use MechanismType as M;
+        assert!(has_ed25519(&[
+            M::ECDSA,
+            M::ECC_EDWARDS_KEY_PAIR_GEN,
+            M::EDDSA
+        ]));
+        // A YubiKey-PIV-like token: ECDSA only.
+        assert!(!has_ed25519(&[
+            M::ECC_KEY_PAIR_GEN,
+            M::ECDSA,
+            M::ECDH1_DERIVE
+        ]));
+        // Half of it is not enough.
+        assert!(!has_ed25519(&[M::ECC_EDWARDS_KEY_PAIR_GEN]));
+        assert!(!has_ed25519(&[M::EDDSA]));
     }
 
     #[test]

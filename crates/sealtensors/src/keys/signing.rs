@@ -97,7 +97,7 @@ impl SigningKey {
                 out = t.sign(msg)?;
                 if !self.public.verify(msg, &out) {
                     return Err(Error::Crypto(
-                        "the token's Ed25519 signature does not verify with its public key",
+                        "the token's signature does not verify with its public key",
                     ));
                 }
             }
@@ -192,5 +192,38 @@ impl FromStr for VerifyingKey {
             "ed25519 public key",
             body,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecdsa_signer_strings_are_checked() {
+        let p = crate::keys::P256Identity::generate().unwrap().recipient();
+        let s = format!("ecdsa-p256:{}", b64(p.as_bytes()));
+        let k: VerifyingKey = s.parse().unwrap();
+        assert_eq!((k.alg(), k.to_string()), ("ecdsa-p256", s));
+        // Off the curve, compressed, short, the other algorithm's length.
+        let mut off = *p.as_bytes();
+        off[64] ^= 1;
+        let mut compressed = vec![2 + (p.as_bytes()[64] & 1)];
+        compressed.extend_from_slice(&p.x());
+        for bad in [
+            off.to_vec(),
+            compressed,
+            p.as_bytes()[..64].to_vec(),
+            vec![1u8; 32],
+        ] {
+            assert!(format!("ecdsa-p256:{}", b64(&bad))
+                .parse::<VerifyingKey>()
+                .is_err());
+        }
+        // An Ed25519 key and an ECDSA key are never equal, whatever bytes.
+        let ed = VerifyingKey::from_bytes([9u8; 32]);
+        assert_eq!(ed.alg(), "ed25519");
+        assert_ne!(ed, k);
+        assert!("ecdsa:AAAA".parse::<VerifyingKey>().is_err());
     }
 }
