@@ -62,9 +62,10 @@ pub enum KeyFile {
     P256Identity(P256Identity),
     /// A P-256 public key.
     P256Recipient(P256Recipient),
-    /// An Ed25519 signing key.
+    /// A signing key: an Ed25519 seed, or (never in a file) a token's key.
     Signing(SigningKey),
-    /// An Ed25519 public key.
+    /// A signer's public key: Ed25519, or ECDSA P-256 (JWK EC with `alg`
+    /// `ES256`).
     Verifying(VerifyingKey),
     /// A symmetric key.
     Symmetric(SymmetricKey),
@@ -250,7 +251,6 @@ impl KeyFile {
                 ));
             }
         }
-
         write_key_file(path, self.to_jwk().as_bytes(), force)
     }
 }
