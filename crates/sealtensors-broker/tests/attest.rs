@@ -226,9 +226,12 @@ struct Fx {
 
 impl Fx {
     fn new() -> Fx {
+        Fx::with_kek(BrokerKek::new("k1", X25519Identity::generate().unwrap()).unwrap())
+    }
+
+    fn with_kek(kek: BrokerKek) -> Fx {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("broker.db")).unwrap());
-        let kek = BrokerKek::new("k1", X25519Identity::generate().unwrap()).unwrap();
         let kek_public = kek.public_key();
         // From JSON, so that fields added to Config keep their defaults.
         let config: Config = serde_json::from_value(json!({
@@ -381,6 +384,36 @@ fn request(
         attestation: Some(json!({ "tpm": ev.clone() })),
     };
     (req, ev)
+}
+
+/// A broker whose KEK is a P-256 key held in a TPM (swtpm): files sealed to
+/// it carry a `broker-p256` slot, and each release asks the TPM for the
+/// ECDH; the KEK is in no file in the clear.
+#[test]
+fn a_broker_with_its_kek_in_a_tpm_releases_keys() {
+    let tpm = Swtpm::start();
+    // The KEK's TPM is named by SEALTENSORS_TPM_TCTI (process-wide); the
+    // other tests here name their TPMs explicitly (TpmQuoter::with_tcti).
+    std::env::set_var("SEALTENSORS_TPM_TCTI", &tpm.tcti);
+    let keys = tempfile::tempdir().unwrap();
+    let idp = keys.path().join("kek.tpm.json");
+    let made = sealtensors::keys::tpm_generate_p256(&idp, None, false).unwrap();
+    let fx = Fx::with_kek(BrokerKek::load("k1", &idp).unwrap());
+    assert_eq!(fx.kek_public.to_string(), made.to_string());
+    let (s, v) = fx.admin(
+        "/admin/licences",
+        ADMIN,
+        json!({"customer": "acme", "models": [MODEL], "seats": 1}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    let p = fx.seal("package sealtensors\n\ndefault allow := true\n");
+    let raw = std::fs::read(&p).unwrap();
+    let h = sealtensors::Header::parse_buffer(&raw).unwrap();
+    assert!(h.metadata.as_ref().unwrap()["sealtensors.slots"].contains("broker-p256"));
+    let f = fx.open(&p, fx.access(&token, "m1")).unwrap();
+    assert_eq!(f.read_tensor("w").unwrap(), fx.data);
+    assert_eq!(fx.last_audit().0, "released");
 }
 
 #[test]
