@@ -26,8 +26,8 @@ use serde_json::{json, Value};
 
 use sealtensors::crypto::{self, Secret32};
 use sealtensors::keys::{
-    Argon2Params, BrokerRecipient, KeyFile, ModelKey, P256Agreement, P256Identity, Passphrase,
-    SigningKey, Slot, SymmetricKey, X25519Identity,
+    Argon2Params, BrokerPublicKey, BrokerRecipient, KeyFile, ModelKey, P256Agreement, P256Identity,
+    Passphrase, SigningKey, Slot, SymmetricKey, X25519Identity,
 };
 use sealtensors::seal::{self, SignatureDoc};
 use sealtensors::{Cipher, Dtype, Header, SealOptions, Sealer, TensorRef};
@@ -395,81 +395,90 @@ const BROKER_P256_URL: &str = "https://keys.example.com/keys/vector-kek-p256";
 /// plain vector. It is opened as the broker opens it, with its KEK; the KEK
 /// given to a loader as an ordinary identity opens nothing.
 fn broker_vectors(out: &mut Out, dir: &Path) -> Res {
-    let p = |name: &str| dir.join(format!("{name}.safetensors"));
-    let file = |name: &str| format!("{name}.safetensors");
-    let kek = X25519Identity::from_secret_bytes(fixed("broker kek"))?;
     KeyFile::X25519Identity(X25519Identity::from_secret_bytes(fixed("broker kek"))?)
         .save(&dir.join("keys/broker-kek.jwk"), true)?;
-    let signer = SigningKey::from_seed(fixed("ed25519 signer"))?;
-    let sealer = Sealer::new(SealOptions {
-        recipients: vec![Box::new(BrokerRecipient::new(BROKER_URL, kek.recipient())?)],
-        cipher: Cipher::Aes256Gcm,
-        ..base_opts(Some(&signer))?
-    })?;
-    sealer.seal_file(&p("plain"), &p("broker_slot"))?;
-    let model = model();
-    out.manifest(
-        "broker_slot_at_the_broker",
-        json!({
-            "description": format!("AES-256-GCM, signed, one broker slot (SPEC §6.6) for kid vector-kek at {BROKER_URL}; opened as the broker opens it, with its KEK (broker_kek), which is what a broker's release returns to an allowed client."),
-            "file": file("broker_slot"),
-            "broker_kek": {"kid": "vector-kek", "identity": "keys/broker-kek.jwk"},
-            "trusted": ["keys/signer.pub.jwk"],
-            "expect": "ok",
-            "authenticity": "trusted",
-            "metadata": plain_metadata(),
-            "tensors": tensor_table(&model, |_| true),
-        }),
-    )?;
-    out.manifest(
-        "fail_broker_slot_local_identity",
-        json!({
-            "description": "The broker vector given to a loader with the broker's KEK as an ordinary identity and no broker allowed: a reader never opens a broker slot locally, and contacts no broker its configuration does not allow.",
-            "file": file("broker_slot"),
-            "identities": ["keys/broker-kek.jwk"],
-            "trusted": ["keys/signer.pub.jwk"],
-            "expect": "BrokerUnavailable",
-            "fails_at": "open",
-        }),
+    broker_kind_vectors(
+        out,
+        dir,
+        BrokerVector {
+            file: "broker_slot",
+            kid: "vector-kek",
+            url: BROKER_URL,
+            kek_file: "keys/broker-kek.jwk",
+            public: X25519Identity::from_secret_bytes(fixed("broker kek"))?
+                .recipient()
+                .into(),
+            ok: ("broker_slot_at_the_broker", format!("AES-256-GCM, signed, one broker slot (SPEC §6.6) for kid vector-kek at {BROKER_URL}; opened as the broker opens it, with its KEK (broker_kek), which is what a broker's release returns to an allowed client.")),
+            fail: ("fail_broker_slot_local_identity", "The broker vector given to a loader with the broker's KEK as an ordinary identity and no broker allowed: a reader never opens a broker slot locally, and contacts no broker its configuration does not allow."),
+        },
     )?;
     // SPEC §6.8: the same with a P-256 KEK (what a token or TPM holds).
-    let kek = P256Identity::from_secret_bytes(fixed("broker kek p256"))?;
     KeyFile::P256Identity(P256Identity::from_secret_bytes(fixed("broker kek p256"))?)
         .save(&dir.join("keys/broker-kek-p256.jwk"), true)?;
+    broker_kind_vectors(
+        out,
+        dir,
+        BrokerVector {
+            file: "broker_p256_slot",
+            kid: "vector-kek-p256",
+            url: BROKER_P256_URL,
+            kek_file: "keys/broker-kek-p256.jwk",
+            public: P256Identity::from_secret_bytes(fixed("broker kek p256"))?
+                .recipient()
+                .into(),
+            ok: ("broker_p256_slot_at_the_broker", format!("AES-256-GCM, signed, one broker-p256 slot (SPEC §6.8) for kid vector-kek-p256 at {BROKER_P256_URL}; opened as the broker opens it, with its P-256 KEK.")),
+            fail: ("fail_broker_p256_slot_local_identity", "The P-256 broker vector given to a loader with the broker's KEK as an ordinary P-256 identity and no broker allowed: never opened locally."),
+        },
+    )
+}
+
+/// One kind of broker slot's vectors (see [`broker_vectors`]).
+struct BrokerVector {
+    file: &'static str,
+    kid: &'static str,
+    url: &'static str,
+    kek_file: &'static str,
+    public: BrokerPublicKey,
+    ok: (&'static str, String),
+    fail: (&'static str, &'static str),
+}
+
+/// The plain model sealed (AES-256-GCM, signed) to a broker KEK: opened as
+/// the broker opens it, and refused when the KEK is given to a loader as an
+/// ordinary identity.
+fn broker_kind_vectors(out: &mut Out, dir: &Path, v: BrokerVector) -> Res {
+    let signer = SigningKey::from_seed(fixed("ed25519 signer"))?;
     let sealer = Sealer::new(SealOptions {
-        recipients: vec![Box::new(BrokerRecipient::new(
-            BROKER_P256_URL,
-            kek.recipient(),
-        )?)],
+        recipients: vec![Box::new(BrokerRecipient::new(v.url, v.public)?)],
         cipher: Cipher::Aes256Gcm,
         ..base_opts(Some(&signer))?
     })?;
-    sealer.seal_file(&p("plain"), &p("broker_p256_slot"))?;
+    let file = format!("{}.safetensors", v.file);
+    sealer.seal_file(&dir.join("plain.safetensors"), &dir.join(&file))?;
     out.manifest(
-        "broker_p256_slot_at_the_broker",
+        v.ok.0,
         json!({
-            "description": format!("AES-256-GCM, signed, one broker-p256 slot (SPEC §6.8) for kid vector-kek-p256 at {BROKER_P256_URL}; opened as the broker opens it, with its P-256 KEK."),
-            "file": file("broker_p256_slot"),
-            "broker_kek": {"kid": "vector-kek-p256", "identity": "keys/broker-kek-p256.jwk"},
+            "description": v.ok.1,
+            "file": file,
+            "broker_kek": {"kid": v.kid, "identity": v.kek_file},
             "trusted": ["keys/signer.pub.jwk"],
             "expect": "ok",
             "authenticity": "trusted",
             "metadata": plain_metadata(),
-            "tensors": tensor_table(&model, |_| true),
+            "tensors": tensor_table(&model(), |_| true),
         }),
     )?;
     out.manifest(
-        "fail_broker_p256_slot_local_identity",
+        v.fail.0,
         json!({
-            "description": "The P-256 broker vector given to a loader with the broker's KEK as an ordinary P-256 identity and no broker allowed: never opened locally.",
-            "file": file("broker_p256_slot"),
-            "identities": ["keys/broker-kek-p256.jwk"],
+            "description": v.fail.1,
+            "file": file,
+            "identities": [v.kek_file],
             "trusted": ["keys/signer.pub.jwk"],
             "expect": "BrokerUnavailable",
             "fails_at": "open",
         }),
-    )?;
-    Ok(())
+    )
 }
 
 /// SPEC §6.7: the plain model sealed to a P-256 recipient (signed,
@@ -607,17 +616,7 @@ fn ecdsa_vectors(out: &mut Out, dir: &Path) -> Res {
     )?;
     // s -> n - s: the same signature's other encoding, which ECDSA accepts.
     let mut high = sig;
-    let order: [u8; 32] = [
-        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
-        0x25, 0x51,
-    ];
-    let mut borrow = 0i16;
-    for i in (0..32).rev() {
-        let v = i16::from(order[i]) - i16::from(sig[32 + i]) - borrow;
-        high[32 + i] = v.rem_euclid(256) as u8;
-        borrow = i16::from(v < 0);
-    }
+    crypto::ecdsa_p256_other_s(&mut high);
     e.meta().insert(seal::KEY_SIGNATURE.into(), doc(&high)?);
     e.save(&p("fail_ecdsa_p256_high_s"))?;
     // The algorithm renamed, both ways: alg must be the key's.

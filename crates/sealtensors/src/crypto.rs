@@ -492,9 +492,14 @@ pub fn ecdsa_p256_verify_fixed(point: &[u8; 65], msg: &[u8], sig: &[u8]) -> bool
 /// An ECDSA P-256 signature `r || s` with `s` replaced by `n - s` when it
 /// is above n/2 (both verify; SPEC §7.1 keeps the low one).
 pub fn ecdsa_p256_low_s(sig: &mut [u8; 64]) {
-    if sig[32..] <= P256_HALF_N[..] {
-        return;
+    if sig[32..] > P256_HALF_N[..] {
+        ecdsa_p256_other_s(sig);
     }
+}
+
+/// The other encoding of an ECDSA P-256 signature `r || s`: `s` replaced by
+/// `n - s` (for `s` in 1..n; both verify).
+pub fn ecdsa_p256_other_s(sig: &mut [u8; 64]) {
     let mut borrow = 0u16;
     for i in (0..32).rev() {
         let d = u16::from(P256_N[i])
