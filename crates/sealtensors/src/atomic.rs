@@ -232,3 +232,45 @@ pub(crate) fn remove_stale(dir: &Path, name: &str, uid: u32, keep: &Path) {
         }
     }
 }
+
+/// Why a [`PrivateDir`] could not be made.
+pub(crate) enum PrivateDirError {
+    /// The system's random generator failed (for the name).
+    Random(Error),
+    /// Creating the folder failed.
+    Create {
+        /// The folder that was to be made.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A private temporary folder, `$TMPDIR/<prefix>-<24 random hex>`, created
+/// anew with mode 0700 (never an existing path, so never a planted link),
+/// removed with its contents when dropped.
+pub(crate) struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    pub(crate) fn create(prefix: &str) -> std::result::Result<PrivateDir, PrivateDirError> {
+        let r: [u8; 12] = crypto::random_array().map_err(PrivateDirError::Random)?;
+        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let path = std::env::temp_dir().join(format!("{prefix}-{name}"));
+        let mut b = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        match b.create(&path) {
+            Ok(()) => Ok(PrivateDir(path)),
+            Err(source) => Err(PrivateDirError::Create { path, source }),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}

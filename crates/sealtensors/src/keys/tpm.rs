@@ -32,7 +32,8 @@ use zeroize::Zeroizing;
 
 use super::p256::{open_slot, P256Agreement, P256Recipient, POINT_LEN};
 use super::{b64, unb64, Identity, ModelKey, Slot};
-use crate::crypto::{self, Secret32};
+use crate::atomic::{PrivateDir, PrivateDirError};
+use crate::crypto::Secret32;
 use crate::error::{Error, Result, TpmProblem};
 
 /// The TCTI that reaches the TPM (tpm2-tools' `-T`); the same variable as
@@ -101,22 +102,22 @@ pub(crate) fn is_tpm_identity(text: &str) -> bool {
 /// A private temporary folder for the tools' input and context files
 /// (nothing secret: the key blob is wrapped by the TPM and `Z` never lands
 /// here), removed when dropped.
-struct WorkDir(PathBuf);
+struct WorkDir(PrivateDir);
 
 impl WorkDir {
     fn new() -> Result<WorkDir> {
-        let r: [u8; 12] = crypto::random_array()?;
-        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let path = std::env::temp_dir().join(format!("sealtensors-tpm-{name}"));
-        let mut b = std::fs::DirBuilder::new();
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-        b.create(&path)
-            .map_err(|e| Error::io("making a private temporary folder for tpm2-tools", e))?;
-        Ok(WorkDir(path))
+        match PrivateDir::create("sealtensors-tpm") {
+            Ok(d) => Ok(WorkDir(d)),
+            Err(PrivateDirError::Random(e)) => Err(e),
+            Err(PrivateDirError::Create { path, source }) => Err(Error::io(
+                "making a private temporary folder for tpm2-tools",
+                source,
+            )
+            .in_file(path)),
+        }
     }
     fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.0.path().join(name)
     }
     fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         let p = self.file(name);
@@ -136,12 +137,6 @@ impl WorkDir {
     }
 }
 
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Run one tpm2-tools program in `dir` (no shell), bounded in time; its
 /// standard output (at most [`MAX_OUTPUT`] bytes, wiped when dropped).
 fn tool(dir: &WorkDir, program: &str, args: &[&str]) -> Result<Zeroizing<Vec<u8>>> {
@@ -154,7 +149,7 @@ fn tool(dir: &WorkDir, program: &str, args: &[&str]) -> Result<Zeroizing<Vec<u8>
     cmd.env_remove("TSS2_LOG").env_remove("TSS2_LOGFILE");
     let mut child = cmd
         .args(args)
-        .current_dir(&dir.0)
+        .current_dir(dir.0.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

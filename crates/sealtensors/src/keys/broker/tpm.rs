@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::crypto;
+use crate::atomic::{PrivateDir, PrivateDirError};
 use crate::keys::b64;
 
 /// Why a TPM quote could not be made. Each message says what to check.
@@ -169,8 +169,8 @@ impl TpmQuoter {
         {
             return Err(TpmError::BadPcrs);
         }
-        let dir = QuoteDir::new()?;
-        let file = |n: &str| dir.0.join(n);
+        let dir = quote_dir()?;
+        let file = |n: &str| dir.path().join(n);
         let stderr =
             std::fs::File::create(file("stderr")).map_err(|source| TpmError::TempFile {
                 path: file("stderr"),
@@ -252,28 +252,12 @@ impl TpmQuoter {
     }
 }
 
-/// A private temporary folder, removed when dropped.
-struct QuoteDir(PathBuf);
-
-impl QuoteDir {
-    fn new() -> Result<QuoteDir, TpmError> {
-        let r: [u8; 12] = crypto::random_array().map_err(|e| TpmError::Random(e.to_string()))?;
-        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let path = std::env::temp_dir().join(format!("sealtensors-quote-{name}"));
-        let mut b = std::fs::DirBuilder::new();
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-        match b.create(&path) {
-            Ok(()) => Ok(QuoteDir(path)),
-            Err(source) => Err(TpmError::TempFile { path, source }),
-        }
-    }
-}
-
-impl Drop for QuoteDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The quote's private temporary folder (the crate's one kind of it).
+fn quote_dir() -> Result<PrivateDir, TpmError> {
+    PrivateDir::create("sealtensors-quote").map_err(|e| match e {
+        PrivateDirError::Random(e) => TpmError::Random(e.to_string()),
+        PrivateDirError::Create { path, source } => TpmError::TempFile { path, source },
+    })
 }
 
 /// A file `tpm2_quote` wrote, at most [`MAX_QUOTE_FILE`] bytes.
