@@ -5,11 +5,10 @@
 //! tpm2-tools`: without them the test fails and says so.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use sealtensors::crypto::sha256;
 use sealtensors::hpke::HpkeSecretKey;
@@ -63,99 +62,28 @@ fn require_tools() {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+#[allow(dead_code)]
+#[path = "../../sealtensors/tests/common/hardware.rs"]
+mod hardware;
+use hardware::Swtpm;
+
+fn start_tpm() -> Swtpm {
+    require_tools();
+    Swtpm::start()
 }
 
-/// A software TPM on two loopback ports, killed on drop.
-struct Swtpm {
-    child: Child,
-    dir: tempfile::TempDir,
-    tcti: String,
-}
-
-impl Swtpm {
-    fn start() -> Swtpm {
-        require_tools();
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            // The swtpm TCTI finds the control channel on port + 1.
-            let port = free_port();
-            let Some(ctrl) = port.checked_add(1) else {
-                continue;
-            };
-            if TcpListener::bind(("127.0.0.1", ctrl)).is_err() {
-                continue;
-            }
-            let child = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--tpmstate"])
-                .arg(format!("dir={}", dir.path().display()))
-                .args(["--server"])
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .args(["--ctrl"])
-                .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("swtpm.log")).unwrap())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start swtpm ({e}); run `{INSTALL}`"));
-            let mut t = Swtpm {
-                child,
-                dir,
-                tcti: format!("swtpm:host=127.0.0.1,port={port}"),
-            };
-            let start = Instant::now();
-            let mut last = String::new();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = t.child.try_wait() {
-                    break; // exited: a port was taken; try others
-                }
-                match t.try_tool("tpm2_getcap", &["properties-fixed"]) {
-                    Ok(_) => return t,
-                    Err(e) => last = e,
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let log = std::fs::read_to_string(t.path("swtpm.log")).unwrap_or_default();
-            eprintln!("swtpm did not answer: {last}; its log: {log}");
-            let _ = t.child.kill();
-        }
-        panic!("swtpm did not start on loopback; check that `{INSTALL}` succeeded");
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn try_tool(&self, tool: &str, args: &[&str]) -> Result<Vec<u8>, String> {
-        let out = Command::new(tool)
-            .args(args)
-            .env("TPM2TOOLS_TCTI", &self.tcti)
-            .current_dir(self.dir.path())
-            .output()
-            .map_err(|e| format!("{tool}: {e}; run `{INSTALL}`"))?;
-        if out.status.success() {
-            Ok(out.stdout)
-        } else {
-            Err(format!(
-                "{tool} {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-
-    fn tool(&self, tool: &str, args: &[&str]) -> Vec<u8> {
-        self.try_tool(tool, args).unwrap()
-    }
-
+/// What these tests do with a software TPM beyond the shared helper.
+trait Attesting {
     /// An attestation key made persistent at `handle`; its PEM public key.
+    fn make_ak(&self, handle: &str, rsa: bool) -> String;
+    fn quoter(&self, handle: &str) -> TpmQuoter;
+}
+
+impl Attesting for Swtpm {
     fn make_ak(&self, handle: &str, rsa: bool) -> String {
-        if !self.path("ek.pub").exists() {
-            self.tool(
+        let tool = |t: &str, args: &[&str]| self.tool(t, args).unwrap();
+        if !self.dir().join("ek.pub").exists() {
+            tool(
                 "tpm2_createek",
                 &["-c", "0x81010001", "-G", "rsa", "-u", "ek.pub"],
             );
@@ -167,7 +95,7 @@ impl Swtpm {
         };
         let ctx = format!("{handle}.ctx");
         let pem = format!("{handle}.pem");
-        self.tool(
+        tool(
             "tpm2_createak",
             &[
                 "-C",
@@ -186,30 +114,15 @@ impl Swtpm {
                 "pem",
             ],
         );
-        self.tool("tpm2_evictcontrol", &["-C", "o", "-c", &ctx, handle]);
-        self.tool("tpm2_flushcontext", &["-t"]);
-        std::fs::read_to_string(self.path(&pem)).unwrap()
-    }
-
-    /// Extend a sha256 PCR with `digest`.
-    fn extend(&self, pcr: u32, digest: &[u8; 32]) {
-        self.tool(
-            "tpm2_pcrextend",
-            &[&format!("{pcr}:sha256={}", hex(digest))],
-        );
+        tool("tpm2_evictcontrol", &["-C", "o", "-c", &ctx, handle]);
+        tool("tpm2_flushcontext", &["-t"]);
+        std::fs::read_to_string(self.dir().join(&pem)).unwrap()
     }
 
     fn quoter(&self, handle: &str) -> TpmQuoter {
         TpmQuoter::new(handle)
             .with_tcti(&self.tcti)
             .with_pcrs("sha256:0,16")
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -391,7 +304,7 @@ fn request(
 /// ECDH; the KEK is in no file in the clear.
 #[test]
 fn a_broker_with_its_kek_in_a_tpm_releases_keys() {
-    let tpm = Swtpm::start();
+    let tpm = start_tpm();
     // The KEK's TPM is named by SEALTENSORS_TPM_TCTI (process-wide); the
     // other tests here name their TPMs explicitly (TpmQuoter::with_tcti).
     std::env::set_var("SEALTENSORS_TPM_TCTI", &tpm.tcti);
@@ -418,12 +331,12 @@ fn a_broker_with_its_kek_in_a_tpm_releases_keys() {
 
 #[test]
 fn tpm_quotes_from_swtpm_are_verified_and_the_policy_requires_a_pcr_value() {
-    let tpm = Swtpm::start();
+    let tpm = start_tpm();
     let ak = tpm.make_ak("0x81010002", false);
     let rogue = tpm.make_ak("0x81010003", false);
     let ak_rsa = tpm.make_ak("0x81010004", true);
     let measurement = sha256(b"sealtensors attested boot");
-    tpm.extend(16, &measurement);
+    tpm.extend_pcr(16, &measurement);
     let mut pcr16 = vec![0u8; 32];
     pcr16.extend_from_slice(&measurement);
     let pcr16 = hex(&sha256(&pcr16));
@@ -622,7 +535,7 @@ deny_reasons contains "PCR 16 is not the approved measurement" if {{
     );
 
     // 8. A genuine quote of a PCR value the policy does not approve.
-    tpm.extend(16, &sha256(b"an unapproved component"));
+    tpm.extend_pcr(16, &sha256(b"an unapproved component"));
     let e = fx
         .open(
             &p,

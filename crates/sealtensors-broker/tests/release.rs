@@ -1265,44 +1265,23 @@ fn https_with_a_private_ca() {
     running.stop().unwrap();
 }
 
+#[allow(dead_code)]
+#[path = "../../sealtensors/tests/common/hardware.rs"]
+mod hardware;
+
 /// A broker whose KEK is a P-256 key in a real software token (SoftHSM2,
 /// installed by scripts/system-deps.sh): files sealed to it carry a
 /// `broker-p256` slot (SPEC §6.8), and the broker releases their key with
 /// the token doing the ECDH; the KEK is in no file.
 #[test]
 fn a_broker_with_its_kek_in_a_pkcs11_token_releases_keys() {
-    let module = [
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).is_file())
-    .expect("SoftHSM2 is not installed; run scripts/system-deps.sh (apt-get install softhsm2)");
+    let module = hardware::softhsm_module();
+    let module = module.display();
     let hsm = tempfile::tempdir().unwrap();
-    std::fs::create_dir(hsm.path().join("tokens")).unwrap();
-    let conf = hsm.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            hsm.path().join("tokens").display()
-        ),
-    )
-    .unwrap();
+    let conf = hardware::softhsm_tokens(hsm.path(), &["broker"], "314159");
     // Only this test of the binary uses a PKCS#11 module, so the process-wide
     // variable is set here, before the module is first loaded.
     std::env::set_var("SOFTHSM2_CONF", &conf);
-    let init = std::process::Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "broker"])
-        .args(["--pin", "314159", "--so-pin", "271828"])
-        .output()
-        .expect("softhsm2-util: run scripts/system-deps.sh");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
     std::fs::write(hsm.path().join("pin"), "314159").unwrap();
     let uri = format!(
         "pkcs11:token=broker;object=kek-1?module-path={module}&pin-source=file:{}",

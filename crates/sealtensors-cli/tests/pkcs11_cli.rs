@@ -14,44 +14,14 @@ use sealtensors::{Dtype, TensorRef};
 
 const PIN: &str = "135790";
 
-fn module() -> PathBuf {
-    for p in [
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    ] {
-        if Path::new(p).is_file() {
-            return p.into();
-        }
-    }
-    panic!("SoftHSM2 is not installed; run scripts/system-deps.sh (apt-get install softhsm2)");
-}
+#[allow(dead_code)]
+#[path = "../../sealtensors/tests/common/hardware.rs"]
+mod hardware;
+use hardware::softhsm_module as module;
 
 /// A token `cli` in a fresh SoftHSM2 store; returns the SOFTHSM2_CONF path.
 fn token(dir: &Path) -> PathBuf {
-    let store = dir.join("tokens");
-    std::fs::create_dir(&store).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            store.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "cli"])
-        .args(["--pin", PIN, "--so-pin", "24680"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("softhsm2-util: run scripts/system-deps.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    conf
+    hardware::softhsm_tokens(dir, &["cli"], PIN)
 }
 
 fn bin(conf: &Path) -> Command {

@@ -14,9 +14,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
+use common::hardware::{softhsm_module, softhsm_tokens};
 use common::*;
 use sealtensors::keys::{
     load_identity, load_recipient, load_signing_key, pkcs11_generate_ecdsa_p256,
@@ -26,7 +26,6 @@ use sealtensors::{
     Authenticity, Error, OpenOptions, Pkcs11Problem, SealOptions, SealedFile, Sealer,
 };
 
-const INSTALL: &str = "scripts/system-deps.sh (apt-get install softhsm2)";
 const PIN: &str = "246810";
 
 struct Tokens {
@@ -36,58 +35,21 @@ struct Tokens {
     wrong_pin_file: PathBuf,
 }
 
-fn module_path() -> PathBuf {
-    for p in [
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-        "/usr/local/lib/softhsm/libsofthsm2.so",
-    ] {
-        if Path::new(p).is_file() {
-            return p.into();
-        }
-    }
-    panic!("SoftHSM2's module libsofthsm2.so is not installed; run {INSTALL}");
-}
-
 fn tokens() -> &'static Tokens {
     static T: OnceLock<Tokens> = OnceLock::new();
     T.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("tokens");
-        std::fs::create_dir(&store).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                store.display()
-            ),
-        )
-        .unwrap();
+        let conf = softhsm_tokens(dir.path(), &["main", "pinless"], PIN);
         // Set before any thread loads the module (this runs inside the
         // OnceLock, which every test goes through first).
         std::env::set_var("SOFTHSM2_CONF", &conf);
-        for label in ["main", "pinless"] {
-            let out = Command::new("softhsm2-util")
-                .args(["--init-token", "--free", "--label", label])
-                .args(["--pin", PIN, "--so-pin", "13579"])
-                .env("SOFTHSM2_CONF", &conf)
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run softhsm2-util ({e}); run {INSTALL}"));
-            assert!(
-                out.status.success(),
-                "softhsm2-util --init-token failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
         let pin_file = dir.path().join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
         let wrong_pin_file = dir.path().join("wrong-pin");
         std::fs::write(&wrong_pin_file, "000000\n").unwrap();
         Tokens {
             _dir: dir,
-            module: module_path(),
+            module: softhsm_module(),
             pin_file,
             wrong_pin_file,
         }

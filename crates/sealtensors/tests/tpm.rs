@@ -12,104 +12,17 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
+use common::hardware::{unreachable_tcti, Swtpm};
 use common::*;
 use sealtensors::keys::{load_identity, load_recipient, tpm_generate_p256, Identity};
 use sealtensors::{Error, OpenOptions, SealOptions, SealedFile, Sealer, TpmProblem};
 
-const INSTALL: &str = "scripts/system-deps.sh (apt-get install swtpm swtpm-tools tpm2-tools)";
-
-/// A software TPM on two loopback ports, killed on drop.
-struct Swtpm {
-    child: Child,
-    _dir: tempfile::TempDir,
-    tcti: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Swtpm {
-    fn start() -> Swtpm {
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let Some(ctrl) = port.checked_add(1) else {
-                continue;
-            };
-            if TcpListener::bind(("127.0.0.1", ctrl)).is_err() {
-                continue;
-            }
-            let child = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--tpmstate"])
-                .arg(format!("dir={}", dir.path().display()))
-                .arg("--server")
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start swtpm ({e}); run {INSTALL}"));
-            let mut t = Swtpm {
-                child,
-                _dir: dir,
-                tcti: format!("swtpm:host=127.0.0.1,port={port}"),
-            };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = t.child.try_wait() {
-                    break; // a port was taken: try others
-                }
-                let ok = Command::new("tpm2_getcap")
-                    .args(["-T", &t.tcti, "properties-fixed"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .unwrap_or_else(|e| panic!("cannot run tpm2_getcap ({e}); run {INSTALL}"))
-                    .success();
-                if ok {
-                    return t;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = t.child.kill();
-        }
-        panic!("swtpm did not start on loopback; run {INSTALL}");
-    }
-
-    /// Make this TPM the one the library uses.
-    fn select(&self) {
-        std::env::set_var("SEALTENSORS_TPM_TCTI", &self.tcti);
-    }
-
-    fn extend_pcr(&self, index: u8) {
-        let ok = Command::new("tpm2_pcrextend")
-            .args(["-T", &self.tcti])
-            .arg(format!("{index}:sha256={}", "ab".repeat(32)))
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "tpm2_pcrextend failed");
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Make this TPM the one the library uses.
+fn select(t: &Swtpm) {
+    std::env::set_var("SEALTENSORS_TPM_TCTI", &t.tcti);
 }
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
@@ -153,7 +66,7 @@ fn a_tpm_key_opens_there_and_nowhere_else() {
     let _turn = one_at_a_time();
     let fx = Fixture::new();
     let a = Swtpm::start();
-    a.select();
+    select(&a);
     let idp = fx.path("id.tpm.json");
     let r = tpm_generate_p256(&idp, None, false).unwrap();
     // The file holds no secret in the clear, is private, and never replaced.
@@ -185,12 +98,12 @@ fn a_tpm_key_opens_there_and_nowhere_else() {
     }
     // The same file on another TPM: it cannot even be loaded there.
     let b = Swtpm::start();
-    b.select();
+    select(&b);
     let e = open(&p, id.as_ref()).err().unwrap();
     assert_eq!(tpm_problem(&e), &TpmProblem::OtherTpm, "{e}");
     assert!(e.to_string().contains("another TPM"), "{e}");
     // ... and back on its own TPM it still opens.
-    a.select();
+    select(&a);
     open(&p, id.as_ref()).unwrap();
 }
 
@@ -199,7 +112,7 @@ fn a_pcr_bound_key_opens_only_while_the_pcrs_hold() {
     let _turn = one_at_a_time();
     let fx = Fixture::new();
     let t = Swtpm::start();
-    t.select();
+    select(&t);
     let idp = fx.path("pcr.tpm.json");
     let r = tpm_generate_p256(&idp, Some("sha256:0,7"), false).unwrap();
     let p = seal_to(&fx, "pcr.safetensors", Box::new(r));
@@ -218,7 +131,7 @@ fn a_pcr_bound_key_opens_only_while_the_pcrs_hold() {
     assert!(matches!(tpm_problem(&e), TpmProblem::BadFile(_)), "{e}");
     // A PCR of the binding changes (as a firmware update or another boot
     // loader would change PCR 0 or 7): the key opens nothing.
-    t.extend_pcr(7);
+    t.extend_pcr(7, &[0xab; 32]);
     let e = open(&p, id.as_ref()).err().unwrap();
     assert!(
         matches!(tpm_problem(&e), TpmProblem::PcrMismatch(s) if s == "sha256:0,7"),
@@ -236,10 +149,7 @@ fn a_pcr_bound_key_opens_only_while_the_pcrs_hold() {
 fn a_tpm_that_is_not_there_is_a_typed_error() {
     let _turn = one_at_a_time();
     let fx = Fixture::new();
-    std::env::set_var(
-        "SEALTENSORS_TPM_TCTI",
-        format!("swtpm:host=127.0.0.1,port={}", free_port()),
-    );
+    std::env::set_var("SEALTENSORS_TPM_TCTI", unreachable_tcti());
     let e = tpm_generate_p256(&fx.path("never.json"), None, false)
         .err()
         .unwrap();
