@@ -14,6 +14,7 @@ import safetensors
 
 from sealtensors import _convert
 from sealtensors._native import File, enter_load_scope, exit_load_scope, stream_files
+from sealtensors._native import is_remote as _native_is_remote
 
 # The real safetensors entry points that read a file's bytes, kept before
 # `sealtensors.auto` replaces them (`_safe_open_handle` is in safetensors 0.6+).
@@ -162,7 +163,9 @@ class safe_open:  # noqa: N801 (mirrors safetensors' name)
             None,
         )
         self._plain = None
-        if self._file.is_sealed():
+        if self._file.is_sealed() or _native_is_remote(self._path):
+            # Sealed, or remote (safetensors reads local files only): read
+            # through sealtensors.
             self._framework = _convert.framework(framework)
         elif _open_plain is not None:
             # sealtensors.auto's other entry points (a file handle): their own opener.

@@ -14,7 +14,8 @@ import safetensors.torch as _st
 import torch
 
 from sealtensors import _convert
-from sealtensors._open import safe_open
+from sealtensors._native import weight_files
+from sealtensors._open import load_scope, safe_open
 from sealtensors._save import load_bytes, save_bytes, seal_kwargs_given, write_sealed
 
 
@@ -62,6 +63,23 @@ def load_file(
     passphrase, require_encrypted, require_signed)."""
     with safe_open(filename, framework="pt", device=device, **keys) as f:
         return f.get_tensors()
+
+
+def load_folder(
+    folder: str | os.PathLike[str], device: Any = "cpu", **keys: Any
+) -> dict[str, torch.Tensor]:
+    """Load every tensor of a model folder: a local folder, or a folder URL
+    (`s3://bucket/model`, `gs://`, `az://`, `https://host/model`: read in
+    place, nothing written to disk). Its weight files are opened as one model
+    (one key unwrap or broker release, the complete shard set checked);
+    keys as for `load_file`. For `from_pretrained(None, config=...,
+    state_dict=load_folder(url))`: docs/object-storage.md."""
+    out: dict[str, torch.Tensor] = {}
+    with load_scope():
+        for name in weight_files(os.fspath(folder)):
+            with safe_open(name, framework="pt", device=device, **keys) as f:
+                out.update(f.get_tensors())
+    return out
 
 
 def save(

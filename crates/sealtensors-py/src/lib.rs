@@ -740,6 +740,27 @@ fn policy_template(
     .map_err(to_py)
 }
 
+/// Whether `path` names a remote object (s3://, gs://, az://, https://...),
+/// read in place by sealtensors (docs/object-storage.md).
+#[pyfunction]
+fn is_remote(path: PathBuf) -> bool {
+    sealtensors::is_remote(&path)
+}
+
+/// The weight files of a model folder, sorted: the `.safetensors` files in a
+/// local folder, or the objects under a folder URL (from a store without
+/// listing, `https://`, the shards its index names).
+#[pyfunction]
+fn weight_files(py: Python<'_>, folder: PathBuf) -> PyResult<Vec<String>> {
+    let files = py
+        .detach(|| sealtensors::model::weight_files(&folder))
+        .map_err(to_py)?;
+    Ok(files
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect())
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -759,6 +780,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(policy_template, m)?)?;
     m.add_function(wrap_pyfunction!(forget_released_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(is_remote, m)?)?;
+    m.add_function(wrap_pyfunction!(weight_files, m)?)?;
     m.add("SealtensorsError", py.get_type::<SealtensorsError>())?;
     m.add("InvalidFileError", py.get_type::<InvalidFileError>())?;
     m.add("NotAuthenticError", py.get_type::<NotAuthenticError>())?;

@@ -508,6 +508,9 @@ impl<S: Slab> Stream<S> {
                     let _ = tx.send(Err(e));
                 };
                 let mut alloc_fn = |len: usize| alloc.alloc(len);
+                // Remote files: as many pieces in flight as requests may be
+                // (a piece waits on the network far more than on a core).
+                let remote = files.iter().any(|f| f.source().is_remote());
                 let mut queue: VecDeque<Piece> = pieces.into();
                 while let Some(first) = queue.pop_front() {
                     if first.is_empty() {
@@ -552,12 +555,15 @@ impl<S: Slab> Stream<S> {
                             Err(e) => return fail(batch, e),
                         }
                     }
-                    let filled: Result<()> = batch.par_iter_mut().try_for_each(|(p, s)| {
-                        let f = &files[p.file];
-                        s.with_bytes(p.len(), &mut |b| {
-                            f.read_range_into(&p.tensor, p.start, p.end, b)
+                    let fill = || -> Result<()> {
+                        batch.par_iter_mut().try_for_each(|(p, s)| {
+                            let f = &files[p.file];
+                            s.with_bytes(p.len(), &mut |b| {
+                                f.read_range_into(&p.tensor, p.start, p.end, b)
+                            })
                         })
-                    });
+                    };
+                    let filled = crate::source::in_io_pool(remote, fill);
                     if let Err(e) = filled {
                         return fail(batch, e);
                     }

@@ -347,6 +347,48 @@ pub enum Error {
         /// What is wrong, and what to do.
         problem: Pkcs11Problem,
     },
+
+    // ---- object storage --------------------------------------------------------------
+    /// A remote object (`s3://`, `gs://`, `az://`, `https://`) could not be
+    /// read as one version of one object (docs/object-storage.md).
+    #[error("{problem}")]
+    Remote {
+        /// The URL (escaped), or the setting at fault (the error is also
+        /// wrapped in [`Error::InFile`] with it, which prints it).
+        url: String,
+        /// What is wrong, and what to do.
+        problem: RemoteProblem,
+    },
+}
+
+/// What went wrong reading a remote object, each with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteProblem {
+    /// This build reads local files only.
+    #[error("this build of sealtensors has no object storage support (it was built without the `remote` feature); download the file, or use a build with it")]
+    Unsupported,
+    /// The URL cannot be used.
+    #[error("not a usable object URL: {0}")]
+    BadUrl(String),
+    /// A setting (environment variable, certificate file, store option) is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// No object at that URL.
+    #[error("no such object; check the bucket and key (a model folder is the URL of the folder, without a trailing file name)")]
+    NotFound,
+    /// The store refused the credentials or the access.
+    #[error("the store refused access ({0}); check the store's credentials (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE is not read; instance or container roles are used when set)")]
+    Denied(String),
+    /// The object was replaced while it was read.
+    #[error("the object changed while it was being read ({0}); nothing of the new version was used. Load it again once the upload is finished")]
+    Changed(String),
+    /// The server gives neither ETag nor version id.
+    #[error("the server gives no ETag or version id for the object, so sealtensors cannot make sure every range comes from one version of it; serve it from a store (or a web server) that sends ETags")]
+    Unpinnable,
+    /// The transfer failed after its retries (network, server errors, bodies cut short).
+    #[error("the transfer failed after its retries: {0}; check the network and the store, or raise SEALTENSORS_REMOTE_RETRIES")]
+    Transfer(String),
 }
 
 /// What went wrong with a TPM-held key, and what to do.
@@ -470,6 +512,12 @@ impl Error {
             Error::Pkcs11 { problem, .. } => match problem {
                 Pkcs11Problem::BadUri(_) => ErrorClass::Usage,
                 _ => ErrorClass::NoKey,
+            },
+            Error::Remote { problem, .. } => match problem {
+                RemoteProblem::BadUrl(_) | RemoteProblem::Config(_) => ErrorClass::Usage,
+                RemoteProblem::Changed(_) => ErrorClass::NotAuthentic,
+                RemoteProblem::Denied(_) => ErrorClass::NoKey,
+                _ => ErrorClass::InvalidInput,
             },
             Error::OutputExists(_) | Error::Output { .. } => ErrorClass::Output,
             Error::Config(_)

@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -22,6 +21,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
+use crate::source::Source;
 
 /// Largest header accepted, in bytes (SPEC §9; the official parser's bound).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -171,20 +171,31 @@ pub struct Header {
 
 /// Open a file and parse its header (SPEC §2), checking its total length.
 pub fn read_header(path: &Path) -> Result<(File, Header)> {
-    let inner = || -> Result<(File, Header)> {
-        let file = File::open(path).map_err(|e| Error::io("opening", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("reading file size", e))?
-            .len();
+    let (src, h) = read_header_source(path)?;
+    match src {
+        Source::Local(f) => Ok((f, h)),
+        #[cfg(feature = "remote")]
+        Source::Remote(_) => Err(Error::Config(
+            "this operation reads local files only; download the model first".into(),
+        )
+        .in_file(path)),
+    }
+}
+
+/// Open a local file or a remote object (a URL) and parse its header,
+/// checking its total length. A remote header costs one request (the
+/// speculative first read), two when the header is larger than it.
+pub(crate) fn read_header_source(path: &Path) -> Result<(Source, Header)> {
+    let inner = || -> Result<(Source, Header)> {
+        let src = Source::open(path)?;
+        let len = src.len()?;
         if len < 8 {
             return Err(Error::container(
                 "the file is shorter than the 8-byte header length",
             ));
         }
         let mut prefix = [0u8; 8];
-        file.read_exact_at(&mut prefix, 0)
-            .map_err(|e| Error::io("reading the header length", e))?;
+        src.read_exact_at(&mut prefix, 0, "reading the header length")?;
         if u64::from_le_bytes(prefix) > len - 8 {
             return Err(Error::container(
                 "the header length in the first 8 bytes runs past the end of the file",
@@ -192,11 +203,10 @@ pub fn read_header(path: &Path) -> Result<(File, Header)> {
         }
         let n = Header::parse_len(&prefix)?;
         let mut json = vec![0u8; n as usize];
-        file.read_exact_at(&mut json, 8)
-            .map_err(|e| Error::io("reading the header", e))?;
+        src.read_exact_at(&mut json, 8, "reading the header")?;
         let h = Header::parse_json(&json)?;
         h.check_file_len(len)?;
-        Ok((file, h))
+        Ok((src, h))
     };
     inner().map_err(|e| e.in_file(path))
 }

@@ -43,17 +43,21 @@ pub mod oms;
 pub mod policy;
 mod read;
 pub mod rekey;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod report;
 mod runtime;
 pub mod seal;
+mod source;
 mod write;
 
 pub use crypto::Cipher;
 pub use error::{
     is_invisible, json_error_text, printable, without_values, Error, ErrorClass, Pkcs11Problem,
-    Result, TpmProblem,
+    RemoteProblem, Result, TpmProblem,
 };
 pub use format::{read_header, Dtype, Header, TensorInfo};
 pub use read::{Authenticity, OpenOptions, SealedFile};
 pub use runtime::Progress;
+pub use source::is_remote;
 pub use write::{serialize_plain, write_plain, SealOptions, SealWriter, Sealer, TensorRef};

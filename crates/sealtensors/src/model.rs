@@ -17,10 +17,14 @@ use crate::format::read_header;
 use crate::read::{OpenOptions, SealedFile};
 use crate::rekey::{rekey_file, rekey_opened, RekeyOptions};
 use crate::seal::{ModelInfo, Shard, MAX_SHARDS};
+use crate::source;
 use crate::write::Sealer;
 
 /// The index file name.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The largest index read (an index lists tensor names: a few MiB at most).
+pub(crate) const MAX_INDEX_BYTES: usize = 64 << 20;
 
 fn out<'a>(what: &str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     let what = what.to_string();
@@ -33,7 +37,16 @@ fn io<'a>(what: &str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a 
 }
 
 /// The `.safetensors` files directly in `dir`, sorted. Errors when there is none.
+/// A folder URL gives the objects directly under it (or, from a store
+/// without listing, the shards its index names).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if source::is_remote(dir) {
+        let out = source::remote_weight_files(dir)?;
+        if out.is_empty() {
+            return Err(Error::container("the folder holds no .safetensors weights").in_file(dir));
+        }
+        return Ok(out);
+    }
     let mut out = Vec::new();
     for e in fs::read_dir(dir).map_err(io("listing the model folder", dir))? {
         let p = e.map_err(io("listing the model folder", dir))?.path();
@@ -57,7 +70,7 @@ fn file_name(p: &Path) -> String {
 
 /// Whether an index entry names a file directly in the folder: a bare file
 /// name, never a path (SPEC §8.5).
-fn is_bare_file_name(s: &str) -> bool {
+pub(crate) fn is_bare_file_name(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\', '\0'])
 }
 
@@ -72,12 +85,11 @@ fn check_index(
     names_by_file: &BTreeMap<String, Vec<String>>,
     complete: bool,
 ) -> Result<()> {
-    let p = dir.join(INDEX_FILE);
-    if !p.exists() {
+    let p = source::join(dir, INDEX_FILE);
+    let Some(text) = source::read_small(&p, MAX_INDEX_BYTES)? else {
         return Ok(());
-    }
-    let text = fs::read_to_string(&p).map_err(io("reading the index", &p))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
+    };
+    let v: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| Error::container(format!("index is not JSON: {e}")).in_file(&p))?;
     let map = v
         .get("weight_map")
@@ -380,7 +392,8 @@ impl AtomicDir {
             }
         }
         let name = file_name(dest);
-        let parent = folder_of(dest);
+        let parent = source::folder_of(dest);
+        let parent = parent.as_path();
         let tmp = atomic::temp_name(parent, &name)?;
         // Private (0700) from its creation, as temporary files are (it may
         // hold plaintext); the umask default on commit.
@@ -517,7 +530,17 @@ pub fn unseal_model_dir(
     let model = SealedModel::open(input, opts)?;
     let dir = AtomicDir::create(output, overwrite)?;
     let weights: Vec<PathBuf> = model.files.iter().map(|f| f.path().to_path_buf()).collect();
-    copy_others(input, &dir.tmp, &weights, false)?;
+    if source::is_remote(input) {
+        // A folder URL: its index comes along (the other files of a model
+        // repository are fetched the way the framework fetches them).
+        let index = source::join(input, INDEX_FILE);
+        if let Some(text) = source::read_small(&index, MAX_INDEX_BYTES)? {
+            let dest = dir.tmp.join(INDEX_FILE);
+            fs::write(&dest, text).map_err(out("writing", &dest))?;
+        }
+    } else {
+        copy_others(input, &dir.tmp, &weights, false)?;
+    }
     for f in &model.files {
         let Some(name) = f.path().file_name() else {
             continue;
@@ -561,7 +584,7 @@ pub fn rekey_model_dir(input: &Path, output: Option<&Path>, opts: &RekeyOptions<
 /// The weight files of a model given as a path: the file itself, or the
 /// `.safetensors` files directly in a folder ([`weight_files`]).
 pub fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
-    if path.is_dir() {
+    if source::is_folder(path) {
         weight_files(path)
     } else {
         Ok(vec![path.to_path_buf()])
@@ -573,7 +596,7 @@ pub fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
 pub fn data_len(path: &Path) -> Result<u64> {
     let mut total = 0u64;
     for f in files_of(path)? {
-        let (_, h) = read_header(&f)?;
+        let (_, h) = crate::format::read_header_source(&f)?;
         total = total.saturating_add(h.data_len() as u64);
     }
     Ok(total)
@@ -586,7 +609,7 @@ pub fn data_len(path: &Path) -> Result<u64> {
 /// ([`check_member`]). The CLI's and Python's `verify` both open through
 /// this, so they give the same verdicts on the same folders.
 pub fn open_path(path: &Path, opts: &OpenOptions<'_>) -> Result<Vec<SealedFile>> {
-    if path.is_dir() {
+    if source::is_folder(path) {
         return Ok(SealedModel::open(path, opts)?.into_files());
     }
     let f = SealedFile::open(path, opts)?;
@@ -621,7 +644,7 @@ pub fn unseal_path(
     opts: &OpenOptions<'_>,
     overwrite: bool,
 ) -> Result<()> {
-    if input.is_dir() {
+    if source::is_folder(input) {
         unseal_model_dir(input, output, opts, overwrite)
     } else {
         SealedFile::open(input, opts)?.unseal_to(output, overwrite)
@@ -747,13 +770,6 @@ impl EmbeddedPolicy {
     }
 }
 
-/// The folder a file lies in (`.` for a bare file name).
-fn folder_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
 /// Check a sealed file opened on its own against the folder it lies in
 /// (SPEC §8.5): a shard of a sharded model, or a file named by the
 /// folder's index, is used only when the whole folder is one complete
@@ -772,10 +788,11 @@ fn member_files(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<Vec<(PathBu
         return Ok(Vec::new()); // plain files open as plain safetensors files do
     };
     let path = file.path();
-    let dir = folder_of(path);
+    let dir = source::folder_of(path);
+    let dir = dir.as_path();
     // A file with no shard number and no index beside it is a model of one
     // file (a folder may hold several such files, of different sealings).
-    if meta.shard.is_none() && !dir.join(INDEX_FILE).exists() {
+    if meta.shard.is_none() && !source::exists(&source::join(dir, INDEX_FILE))? {
         return Ok(Vec::new());
     }
     // The other shards are opened locked: their signatures, expiry and the
@@ -793,13 +810,13 @@ fn member_files(file: &SealedFile, opts: &OpenOptions<'_>) -> Result<Vec<(PathBu
             f.check_mac_with(mk)?;
         }
     }
-    let me = fs::canonicalize(path).map_err(io("resolving", path))?;
+    let me = source::canonical(path)?;
     let members: Vec<(PathBuf, [u8; 32])> = model
         .files
         .iter()
         .filter_map(|f| {
             let id = f.seal()?.file_id;
-            Some((fs::canonicalize(f.path()).ok()?, id))
+            Some((source::canonical(f.path()).ok()?, id))
         })
         .collect();
     if !members.iter().any(|(p, _)| *p == me) {
@@ -850,18 +867,15 @@ impl LoadScope {
         opts: &OpenOptions<'_>,
         credentials: [u8; 32],
     ) -> Result<SealedFile> {
-        let dir = folder_of(path);
-        let slot = (
-            fs::canonicalize(dir).map_err(io("resolving", dir))?,
-            credentials,
-        );
+        let dir = source::folder_of(path);
+        let slot = (source::canonical(&dir)?, credentials);
         let known = self.lock().get(&slot).cloned().unwrap_or_default();
         let mut o = opts.clone();
         if o.model_key.is_none() {
             o.model_key = known.key.clone();
         }
         let file = SealedFile::open(path, &o)?;
-        let me = fs::canonicalize(path).map_err(io("resolving", path))?;
+        let me = source::canonical(path)?;
         let id = file.seal().map(|m| m.file_id);
         let checked = id.is_some_and(|id| known.members.iter().any(|m| *m == (me.clone(), id)));
         let members = if checked {

@@ -3,7 +3,6 @@
 //! decrypts only the chunks that cover it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use crate::crypto::{self, ChunkKey, ForeignKey};
 use crate::cryptotensors::{self, CtMeta};
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::format::{read_header, Header, TensorInfo};
+use crate::format::{read_header_source, Header, TensorInfo};
 use crate::keys::{
     ask_sources, unwrap_any, BrokerAccess, Identity, KeyConfig, KeyRequest, KeySource, ModelKey,
     VerifyingKey,
@@ -23,6 +22,7 @@ use crate::keys::{
 use crate::policy::{CompileError, Decision, Policy, PolicyContext};
 use crate::runtime::{now_unix, Progress};
 use crate::seal::{self, ChunkAad, Mode, Protection, SealMeta};
+use crate::source::Source;
 
 /// How a loader opens files: which keys it holds, whom it trusts, what it requires.
 #[derive(Default, Clone)]
@@ -113,7 +113,7 @@ impl Authenticity {
 /// An opened safetensors file, plain or sealed.
 pub struct SealedFile {
     path: PathBuf,
-    file: File,
+    file: Source,
     header: Header,
     /// Tensor name to its index in `header.tensors`: lookups by name are
     /// constant-time, so a file of 100k tensors is not read in quadratic time.
@@ -248,13 +248,13 @@ impl SealedFile {
     /// the trusted signers, check expiry, unwrap the model key, check the MAC.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions<'_>) -> Result<SealedFile> {
         let path = path.as_ref();
-        let (file, header) = read_header(path)?;
+        let (file, header) = read_header_source(path)?;
         Self::verify(path, file, header, opts).map_err(|e| e.in_file(path))
     }
 
     fn verify(
         path: &Path,
-        file: File,
+        file: Source,
         header: Header,
         opts: &OpenOptions<'_>,
     ) -> Result<SealedFile> {
@@ -409,7 +409,7 @@ impl SealedFile {
         Ok(base(Some(meta), mk, auth, decision))
     }
 
-    pub(crate) fn file(&self) -> &File {
+    pub(crate) fn source(&self) -> &Source {
         &self.file
     }
 
@@ -571,6 +571,16 @@ impl SealedFile {
     /// model of many small tensors this way keeps every core busy, where a
     /// tensor at a time would decrypt one-chunk tensors one after another.
     pub fn read_tensors(&self, names: &[&str]) -> Result<Vec<Vec<u8>>> {
+        if self.file.is_remote() {
+            // Whole tensors in parallel in the fetch pool, each one fetched
+            // in ranged requests then authenticated (`load_span`).
+            return crate::source::in_io_pool(true, || {
+                names
+                    .par_iter()
+                    .map(|n| self.read_tensor(n))
+                    .collect::<Result<Vec<_>>>()
+            });
+        }
         let r = (|| {
             let sources = names
                 .iter()
@@ -673,6 +683,9 @@ impl SealedFile {
         let cs = src.piece;
         let first = start / cs;
         let last = (end - 1) / cs;
+        if self.file.is_remote() {
+            return src.load_span(start, end, first, last, out);
+        }
         let mut pieces = Vec::with_capacity(last - first + 1);
         let mut rest: &mut [u8] = out;
         for c in first..=last {
@@ -707,10 +720,7 @@ impl SealedFile {
     pub fn try_clone(&self) -> Result<SealedFile> {
         Ok(SealedFile {
             path: self.path.clone(),
-            file: self
-                .file
-                .try_clone()
-                .map_err(|e| Error::io("duplicating the file handle", e).in_file(&self.path))?,
+            file: self.file.try_clone().map_err(|e| e.in_file(&self.path))?,
             header: self.header.clone(),
             by_name: self.by_name.clone(),
             meta: self.meta.clone(),
@@ -809,7 +819,7 @@ impl CtFile {
     /// How to read and check the chunks of tensor `i`.
     fn chunk_source<'a>(
         &'a self,
-        file: &'a File,
+        file: &'a Source,
         t: &'a TensorInfo,
         i: usize,
         base: u64,
@@ -868,7 +878,7 @@ impl CtFile {
 
 /// One tensor's bytes in the file and how to check them, chunk by chunk.
 struct ChunkSource<'a> {
-    file: &'a File,
+    file: &'a Source,
     t: &'a TensorInfo,
     /// File offset of the tensor's first byte.
     base: u64,
@@ -889,8 +899,50 @@ impl ChunkSource<'_> {
     fn load_at(&self, c: u64, off: usize, dst: &mut [u8]) -> Result<()> {
         let at = self.base + c * self.piece as u64 + off as u64;
         self.file
-            .read_exact_at(dst, at)
-            .map_err(|e| Error::io(format!("reading tensor {:?}", self.t.name), e))?;
+            .read_exact_at(dst, at, &format!("reading tensor {:?}", self.t.name))?;
+        self.check(c, off, dst)
+    }
+
+    /// Bytes `start..end` of the tensor into `out` from a remote object:
+    /// the chunks `first..=last` that cover them fetched in one read (its
+    /// ranged requests run in parallel), then authenticated in parallel. The
+    /// span goes straight into `out` when it is exactly the span, else
+    /// through a buffer that is wiped after.
+    fn load_span(
+        &self,
+        start: usize,
+        end: usize,
+        first: usize,
+        last: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let what = format!("reading tensor {:?}", self.t.name);
+        if matches!(self.check, Check::Plain) {
+            return self
+                .file
+                .read_exact_at(out, self.base + start as u64, &what);
+        }
+        let cs = self.piece;
+        let s0 = first * cs;
+        let s1 = ((last + 1) * cs).min(self.t.len());
+        let fill = |buf: &mut [u8]| -> Result<()> {
+            self.file.read_exact_at(buf, self.base + s0 as u64, &what)?;
+            buf.par_chunks_mut(cs)
+                .enumerate()
+                .try_for_each(|(k, dst)| self.check((first + k) as u64, 0, dst))
+        };
+        if start == s0 && end == s1 {
+            return fill(out);
+        }
+        let mut tmp = zeroize::Zeroizing::new(zeroed(s1 - s0, &self.t.name)?);
+        fill(&mut tmp)?;
+        out.copy_from_slice(&tmp[start - s0..end - s0]);
+        Ok(())
+    }
+
+    /// Authenticate (and decrypt in place) chunk `c`, already read into
+    /// `dst` from offset `off` of the chunk.
+    fn check(&self, c: u64, off: usize, dst: &mut [u8]) -> Result<()> {
         let i = c as usize;
         let ok = match &self.check {
             Check::Plain => return Ok(()),

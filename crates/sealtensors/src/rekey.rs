@@ -169,7 +169,11 @@ pub(crate) fn rekey_opened(
         w.write_all(&head)
             .map_err(|e| Error::output("writing the header", e))?;
         let mut src = f
-            .file()
+            .source()
+            .local()
+            .ok_or_else(|| {
+                Error::Config("rekey rewrites local files only; download the model first".into())
+            })?
             .try_clone()
             .map_err(|e| Error::io("reopening input", e))?;
         src.seek(SeekFrom::Start(f.header().data_start()))

@@ -15,7 +15,6 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::format::read_header;
 use crate::model::{files_of, open_path};
 use crate::policy::Decision;
 use crate::read::{Authenticity, OpenOptions, SealedFile};
@@ -115,8 +114,8 @@ pub struct TensorInspection {
 impl Inspection {
     /// Inspect one file's header.
     pub fn of_file(path: &Path) -> Result<Inspection> {
-        let (file, h) = read_header(path)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let (src, h) = crate::format::read_header_source(path)?;
+        let size = src.len().unwrap_or(0);
         let ct = if crate::cryptotensors::is_cryptotensors(&h) && !seal::is_sealed(&h) {
             Some(crate::cryptotensors::parse(&h).map_err(|e| e.in_file(path))?)
         } else {

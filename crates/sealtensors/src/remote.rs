@@ -1,0 +1,562 @@
+//! Objects in object storage read in place (feature `remote`,
+//! docs/object-storage.md): `s3://`, `gs://`, `az://` and `https://` URLs
+//! through Apache Arrow's `object_store`, ranged and lazy.
+//!
+//! - **One version.** The first request (a speculative read of the file's
+//!   head, [`RemoteOptions::head_bytes`]) pins the object's ETag (and its
+//!   version id where the store keeps versions). Every later request asks
+//!   for that version (`If-Match`, and the version id), and every answer's
+//!   ETag is compared with the pinned one: an object replaced mid-load is
+//!   the error [`RemoteProblem::Changed`], never a mix of two versions. An
+//!   object served without an ETag or version cannot be pinned and is
+//!   refused.
+//! - **Header.** The speculative read covers the 8-byte length and, for all
+//!   but very large headers, the header itself: opening a file costs one
+//!   request, two at most.
+//! - **Data.** A read is cut into requests of [`RemoteOptions::request_size`]
+//!   bytes, at most [`RemoteOptions::concurrency`] in flight per store, each
+//!   streamed straight into the caller's buffer (an engine slab), where it
+//!   is then authenticated and decrypted as a local read would be.
+//! - **Faults.** Connection errors, timeouts, 5xx and 429 answers are
+//!   retried by `object_store` with bounded exponential backoff
+//!   ([`RemoteOptions::retries`], [`RemoteOptions::retry_timeout`]); a body
+//!   cut short is resumed from where it stopped, at the same ETag. What is
+//!   left after the retries is an error; the buffer is then zeroed by the
+//!   reader as on every failed read.
+//! - **Nothing on disk.** Bytes go from the socket to the caller's memory.
+//!
+//! Credentials come from each store's own chain (`object_store`'s
+//! `from_env` builders: `AWS_*`, `GOOGLE_*`, `AZURE_*` variables, web
+//! identity, container and instance metadata); `AWS_ENDPOINT_URL` points at
+//! an S3-compatible store (plain `http://` only when the endpoint says so),
+//! `SEALTENSORS_CA_FILE` adds a PEM root certificate for HTTPS.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+};
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, RemoteProblem, Result};
+
+/// How remote objects are read. Defaults, or the environment
+/// ([`RemoteOptions::from_env`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteOptions {
+    /// Bytes per ranged request (default 8 MiB).
+    pub request_size: usize,
+    /// Requests in flight at once per store (default 16).
+    pub concurrency: usize,
+    /// Bytes of the speculative first read that covers the header (default
+    /// 256 KiB).
+    pub head_bytes: usize,
+    /// Retries of one request (default 6).
+    pub retries: usize,
+    /// The longest one request is retried for (default 60 s).
+    pub retry_timeout: Duration,
+    /// The longest one request may take, body included (default 120 s).
+    pub timeout: Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            request_size: 8 << 20,
+            concurrency: 16,
+            head_bytes: 256 << 10,
+            retries: 6,
+            retry_timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A positive integer from the environment, or `default`.
+fn env_number(name: &str, default: usize, max: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Error::Remote {
+                url: name.to_string(),
+                problem: RemoteProblem::Config(format!(
+                    "{name}={v:?} is not a whole number from 1 to {max}"
+                )),
+            }),
+        },
+    }
+}
+
+impl RemoteOptions {
+    /// The defaults, changed by `SEALTENSORS_REMOTE_REQUEST_SIZE` (bytes),
+    /// `SEALTENSORS_REMOTE_CONCURRENCY` and `SEALTENSORS_REMOTE_RETRIES`.
+    pub fn from_env() -> Result<RemoteOptions> {
+        let d = RemoteOptions::default();
+        Ok(RemoteOptions {
+            request_size: env_number("SEALTENSORS_REMOTE_REQUEST_SIZE", d.request_size, 1 << 30)?
+                .max(4096),
+            concurrency: env_number("SEALTENSORS_REMOTE_CONCURRENCY", d.concurrency, 256)?,
+            retries: env_number("SEALTENSORS_REMOTE_RETRIES", d.retries, 100)?,
+            ..d
+        })
+    }
+}
+
+/// The runtime that drives every store's requests. Reads block on it from
+/// the caller's threads (the engine's workers); its own threads only poll
+/// sockets and timers.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sealtensors-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| Error::Remote {
+        url: String::new(),
+        problem: RemoteProblem::Config(format!("cannot start the I/O runtime: {e}")),
+    })
+}
+
+/// The threads that fill many pieces of remote objects at once (the engine's
+/// batches, `read_tensors`): as many as the requests allowed in flight, at
+/// least one a core. `None` if it cannot start (the caller's pool is used).
+pub(crate) fn fetch_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = RemoteOptions::from_env()
+            .map(|o| o.concurrency)
+            .unwrap_or(RemoteOptions::default().concurrency);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(rayon::current_num_threads()))
+            .thread_name(|i| format!("sealtensors-fetch-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// A store and the limit on its requests in flight, shared by every object
+/// of the same bucket (or host) in this process.
+struct Store {
+    store: Arc<dyn ObjectStore>,
+    limit: Arc<Semaphore>,
+    /// `https` stores have no listing: folders are read through their index.
+    listable: bool,
+}
+
+fn remote_err(url: &str, problem: RemoteProblem) -> Error {
+    Error::Remote {
+        url: crate::error::printable(url, 512),
+        problem,
+    }
+    .in_file(url)
+}
+
+/// What an `object_store` error means for the user.
+fn classify(e: object_store::Error) -> RemoteProblem {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => RemoteProblem::NotFound,
+        E::Precondition { .. } => RemoteProblem::Changed(
+            "the store refused the pinned ETag (If-Match): the object was replaced".into(),
+        ),
+        E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
+            RemoteProblem::Denied(source.to_string())
+        }
+        other => {
+            let text = other.to_string();
+            // A body resumed after a cut found another ETag.
+            if text.contains("ETag") && text.contains("mismatch") {
+                RemoteProblem::Changed(text)
+            } else {
+                RemoteProblem::Transfer(text)
+            }
+        }
+    }
+}
+
+fn client_options(opts: &RemoteOptions, allow_http: bool) -> Result<ClientOptions> {
+    let mut c = ClientOptions::new()
+        .with_timeout(opts.timeout)
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_pool_max_idle_per_host(opts.concurrency.max(1));
+    if allow_http {
+        c = c.with_allow_http(true);
+    }
+    if let Ok(ca) = std::env::var("SEALTENSORS_CA_FILE") {
+        let pem = std::fs::read(&ca).map_err(|e| {
+            remote_err(
+                &ca,
+                RemoteProblem::Config(format!("SEALTENSORS_CA_FILE cannot be read: {e}")),
+            )
+        })?;
+        let cert = object_store::Certificate::from_pem(&pem).map_err(|e| {
+            remote_err(
+                &ca,
+                RemoteProblem::Config(format!("SEALTENSORS_CA_FILE is not a PEM certificate: {e}")),
+            )
+        })?;
+        c = c.with_root_certificate(cert);
+    }
+    Ok(c)
+}
+
+fn retry_config(opts: &RemoteOptions) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: opts.retries,
+        retry_timeout: opts.retry_timeout,
+    }
+}
+
+/// The store that serves `url`, and the object's path in it.
+fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)> {
+    let bad = |why: String| remote_err(url, RemoteProblem::BadUrl(why));
+    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    let scheme = parsed.scheme().to_string();
+    let host = parsed.host_str().unwrap_or_default().to_string();
+    // One store per bucket (or host) and configuration: the variables the
+    // builders read are part of the key, hashed (they hold credentials).
+    let mut config: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            [
+                "AWS_",
+                "GOOGLE_",
+                "AZURE_",
+                "SEALTENSORS_CA_FILE",
+                "SEALTENSORS_REMOTE_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+        })
+        .collect();
+    config.sort();
+    let digest = crate::crypto::sha256(format!("{config:?}").as_bytes());
+    let key = format!(
+        "{scheme}://{host}:{} {}",
+        parsed.port().unwrap_or(0),
+        crate::keys::b64(&digest)
+    );
+    let path = ObjectPath::from_url_path(parsed.path()).map_err(|e| bad(e.to_string()))?;
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<Store>>>> = OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    if let Some(s) = stores.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok((Arc::clone(s), path));
+    }
+    let build = |e: object_store::Error| remote_err(url, RemoteProblem::Config(e.to_string()));
+    let (store, listable): (Arc<dyn ObjectStore>, bool) = match scheme.as_str() {
+        "s3" | "s3a" => {
+            // An explicit http:// endpoint (a local S3-compatible store) is
+            // the user's choice of plain HTTP.
+            let http_endpoint = std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .is_ok_and(|e| e.starts_with("http://"));
+            let b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url)
+                .with_client_options(client_options(opts, http_endpoint)?)
+                .with_retry(retry_config(opts));
+            (Arc::new(b.build().map_err(build)?), true)
+        }
+        "gs" => {
+            let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url)
+                .with_client_options(client_options(opts, false)?)
+                .with_retry(retry_config(opts));
+            (Arc::new(b.build().map_err(build)?), true)
+        }
+        "az" | "azure" | "abfs" | "abfss" | "adl" => {
+            let b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url)
+                .with_client_options(client_options(opts, false)?)
+                .with_retry(retry_config(opts));
+            (Arc::new(b.build().map_err(build)?), true)
+        }
+        "https" | "http" => {
+            let allow_http = scheme == "http";
+            if allow_http && std::env::var("SEALTENSORS_ALLOW_HTTP").as_deref() != Ok("1") {
+                return Err(bad(
+                    "plain http:// is refused (credentials and requests would travel in clear); use https://, or set SEALTENSORS_ALLOW_HTTP=1 for a server on a trusted network".into(),
+                ));
+            }
+            let origin = &parsed[..url::Position::BeforePath];
+            let b = object_store::http::HttpBuilder::new()
+                .with_url(origin)
+                .with_client_options(client_options(opts, allow_http)?)
+                .with_retry(retry_config(opts));
+            (Arc::new(b.build().map_err(build)?), false)
+        }
+        other => return Err(bad(format!("unknown scheme {other:?}"))),
+    };
+    let s = Arc::new(Store {
+        store,
+        limit: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+        listable,
+    });
+    stores
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, Arc::clone(&s));
+    Ok((s, path))
+}
+
+/// One remote object, pinned at the version its first read saw.
+pub(crate) struct RemoteObject {
+    url: String,
+    store: Arc<Store>,
+    path: ObjectPath,
+    size: u64,
+    etag: Option<String>,
+    version: Option<String>,
+    /// The first bytes, from the speculative first read (the header).
+    head: Vec<u8>,
+    opts: RemoteOptions,
+}
+
+impl std::fmt::Debug for RemoteObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteObject")
+            .field("url", &self.url)
+            .field("size", &self.size)
+            .field("etag", &self.etag)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteObject {
+    /// Open `url`: one ranged read of its first bytes, which pins its ETag.
+    pub(crate) fn open(url: &str) -> Result<RemoteObject> {
+        let opts = RemoteOptions::from_env()?;
+        let (store, path) = store_for(url, &opts)?;
+        let rt = runtime()?;
+        let want = opts.head_bytes as u64;
+        let (meta, head) = rt.block_on(async {
+            let _permit = store.limit.acquire().await;
+            let r = store
+                .store
+                .get_opts(
+                    &path,
+                    GetOptions {
+                        range: Some(GetRange::Bounded(0..want)),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| remote_err(url, classify(e)))?;
+            let meta = r.meta.clone();
+            let range = r.range.clone();
+            let bytes = r.bytes().await.map_err(|e| remote_err(url, classify(e)))?;
+            if range.start != 0 || bytes.len() as u64 != range.end - range.start {
+                return Err(remote_err(
+                    url,
+                    RemoteProblem::Transfer(format!(
+                        "the store answered bytes {range:?} with {} bytes for the range 0..{want}",
+                        bytes.len()
+                    )),
+                ));
+            }
+            Ok((meta, bytes.to_vec()))
+        })?;
+        if meta.e_tag.is_none() && meta.version.is_none() {
+            return Err(remote_err(url, RemoteProblem::Unpinnable));
+        }
+        Ok(RemoteObject {
+            url: url.to_string(),
+            store,
+            path,
+            size: meta.size,
+            etag: meta.e_tag,
+            version: meta.version,
+            head,
+            opts,
+        })
+    }
+
+    /// The object's size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// Fill `buf` with the object's bytes from `offset`: served from the
+    /// head when it covers them, else in parallel ranged requests of the
+    /// pinned version streamed into `buf`.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.size)
+            .ok_or_else(|| {
+                remote_err(
+                    &self.url,
+                    RemoteProblem::Transfer(format!(
+                        "a read of {} bytes at {offset} runs past the object's {} bytes",
+                        buf.len(),
+                        self.size
+                    )),
+                )
+            })?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if end <= self.head.len() as u64 {
+            let (a, b) = (offset as usize, end as usize);
+            buf.copy_from_slice(&self.head[a..b]);
+            return Ok(());
+        }
+        let step = self.opts.request_size.max(1);
+        let parts = buf
+            .chunks_mut(step)
+            .enumerate()
+            .map(|(i, dst)| (offset + (i * step) as u64, dst));
+        runtime()?.block_on(async {
+            futures::stream::iter(parts)
+                .map(|(at, dst)| self.fetch(at, dst))
+                .buffer_unordered(self.opts.concurrency.max(1))
+                .try_collect::<()>()
+                .await
+        })
+    }
+
+    /// One ranged request for `dst.len()` bytes at `at`, of the pinned version.
+    async fn fetch(&self, at: u64, dst: &mut [u8]) -> Result<()> {
+        let err = |p| remote_err(&self.url, p);
+        let range: Range<u64> = at..at + dst.len() as u64;
+        let _permit = self.store.limit.acquire().await;
+        let r = self
+            .store
+            .store
+            .get_opts(
+                &self.path,
+                GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    if_match: self.etag.clone(),
+                    version: self.version.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(classify(e)))?;
+        if self.etag.is_some() && r.meta.e_tag != self.etag {
+            return Err(err(RemoteProblem::Changed(format!(
+                "ETag {} when the load began, {} now",
+                self.etag.as_deref().unwrap_or("-"),
+                r.meta.e_tag.as_deref().unwrap_or("none")
+            ))));
+        }
+        if r.range != range {
+            return Err(err(RemoteProblem::Transfer(format!(
+                "asked for bytes {range:?}, the store answered {:?}",
+                r.range
+            ))));
+        }
+        let mut body = r.into_stream();
+        let mut filled = 0usize;
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| err(classify(e)))?;
+            let Some(slot) = dst.get_mut(filled..filled + piece.len()) else {
+                return Err(err(RemoteProblem::Transfer(format!(
+                    "the answer for bytes {range:?} is longer than asked"
+                ))));
+            };
+            slot.copy_from_slice(&piece);
+            filled += piece.len();
+        }
+        if filled != dst.len() {
+            return Err(err(RemoteProblem::Transfer(format!(
+                "the answer for bytes {range:?} stopped after {filled} bytes"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Another handle on the same pinned object (nothing is read again).
+    pub(crate) fn try_clone(&self) -> RemoteObject {
+        RemoteObject {
+            url: self.url.clone(),
+            store: Arc::clone(&self.store),
+            path: self.path.clone(),
+            size: self.size,
+            etag: self.etag.clone(),
+            version: self.version.clone(),
+            head: self.head.clone(),
+            opts: self.opts.clone(),
+        }
+    }
+}
+
+/// A folder URL's `.safetensors` objects directly under it, sorted (a
+/// store with listing), or `None` for a store without listing (`https`).
+pub(crate) fn list_weights(dir: &str) -> Result<Option<Vec<PathBuf>>> {
+    let opts = RemoteOptions::from_env()?;
+    let (store, path) = store_for(dir, &opts)?;
+    if !store.listable {
+        return Ok(None);
+    }
+    let prefix = (!path.as_ref().is_empty()).then_some(&path);
+    let listing = runtime()?
+        .block_on(store.store.list_with_delimiter(prefix))
+        .map_err(|e| remote_err(dir, classify(e)))?;
+    let base = dir.trim_end_matches('/');
+    let mut out: Vec<PathBuf> = listing
+        .objects
+        .iter()
+        .filter_map(|m| m.location.filename())
+        .filter(|n| n.ends_with(".safetensors"))
+        .map(|n| PathBuf::from(format!("{base}/{n}")))
+        .collect();
+    out.sort();
+    Ok(Some(out))
+}
+
+/// A small object read whole (a model's index), or `None` when there is
+/// no such object.
+pub(crate) fn read_small(url: &str, max: usize) -> Result<Option<Vec<u8>>> {
+    let opts = RemoteOptions::from_env()?;
+    let (store, path) = store_for(url, &opts)?;
+    let r = runtime()?.block_on(async {
+        let _permit = store.limit.acquire().await;
+        let r = store.store.get(&path).await?;
+        if r.meta.size > max as u64 {
+            return Ok(Err(r.meta.size));
+        }
+        r.bytes().await.map(|b| Ok(b.to_vec()))
+    });
+    match r {
+        Ok(Ok(bytes)) => Ok(Some(bytes)),
+        Ok(Err(size)) => Err(remote_err(
+            url,
+            RemoteProblem::Transfer(format!("{size} bytes, more than the {max} allowed")),
+        )),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(remote_err(url, classify(e))),
+    }
+}
+
+/// Whether an object exists (one HEAD request).
+pub(crate) fn exists(url: &str) -> Result<bool> {
+    let opts = RemoteOptions::from_env()?;
+    let (store, path) = store_for(url, &opts)?;
+    let r = runtime()?.block_on(async {
+        let _permit = store.limit.acquire().await;
+        store.store.head(&path).await
+    });
+    match r {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(remote_err(url, classify(e))),
+    }
+}

@@ -1,0 +1,410 @@
+"""Sealed models read in place from object storage (docs/object-storage.md):
+an S3-compatible server (s3s-fs) on loopback behind a logging, fault-injecting
+proxy, and nginx over HTTPS. Loads must equal the local copy; header-only
+operations cost at most two requests per file; a slice fetches only its
+chunks; every fault ends in the right bytes after retries or in a typed
+error, never in wrong bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sealtensors
+import sealtensors.torch as st
+import torch
+from conftest import _target_dir
+from objstore import FaultProxy, HttpsServer, S3Server, client_env
+
+BUCKET = "models"
+CHUNK = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("s3")
+    server = S3Server(root / "data")
+    proxy = FaultProxy(server.port)
+    client = server.client()
+    client.create_bucket(Bucket=BUCKET)
+    yield {"server": server, "proxy": proxy, "client": client, "root": root}
+    proxy.stop()
+    server.stop()
+
+
+@pytest.fixture()
+def proxy(s3: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """sealtensors pointed at the proxy; its log and faults cleared."""
+    for k, v in client_env(s3["proxy"].endpoint).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SEALTENSORS_REMOTE_RETRIES", "6")
+    p: FaultProxy = s3["proxy"]
+    p.reset()
+    yield p
+    p.reset()
+
+
+@pytest.fixture(scope="module")
+def files(s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A plain and a sealed file (64 KiB chunks), uploaded; the identity."""
+    d = tmp_path_factory.mktemp("files")
+    ident = d / "id.jwk"
+    recipient = sealtensors.keygen(ident)
+    torch.manual_seed(0)
+    tensors = {
+        "embed.weight": torch.randn(2048, 256),
+        "norm.weight": torch.randn(256),
+        "layer.0.weight": torch.randn(256, 256).to(torch.bfloat16),
+        "empty": torch.zeros(0, 4),
+    }
+    st.save_file(tensors, d / "plain.safetensors", metadata={"format": "pt"})
+    st.save_file(
+        tensors,
+        d / "sealed.safetensors",
+        metadata={"format": "pt"},
+        recipients=[recipient],
+        chunk_size=CHUNK,
+    )
+    c = s3["client"]
+    for name in ("plain.safetensors", "sealed.safetensors"):
+        c.upload_file(str(d / name), BUCKET, f"one/{name}")
+    return {"dir": d, "ident": ident, "recipient": recipient, "tensors": tensors}
+
+
+def url(key: str) -> str:
+    return f"s3://{BUCKET}/{key}"
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(a[k], b[k]), k
+
+
+def header_span(path: Path, name: str) -> tuple[int, int]:
+    """(file offset of the tensor's first byte, its length), from the header."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    h = json.loads(raw[8 : 8 + n])
+    begin, end = h[name]["data_offsets"]
+    return 8 + n + begin, end - begin
+
+
+def parse_range(r: str) -> tuple[int, int]:
+    a, b = r.removeprefix("bytes=").split("-")
+    return int(a), int(b) + 1
+
+
+# ---- loads ---------------------------------------------------------------------------------
+
+
+def test_sealed_and_plain_files_load_from_s3_as_locally(proxy: FaultProxy, files: dict) -> None:
+    local = st.load_file(files["dir"] / "sealed.safetensors", identities=[files["ident"]])
+    remote = st.load_file(url("one/sealed.safetensors"), identities=[files["ident"]])
+    same(remote, files["tensors"])
+    same(remote, local)
+    # A plain file is read through sealtensors (safetensors reads local files only).
+    same(st.load_file(url("one/plain.safetensors")), files["tensors"])
+    # Every data request asked for the version pinned by the first one.
+    gets = proxy.gets("/one/sealed.safetensors")
+    assert len(gets) >= 2 and gets[0].if_match is None and gets[1].if_match
+    assert all(g.if_match == gets[1].if_match for g in gets[1:])
+
+
+def test_iter_tensors_streams_from_s3(proxy: FaultProxy, files: dict) -> None:
+    with sealtensors.safe_open(
+        url("one/sealed.safetensors"), framework="pt", identities=[files["ident"]]
+    ) as f:
+        got = {k: v.clone() for k, v in f.iter_tensors()}
+    same(got, files["tensors"])
+
+
+def test_no_file_is_written_while_loading(
+    proxy: FaultProxy, files: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    st.load_file(url("one/sealed.safetensors"), identities=[files["ident"]])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_header_only_costs_at_most_two_requests(
+    s3: dict, proxy: FaultProxy, files: dict, tmp_path: Path
+) -> None:
+    # A header larger than the speculative first read: exactly two requests.
+    many = {f"t{i:05d}.a_rather_long_tensor_name.weight": torch.zeros(1) for i in range(6000)}
+    st.save_file(many, tmp_path / "wide.safetensors", recipients=[files["recipient"]])
+    s3["client"].upload_file(str(tmp_path / "wide.safetensors"), BUCKET, "one/wide.safetensors")
+    for key, most in (("one/sealed.safetensors", 1), ("one/wide.safetensors", 2)):
+        proxy.reset()
+        with sealtensors.safe_open(url(key), framework="pt", identities=[files["ident"]]) as f:
+            assert f.keys()
+            f.metadata()
+        # The file itself: one or two ranged reads. Besides it, the one HEAD
+        # of the folder check (SPEC §8.5: is there an index beside it?).
+        assert len(proxy.gets(key)) == most, proxy.requests
+        others = [r for r in proxy.requests if key not in r.path]
+        assert [(r.method, r.path.rsplit("/", 1)[1]) for r in others] == [
+            ("HEAD", "model.safetensors.index.json")
+        ]
+        proxy.reset()
+        out = subprocess.run(
+            [str(cli_path()), "inspect", url(key)], capture_output=True, text=True, check=False
+        )
+        assert out.returncode == 0, out.stderr
+        assert len(proxy.requests) == most, proxy.requests
+
+
+def test_get_slice_fetches_only_its_chunks(proxy: FaultProxy, files: dict) -> None:
+    name = "embed.weight"  # 2048 x 256 f32: 2 MiB, 32 chunks of 64 KiB (64 rows each)
+    start, length = header_span(files["dir"] / "sealed.safetensors", name)
+    assert length == 32 * CHUNK
+    with sealtensors.safe_open(
+        url("one/sealed.safetensors"), framework="pt", identities=[files["ident"]]
+    ) as f:
+        proxy.reset()
+        # Rows 1030..1079 lie in chunk 16 (rows 1024..1087), past the
+        # header's speculative read.
+        rows = f.get_slice(name)[1030:1080]
+    assert torch.equal(rows, files["tensors"][name][1030:1080])
+    fetched = [parse_range(g.range) for g in proxy.gets() if g.range]
+    assert fetched, proxy.requests
+    lo, hi = start + 16 * CHUNK, start + 17 * CHUNK
+    assert all(lo <= a and b <= hi for a, b in fetched), (fetched, lo, hi)
+    assert sum(b - a for a, b in fetched) == CHUNK
+
+
+# ---- faults --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["503", "429", "reset", "cut"])
+def test_transient_faults_are_retried_to_the_right_bytes(
+    proxy: FaultProxy, files: dict, fault: str
+) -> None:
+    with sealtensors.safe_open(
+        url("one/sealed.safetensors"), framework="pt", identities=[files["ident"]]
+    ) as f:
+        proxy.faults.extend([fault, fault])
+        got = f.get_tensors()
+    same(got, files["tensors"])
+    assert not proxy.faults  # both were served
+    if fault in ("503", "429"):
+        assert [g.status for g in proxy.gets()].count(int(fault)) == 2
+
+
+def test_faults_that_do_not_stop_are_a_typed_error(
+    proxy: FaultProxy, files: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEALTENSORS_REMOTE_RETRIES", "2")
+    with sealtensors.safe_open(
+        url("one/sealed.safetensors"), framework="pt", identities=[files["ident"]]
+    ) as f:
+        proxy.faults.extend(["503"] * 50)
+        with pytest.raises(sealtensors.SealtensorsError, match="after its retries"):
+            f.get_tensor("embed.weight")
+    proxy.faults.clear()
+    proxy.faults.extend(["cut"] * 50)
+    with pytest.raises(sealtensors.SealtensorsError):
+        st.load_file(url("one/sealed.safetensors"), identities=[files["ident"]])
+
+
+def test_an_object_replaced_mid_load_is_an_error_never_a_mix(
+    s3: dict, proxy: FaultProxy, files: dict
+) -> None:
+    d = files["dir"]
+    c = s3["client"]
+    c.upload_file(str(d / "sealed.safetensors"), BUCKET, "one/moving.safetensors")
+    other = {k: v + 1 if v.numel() else v for k, v in files["tensors"].items()}
+    st.save_file(other, d / "other.safetensors", recipients=[files["recipient"]], chunk_size=CHUNK)
+    with sealtensors.safe_open(
+        url("one/moving.safetensors"), framework="pt", identities=[files["ident"]]
+    ) as f:
+        first = f.get_tensor("norm.weight")
+        c.upload_file(str(d / "other.safetensors"), BUCKET, "one/moving.safetensors")
+        with pytest.raises(sealtensors.NotAuthenticError, match="changed while it was being read"):
+            f.get_tensor("embed.weight")
+    assert torch.equal(first, files["tensors"]["norm.weight"])
+    # A plain file too (nothing else would catch a mix there).
+    c.upload_file(str(d / "plain.safetensors"), BUCKET, "one/moving-plain.safetensors")
+    with sealtensors.safe_open(url("one/moving-plain.safetensors"), framework="pt") as f:
+        st.save_file(other, d / "other-plain.safetensors")
+        c.upload_file(str(d / "other-plain.safetensors"), BUCKET, "one/moving-plain.safetensors")
+        with pytest.raises(sealtensors.NotAuthenticError, match="changed"):
+            f.get_tensor("embed.weight")
+
+
+def test_missing_objects_and_bad_urls_are_clear_errors(proxy: FaultProxy, files: dict) -> None:
+    with pytest.raises(sealtensors.InvalidFileError, match="no such object"):
+        st.load_file(url("one/nothing.safetensors"), identities=[files["ident"]])
+    with pytest.raises(sealtensors.ConfigError, match="plain http://"):
+        st.load_file("http://127.0.0.1:1/x.safetensors")
+
+
+def test_wrong_credentials_are_refused(
+    proxy: FaultProxy, files: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(sealtensors.SealtensorsError, match="refused access|403"):
+        st.load_file(url("one/sealed.safetensors"), identities=[files["ident"]])
+
+
+# ---- model folders -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(s3: dict, files: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny Llama sealed in 3+ shards, uploaded under model/ with its index and config."""
+    import sealtensors.hf
+    from conftest import tiny_llama
+
+    d = tmp_path_factory.mktemp("sharded")
+    model = tiny_llama(3)
+    model.save_pretrained(d / "plain", max_shard_size="40KB")
+    sealtensors.hf.save_pretrained(
+        model, d / "sealed", recipients=[files["recipient"]], max_shard_size="40KB"
+    )
+    names = sorted(p.name for p in (d / "sealed").iterdir())
+    assert sum(n.endswith(".safetensors") for n in names) >= 3
+    for n in names:
+        s3["client"].upload_file(str(d / "sealed" / n), BUCKET, f"model/{n}")
+    return {"dir": d, "model": model}
+
+
+def test_a_sharded_model_folder_loads_from_s3(
+    proxy: FaultProxy, files: dict, sharded: dict
+) -> None:
+    remote = st.load_folder(url("model"), identities=[files["ident"]])
+    local = st.load_folder(sharded["dir"] / "sealed", identities=[files["ident"]])
+    plain = st.load_folder(sharded["dir"] / "plain")
+    same(remote, local)
+    same(remote, plain)
+
+
+def test_from_pretrained_with_weights_in_the_bucket(
+    proxy: FaultProxy, files: dict, sharded: dict
+) -> None:
+    """The documented transformers path: config local, weights read in place."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(sharded["dir"] / "sealed")
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    state = st.load_folder(url("model"), identities=[files["ident"]])
+    model.load_state_dict(state, strict=True)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, sharded["model"](ids).logits)
+
+
+def test_a_folder_missing_a_shard_is_refused(
+    s3: dict, proxy: FaultProxy, files: dict, sharded: dict
+) -> None:
+    names = sorted(p.name for p in (sharded["dir"] / "sealed").glob("*.safetensors"))
+    for n in names[1:]:
+        s3["client"].upload_file(str(sharded["dir"] / "sealed" / n), BUCKET, f"cut/{n}")
+    with pytest.raises(sealtensors.NotAuthenticError, match="shard"):
+        st.load_folder(url("cut"), identities=[files["ident"]])
+
+
+def cli_path() -> Path:
+    return _target_dir() / "release" / "sealtensors"
+
+
+@pytest.fixture(scope="module")
+def cli() -> Path:
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(["cargo", "build", "--release", "-p", "sealtensors-cli"], cwd=root, check=True)
+    return cli_path()
+
+
+def test_cli_inspects_verifies_and_unseals_a_folder_url(
+    cli: Path, proxy: FaultProxy, files: dict, sharded: dict, tmp_path: Path
+) -> None:
+    def run(*args: str) -> str:
+        r = subprocess.run(
+            [str(cli), "--quiet", *args], capture_output=True, text=True, check=False
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert "encrypted" in run("inspect", url("model"))
+    assert "OK" in run("verify", "-i", str(files["ident"]), url("model"))
+    run("unseal", "-i", str(files["ident"]), "-o", str(tmp_path / "out"), url("model"))
+    plain = st.load_folder(sharded["dir"] / "plain")
+    same(st.load_folder(tmp_path / "out"), plain)
+    assert (tmp_path / "out" / "model.safetensors.index.json").exists()
+
+
+# ---- HTTPS ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def https(tmp_path_factory: pytest.TempPathFactory, files: dict) -> Iterator[HttpsServer]:
+    server = HttpsServer(tmp_path_factory.mktemp("nginx"))
+    for n in ("plain.safetensors", "sealed.safetensors"):
+        shutil.copy(files["dir"] / n, server.www / n)
+    yield server
+    server.stop()
+
+
+def test_https_range_server(
+    https: HttpsServer, files: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEALTENSORS_CA_FILE", str(https.ca))
+    got = st.load_file(https.url("sealed.safetensors"), identities=[files["ident"]])
+    same(got, files["tensors"])
+    same(st.load_file(https.url("plain.safetensors")), files["tensors"])
+    assert any('"bytes=' in line for line in https.log_lines())
+
+
+def test_https_refuses_an_unknown_certificate(
+    https: HttpsServer, files: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SEALTENSORS_CA_FILE", raising=False)
+    monkeypatch.setenv("SEALTENSORS_REMOTE_RETRIES", "1")
+    with pytest.raises(sealtensors.SealtensorsError):
+        st.load_file(https.url("sealed.safetensors"), identities=[files["ident"]])
+
+
+def test_https_if_match_catches_a_replaced_file(
+    https: HttpsServer, files: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEALTENSORS_CA_FILE", str(https.ca))
+    target = https.www / "moving.safetensors"
+    shutil.copy(files["dir"] / "plain.safetensors", target)
+    with sealtensors.safe_open(https.url("moving.safetensors"), framework="pt") as f:
+        f.get_tensor("norm.weight")
+        other = {k: v * 2 for k, v in files["tensors"].items()}
+        st.save_file(other, https.folder / "other.safetensors")
+        os.replace(https.folder / "other.safetensors", target)
+        os.utime(target, (1, 1))  # another ETag even within the same second
+        with pytest.raises(sealtensors.NotAuthenticError, match="changed"):
+            f.get_tensor("embed.weight")
+    assert any(" 412 " in line for line in https.log_lines())
+
+
+def test_parallel_loads_share_the_store(proxy: FaultProxy, files: dict) -> None:
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            same(
+                st.load_file(url("one/sealed.safetensors"), identities=[files["ident"]]),
+                files["tensors"],
+            )
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
