@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-suites system-deps setup py-build rust-test py-test lint fmt clean
+.PHONY: demo test test-suites system-deps test-tools setup py-build rust-test py-test lint fmt clean
 
 # make bench [ARGS=--quick]: the benchmark suite (bench/run.py, see docs/benchmarks.md):
 # 1 GiB in 8 tensors (torch and numpy, warm and cold page cache, slices), 1 GiB in 2000
@@ -23,7 +23,7 @@ STAMP := $(VENV)/.installed
 # ARGS=--quick scales every workload down (7-8 minutes here, builds included).
 # More options: .venv/bin/python bench/run.py --help.
 .PHONY: bench
-bench: py-build
+bench: py-build test-tools
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) bench/run.py $(ARGS)
 
@@ -72,7 +72,16 @@ rust-test: system-deps
 	cargo test -p sealtensors --no-default-features
 	cargo test -p sealtensors-cli --no-default-features
 
-py-test: py-build
+# Programs the tests start that no Debian package has: s3s-fs, an S3-compatible
+# server on a folder (the object storage tests, python/tests/test_remote.py, and
+# `make bench`), built once from crates.io into target/tools (a minute or two).
+S3S_FS := target/tools/bin/s3s-fs
+$(S3S_FS):
+	cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary --root $(abspath target/tools)
+
+test-tools: $(S3S_FS)
+
+py-test: py-build test-tools
 	cargo build --release -p sealtensors-cli
 	$(PY) -m pytest python/tests -q -rs
 

@@ -8,6 +8,8 @@
 #                                    scripts/pg-test-server.sh: the broker's PostgreSQL store
 #   softhsm2                         a software PKCS#11 token: hardware-held keys
 #                                    (crates/sealtensors/tests/pkcs11.rs, the CLI and Python)
+#   nginx-light                      an HTTPS range server: https:// sources
+#                                    (python/tests/test_remote.py)
 #
 #   scripts/system-deps.sh           install what is missing (Debian, as root), or, when
 #                                    not root, stop with the one command to run
@@ -23,7 +25,7 @@ case "${1:-}" in
 "") ;;
 --check) check_only=1 ;;
 *)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
@@ -63,6 +65,7 @@ probe() {
         command -v "$tool" >/dev/null || need tpm2-tools
     done
     command -v softhsm2-util >/dev/null || need softhsm2
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need nginx-light
     if [[ -z "${SEALTENSORS_TEST_POSTGRES_URL:-}" ]]; then
         has_pg_server || need postgresql
         # As root, pg-test-server.sh runs the server as `postgres` (the package makes it).

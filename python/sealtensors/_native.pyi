@@ -168,6 +168,12 @@ def keygen(
 def forget_released_keys() -> None:
     """Drop, and wipe, every model key a key broker released to this process."""
 
+def is_remote(path: _Path) -> bool:
+    """Whether `path` names a remote object (s3://, gs://, az://, https://...)."""
+
+def weight_files(folder: _Path) -> list[str]:
+    """The weight files of a model folder, local or a folder URL, sorted."""
+
 def policy_template(
     template: str,
     not_after: str | None = None,

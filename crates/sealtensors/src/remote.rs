@@ -360,6 +360,16 @@ impl RemoteObject {
                 .map_err(|e| remote_err(url, classify(e)))?;
             let meta = r.meta.clone();
             let range = r.range.clone();
+            // A server that ignores Range answers with the whole object:
+            // refuse it before reading a body of any size into memory.
+            if range.end.saturating_sub(range.start) > want {
+                return Err(remote_err(
+                    url,
+                    RemoteProblem::Transfer(format!(
+                        "the server ignored the Range request (it answered bytes {range:?}); sealtensors reads objects in ranges only"
+                    )),
+                ));
+            }
             let bytes = r.bytes().await.map_err(|e| remote_err(url, classify(e)))?;
             if range.start != 0 || bytes.len() as u64 != range.end - range.start {
                 return Err(remote_err(
@@ -443,7 +453,9 @@ impl RemoteObject {
                 &self.path,
                 GetOptions {
                     range: Some(GetRange::Bounded(range.clone())),
-                    if_match: self.etag.clone(),
+                    // If-Match compares strongly: a weak ETag never
+                    // matches, so it is only compared below.
+                    if_match: self.etag.clone().filter(|e| !e.starts_with("W/")),
                     version: self.version.clone(),
                     ..Default::default()
                 },
@@ -558,5 +570,47 @@ pub(crate) fn exists(url: &str) -> Result<bool> {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
         Err(e) => Err(remote_err(url, classify(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_environment_and_are_bounded() {
+        // One test touches these variables, so tests running in parallel
+        // cannot see them half set.
+        std::env::set_var("SEALTENSORS_REMOTE_CONCURRENCY", "4");
+        std::env::set_var("SEALTENSORS_REMOTE_REQUEST_SIZE", "1024");
+        let o = RemoteOptions::from_env().unwrap();
+        assert_eq!(o.concurrency, 4);
+        assert_eq!(o.request_size, 4096, "raised to the smallest request");
+        for bad in ["0", "-1", "many", "257"] {
+            std::env::set_var("SEALTENSORS_REMOTE_CONCURRENCY", bad);
+            let e = RemoteOptions::from_env().unwrap_err();
+            assert_eq!(e.class(), crate::ErrorClass::Usage, "{bad}: {e}");
+        }
+        std::env::remove_var("SEALTENSORS_REMOTE_CONCURRENCY");
+        std::env::remove_var("SEALTENSORS_REMOTE_REQUEST_SIZE");
+        assert_eq!(RemoteOptions::from_env().unwrap(), RemoteOptions::default());
+    }
+
+    #[test]
+    fn urls_that_cannot_be_used_are_usage_errors() {
+        let opts = RemoteOptions::default();
+        for bad in ["s3://", "ftp://host/x", "http://127.0.0.1:1/x.safetensors"] {
+            let e = store_for(bad, &opts).err().unwrap();
+            assert!(
+                matches!(
+                    e.kind(),
+                    Error::Remote {
+                        problem: RemoteProblem::BadUrl(_) | RemoteProblem::Config(_),
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -248,3 +248,53 @@ pub(crate) fn remote_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     #[cfg(not(feature = "remote"))]
     Err(unsupported(dir))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_remote_and_keep_their_slashes() {
+        for u in [
+            "s3://b/k.safetensors",
+            "gs://b/m",
+            "az://c/m",
+            "https://h/m",
+        ] {
+            assert!(is_remote(Path::new(u)), "{u}");
+        }
+        for p in ["model.safetensors", "/tmp/s3://x", "s3:/b/k", "file:///x"] {
+            assert!(!is_remote(Path::new(p)), "{p}");
+        }
+        let dir = Path::new("s3://bucket/model/");
+        assert_eq!(
+            join(dir, "a.safetensors"),
+            Path::new("s3://bucket/model/a.safetensors")
+        );
+        assert_eq!(
+            folder_of(Path::new("s3://bucket/model/a.safetensors")),
+            Path::new("s3://bucket/model")
+        );
+        assert!(is_folder(Path::new("s3://bucket/model")));
+        assert!(!is_folder(Path::new("s3://bucket/model/a.safetensors")));
+        assert_eq!(
+            canonical(Path::new("s3://bucket/model/")).unwrap(),
+            Path::new("s3://bucket/model")
+        );
+    }
+
+    #[cfg(not(feature = "remote"))]
+    #[test]
+    fn without_the_feature_a_url_says_so() {
+        let e = Source::open(Path::new("s3://bucket/x.safetensors"))
+            .err()
+            .unwrap();
+        assert!(matches!(
+            e.kind(),
+            Error::Remote {
+                problem: RemoteProblem::Unsupported,
+                ..
+            }
+        ));
+    }
+}
