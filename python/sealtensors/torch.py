@@ -78,7 +78,14 @@ def load_folder(
     with load_scope():
         for name in weight_files(os.fspath(folder)):
             with safe_open(name, framework="pt", device=device, **keys) as f:
-                out.update(f.get_tensors())
+                got = f.get_tensors()
+            twice = out.keys() & got.keys()
+            if twice:
+                raise ValueError(
+                    f"{name} holds {sorted(twice)[0]!r}, which another weight file of the "
+                    "folder holds too: this is not one model"
+                )
+            out.update(got)
     return out
 
 

@@ -146,7 +146,9 @@ class FaultProxy(ThreadingHTTPServer):
     `faults` holds actions for the next GET requests whose path contains
     `fault_path` (all GETs when it is empty): "503", "429", "reset" (the
     connection closed before any answer), "cut" (the headers and half the
-    body, then the connection closed).
+    body, then the connection closed), "norange" (the answer turned into a
+    200 without Content-Range, as from a server that ignores Range),
+    "weak" (the answer's ETag made weak, W/"...").
     """
 
     daemon_threads = True
@@ -230,9 +232,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             up.request(self.command, self.path, body=body, headers=headers)
             resp = up.getresponse()
             data = resp.read()
-            self.send_response(resp.status, resp.reason)
+            status = resp.status
+            drop = {"transfer-encoding", "connection", "content-length"}
+            if fault == "norange" and status == 206:
+                # Answered as a server that ignores Range does: 200, no Content-Range.
+                status = 200
+                drop.add("content-range")
+            self.send_response(status)
             for k, v in resp.getheaders():
-                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                if k.lower() not in drop:
+                    if fault == "weak" and k.lower() == "etag":
+                        v = "W/" + v
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -240,13 +250,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 half = len(data) // 2
                 self.wfile.write(data[:half])
                 self.wfile.flush()
-                self._record(resp.status, half)
+                self._record(status, half)
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if self.command != "HEAD":
                 self.wfile.write(data)
-            self._record(resp.status, len(data))
+            self._record(status, len(data))
         finally:
             up.close()
 

@@ -185,12 +185,14 @@ def test_get_slice_fetches_only_its_chunks(proxy: FaultProxy, files: dict) -> No
 # ---- faults --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["sealed", "plain"])
 @pytest.mark.parametrize("fault", ["503", "429", "reset", "cut"])
 def test_transient_faults_are_retried_to_the_right_bytes(
-    proxy: FaultProxy, files: dict, fault: str
+    proxy: FaultProxy, files: dict, fault: str, kind: str
 ) -> None:
+    # The plain file too: nothing but the transfer itself guards its bytes.
     with sealtensors.safe_open(
-        url("one/sealed.safetensors"), framework="pt", identities=[files["ident"]]
+        url(f"one/{kind}.safetensors"), framework="pt", identities=[files["ident"]]
     ) as f:
         proxy.faults.extend([fault, fault])
         got = f.get_tensors()
@@ -214,6 +216,36 @@ def test_faults_that_do_not_stop_are_a_typed_error(
     proxy.faults.extend(["cut"] * 50)
     with pytest.raises(sealtensors.SealtensorsError):
         st.load_file(url("one/sealed.safetensors"), identities=[files["ident"]])
+
+
+def test_a_server_that_ignores_range_is_refused(
+    proxy: FaultProxy, files: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEALTENSORS_REMOTE_RETRIES", "1")
+    proxy.faults.extend(["norange"] * 10)
+    with pytest.raises(sealtensors.SealtensorsError):
+        st.load_file(url("one/plain.safetensors"))
+    assert [g.status for g in proxy.gets()][:1] == [200], proxy.requests  # refused
+
+
+def test_weak_etags_pin_nothing(proxy: FaultProxy, files: dict) -> None:
+    proxy.faults.append("weak")
+    with pytest.raises(sealtensors.InvalidFileError, match="no ETag or version id"):
+        st.load_file(url("one/plain.safetensors"))
+
+
+def test_urls_that_would_read_something_else_are_refused(proxy: FaultProxy) -> None:
+    for bad in (
+        url("one/plain.safetensors?versionId=1"),
+        url("one/plain.safetensors#frag"),
+        url("one/sub%2Fplain.safetensors"),
+        "https://user:secret@127.0.0.1:1/x.safetensors",
+    ):
+        with pytest.raises(sealtensors.ConfigError) as e:
+            st.load_file(bad)
+        assert "secret" not in str(e.value)
+    with pytest.raises(sealtensors.ConfigError, match="outputs are local"):
+        sealtensors.unseal(url("one/plain.safetensors"), url("one/out.safetensors"))
 
 
 def test_an_object_replaced_mid_load_is_an_error_never_a_mix(
@@ -245,7 +277,7 @@ def test_missing_objects_and_bad_urls_are_clear_errors(proxy: FaultProxy, files:
     with pytest.raises(sealtensors.InvalidFileError, match="no such object"):
         st.load_file(url("one/nothing.safetensors"), identities=[files["ident"]])
     with pytest.raises(sealtensors.ConfigError, match="plain http://"):
-        st.load_file("http://127.0.0.1:1/x.safetensors")
+        st.load_file("http://10.0.0.1:1/x.safetensors")
 
 
 def test_wrong_credentials_are_refused(
@@ -407,4 +439,5 @@ def test_parallel_loads_share_the_store(proxy: FaultProxy, files: dict) -> None:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a load hung"
     assert not errors, errors

@@ -619,6 +619,7 @@ pub fn open_path(path: &Path, opts: &OpenOptions<'_>) -> Result<Vec<SealedFile>>
 
 /// Seal a file, or a model folder ([`seal_model_dir`]), into `output`.
 pub fn seal_path(sealer: &Sealer, input: &Path, output: &Path, overwrite: bool) -> Result<()> {
+    source::local_output(output)?;
     if input.is_dir() {
         seal_model_dir(sealer, input, output, overwrite)
     } else {
@@ -644,6 +645,7 @@ pub fn unseal_path(
     opts: &OpenOptions<'_>,
     overwrite: bool,
 ) -> Result<()> {
+    source::local_output(output)?;
     if source::is_folder(input) {
         unseal_model_dir(input, output, opts, overwrite)
     } else {
@@ -664,6 +666,7 @@ pub fn convert_path(
     opts: &OpenOptions<'_>,
     overwrite: bool,
 ) -> Result<()> {
+    source::local_output(output)?;
     let not_ct = |f: &SealedFile| {
         Error::Config(
             "not a CryptoTensors file: seal a plain file with `seal`, or change a sealed one's keys with `rekey`".into(),
@@ -697,6 +700,9 @@ pub fn convert_path(
 /// Rekey a file, or every shard of a model folder ([`rekey_model_dir`]):
 /// into `output`, or in place when `None`.
 pub fn rekey_path(input: &Path, output: Option<&Path>, opts: &RekeyOptions<'_>) -> Result<()> {
+    // A rekey rewrites files: local ones only.
+    source::local_output(input)?;
+    source::local_output(output.unwrap_or(input))?;
     if input.is_dir() {
         rekey_model_dir(input, output, opts)
     } else {

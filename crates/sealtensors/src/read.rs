@@ -917,6 +917,17 @@ impl ChunkSource<'_> {
         out: &mut [u8],
     ) -> Result<()> {
         let what = format!("reading tensor {:?}", self.t.name);
+        // What would be refused after the download is refused before it.
+        match self.check {
+            Check::Refuse => {
+                return Err(Error::ChunkAuthFailed {
+                    name: self.t.name.clone(),
+                    chunk: first as u64,
+                })
+            }
+            Check::Unauthenticated => return Err(Error::Unauthenticated(self.t.name.clone())),
+            _ => {}
+        }
         if matches!(self.check, Check::Plain) {
             return self
                 .file

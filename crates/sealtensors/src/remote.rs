@@ -80,9 +80,14 @@ impl Default for RemoteOptions {
 
 /// A positive integer from the environment, or `default`.
 fn env_number(name: &str, default: usize, max: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => match v.trim().parse::<usize>() {
+    parse_number(name, std::env::var(name).ok().as_deref(), default, max)
+}
+
+/// `value` (of the setting `name`) as a whole number from 1 to `max`.
+fn parse_number(name: &str, value: Option<&str>, default: usize, max: usize) -> Result<usize> {
+    match value {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
             _ => Err(Error::Remote {
                 url: name.to_string(),
@@ -109,23 +114,51 @@ impl RemoteOptions {
     }
 }
 
-/// The runtime that drives every store's requests. Reads block on it from
-/// the caller's threads (the engine's workers); its own threads only poll
-/// sockets and timers.
-fn runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sealtensors-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| Error::Remote {
+/// The runtime that drives every store's requests, for this process: a
+/// child made by `fork` (a DataLoader worker) inherits the parent's runtime
+/// without its threads, so it gets a new one (the old one is leaked, never
+/// dropped: dropping it would wait for threads that do not exist there).
+fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+    static RT: Mutex<Option<(u32, Arc<tokio::runtime::Runtime>)>> = Mutex::new(None);
+    let mut rt = RT.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    if let Some((owner, r)) = rt.as_ref() {
+        if *owner == pid {
+            return Ok(Arc::clone(r));
+        }
+    }
+    if let Some(stale) = rt.take() {
+        std::mem::forget(stale);
+    }
+    let r = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sealtensors-remote")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Remote {
+            url: String::new(),
+            problem: RemoteProblem::Config(format!("cannot start the I/O runtime: {e}")),
+        })?;
+    let r = Arc::new(r);
+    *rt = Some((pid, Arc::clone(&r)));
+    Ok(r)
+}
+
+/// Run `f` to completion on the runtime, from a caller's thread. A caller
+/// that is itself inside a tokio runtime (where blocking on another one
+/// would panic) waits on a helper thread instead.
+fn block_on<F>(f: F) -> Result<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    let rt = runtime()?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(rt.block_on(f));
+    }
+    std::thread::scope(|s| s.spawn(|| rt.block_on(f)).join()).map_err(|_| Error::Remote {
         url: String::new(),
-        problem: RemoteProblem::Config(format!("cannot start the I/O runtime: {e}")),
+        problem: RemoteProblem::Transfer("the I/O thread stopped".into()),
     })
 }
 
@@ -157,11 +190,31 @@ struct Store {
 }
 
 fn remote_err(url: &str, problem: RemoteProblem) -> Error {
+    let url = shown(url);
     Error::Remote {
-        url: crate::error::printable(url, 512),
+        url: crate::error::printable(&url, 512),
         problem,
     }
     .in_file(url)
+}
+
+/// A URL as errors show it: without user, password, query or fragment
+/// (where presigned tokens and passwords would be).
+fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.has_host() => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        _ => url
+            .split(['?', '#', '@'])
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
 }
 
 /// What an `object_store` error means for the user.
@@ -225,10 +278,47 @@ fn retry_config(opts: &RemoteOptions) -> RetryConfig {
     }
 }
 
+/// Whether plain HTTP may be used to `url`: a loopback host, or anywhere
+/// with `SEALTENSORS_ALLOW_HTTP=1`.
+fn http_allowed(url: &str) -> bool {
+    if std::env::var("SEALTENSORS_ALLOW_HTTP").as_deref() == Ok("1") {
+        return true;
+    }
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
 /// The store that serves `url`, and the object's path in it.
 fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)> {
     let bad = |why: String| remote_err(url, RemoteProblem::BadUrl(why));
     let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    // What the object is must be the URL's path alone: a query (a version
+    // id, a presigned token), a fragment, a password, or escapes (`%2F`
+    // would turn a file name into a path) would be dropped or decoded out
+    // of sight, so they are refused.
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad(
+            "a query (?...) or fragment (#...) is not read; name the object by its path alone"
+                .into(),
+        ));
+    }
+    if parsed.password().is_some() {
+        return Err(bad(
+            "a password in the URL is refused (it would show in errors and logs); give credentials through the store's environment variables".into(),
+        ));
+    }
+    if parsed.path().contains('%') {
+        return Err(bad(
+            "object keys with escaped characters (%..) are not read; rename the objects".into(),
+        ));
+    }
     let scheme = parsed.scheme().to_string();
     let host = parsed.host_str().unwrap_or_default().to_string();
     // One store per bucket (or host) and configuration: the variables the
@@ -241,6 +331,7 @@ fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)
                 "AZURE_",
                 "SEALTENSORS_CA_FILE",
                 "SEALTENSORS_REMOTE_",
+                "SEALTENSORS_ALLOW_HTTP",
             ]
             .iter()
             .any(|p| k.starts_with(p))
@@ -248,10 +339,14 @@ fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)
         .collect();
     config.sort();
     let digest = crate::crypto::sha256(format!("{config:?}").as_bytes());
+    // The user part names the Azure container (`abfss://container@account`);
+    // the process id keeps a forked child off its parent's connections.
     let key = format!(
-        "{scheme}://{host}:{} {}",
+        "{scheme}://{}@{host}:{} {} {}",
+        parsed.username(),
         parsed.port().unwrap_or(0),
-        crate::keys::b64(&digest)
+        crate::keys::b64(&digest),
+        std::process::id()
     );
     let path = ObjectPath::from_url_path(parsed.path()).map_err(|e| bad(e.to_string()))?;
     static STORES: OnceLock<Mutex<HashMap<String, Arc<Store>>>> = OnceLock::new();
@@ -262,11 +357,20 @@ fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)
     let build = |e: object_store::Error| remote_err(url, RemoteProblem::Config(e.to_string()));
     let (store, listable): (Arc<dyn ObjectStore>, bool) = match scheme.as_str() {
         "s3" | "s3a" => {
-            // An explicit http:// endpoint (a local S3-compatible store) is
-            // the user's choice of plain HTTP.
-            let http_endpoint = std::env::var("AWS_ENDPOINT_URL")
+            // A plain http:// endpoint: a store on this machine (loopback),
+            // or anywhere with SEALTENSORS_ALLOW_HTTP=1.
+            let endpoint = std::env::var("AWS_ENDPOINT_URL")
                 .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                .is_ok_and(|e| e.starts_with("http://"));
+                .unwrap_or_default();
+            let http_endpoint = endpoint.starts_with("http://");
+            if http_endpoint && !http_allowed(&endpoint) {
+                return Err(remote_err(
+                    url,
+                    RemoteProblem::Config(
+                        "AWS_ENDPOINT_URL is plain http:// to another machine: requests and data would travel in clear; use https://, or set SEALTENSORS_ALLOW_HTTP=1 for a store on a trusted network".into(),
+                    ),
+                ));
+            }
             let b = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url)
                 .with_client_options(client_options(opts, http_endpoint)?)
@@ -289,7 +393,7 @@ fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)
         }
         "https" | "http" => {
             let allow_http = scheme == "http";
-            if allow_http && std::env::var("SEALTENSORS_ALLOW_HTTP").as_deref() != Ok("1") {
+            if allow_http && !http_allowed(url) {
                 return Err(bad(
                     "plain http:// is refused (credentials and requests would travel in clear); use https://, or set SEALTENSORS_ALLOW_HTTP=1 for a server on a trusted network".into(),
                 ));
@@ -343,9 +447,8 @@ impl RemoteObject {
     pub(crate) fn open(url: &str) -> Result<RemoteObject> {
         let opts = RemoteOptions::from_env()?;
         let (store, path) = store_for(url, &opts)?;
-        let rt = runtime()?;
         let want = opts.head_bytes as u64;
-        let (meta, head) = rt.block_on(async {
+        let (meta, head) = block_on(async {
             let _permit = store.limit.acquire().await;
             let r = store
                 .store
@@ -360,29 +463,24 @@ impl RemoteObject {
                 .map_err(|e| remote_err(url, classify(e)))?;
             let meta = r.meta.clone();
             let range = r.range.clone();
-            // A server that ignores Range answers with the whole object:
-            // refuse it before reading a body of any size into memory.
-            if range.end.saturating_sub(range.start) > want {
+            // object_store refuses a 200 to a ranged request (a server that
+            // ignores Range); anything longer than asked is refused here,
+            // before a body of any size is read into memory.
+            if range.start != 0 || range.end > want || range.end > meta.size {
                 return Err(remote_err(
                     url,
                     RemoteProblem::Transfer(format!(
-                        "the server ignored the Range request (it answered bytes {range:?}); sealtensors reads objects in ranges only"
+                        "the store answered bytes {range:?} to a request for bytes 0..{want}"
                     )),
                 ));
             }
-            let bytes = r.bytes().await.map_err(|e| remote_err(url, classify(e)))?;
-            if range.start != 0 || bytes.len() as u64 != range.end - range.start {
-                return Err(remote_err(
-                    url,
-                    RemoteProblem::Transfer(format!(
-                        "the store answered bytes {range:?} with {} bytes for the range 0..{want}",
-                        bytes.len()
-                    )),
-                ));
-            }
-            Ok((meta, bytes.to_vec()))
-        })?;
-        if meta.e_tag.is_none() && meta.version.is_none() {
+            let mut head = vec![0u8; (range.end - range.start) as usize];
+            stream_into(url, r.into_stream(), &mut head, &range).await?;
+            Ok((meta, head))
+        })??;
+        // A weak ETag may stay the same when the bytes change: it pins nothing.
+        let etag = meta.e_tag.filter(|e| !e.starts_with("W/"));
+        if etag.is_none() && meta.version.is_none() {
             return Err(remote_err(url, RemoteProblem::Unpinnable));
         }
         Ok(RemoteObject {
@@ -390,7 +488,7 @@ impl RemoteObject {
             store,
             path,
             size: meta.size,
-            etag: meta.e_tag,
+            etag,
             version: meta.version,
             head,
             opts,
@@ -432,13 +530,14 @@ impl RemoteObject {
             .chunks_mut(step)
             .enumerate()
             .map(|(i, dst)| (offset + (i * step) as u64, dst));
-        runtime()?.block_on(async {
-            futures::stream::iter(parts)
-                .map(|(at, dst)| self.fetch(at, dst))
-                .buffer_unordered(self.opts.concurrency.max(1))
+        let fetches: Vec<_> = parts.map(|(at, dst)| self.fetch(at, dst)).collect();
+        let in_flight = self.opts.concurrency.max(1);
+        block_on(async move {
+            futures::stream::iter(fetches)
+                .buffer_unordered(in_flight)
                 .try_collect::<()>()
                 .await
-        })
+        })?
     }
 
     /// One ranged request for `dst.len()` bytes at `at`, of the pinned version.
@@ -453,20 +552,29 @@ impl RemoteObject {
                 &self.path,
                 GetOptions {
                     range: Some(GetRange::Bounded(range.clone())),
-                    // If-Match compares strongly: a weak ETag never
-                    // matches, so it is only compared below.
-                    if_match: self.etag.clone().filter(|e| !e.starts_with("W/")),
+                    if_match: self.etag.clone(),
                     version: self.version.clone(),
                     ..Default::default()
                 },
             )
             .await
             .map_err(|e| err(classify(e)))?;
-        if self.etag.is_some() && r.meta.e_tag != self.etag {
+        // Every answer must be of the pinned version: its ETag, its version
+        // id, its size (a store that ignores If-Match is caught here).
+        let now = (&r.meta.e_tag, &r.meta.version, r.meta.size);
+        let pinned = (&self.etag, &self.version, self.size);
+        let same = (self.etag.is_none() || now.0 == pinned.0)
+            && (self.version.is_none() || now.1 == pinned.1)
+            && now.2 == pinned.2;
+        if !same {
             return Err(err(RemoteProblem::Changed(format!(
-                "ETag {} when the load began, {} now",
-                self.etag.as_deref().unwrap_or("-"),
-                r.meta.e_tag.as_deref().unwrap_or("none")
+                "ETag {}, version {}, {} bytes when the load began; ETag {}, version {}, {} bytes now",
+                pinned.0.as_deref().unwrap_or("-"),
+                pinned.1.as_deref().unwrap_or("-"),
+                pinned.2,
+                now.0.as_deref().unwrap_or("-"),
+                now.1.as_deref().unwrap_or("-"),
+                now.2
             ))));
         }
         if r.range != range {
@@ -475,24 +583,7 @@ impl RemoteObject {
                 r.range
             ))));
         }
-        let mut body = r.into_stream();
-        let mut filled = 0usize;
-        while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| err(classify(e)))?;
-            let Some(slot) = dst.get_mut(filled..filled + piece.len()) else {
-                return Err(err(RemoteProblem::Transfer(format!(
-                    "the answer for bytes {range:?} is longer than asked"
-                ))));
-            };
-            slot.copy_from_slice(&piece);
-            filled += piece.len();
-        }
-        if filled != dst.len() {
-            return Err(err(RemoteProblem::Transfer(format!(
-                "the answer for bytes {range:?} stopped after {filled} bytes"
-            ))));
-        }
-        Ok(())
+        stream_into(&self.url, r.into_stream(), dst, &range).await
     }
 
     /// Another handle on the same pinned object (nothing is read again).
@@ -510,6 +601,42 @@ impl RemoteObject {
     }
 }
 
+/// Copy an answer's body into `dst`, which it must fill exactly: a longer
+/// body is refused as soon as it overflows, a shorter one at its end.
+async fn stream_into(
+    url: &str,
+    mut body: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    dst: &mut [u8],
+    range: &Range<u64>,
+) -> Result<()> {
+    let mut filled = 0usize;
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|e| remote_err(url, classify(e)))?;
+        let Some(slot) = filled
+            .checked_add(piece.len())
+            .and_then(|end| dst.get_mut(filled..end))
+        else {
+            return Err(remote_err(
+                url,
+                RemoteProblem::Transfer(format!(
+                    "the answer for bytes {range:?} is longer than asked"
+                )),
+            ));
+        };
+        slot.copy_from_slice(&piece);
+        filled += piece.len();
+    }
+    if filled != dst.len() {
+        return Err(remote_err(
+            url,
+            RemoteProblem::Transfer(format!(
+                "the answer for bytes {range:?} stopped after {filled} bytes"
+            )),
+        ));
+    }
+    Ok(())
+}
+
 /// A folder URL's `.safetensors` objects directly under it, sorted (a
 /// store with listing), or `None` for a store without listing (`https`).
 pub(crate) fn list_weights(dir: &str) -> Result<Option<Vec<PathBuf>>> {
@@ -519,17 +646,38 @@ pub(crate) fn list_weights(dir: &str) -> Result<Option<Vec<PathBuf>>> {
         return Ok(None);
     }
     let prefix = (!path.as_ref().is_empty()).then_some(&path);
-    let listing = runtime()?
-        .block_on(store.store.list_with_delimiter(prefix))
+    let listing = block_on(store.store.list_with_delimiter(prefix))?
         .map_err(|e| remote_err(dir, classify(e)))?;
     let base = dir.trim_end_matches('/');
-    let mut out: Vec<PathBuf> = listing
+    let mut out = Vec::new();
+    for n in listing
         .objects
         .iter()
         .filter_map(|m| m.location.filename())
         .filter(|n| n.ends_with(".safetensors"))
-        .map(|n| PathBuf::from(format!("{base}/{n}")))
-        .collect();
+    {
+        // Only names that read back as themselves (no escapes, no query or
+        // fragment characters), and no more than a sealed model's shards.
+        if n.contains(['%', '?', '#']) || !crate::model::is_bare_file_name(n) {
+            return Err(remote_err(
+                dir,
+                RemoteProblem::BadUrl(format!(
+                    "the folder holds an object named {:?}, which sealtensors does not read (escapes, ? and # are refused); rename it",
+                    crate::error::printable(n, 256)
+                )),
+            ));
+        }
+        out.push(PathBuf::from(format!("{base}/{n}")));
+        if out.len() as u64 > crate::seal::MAX_SHARDS {
+            return Err(remote_err(
+                dir,
+                RemoteProblem::Transfer(format!(
+                    "the folder lists more than {} weight files, more than a model has",
+                    crate::seal::MAX_SHARDS
+                )),
+            ));
+        }
+    }
     out.sort();
     Ok(Some(out))
 }
@@ -539,33 +687,38 @@ pub(crate) fn list_weights(dir: &str) -> Result<Option<Vec<PathBuf>>> {
 pub(crate) fn read_small(url: &str, max: usize) -> Result<Option<Vec<u8>>> {
     let opts = RemoteOptions::from_env()?;
     let (store, path) = store_for(url, &opts)?;
-    let r = runtime()?.block_on(async {
+    block_on(async {
         let _permit = store.limit.acquire().await;
-        let r = store.store.get(&path).await?;
-        if r.meta.size > max as u64 {
-            return Ok(Err(r.meta.size));
+        let r = match store.store.get(&path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(remote_err(url, classify(e))),
+        };
+        let size = r.meta.size;
+        if size > max as u64 || r.range != (0..size) {
+            return Err(remote_err(
+                url,
+                RemoteProblem::Transfer(format!(
+                    "{size} bytes (answered {:?}), more than the {max} allowed",
+                    r.range
+                )),
+            ));
         }
-        r.bytes().await.map(|b| Ok(b.to_vec()))
-    });
-    match r {
-        Ok(Ok(bytes)) => Ok(Some(bytes)),
-        Ok(Err(size)) => Err(remote_err(
-            url,
-            RemoteProblem::Transfer(format!("{size} bytes, more than the {max} allowed")),
-        )),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(remote_err(url, classify(e))),
-    }
+        let range = r.range.clone();
+        let mut out = vec![0u8; size as usize];
+        stream_into(url, r.into_stream(), &mut out, &range).await?;
+        Ok(Some(out))
+    })?
 }
 
 /// Whether an object exists (one HEAD request).
 pub(crate) fn exists(url: &str) -> Result<bool> {
     let opts = RemoteOptions::from_env()?;
     let (store, path) = store_for(url, &opts)?;
-    let r = runtime()?.block_on(async {
+    let r = block_on(async {
         let _permit = store.limit.acquire().await;
         store.store.head(&path).await
-    });
+    })?;
     match r {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -578,28 +731,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn options_come_from_the_environment_and_are_bounded() {
-        // One test touches these variables, so tests running in parallel
-        // cannot see them half set.
-        std::env::set_var("SEALTENSORS_REMOTE_CONCURRENCY", "4");
-        std::env::set_var("SEALTENSORS_REMOTE_REQUEST_SIZE", "1024");
-        let o = RemoteOptions::from_env().unwrap();
-        assert_eq!(o.concurrency, 4);
-        assert_eq!(o.request_size, 4096, "raised to the smallest request");
-        for bad in ["0", "-1", "many", "257"] {
-            std::env::set_var("SEALTENSORS_REMOTE_CONCURRENCY", bad);
-            let e = RemoteOptions::from_env().unwrap_err();
+    fn options_are_bounded() {
+        assert_eq!(parse_number("X", None, 16, 256).unwrap(), 16);
+        assert_eq!(parse_number("X", Some(" 4 "), 16, 256).unwrap(), 4);
+        for bad in ["0", "-1", "many", "257", ""] {
+            let e = parse_number("X", Some(bad), 16, 256).unwrap_err();
             assert_eq!(e.class(), crate::ErrorClass::Usage, "{bad}: {e}");
         }
-        std::env::remove_var("SEALTENSORS_REMOTE_CONCURRENCY");
-        std::env::remove_var("SEALTENSORS_REMOTE_REQUEST_SIZE");
-        assert_eq!(RemoteOptions::from_env().unwrap(), RemoteOptions::default());
     }
 
     #[test]
     fn urls_that_cannot_be_used_are_usage_errors() {
         let opts = RemoteOptions::default();
-        for bad in ["s3://", "ftp://host/x", "http://127.0.0.1:1/x.safetensors"] {
+        for bad in [
+            "s3://",
+            "ftp://host/x",
+            "http://10.0.0.1:1/x.safetensors",
+            "s3://b/k.safetensors?versionId=1",
+            "s3://b/k.safetensors#x",
+            "https://u:pw@host/k.safetensors",
+            "s3://b/sub%2Fk.safetensors",
+        ] {
             let e = store_for(bad, &opts).err().unwrap();
             assert!(
                 matches!(

@@ -160,6 +160,18 @@ pub(crate) fn folder_of(path: &Path) -> PathBuf {
         .to_path_buf()
 }
 
+/// Refuse an output that is a URL: sealtensors writes local files only
+/// (the URL would otherwise become a local path like `s3:/bucket/...`).
+pub(crate) fn local_output(p: &Path) -> Result<()> {
+    if is_remote(p) {
+        return Err(Error::Config(
+            "outputs are local files or folders; write locally, then upload with the store's own tools".into(),
+        )
+        .in_file(p));
+    }
+    Ok(())
+}
+
 /// A stable name for a file or folder: the canonical local path, or the
 /// URL itself (object keys have no links or `..`).
 pub(crate) fn canonical(p: &Path) -> Result<PathBuf> {
@@ -238,10 +250,22 @@ pub(crate) fn remote_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .unwrap_or_default();
         names.sort();
         names.dedup();
-        if names.iter().any(|n| !crate::model::is_bare_file_name(n)) {
-            return Err(
-                Error::container("the index names a file outside its folder").in_file(&index),
-            );
+        if names
+            .iter()
+            .any(|n| !crate::model::is_bare_file_name(n) || n.contains(['%', '?', '#']))
+        {
+            return Err(Error::container(
+                "the index names a file outside its folder (or with %, ? or #, which a URL would not read as itself)",
+            )
+            .in_file(&index));
+        }
+        if names.len() as u64 > crate::seal::MAX_SHARDS {
+            return Err(Error::container(format!(
+                "the index names {} files, more than the {} shards a model may have",
+                names.len(),
+                crate::seal::MAX_SHARDS
+            ))
+            .in_file(&index));
         }
         Ok(names.iter().map(|n| join(dir, n)).collect())
     }
