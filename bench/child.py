@@ -493,7 +493,7 @@ def do_remote_load(task: dict[str, Any]) -> dict[str, Any]:
     before = maxrss_kib()
     t0 = time.perf_counter()
     tensors: dict[str, Any] = {}
-    if system in ("remote-sealed", "remote-plain", "local-sealed"):
+    if system in ("remote-sealed", "remote-plain", "local-sealed", "https-sealed"):
         tensors = st.load_folder(path, **keys)
     elif system == "local-plain":
         for f in sorted(Path(path).glob("*.safetensors")):

@@ -602,7 +602,7 @@ class Suite:
         logging proxy in front of the server); and how a remote sealed load
         scales with the request concurrency."""
         sys.path.insert(0, str(ROOT / "python" / "tests"))
-        from objstore import FaultProxy, S3Server, client_env
+        from objstore import FaultProxy, HttpsServer, S3Server, client_env
 
         d = self.work / "remote"
         d.mkdir(exist_ok=True)
@@ -614,6 +614,9 @@ class Suite:
         subprocess.run([*argv, "-o", str(sealed), str(plain)], check=True)
         server = S3Server(d / "s3")
         proxy = FaultProxy(server.port)
+        https = HttpsServer(d / "nginx")
+        for f in (plain, sealed):
+            shutil.copytree(f, https.www / f.name)
         try:
             c = server.client()
             c.create_bucket(Bucket="bench")
@@ -627,16 +630,20 @@ class Suite:
                 "remote-sealed": "s3://bench/sealed",
                 "remote-plain": "s3://bench/plain",
                 "download-plain": "s3://bench/plain",
+                "https-sealed": https.url("sealed"),
             }
             log(f"workload remote: {m}")
 
             def task(s: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
                 if s.startswith("local"):
                     cache.warm([str(p) for p in Path(where[s]).glob("*.safetensors")])
+                elif s.startswith("https"):
+                    cache.warm([str(p) for p in (https.www / "sealed").glob("*.safetensors")])
                 else:
                     cache.warm([str(p) for p in (d / "s3").rglob("*.safetensors")])
                 t = {"kind": "remote-load", "system": s, "path": where[s], "keys": self.keys}
-                return child({**t, "env": {**env, **(extra or {})}, "tmp": str(d)})
+                e = {**env, "SEALTENSORS_CA_FILE": str(https.ca), **(extra or {})}
+                return child({**t, "env": e, "tmp": str(d)})
 
             load = rounds(list(where), task, self.reps, self.warmup, "remote load")
             ref = load["local-plain"]["checksum"]
@@ -644,16 +651,17 @@ class Suite:
                 v["checksum_ok"] = abs(v["checksum"] - ref) <= 1e-6 * max(1.0, abs(ref))
                 if not v["checksum_ok"]:
                     log(f"WARNING: remote: {s} checksum {v['checksum']} differs from {ref}")
-            scaling = {}
+            scaling: dict[str, dict[str, Any]] = {}
             for n in (1, 4, 16, 32):
                 r = rounds(
-                    ["remote-sealed"],
+                    ["remote-sealed", "https-sealed"],
                     lambda s, n=n: task(s, {"SEALTENSORS_REMOTE_CONCURRENCY": str(n)}),
                     self.reps,
                     self.warmup,
                     f"remote concurrency {n}",
                 )
-                scaling[str(n)] = r["remote-sealed"]
+                for s, v in r.items():
+                    scaling.setdefault(s, {})[str(n)] = v
             # Header-only: `inspect` of the sealed folder URL through the logging proxy.
             proxy.reset()
             penv = {**os.environ, **client_env(proxy.endpoint)}
@@ -678,6 +686,7 @@ class Suite:
         finally:
             proxy.stop()
             server.stop()
+            https.stop()
             if not self.args.keep:
                 shutil.rmtree(d, ignore_errors=True)
         defaults = {"request_size": 8 << 20, "concurrency": 16, "head_bytes": 256 << 10}
