@@ -679,7 +679,7 @@ class Suite:
                 }
                 for n in shards
             }
-            header["listing_requests"] = {
+            header["the folder listing (LIST)"] = {
                 "requests": len(proxy.requests) - sum(v["requests"] for v in header.values()),
                 "bytes": 0,
             }
