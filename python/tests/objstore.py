@@ -65,6 +65,16 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None, what: str) -> Non
     raise RuntimeError(f"{what} did not start listening on 127.0.0.1:{port}")
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server, then kill it if it is still there after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 class S3Server:
     """s3s-fs on a folder, on loopback, with SigV4 credentials."""
 
@@ -110,12 +120,7 @@ class S3Server:
         )
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -218,11 +223,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return
         if fault in ("503", "429"):
             body = b"<Error><Code>SlowDown</Code></Error>"
+            # Logged before the answer is written: a client may hang up as
+            # soon as it has read the status line.
+            self._record(int(fault), len(body))
             self.send_response(int(fault))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-            self._record(int(fault), len(body))
             return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
@@ -238,6 +245,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 # Answered as a server that ignores Range does: 200, no Content-Range.
                 status = 200
                 drop.add("content-range")
+            cut = fault == "cut" and len(data) > 1
+            self._record(status, len(data) // 2 if cut else len(data))
             self.send_response(status)
             for k, v in resp.getheaders():
                 if k.lower() not in drop:
@@ -246,17 +255,18 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            if fault == "cut" and len(data) > 1:
+            if cut:
                 half = len(data) // 2
                 self.wfile.write(data[:half])
                 self.wfile.flush()
-                self._record(status, half)
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if self.command != "HEAD":
                 self.wfile.write(data)
-            self._record(status, len(data))
+        except (BrokenPipeError, ConnectionResetError):
+            # The client hung up (as it does on an answer it refuses).
+            self.close_connection = True
         finally:
             up.close()
 
@@ -392,9 +402,4 @@ http {{
         return self.access_log.read_text().splitlines()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
