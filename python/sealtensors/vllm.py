@@ -32,8 +32,14 @@ They may also be given per model with ``--model-loader-extra-config``:
 
 with the keys ``identities``, ``trusted``, ``require_encrypted``,
 ``require_signed`` and ``licence`` (the keyword arguments of `safe_open`),
-and ``lazy`` (true or false; default: true on CPU workers and under tensor
-or pipeline parallelism).
+``lazy`` (true or false; default: true on CPU workers and under tensor
+or pipeline parallelism), and ``weights``: a folder URL (``s3://``,
+``gs://``, ``az://``, ``https://``) whose weights are read in place, while
+the model argument names a local folder with the config and tokenizer
+(docs/object-storage.md):
+
+    vllm serve ./llama-config --load-format sealtensors \
+        --model-loader-extra-config '{"weights": "s3://bucket/llama"}'
 
 vLLM is imported only when `register()` runs; importing sealtensors never
 needs it.
@@ -152,6 +158,13 @@ def _make_loader() -> type:
             extra = dict(load_config.model_loader_extra_config or {})
             self.seal_options = {k: extra.pop(k) for k in _OPEN_OPTIONS if k in extra}
             self.lazy = extra.pop("lazy", None)
+            # Weights read in place from a folder URL (or another folder).
+            self.weights = extra.pop("weights", None)
+            if self.weights is not None and not isinstance(self.weights, str):
+                raise ValueError(
+                    '"weights" in --model-loader-extra-config names a folder: a URL '
+                    "(s3://, gs://, az://, https://) or a path"
+                )
             for key in ("identities", "trusted"):
                 if isinstance(self.seal_options.get(key), str):
                     self.seal_options[key] = [self.seal_options[key]]
@@ -176,19 +189,27 @@ def _make_loader() -> type:
                 filter_mm_encoder_only_safetensors_files,
             )
 
-            folder, files, use_safetensors, index_file = self._prepare_weights(
-                source.model_or_path,
-                source.subfolder,
-                source.revision,
-                source.fall_back_to_pt,
-                source.allow_patterns_overrides,
-            )
+            if self.weights is not None:
+                # The weights' folder, read in place: its weight files as one
+                # model (the shard set and index checked on every open).
+                from sealtensors._native import weight_files
+
+                folder, index_file = self.weights, None
+                files, use_safetensors = weight_files(self.weights), True
+            else:
+                folder, files, use_safetensors, index_file = self._prepare_weights(
+                    source.model_or_path,
+                    source.subfolder,
+                    source.revision,
+                    source.fall_back_to_pt,
+                    source.allow_patterns_overrides,
+                )
             if not use_safetensors:
                 raise RuntimeError(
                     f"load format {LOAD_FORMAT!r} reads safetensors files only; "
                     f"none found for {source.model_or_path!r}"
                 )
-            if self._encoder_only_lm_prefixes is not None and files:
+            if self._encoder_only_lm_prefixes is not None and files and self.weights is None:
                 files = filter_mm_encoder_only_safetensors_files(
                     files,
                     folder,

@@ -264,6 +264,38 @@ def test_vllm_serve_load_format_sealtensors(models: dict, plain_text: str, tmp_p
         log.close()
 
 
+def test_sealed_weights_read_in_place_from_s3(
+    models: dict, plain_text: str, tmp_path: Path
+) -> None:
+    """The config and tokenizer in a local folder, the sealed weights in an
+    S3-compatible server on loopback, read in place (docs/object-storage.md)."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from objstore import S3Server, client_env
+
+    server = S3Server(tmp_path / "s3")
+    try:
+        s3 = server.client()
+        s3.create_bucket(Bucket="models")
+        config = tmp_path / "config"
+        config.mkdir()
+        for f in sorted(models["sealed"].iterdir()):
+            if f.name.endswith(".safetensors"):
+                s3.upload_file(str(f), "models", f"smollm2/{f.name}")
+            else:
+                (config / f.name).write_bytes(f.read_bytes())
+        extra = {"model_loader_extra_config": {"weights": "s3://models/smollm2"}}
+        env = {
+            **models["env"],
+            **client_env(server.endpoint),
+            "VLLM_TEST_ENGINE_EXTRA": json.dumps(extra),
+        }
+        text = _generate(config, "sealtensors", env)
+    finally:
+        server.stop()
+    assert text == plain_text
+    assert not list(config.glob("*.safetensors")), "nothing was downloaded"
+
+
 def _lora_adapter(model: Path, out: Path) -> Path:
     """A PEFT-format LoRA adapter for SmolLM2 (q_proj and v_proj of every
     layer, rank 8), with random weights large enough to change greedy text."""
