@@ -171,14 +171,19 @@ pub struct Header {
 
 /// Open a file and parse its header (SPEC §2), checking its total length.
 pub fn read_header(path: &Path) -> Result<(File, Header)> {
+    // Refused before any request is made.
+    let local_only = || {
+        Error::Config("this operation reads local files only; download the model first".into())
+            .in_file(path)
+    };
+    if crate::source::is_remote(path) {
+        return Err(local_only());
+    }
     let (src, h) = read_header_source(path)?;
     match src {
         Source::Local(f) => Ok((f, h)),
         #[cfg(feature = "remote")]
-        Source::Remote(_) => Err(Error::Config(
-            "this operation reads local files only; download the model first".into(),
-        )
-        .in_file(path)),
+        Source::Remote(_) => Err(local_only()),
     }
 }
 

@@ -419,6 +419,11 @@ fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)
     Ok((s, path))
 }
 
+/// [`store_for`] with the options of the environment.
+fn store_of(url: &str) -> Result<(Arc<Store>, ObjectPath)> {
+    store_for(url, &RemoteOptions::from_env()?)
+}
+
 /// One remote object, pinned at the version its first read saw.
 pub(crate) struct RemoteObject {
     url: String,
@@ -640,8 +645,7 @@ async fn stream_into(
 /// A folder URL's `.safetensors` objects directly under it, sorted (a
 /// store with listing), or `None` for a store without listing (`https`).
 pub(crate) fn list_weights(dir: &str) -> Result<Option<Vec<PathBuf>>> {
-    let opts = RemoteOptions::from_env()?;
-    let (store, path) = store_for(dir, &opts)?;
+    let (store, path) = store_of(dir)?;
     if !store.listable {
         return Ok(None);
     }
@@ -685,8 +689,7 @@ pub(crate) fn list_weights(dir: &str) -> Result<Option<Vec<PathBuf>>> {
 /// A small object read whole (a model's index), or `None` when there is
 /// no such object.
 pub(crate) fn read_small(url: &str, max: usize) -> Result<Option<Vec<u8>>> {
-    let opts = RemoteOptions::from_env()?;
-    let (store, path) = store_for(url, &opts)?;
+    let (store, path) = store_of(url)?;
     block_on(async {
         let _permit = store.limit.acquire().await;
         let r = match store.store.get(&path).await {
@@ -713,8 +716,7 @@ pub(crate) fn read_small(url: &str, max: usize) -> Result<Option<Vec<u8>>> {
 
 /// Whether an object exists (one HEAD request).
 pub(crate) fn exists(url: &str) -> Result<bool> {
-    let opts = RemoteOptions::from_env()?;
-    let (store, path) = store_for(url, &opts)?;
+    let (store, path) = store_of(url)?;
     let r = block_on(async {
         let _permit = store.limit.acquire().await;
         store.store.head(&path).await
