@@ -602,6 +602,7 @@ def remote_section(rm: dict[str, Any]) -> list[str]:
         "remote-plain": "remote plain, `load_folder('s3://...')`",
         "download-plain": "download (boto3) then safetensors `load_file`",
         "https-sealed": "remote sealed over HTTPS (nginx), `load_folder('https://...')`",
+        "http-sealed": "the same over plain HTTP (loopback), `load_folder('http://...')`",
     }
     base = L["local-sealed"]["seconds"]
     for s, v in L.items():
@@ -615,6 +616,22 @@ def remote_section(rm: dict[str, Any]) -> list[str]:
         for n, v in by_n.items():
             gbs = m["bytes"] / v["seconds"] / 1e9
             out.append(f"| {what.get(s, s)} | {n} | {v['seconds']:.3f} | {gbs:.2f} |")
+    if "seal" in rm:
+        out += [
+            "",
+            "`sealtensors seal` of the plain folder to the local disk against into the bucket "
+            "(`-o s3://...`: a multipart upload per shard, parts of at least 5 MiB, 4 in "
+            "flight), wall time and peak RSS of the command:",
+            "",
+            "| seal | median (s) | / local | peak RSS (MiB) |",
+            "|---|---:|---:|---:|",
+        ]
+        sl = rm["seal"]
+        for s, v in sl.items():
+            out.append(
+                f"| {s} | {v['seconds']:.3f} | {ratio(v['seconds'], sl['seal-local']['seconds'])}"
+                f" | {mib(v['maxrss_kib'])} |"
+            )
     out += ["", "`sealtensors inspect s3://.../sealed` (header only), per object:", ""]
     out += ["| object | requests | bytes received |", "|---|---:|---:|"]
     for n, v in rm["header"].items():

@@ -631,13 +631,14 @@ class Suite:
                 "remote-plain": "s3://bench/plain",
                 "download-plain": "s3://bench/plain",
                 "https-sealed": https.url("sealed"),
+                "http-sealed": https.http_url("sealed"),
             }
             log(f"workload remote: {m}")
 
             def task(s: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
                 if s.startswith("local"):
                     cache.warm([str(p) for p in Path(where[s]).glob("*.safetensors")])
-                elif s.startswith("https"):
+                elif s.startswith("http"):
                     cache.warm([str(p) for p in (https.www / "sealed").glob("*.safetensors")])
                 else:
                     cache.warm([str(p) for p in (d / "s3").rglob("*.safetensors")])
@@ -654,7 +655,7 @@ class Suite:
             scaling: dict[str, dict[str, Any]] = {}
             for n in (1, 4, 16, 32):
                 r = rounds(
-                    ["remote-sealed", "https-sealed"],
+                    ["remote-sealed", "https-sealed", "http-sealed"],
                     lambda s, n=n: task(s, {"SEALTENSORS_REMOTE_CONCURRENCY": str(n)}),
                     self.reps,
                     self.warmup,
@@ -662,6 +663,24 @@ class Suite:
                 )
                 for s, v in r.items():
                     scaling.setdefault(s, {})[str(n)] = v
+
+            # Sealing into the bucket (a multipart upload per shard) against
+            # sealing to the local disk: the CLI's wall time and peak RSS.
+            def seal_task(s: str) -> dict[str, Any]:
+                cache.warm([str(p) for p in plain.glob("*.safetensors")])
+                out = "s3://bench/sealed-up" if s == "seal-s3" else str(d / "sealed-local")
+                proc_env = {**os.environ, **env}
+                t0 = time.perf_counter()
+                proc = subprocess.Popen([*argv, "--force", "-o", out, str(plain)], env=proc_env)
+                _, status, usage = os.wait4(proc.pid, 0)
+                seconds = time.perf_counter() - t0
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"seal into {out} failed ({proc.returncode})")
+                shutil.rmtree(d / "sealed-local", ignore_errors=True)
+                return {"seconds": seconds, "maxrss_kib": usage.ru_maxrss}
+
+            seal = rounds(["seal-local", "seal-s3"], seal_task, self.reps, self.warmup, "seal")
             # Header-only: `inspect` of the sealed folder URL through the logging proxy.
             proxy.reset()
             penv = {**os.environ, **client_env(proxy.endpoint)}
@@ -690,7 +709,14 @@ class Suite:
             if not self.args.keep:
                 shutil.rmtree(d, ignore_errors=True)
         defaults = {"request_size": 8 << 20, "concurrency": 16, "head_bytes": 256 << 10}
-        return {"model": m, "load": load, "scaling": scaling, "header": header, **defaults}
+        return {
+            "model": m,
+            "load": load,
+            "scaling": scaling,
+            "header": header,
+            "seal": seal,
+            **defaults,
+        }
 
     def vllm_load(self, m: dict[str, Any], folder: dict[str, Path]) -> dict[str, Any]:
         """vLLM's weight loading of the same Llama, plain (`safetensors`) against

@@ -20,12 +20,13 @@ models are then refused too (that is what pinning a signer means).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import _sealtensors_autohook as _hook
@@ -237,16 +238,86 @@ def _swap(old: list[Any], new: list[Any]) -> None:
                     pass
 
 
-# transformers' from_pretrained before it was wrapped in a load scope.
+# transformers' from_pretrained methods (the models' and the auto classes')
+# before they were wrapped.
 _FROM_PRETRAINED: list[Any] = []
 
+# The files of a model folder URL fetched for from_pretrained (small, and
+# plaintext in a sealed model too); the weights stay in the bucket.
+_CONFIG_FILES = ("config.json", "generation_config.json")
+_MAX_CONFIG_BYTES = 16 << 20
+# Local folders holding a folder URL's config, while its from_pretrained runs.
+_URL_OF_CONFIG: dict[str, str] = {}
 
-def _wrap_from_pretrained() -> None:
-    """Make every transformers `from_pretrained` one load scope (one key
-    release for a sharded sealed model), once transformers.modeling_utils
-    exists; idempotent."""
-    mu = sys.modules.get("transformers.modeling_utils")
-    cls = getattr(mu, "PreTrainedModel", None) if mu is not None else None
+
+@contextlib.contextmanager
+def _config_of(url: str) -> Iterator[str]:
+    """A private local folder with the config files of the model folder at
+    `url`, known to the wrapped `from_pretrained` while it exists."""
+    from sealtensors._native import read_small
+
+    base = url.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="sealtensors-config-") as tmp:
+        for name in _CONFIG_FILES:
+            data = read_small(f"{base}/{name}", _MAX_CONFIG_BYTES)
+            if data is not None:
+                with open(os.path.join(tmp, name), "wb") as fh:
+                    fh.write(data)
+        if not os.path.exists(os.path.join(tmp, "config.json")):
+            raise FileNotFoundError(
+                f"{url} holds no config.json: from_pretrained needs the model's config beside its "
+                "weights (or build the model yourself and load "
+                "sealtensors.torch.load_folder(url) into it)"
+            )
+        _URL_OF_CONFIG[tmp] = url
+        try:
+            yield tmp
+        finally:
+            _URL_OF_CONFIG.pop(tmp, None)
+
+
+def _name_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+    return os.fspath(name) if isinstance(name, (str, os.PathLike)) else None
+
+
+def _replace_name(args: tuple[Any, ...], kwargs: dict[str, Any], name: Any) -> tuple[Any, ...]:
+    if args:
+        return (name, *args[1:])
+    kwargs["pretrained_model_name_or_path"] = name
+    return ()
+
+
+def _model_from_url(func: Any, klass: Any, config_dir: str, args: Any, kwargs: Any) -> Any:
+    """`from_pretrained` of the model whose config was fetched into
+    `config_dir`: its weights read in place from the folder URL as one model
+    (`sealtensors.torch.load_folder`), handed to transformers as its
+    `state_dict` (transformers then builds the model from the config alone)."""
+    from sealtensors.torch import load_folder
+
+    url = _URL_OF_CONFIG[config_dir]
+    if kwargs.get("state_dict") is not None:
+        raise ValueError("state_dict= cannot be given with a model folder URL")
+    if "config" not in kwargs or isinstance(kwargs["config"], (str, os.PathLike)):
+        kwargs["config"] = klass.config_class.from_pretrained(config_dir)
+    kwargs["state_dict"] = load_folder(url, **_options())
+    args = _replace_name(args, kwargs, None)
+    model = func(klass, *args, **kwargs)
+    gen = os.path.join(config_dir, "generation_config.json")
+    if os.path.exists(gen) and getattr(model, "can_generate", lambda: False)():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(config_dir)
+    return model
+
+
+def _wrap(cls: Any, models: bool) -> None:
+    """Wrap `cls.from_pretrained` (idempotent): one load scope (one key
+    release for a sharded sealed model), and a model folder URL taken as the
+    model (`s3://bucket/model`, `gs://`, `az://`, `https://`): its config
+    fetched into a private folder, its weights read in place. `models`: the
+    class is transformers' PreTrainedModel (else an auto class, which
+    resolves the config and calls the model class's)."""
     current = cls.__dict__.get("from_pretrained") if cls is not None else None
     func = getattr(current, "__func__", None)
     if func is None or getattr(func, "_sealtensors_scoped", False):
@@ -254,12 +325,38 @@ def _wrap_from_pretrained() -> None:
 
     @functools.wraps(func)
     def from_pretrained(klass: Any, *args: Any, **kwargs: Any) -> Any:
+        from sealtensors._native import is_remote
+
         with _open.load_scope():
+            name = _name_of(args, kwargs)
+            if name is not None and is_remote(name):
+                with _config_of(name) as config_dir:
+                    args = _replace_name(args, kwargs, config_dir)
+                    return from_pretrained(klass, *args, **kwargs)
+            if models and name is not None and name in _URL_OF_CONFIG:
+                return _model_from_url(func, klass, name, args, kwargs)
             return func(klass, *args, **kwargs)
 
     from_pretrained._sealtensors_scoped = True  # type: ignore[attr-defined]
     _FROM_PRETRAINED.append((cls, current))
     cls.from_pretrained = classmethod(from_pretrained)
+
+
+def _wrap_from_pretrained() -> None:
+    """Wrap transformers' `from_pretrained` methods ([`_wrap`]) once their
+    modules exist: the models' and the auto classes'."""
+    mu = sys.modules.get("transformers.modeling_utils")
+    if mu is not None:
+        _wrap(getattr(mu, "PreTrainedModel", None), True)
+    # Each auto class (AutoModelForCausalLM...) holds its own copy of the
+    # base class's method: every one is wrapped, the base left alone.
+    af = sys.modules.get("transformers.models.auto.auto_factory")
+    base = getattr(af, "_BaseAutoModelClass", None) if af is not None else None
+    todo = list(base.__subclasses__()) if base is not None else []
+    while todo:
+        c = todo.pop()
+        todo.extend(c.__subclasses__())
+        _wrap(c, False)
 
 
 def _unwrap_from_pretrained() -> None:

@@ -143,13 +143,14 @@ class Request:
     if_match: str | None
     status: int
     sent: int
+    received: int = 0
 
 
 class FaultProxy(ThreadingHTTPServer):
     """A logging, fault-injecting HTTP proxy to one upstream server.
 
-    `faults` holds actions for the next GET requests whose path contains
-    `fault_path` (all GETs when it is empty): "503", "429", "reset" (the
+    `faults` holds actions for the next requests of `fault_method` (GET
+    unless set) whose path contains `fault_path` (all when it is empty): "503", "429", "reset" (the
     connection closed before any answer), "cut" (the headers and half the
     body, then the connection closed), "norange" (the answer turned into a
     200 without Content-Range, as from a server that ignores Range),
@@ -163,6 +164,7 @@ class FaultProxy(ThreadingHTTPServer):
         self.requests: list[Request] = []
         self.faults: deque[str] = deque()
         self.fault_path = ""
+        self.fault_method = "GET"
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.port = int(self.server_address[1])
@@ -178,14 +180,20 @@ class FaultProxy(ThreadingHTTPServer):
             self.requests.clear()
             self.faults.clear()
             self.fault_path = ""
+            self.fault_method = "GET"
 
     def gets(self, path_part: str = "") -> list[Request]:
         with self.lock:
             return [r for r in self.requests if r.method == "GET" and path_part in r.path]
 
+    def of(self, method: str, path_part: str = "") -> list[Request]:
+        """The requests of one method whose path contains `path_part`."""
+        with self.lock:
+            return [r for r in self.requests if r.method == method and path_part in r.path]
+
     def take_fault(self, method: str, path: str) -> str | None:
         with self.lock:
-            if method == "GET" and self.faults and self.fault_path in path:
+            if method == self.fault_method and self.faults and self.fault_path in path:
                 return self.faults.popleft()
         return None
 
@@ -211,11 +219,18 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     self.headers.get("If-Match"),
                     status,
                     sent,
+                    int(self.headers.get("Content-Length") or 0),
                 )
             )
 
     def _forward(self) -> None:
         fault = self.server.take_fault(self.command, self.path)
+        if fault and self.command != "GET":
+            # A refused upload still sends its body: read it, so the client
+            # sees the answer rather than a broken pipe.
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
         if fault == "reset":
             self._record(0, 0)
             self.close_connection = True
@@ -345,7 +360,9 @@ def self_signed(folder: Path) -> tuple[Path, Path, Path]:
 
 
 class HttpsServer:
-    """nginx serving `www` over HTTPS on loopback (Range, ETag, If-Match)."""
+    """nginx serving `www` over HTTPS on loopback (Range, ETag, If-Match), and
+    the same over plain HTTP on a second loopback port (`http_url`: what a
+    client costs without TLS, for the benchmarks)."""
 
     def __init__(self, folder: Path) -> None:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -356,6 +373,7 @@ class HttpsServer:
         self.www.mkdir(parents=True, exist_ok=True)
         self.ca, cert, key = self_signed(folder)
         self.port = free_port()
+        self.http_port = free_port()
         self.access_log = folder / "access.log"
         conf = folder / "nginx.conf"
         temp = folder / "temp"
@@ -383,6 +401,11 @@ http {{
         root {self.www};
         location / {{ }}
     }}
+    server {{
+        listen 127.0.0.1:{self.http_port};
+        root {self.www};
+        location / {{ }}
+    }}
 }}
 """
         )
@@ -395,6 +418,9 @@ http {{
 
     def url(self, name: str) -> str:
         return f"https://127.0.0.1:{self.port}/{name}"
+
+    def http_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/{name}"
 
     def log_lines(self) -> list[str]:
         if not self.access_log.exists():

@@ -441,3 +441,232 @@ def test_parallel_loads_share_the_store(proxy: FaultProxy, files: dict) -> None:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads), "a load hung"
     assert not errors, errors
+
+
+# ---- writing to a bucket -------------------------------------------------------------------
+
+PART = 5 << 20
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A plain file of about 12 MiB: more than two 5 MiB upload parts."""
+    d = tmp_path_factory.mktemp("big")
+    torch.manual_seed(1)
+    tensors = {
+        "a.weight": torch.randn(1024, 2048),
+        "b.weight": torch.randn(1536, 1024).to(torch.bfloat16),
+        "c.bias": torch.randn(7),
+    }
+    st.save_file(tensors, d / "big.safetensors", metadata={"format": "pt"})
+    return {"path": d / "big.safetensors", "tensors": tensors}
+
+
+def test_cli_seals_into_a_bucket_in_parts(
+    cli: Path,
+    proxy: FaultProxy,
+    files: dict,
+    big: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`seal -o s3://...`: a multipart upload whose parts are bounded, the
+    header last as part 1; nothing written to disk; the object loads back."""
+    monkeypatch.setenv("SEALTENSORS_REMOTE_REQUEST_SIZE", str(PART))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    target = url("up/big.safetensors")
+
+    def seal(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = ["seal", "-r", files["recipient"], "-o", target, str(big["path"]), *extra]
+        return subprocess.run(
+            [str(cli), "--quiet", *args], capture_output=True, text=True, check=False
+        )
+
+    r = seal()
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.iterdir()) == []
+    parts = proxy.of("PUT", "/up/big.safetensors")
+    assert len(parts) == 3 and all("partNumber=" in p.path for p in parts), parts
+    # Every part but part 1 (header + first part) is one part size at most.
+    numbered = {int(p.path.split("partNumber=")[1].split("&")[0]): p for p in parts}
+    assert sorted(numbered) == [1, 2, 3]
+    assert numbered[2].received == PART and numbered[3].received < PART
+    assert PART < numbered[1].received < PART + (1 << 20)
+    posts = proxy.of("POST", "/up/big.safetensors")
+    assert len(posts) == 2  # create, complete
+    same(st.load_file(target, identities=[files["ident"]]), big["tensors"])
+
+    # An object already there is refused, unless --force.
+    r = seal()
+    assert r.returncode != 0 and "already exists" in r.stderr, r.stderr
+    r = seal("--force")
+    assert r.returncode == 0, r.stderr
+    same(st.load_file(target, identities=[files["ident"]]), big["tensors"])
+
+
+def test_a_small_file_is_one_put(proxy: FaultProxy, files: dict) -> None:
+    target = url("up/small.safetensors")
+    sealtensors.seal(
+        files["dir"] / "plain.safetensors",
+        target,
+        recipients=[files["recipient"]],
+        chunk_size=CHUNK,
+    )
+    puts = proxy.of("PUT", "/up/small.safetensors")
+    assert len(puts) == 1 and "partNumber" not in puts[0].path
+    assert proxy.of("POST", "/up/small.safetensors") == []
+    same(st.load_file(target, identities=[files["ident"]]), files["tensors"])
+
+
+def test_an_upload_that_fails_leaves_nothing(
+    proxy: FaultProxy, files: dict, big: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part refused past the retries: the error is typed, the upload is
+    aborted, and no object appears. A part refused once is retried."""
+    monkeypatch.setenv("SEALTENSORS_REMOTE_REQUEST_SIZE", str(PART))
+    monkeypatch.setenv("SEALTENSORS_REMOTE_RETRIES", "2")
+    target = url("up/failed.safetensors")
+    proxy.fault_method = "PUT"
+    proxy.fault_path = "partNumber=2"
+    proxy.faults.extend(["503"] * 10)
+    with pytest.raises(sealtensors.SealtensorsError, match="503|Service Unavailable|failed"):
+        sealtensors.seal(big["path"], target, recipients=[files["recipient"]])
+    assert any("uploadId=" in d.path for d in proxy.of("DELETE", "/up/failed.safetensors"))
+    with pytest.raises(sealtensors.SealtensorsError, match="not found|NotFound|no such"):
+        sealtensors.safe_open(target, framework="pt", identities=[files["ident"]])
+
+    proxy.reset()
+    proxy.fault_method = "PUT"
+    proxy.fault_path = "partNumber="
+    proxy.faults.extend(["503", "reset"])
+    sealtensors.seal(big["path"], target, recipients=[files["recipient"]])
+    same(st.load_file(target, identities=[files["ident"]]), big["tensors"])
+
+
+def test_a_model_folder_seals_into_a_bucket(proxy: FaultProxy, files: dict, sharded: dict) -> None:
+    """A folder: every shard uploaded, the other files after them, the index
+    last; it loads as the local sealing does. A folder already holding
+    objects is refused, and a stale shard is never left beside new ones."""
+    src = sharded["dir"] / "plain"
+    target = url("sealed-up")
+    sealtensors.seal(src, target, recipients=[files["recipient"]])
+    puts = [p.path.split("?")[0] for p in proxy.of("PUT", "/sealed-up/")]
+    names = sorted(p.name for p in src.iterdir())
+    assert sorted({p.rsplit("/", 1)[1] for p in puts}) == names
+    shards = [i for i, p in enumerate(puts) if p.endswith(".safetensors")]
+    assert max(shards) < puts.index(f"/{BUCKET}/sealed-up/model.safetensors.index.json")
+    same(st.load_folder(target, identities=[files["ident"]]), st.load_folder(src))
+    shard = next(n for n in names if n.endswith(".safetensors"))
+    with pytest.raises(sealtensors.NoKeyError):
+        st.load_file(f"{target}/{shard}")
+
+    with pytest.raises(sealtensors.SealtensorsError, match="exists"):
+        sealtensors.seal(src, target, recipients=[files["recipient"]])
+    s3_put = proxy.of("PUT", "/sealed-up/")
+    sealtensors.seal(src, target, recipients=[files["recipient"]], overwrite=True)
+    assert len(proxy.of("PUT", "/sealed-up/")) == 2 * len(s3_put)
+    same(st.load_folder(target, identities=[files["ident"]]), st.load_folder(src))
+
+
+def test_a_stale_shard_in_the_folder_is_refused(
+    s3: dict, proxy: FaultProxy, files: dict, sharded: dict
+) -> None:
+    s3["client"].put_object(Bucket=BUCKET, Key="stale/model-00009-of-00009.safetensors", Body=b"x")
+    with pytest.raises(sealtensors.SealtensorsError, match="model-00009-of-00009"):
+        sealtensors.seal(
+            sharded["dir"] / "plain", url("stale"), recipients=[files["recipient"]], overwrite=True
+        )
+    assert proxy.of("PUT", "/stale/") == []
+
+
+def test_outputs_that_cannot_be_written_are_refused(
+    proxy: FaultProxy, files: dict, https: HttpsServer
+) -> None:
+    src = files["dir"] / "plain.safetensors"
+    for target, why in [
+        (https.url("out.safetensors"), "read-only"),
+        (f"s3://{BUCKET}/", "name after the bucket"),
+        (url("x.safetensors?versionId=1"), "query"),
+    ]:
+        with pytest.raises(sealtensors.SealtensorsError, match=why):
+            sealtensors.seal(src, target, recipients=[files["recipient"]])
+    with pytest.raises(sealtensors.SealtensorsError, match="the input is a URL"):
+        sealtensors.seal(
+            url("one/plain.safetensors"), url("x.safetensors"), recipients=[files["recipient"]]
+        )
+
+
+def test_a_cryptotensors_folder_converts_into_a_bucket(
+    proxy: FaultProxy, files: dict, tmp_path: Path
+) -> None:
+    """`convert` writes a URL as `seal` does: the reference library's files,
+    re-sealed shard by shard into the bucket, load as the plain model."""
+    from test_cryptotensors import Keys, _ct_model_folder
+
+    keys = Keys(tmp_path)
+    plain, ct = _ct_model_folder(keys, tmp_path)
+    target = url("converted")
+    sealtensors.convert_cryptotensors(ct, target, **keys.opts(), recipients=[files["recipient"]])
+    assert any(p.path.endswith("/converted/config.json") for p in proxy.of("PUT"))
+    same(st.load_folder(target, identities=[files["ident"]]), st.load_folder(plain))
+
+
+def test_from_pretrained_takes_a_folder_url(
+    proxy: FaultProxy, files: dict, sharded: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With sealtensors.auto, `from_pretrained("s3://bucket/model")` works as
+    for a local folder: the config fetched, the weights read in place as one
+    model (one key unwrap), the logits those of the original model."""
+    import importlib
+
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    monkeypatch.setenv("SEALTENSORS_IDENTITY", str(files["ident"]))
+    auto = importlib.import_module("sealtensors.auto")
+    auto.enable()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    try:
+        for cls in (AutoModelForCausalLM, LlamaForCausalLM):
+            model = cls.from_pretrained(url("model")).eval()
+            assert type(model).__name__ == "LlamaForCausalLM"
+            with torch.no_grad():
+                assert torch.equal(model(ids).logits, sharded["model"](ids).logits)
+        # Whole objects: the config files and the index only; weights are read in ranges.
+        whole = {g.path.rsplit("/", 1)[1] for g in proxy.gets("/model/") if g.range is None}
+        assert whole <= {
+            "config.json",
+            "generation_config.json",
+            "model.safetensors.index.json",
+        }
+        with pytest.raises(FileNotFoundError, match="config.json"):
+            AutoModelForCausalLM.from_pretrained(url("one"))
+    finally:
+        auto.disable()
+
+
+def test_from_pretrained_url_with_sealtensors_auto_in_the_environment(
+    proxy: FaultProxy, files: dict, sharded: dict, tmp_path: Path
+) -> None:
+    """`SEALTENSORS_AUTO=1`: nothing imported by hand, the auto class imported
+    after the hook, a folder URL given to `from_pretrained`."""
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "torch.save(m.state_dict(), sys.argv[2])\n"
+    )
+    env = {**os.environ, "SEALTENSORS_AUTO": "1", "SEALTENSORS_IDENTITY": str(files["ident"])}
+    out = tmp_path / "state.pt"
+    r = subprocess.run(
+        [sys.executable, "-c", code, url("model"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    same(torch.load(out), dict(sharded["model"].state_dict()))

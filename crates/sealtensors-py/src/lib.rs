@@ -761,6 +761,20 @@ fn weight_files(py: Python<'_>, folder: PathBuf) -> PyResult<Vec<String>> {
         .collect())
 }
 
+/// A small file (a model's config) read whole, local or at a URL; `None`
+/// when there is none; more than `max_bytes` is an error.
+#[pyfunction]
+fn read_small<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    max_bytes: usize,
+) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
+    let got = py
+        .detach(|| sealtensors::read_small(&path, max_bytes))
+        .map_err(to_py)?;
+    Ok(got.map(|b| pyo3::types::PyBytes::new(py, &b)))
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -782,6 +796,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(forget_released_keys, m)?)?;
     m.add_function(wrap_pyfunction!(is_remote, m)?)?;
     m.add_function(wrap_pyfunction!(weight_files, m)?)?;
+    m.add_function(wrap_pyfunction!(read_small, m)?)?;
     m.add("SealtensorsError", py.get_type::<SealtensorsError>())?;
     m.add("InvalidFileError", py.get_type::<InvalidFileError>())?;
     m.add("NotAuthenticError", py.get_type::<NotAuthenticError>())?;

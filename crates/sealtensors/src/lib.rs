@@ -59,5 +59,5 @@ pub use error::{
 pub use format::{read_header, Dtype, Header, TensorInfo};
 pub use read::{Authenticity, OpenOptions, SealedFile};
 pub use runtime::Progress;
-pub use source::is_remote;
+pub use source::{is_remote, read_small};
 pub use write::{serialize_plain, write_plain, SealOptions, SealWriter, Sealer, TensorRef};

@@ -362,10 +362,18 @@ impl Copier {
                         )
                         .in_file(&p));
                     }
-                    fs::copy(&p, &dest).map_err(out("copying", &p))?;
+                    if source::is_remote(to) {
+                        #[cfg(feature = "remote")]
+                        crate::remote::upload_file(&p, &dest.to_string_lossy(), true)?;
+                    } else {
+                        fs::copy(&p, &dest).map_err(out("copying", &p))?;
+                    }
                 }
                 Entry::Dir => {
-                    fs::create_dir(&dest).map_err(out("creating", &dest))?;
+                    // A folder URL is a prefix: nothing to create.
+                    if !source::is_remote(to) {
+                        fs::create_dir(&dest).map_err(out("creating", &dest))?;
+                    }
                     self.copy_entries(&p, &dest, &[], true)?;
                 }
             }
@@ -504,12 +512,50 @@ fn shard_numbers(count: usize, input: &Path) -> Result<Vec<Option<Shard>>> {
 
 /// Seal every weight file of a model folder with one model key, numbered as
 /// the shards of one sealing; copy the rest (links leading out of the folder
-/// are refused, never followed).
+/// are refused, never followed). The output may be a folder URL
+/// ([`write_model_folder`]).
 pub fn seal_model_dir(sealer: &Sealer, input: &Path, output: &Path, overwrite: bool) -> Result<()> {
     let plan = Plan::of(sealer, input)?;
+    write_model_folder(input, output, &plan.weights, overwrite, true, |dir| {
+        plan.seal_into(sealer, Some(dir))
+    })
+}
+
+/// Write a model folder made from the local folder `input`: `write_weights`
+/// writes the weight files into the folder it is given, and the other files
+/// of `input` are copied beside them (`sealing`: a `.safetensors` file in a
+/// subfolder, which would be copied in clear, is refused).
+///
+/// A local `output` is built beside its destination and renamed into place.
+/// A folder URL (`s3://bucket/model`, feature `remote`) is written object by
+/// object: the weight files first, each uploaded as it is sealed (SPEC
+/// §8.7), then the other files, the index last of all, so that a reader
+/// never finds an index naming shards that are not there yet. Each object
+/// appears whole or not at all; the folder as a whole is not atomic (a
+/// failure leaves the shards written so far, which no loader takes for a
+/// model without the rest).
+fn write_model_folder(
+    input: &Path,
+    output: &Path,
+    weights: &[PathBuf],
+    overwrite: bool,
+    sealing: bool,
+    write_weights: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    if source::is_remote(output) {
+        #[cfg(feature = "remote")]
+        {
+            let names: Vec<String> = weights.iter().map(|w| file_name(w)).collect();
+            crate::remote::check_folder_output(&output.to_string_lossy(), &names, overwrite)?;
+            write_weights(output)?;
+            return copy_others(input, output, weights, sealing);
+        }
+        #[cfg(not(feature = "remote"))]
+        return Err(source::unsupported(output));
+    }
     let dir = AtomicDir::create(output, overwrite)?;
-    copy_others(input, &dir.tmp, &plan.weights, true)?;
-    plan.seal_into(sealer, Some(&dir.tmp))?;
+    copy_others(input, &dir.tmp, weights, sealing)?;
+    write_weights(&dir.tmp)?;
     dir.commit()
 }
 
@@ -618,8 +664,10 @@ pub fn open_path(path: &Path, opts: &OpenOptions<'_>) -> Result<Vec<SealedFile>>
 }
 
 /// Seal a file, or a model folder ([`seal_model_dir`]), into `output`.
+/// The output may be a URL (feature `remote`): a file, or a folder for a
+/// model folder, written in a bucket with multipart uploads.
 pub fn seal_path(sealer: &Sealer, input: &Path, output: &Path, overwrite: bool) -> Result<()> {
-    source::local_output(output)?;
+    source::local_input(input)?;
     if input.is_dir() {
         seal_model_dir(sealer, input, output, overwrite)
     } else {
@@ -658,7 +706,8 @@ pub fn unseal_path(
 /// against the trusted signers, local policy, data keys), its plaintext
 /// streamed through the loading engine and sealed again by `sealer`; a
 /// folder becomes the numbered shards of one sealing, its other files
-/// copied. Written atomically; nothing plaintext touches the disk.
+/// copied. Written atomically (into a local path, or a URL as `seal` writes
+/// one: [`write_model_folder`]); nothing plaintext touches the disk.
 pub fn convert_path(
     sealer: &Sealer,
     input: &Path,
@@ -666,7 +715,7 @@ pub fn convert_path(
     opts: &OpenOptions<'_>,
     overwrite: bool,
 ) -> Result<()> {
-    source::local_output(output)?;
+    source::local_input(input)?;
     let not_ct = |f: &SealedFile| {
         Error::Config(
             "not a CryptoTensors file: seal a plain file with `seal`, or change a sealed one's keys with `rekey`".into(),
@@ -685,16 +734,16 @@ pub fn convert_path(
         return Err(not_ct(f));
     }
     let shards = shard_numbers(model.files.len(), input)?;
-    let dir = AtomicDir::create(output, overwrite)?;
     let weights: Vec<PathBuf> = model.files.iter().map(|f| f.path().to_path_buf()).collect();
-    copy_others(input, &dir.tmp, &weights, false)?;
-    for (f, shard) in model.files.iter().zip(shards) {
-        let Some(name) = f.path().file_name() else {
-            continue;
-        };
-        sealer.seal_opened(f, &dir.tmp.join(name), shard)?;
-    }
-    dir.commit()
+    write_model_folder(input, output, &weights, overwrite, false, |dir| {
+        for (f, shard) in model.files.iter().zip(shards) {
+            let Some(name) = f.path().file_name() else {
+                continue;
+            };
+            sealer.seal_opened(f, &dir.join(name), shard)?;
+        }
+        Ok(())
+    })
 }
 
 /// Rekey a file, or every shard of a model folder ([`rekey_model_dir`]):

@@ -937,11 +937,32 @@ impl ChunkSource<'_> {
         let cs = self.piece;
         let s0 = first * cs;
         let s1 = ((last + 1) * cs).min(self.t.len());
-        let fill = |buf: &mut [u8]| -> Result<()> {
-            self.file.read_exact_at(buf, self.base + s0 as u64, &what)?;
-            buf.par_chunks_mut(cs)
+        // A remote span is fetched in requests of whole chunks, each
+        // authenticated as soon as it arrived (while later requests are
+        // still on the wire, and while its bytes are in cache), in the fetch
+        // pool: as many requests in flight as the store allows.
+        let step = match self.file.request_size() {
+            Some(r) => (r / cs).max(1) * cs,
+            None => usize::MAX,
+        };
+        let fill_part = |j: usize, part: &mut [u8]| -> Result<()> {
+            let rel = j.saturating_mul(step);
+            let at = self.base + (s0 + rel) as u64;
+            self.file.read_exact_at(part, at, &what)?;
+            let c0 = first + rel / cs;
+            part.par_chunks_mut(cs)
                 .enumerate()
-                .try_for_each(|(k, dst)| self.check((first + k) as u64, 0, dst))
+                .try_for_each(|(k, dst)| self.check((c0 + k) as u64, 0, dst))
+        };
+        let fill = |buf: &mut [u8]| -> Result<()> {
+            if buf.len() <= step {
+                return fill_part(0, buf);
+            }
+            crate::source::in_io_pool(true, || {
+                buf.par_chunks_mut(step)
+                    .enumerate()
+                    .try_for_each(|(j, part)| fill_part(j, part))
+            })
         };
         if start == s0 && end == s1 {
             return fill(out);

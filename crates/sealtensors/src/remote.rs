@@ -38,9 +38,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt,
+    PutPayload, RetryConfig,
 };
 use tokio::sync::Semaphore;
 
@@ -184,6 +186,9 @@ pub(crate) fn fetch_pool() -> Option<&'static rayon::ThreadPool> {
 /// of the same bucket (or host) in this process.
 struct Store {
     store: Arc<dyn ObjectStore>,
+    /// The same store's multipart API (S3, GCS, Azure): outputs are
+    /// written through it. `https` has none: it is read-only.
+    multipart: Option<Arc<dyn MultipartStore>>,
     limit: Arc<Semaphore>,
     /// `https` stores have no listing: folders are read through their index.
     listable: bool,
@@ -355,7 +360,12 @@ fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)
         return Ok((Arc::clone(s), path));
     }
     let build = |e: object_store::Error| remote_err(url, RemoteProblem::Config(e.to_string()));
-    let (store, listable): (Arc<dyn ObjectStore>, bool) = match scheme.as_str() {
+    type Stores = (Arc<dyn ObjectStore>, Option<Arc<dyn MultipartStore>>, bool);
+    fn writable<S: ObjectStore + MultipartStore>(s: S) -> Stores {
+        let s = Arc::new(s);
+        (s.clone(), Some(s), true)
+    }
+    let (store, multipart, listable): Stores = match scheme.as_str() {
         "s3" | "s3a" => {
             // A plain http:// endpoint: a store on this machine (loopback),
             // or anywhere with SEALTENSORS_ALLOW_HTTP=1.
@@ -375,21 +385,21 @@ fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)
                 .with_url(url)
                 .with_client_options(client_options(opts, http_endpoint)?)
                 .with_retry(retry_config(opts));
-            (Arc::new(b.build().map_err(build)?), true)
+            writable(b.build().map_err(build)?)
         }
         "gs" => {
             let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(url)
                 .with_client_options(client_options(opts, false)?)
                 .with_retry(retry_config(opts));
-            (Arc::new(b.build().map_err(build)?), true)
+            writable(b.build().map_err(build)?)
         }
         "az" | "azure" | "abfs" | "abfss" | "adl" => {
             let b = object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(url)
                 .with_client_options(client_options(opts, false)?)
                 .with_retry(retry_config(opts));
-            (Arc::new(b.build().map_err(build)?), true)
+            writable(b.build().map_err(build)?)
         }
         "https" | "http" => {
             let allow_http = scheme == "http";
@@ -403,12 +413,13 @@ fn store_for(url: &str, opts: &RemoteOptions) -> Result<(Arc<Store>, ObjectPath)
                 .with_url(origin)
                 .with_client_options(client_options(opts, allow_http)?)
                 .with_retry(retry_config(opts));
-            (Arc::new(b.build().map_err(build)?), false)
+            (Arc::new(b.build().map_err(build)?), None, false)
         }
         other => return Err(bad(format!("unknown scheme {other:?}"))),
     };
     let s = Arc::new(Store {
         store,
+        multipart,
         limit: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         listable,
     });
@@ -503,6 +514,11 @@ impl RemoteObject {
     /// The object's size in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.size
+    }
+
+    /// The bytes of one ranged request.
+    pub(crate) fn request_size(&self) -> usize {
+        self.opts.request_size.max(1)
     }
 
     /// Fill `buf` with the object's bytes from `offset`: served from the
@@ -726,6 +742,308 @@ pub(crate) fn exists(url: &str) -> Result<bool> {
         Err(object_store::Error::NotFound { .. }) => Ok(false),
         Err(e) => Err(remote_err(url, classify(e))),
     }
+}
+
+// ---- writing ---------------------------------------------------------------------------
+
+/// The smallest part a multipart upload takes (S3's rule; the last part may
+/// be shorter), and the most parts one upload may have (S3's 10,000, with
+/// room to spare).
+const MIN_PART: usize = 5 << 20;
+const MAX_PARTS: u64 = 9_000;
+/// Parts uploading at once for one object: memory is bounded by this many
+/// parts, plus the first one, held until the end.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// One object being written (an output of `seal`): the bytes after the
+/// header come in file order and go out as the parts of a multipart upload
+/// while they come; the header, known only at the end, goes out last as
+/// part 0, together with the first part's bytes (held until then so that
+/// part 0 is as large as the store requires). The object appears whole when
+/// the upload completes, or not at all: an upload that fails or is dropped
+/// unfinished is aborted. A small object is one plain `PUT` at the end.
+/// Nothing is written to the local disk.
+pub(crate) struct RemoteUpload {
+    url: String,
+    store: Arc<Store>,
+    multipart: Arc<dyn MultipartStore>,
+    path: ObjectPath,
+    part_size: usize,
+    /// The bytes that follow the header in part 0.
+    first: Vec<u8>,
+    /// The part being filled.
+    current: Vec<u8>,
+    id: Option<MultipartId>,
+    /// The next part's number (0 is the header's).
+    next: usize,
+    in_flight: std::collections::VecDeque<UploadTask>,
+    parts: Vec<Option<PartId>>,
+    done: bool,
+}
+
+/// Room for `n` bytes, or the typed error (a part is tens of MiB).
+fn reserve(v: &mut Vec<u8>, n: usize) -> Result<()> {
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        what: "a part of an upload".into(),
+        bytes: n,
+    })
+}
+
+type UploadTask = (usize, tokio::task::JoinHandle<object_store::Result<PartId>>);
+
+impl std::fmt::Debug for RemoteUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteUpload")
+            .field("url", &self.url)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteUpload {
+    /// Start writing `url`, which will hold `size` bytes after its header
+    /// (the part size is chosen from it). Unless `overwrite`, an object
+    /// already there is refused (one `HEAD`; a writer racing this one is
+    /// not detected: the last upload to complete wins, whole).
+    pub(crate) fn create(url: &str, overwrite: bool, size: u64) -> Result<RemoteUpload> {
+        let opts = RemoteOptions::from_env()?;
+        let (store, path) = store_for(url, &opts)?;
+        let Some(multipart) = store.multipart.clone() else {
+            return Err(remote_err(
+                url,
+                RemoteProblem::BadUrl(
+                    "https:// URLs are read-only; write to an s3://, gs:// or az:// URL, or to a local path".into(),
+                ),
+            ));
+        };
+        if path.as_ref().is_empty() || url.ends_with('/') {
+            return Err(remote_err(
+                url,
+                RemoteProblem::BadUrl("an output object needs a name after the bucket".into()),
+            ));
+        }
+        if !overwrite && exists(url)? {
+            return Err(Error::OutputExists(PathBuf::from(shown(url))));
+        }
+        let spread = usize::try_from(size.div_ceil(MAX_PARTS)).unwrap_or(usize::MAX);
+        let part_size = opts.request_size.max(MIN_PART).max(spread);
+        Ok(RemoteUpload {
+            url: url.to_string(),
+            store,
+            multipart,
+            path,
+            part_size,
+            first: Vec::new(),
+            current: Vec::new(),
+            id: None,
+            next: 1,
+            in_flight: Default::default(),
+            parts: Vec::new(),
+            done: false,
+        })
+    }
+
+    fn err(&self, e: object_store::Error) -> Error {
+        remote_err(&self.url, classify(e))
+    }
+
+    /// Append the next bytes of the object (after its header).
+    pub(crate) fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let into = if self.first.len() < self.part_size {
+                &mut self.first
+            } else {
+                &mut self.current
+            };
+            if into.capacity() == 0 {
+                reserve(into, self.part_size)?;
+            }
+            let take = (self.part_size - into.len()).min(data.len());
+            into.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.current.len() == self.part_size {
+                self.send_current()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Upload the part being filled as the next part, waiting first while
+    /// too many are in flight.
+    fn send_current(&mut self) -> Result<()> {
+        let id = match &self.id {
+            Some(id) => id.clone(),
+            None => {
+                let mp = Arc::clone(&self.multipart);
+                let path = self.path.clone();
+                let id = block_on(async move { mp.create_multipart(&path).await })?
+                    .map_err(|e| self.err(e))?;
+                self.id = Some(id.clone());
+                id
+            }
+        };
+        let index = self.next;
+        self.next += 1;
+        let data = std::mem::take(&mut self.current);
+        self.spawn_part(id, index, data)?;
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+
+    fn spawn_part(&mut self, id: MultipartId, index: usize, data: Vec<u8>) -> Result<()> {
+        let mp = Arc::clone(&self.multipart);
+        let path = self.path.clone();
+        let limit = Arc::clone(&self.store.limit);
+        let task = runtime()?.spawn(async move {
+            let _permit = limit.acquire().await;
+            mp.put_part(&path, &id, index, PutPayload::from(data)).await
+        });
+        self.in_flight.push_back((index, task));
+        Ok(())
+    }
+
+    /// Wait for the oldest part in flight.
+    fn wait_one(&mut self) -> Result<()> {
+        let Some((index, task)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let part = block_on(task)?
+            .map_err(|e| {
+                remote_err(
+                    &self.url,
+                    RemoteProblem::Transfer(format!("the upload of part {index} stopped: {e}")),
+                )
+            })?
+            .map_err(|e| self.err(e))?;
+        if self.parts.len() <= index {
+            self.parts.resize(index + 1, None);
+        }
+        self.parts[index] = Some(part);
+        Ok(())
+    }
+
+    /// Write `header` in front of everything written, and make the object
+    /// appear, whole.
+    pub(crate) fn finish(mut self, header: &[u8]) -> Result<()> {
+        let mut head = Vec::new();
+        reserve(&mut head, header.len() + self.first.len())?;
+        head.extend_from_slice(header);
+        head.extend_from_slice(&self.first);
+        self.first = Vec::new();
+        if self.id.is_none() && self.current.is_empty() {
+            // Small enough for one request.
+            let (store, path) = (Arc::clone(&self.store), self.path.clone());
+            block_on(async move {
+                let _permit = store.limit.acquire().await;
+                store.store.put(&path, PutPayload::from(head)).await
+            })?
+            .map_err(|e| self.err(e))?;
+            self.done = true;
+            return Ok(());
+        }
+        if !self.current.is_empty() {
+            self.send_current()?;
+        }
+        let Some(id) = self.id.clone() else {
+            return Err(Error::Crypto("internal: a multipart upload without an id"));
+        };
+        self.spawn_part(id.clone(), 0, head)?;
+        while !self.in_flight.is_empty() {
+            self.wait_one()?;
+        }
+        let parts = std::mem::take(&mut self.parts)
+            .into_iter()
+            .collect::<Option<Vec<PartId>>>()
+            .ok_or(Error::Crypto("internal: a part of the upload is missing"))?;
+        let (mp, path) = (Arc::clone(&self.multipart), self.path.clone());
+        block_on(async move { mp.complete_multipart(&path, &id, parts).await })?
+            .map_err(|e| self.err(e))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for RemoteUpload {
+    /// An unfinished upload is aborted, so that its parts are not kept (and
+    /// billed) by the store; nothing was ever visible at the URL.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for (_, task) in self.in_flight.drain(..) {
+            task.abort();
+        }
+        if let Some(id) = self.id.take() {
+            let (mp, path) = (Arc::clone(&self.multipart), self.path.clone());
+            let _ = block_on(async move { mp.abort_multipart(&path, &id).await });
+        }
+    }
+}
+
+/// Upload a local file to `url` as it is (the other files of a model
+/// folder sealed to a bucket: config, tokenizer, index).
+pub(crate) fn upload_file(local: &std::path::Path, url: &str, overwrite: bool) -> Result<()> {
+    use std::io::Read;
+    let io = |e| Error::io("reading", e).in_file(local);
+    let mut f = std::fs::File::open(local).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    let mut up = RemoteUpload::create(url, overwrite, size)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        up.write(&buf[..n])?;
+    }
+    up.finish(&[])
+}
+
+/// Check that a folder URL can take a model's files named `names`: it must
+/// hold no object unless `overwrite`, and even then no weight file other
+/// than those (a stale shard beside new ones would make the folder a mix of
+/// two sealings; the loader would refuse it, but the writer says so first).
+pub(crate) fn check_folder_output(dir: &str, names: &[String], overwrite: bool) -> Result<()> {
+    let (store, path) = store_of(dir)?;
+    if store.multipart.is_none() {
+        return Err(remote_err(
+            dir,
+            RemoteProblem::BadUrl(
+                "https:// URLs are read-only; write to an s3://, gs:// or az:// URL, or to a local folder".into(),
+            ),
+        ));
+    }
+    if path.as_ref().is_empty() {
+        return Err(remote_err(
+            dir,
+            RemoteProblem::BadUrl(
+                "a model is written under a folder in the bucket (s3://bucket/model), not at its root".into(),
+            ),
+        ));
+    }
+    let listing = block_on(store.store.list_with_delimiter(Some(&path)))?
+        .map_err(|e| remote_err(dir, classify(e)))?;
+    let any = !listing.objects.is_empty() || !listing.common_prefixes.is_empty();
+    if any && !overwrite {
+        return Err(Error::OutputExists(PathBuf::from(shown(dir))));
+    }
+    if let Some(stale) = listing
+        .objects
+        .iter()
+        .filter_map(|m| m.location.filename())
+        .find(|n| n.ends_with(".safetensors") && !names.iter().any(|k| k == n))
+    {
+        return Err(remote_err(
+            dir,
+            RemoteProblem::Config(format!(
+                "the folder already holds the weight file {:?}, which this model does not have: it would be left beside the new shards; delete it, or write to another folder",
+                crate::error::printable(stale, 256)
+            )),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub fn is_remote(p: &Path) -> bool {
 }
 
 #[cfg(not(feature = "remote"))]
-fn unsupported(p: &Path) -> Error {
+pub(crate) fn unsupported(p: &Path) -> Error {
     Error::Remote {
         url: crate::error::printable(&p.to_string_lossy(), 512),
         problem: RemoteProblem::Unsupported,
@@ -97,6 +97,16 @@ impl Source {
     /// Whether reads go over the network (worth many in flight at once).
     pub(crate) fn is_remote(&self) -> bool {
         !matches!(self, Source::Local(_))
+    }
+
+    /// The bytes of one ranged request, for a remote object; `None` for a
+    /// local file (read in one call).
+    pub(crate) fn request_size(&self) -> Option<usize> {
+        match self {
+            Source::Local(_) => None,
+            #[cfg(feature = "remote")]
+            Source::Remote(r) => Some(r.request_size()),
+        }
     }
 
     /// A second handle on the same bytes (the same pinned version).
@@ -172,6 +182,19 @@ pub(crate) fn local_output(p: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuse an input that is a URL where only local inputs are read (the
+/// files sealed or converted: work on a local copy).
+pub(crate) fn local_input(p: &Path) -> Result<()> {
+    if is_remote(p) {
+        return Err(Error::Config(
+            "the input is a URL: seal and convert read a local file or folder (their output may be a URL)"
+                .into(),
+        )
+        .in_file(p));
+    }
+    Ok(())
+}
+
 /// A stable name for a file or folder: the canonical local path, or the
 /// URL itself (object keys have no links or `..`).
 pub(crate) fn canonical(p: &Path) -> Result<PathBuf> {
@@ -194,8 +217,9 @@ pub(crate) fn exists(p: &Path) -> Result<bool> {
     Ok(p.exists())
 }
 
-/// A small file read whole (an index), `None` when it does not exist.
-pub(crate) fn read_small(p: &Path, max: usize) -> Result<Option<Vec<u8>>> {
+/// A small file (an index, a model's config) read whole, local or at a URL,
+/// `None` when it does not exist; more than `max` bytes is an error.
+pub fn read_small(p: &Path, max: usize) -> Result<Option<Vec<u8>>> {
     if is_remote(p) {
         #[cfg(feature = "remote")]
         {
@@ -212,7 +236,7 @@ pub(crate) fn read_small(p: &Path, max: usize) -> Result<Option<Vec<u8>>> {
         .len();
     if len > max as u64 {
         return Err(Error::LimitExceeded {
-            what: "index file size",
+            what: "small file (index, config) size",
             got: len,
             max: max as u64,
         }

@@ -5,6 +5,12 @@
 //! goes to its final place as it arrives, chunk batches are encrypted in
 //! parallel, and the header is written last into the space kept for it.
 //! Memory is bounded by one batch (16 MiB or one chunk, the larger).
+//!
+//! The output is a local file (written beside its destination, renamed
+//! into place) or, with the feature `remote`, an object in a bucket
+//! (uploaded in parts as the data comes, the header last:
+//! [`crate::remote::RemoteUpload`]); nothing plaintext goes to disk in
+//! either case unless the file is sign-only.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -361,7 +367,7 @@ struct Current {
 /// Dropping it unfinished removes the temporary file.
 pub struct SealWriter<'s> {
     sealer: SealerRef<'s>,
-    out: AtomicFile,
+    out: Output,
     path: std::path::PathBuf,
     tensors: Vec<TensorInfo>,
     encrypted: Vec<bool>,
@@ -441,7 +447,7 @@ impl<'s> SealWriter<'s> {
         let file_id: [u8; 32] = crypto::random_array()?;
         let cs = sealer.chunk_size;
         let batch_cap = if cs >= BATCH { cs } else { BATCH - BATCH % cs };
-        let out = AtomicFile::create(path, sealer.overwrite)?;
+        let out = Output::create(path, sealer.overwrite, at as u64)?;
         let mut w = SealWriter {
             sealer,
             out,
@@ -595,9 +601,8 @@ impl<'s> SealWriter<'s> {
             })?;
         st.next_chunk += n as u64;
         self.out
-            .file()
-            .write_all_at(&self.buf, self.pos)
-            .map_err(|e| Error::output("writing sealed data", e).in_file(&self.path))?;
+            .write(&self.buf, self.pos)
+            .map_err(|e| e.in_file(&self.path))?;
         self.pos += self.buf.len() as u64;
         if let Some(p) = &self.sealer.progress {
             p(self.buf.len() as u64);
@@ -658,12 +663,62 @@ impl<'s> SealWriter<'s> {
             ));
         }
         self.out
-            .file()
-            .write_all_at(&header, 0)
-            .map_err(|e| Error::output("writing the header", e).in_file(&self.path))?;
-        self.out
-            .commit(self.sealer.overwrite)
+            .finish(&header, self.sealer.overwrite)
             .map_err(|e| e.in_file(&self.path))
+    }
+}
+
+/// Where a seal's bytes go.
+enum Output {
+    /// A local file, renamed into place when finished.
+    Local(AtomicFile),
+    /// An object uploaded in parts, appearing when finished.
+    #[cfg(feature = "remote")]
+    Remote(crate::remote::RemoteUpload),
+}
+
+impl Output {
+    /// The output at `path` (a local path or a URL), for a file with
+    /// `data_len` bytes after its header.
+    fn create(path: &Path, overwrite: bool, data_len: u64) -> Result<Output> {
+        if crate::source::is_remote(path) {
+            #[cfg(feature = "remote")]
+            {
+                let url = path.to_str().unwrap_or_default();
+                let up = crate::remote::RemoteUpload::create(url, overwrite, data_len)?;
+                return Ok(Output::Remote(up));
+            }
+            #[cfg(not(feature = "remote"))]
+            return Err(crate::source::unsupported(path));
+        }
+        let _ = data_len;
+        Ok(Output::Local(AtomicFile::create(path, overwrite)?))
+    }
+
+    /// The data bytes at `pos`, which follow those written before.
+    fn write(&mut self, data: &[u8], pos: u64) -> Result<()> {
+        match self {
+            Output::Local(f) => f
+                .file()
+                .write_all_at(data, pos)
+                .map_err(|e| Error::output("writing sealed data", e)),
+            #[cfg(feature = "remote")]
+            Output::Remote(up) => up.write(data),
+        }
+    }
+
+    /// Write the header at the start, and put the whole in place.
+    fn finish(self, header: &[u8], overwrite: bool) -> Result<()> {
+        match self {
+            Output::Local(f) => {
+                f.file()
+                    .write_all_at(header, 0)
+                    .map_err(|e| Error::output("writing the header", e))?;
+                f.commit(overwrite)
+            }
+            #[cfg(feature = "remote")]
+            Output::Remote(up) => up.finish(header),
+        }
     }
 }
 
