@@ -475,7 +475,8 @@ def do_vllm_load(task: dict[str, Any]) -> dict[str, Any]:
 def do_remote_load(task: dict[str, Any]) -> dict[str, Any]:
     """Every tensor of a model folder, then their sum: read in place from the
     S3-compatible server (`remote-sealed`, `remote-plain`: sealtensors
-    `load_folder` of the folder URL), from the local disk (`local-sealed`:
+    `load_folder` of the folder URL; `https-sealed`, `http-sealed`: the same
+    from nginx), from the local disk (`local-sealed`:
     the same call on the local folder; `local-plain`: safetensors
     `load_file` of each shard), or downloaded whole first and then loaded by
     safetensors (`download-plain`: boto3, the files deleted after)."""
@@ -493,7 +494,7 @@ def do_remote_load(task: dict[str, Any]) -> dict[str, Any]:
     before = maxrss_kib()
     t0 = time.perf_counter()
     tensors: dict[str, Any] = {}
-    if system in ("remote-sealed", "remote-plain", "local-sealed", "https-sealed"):
+    if system in ("remote-sealed", "remote-plain", "local-sealed", "https-sealed", "http-sealed"):
         tensors = st.load_folder(path, **keys)
     elif system == "local-plain":
         for f in sorted(Path(path).glob("*.safetensors")):

@@ -337,7 +337,12 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     rm = wl(r, "remote")
     if rm:
         L = rm["load"]
-        for s, server in (("remote-sealed", "s3s-fs, S3"), ("https-sealed", "nginx, HTTPS")):
+        servers = (
+            ("remote-sealed", "s3s-fs, S3"),
+            ("https-sealed", "nginx, HTTPS"),
+            ("http-sealed", "nginx, plain HTTP"),
+        )
+        for s, server in servers:
             if s not in L:
                 continue
             v = L[s]["seconds"] / L["local-sealed"]["seconds"]

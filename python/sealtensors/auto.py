@@ -292,23 +292,36 @@ def _model_from_url(func: Any, klass: Any, config_dir: str, args: Any, kwargs: A
     """`from_pretrained` of the model whose config was fetched into
     `config_dir`: its weights read in place from the folder URL as one model
     (`sealtensors.torch.load_folder`), handed to transformers as its
-    `state_dict` (transformers then builds the model from the config alone)."""
+    `state_dict` (transformers then builds the model from the config alone).
+
+    The config comes from the store unauthenticated (the weights are
+    authenticated): a model it describes must take every weight and leave
+    none of its own unfilled, or the load is refused, so an edited config
+    cannot add layers that run on random weights or drop sealed ones."""
     from sealtensors.torch import load_folder
 
     url = _URL_OF_CONFIG[config_dir]
     if kwargs.get("state_dict") is not None:
         raise ValueError("state_dict= cannot be given with a model folder URL")
-    if "config" not in kwargs or isinstance(kwargs["config"], (str, os.PathLike)):
-        kwargs["config"] = klass.config_class.from_pretrained(config_dir)
+    config = kwargs.get("config")
+    if config is None or isinstance(config, (str, os.PathLike)):
+        kwargs["config"] = klass.config_class.from_pretrained(config or config_dir)
     kwargs["state_dict"] = load_folder(url, **_options())
+    wants_info = bool(kwargs.pop("output_loading_info", False))
     args = _replace_name(args, kwargs, None)
-    model = func(klass, *args, **kwargs)
+    model, info = func(klass, *args, output_loading_info=True, **kwargs)
+    wrong = {k: v for k, v in info.items() if v}
+    if wrong:
+        raise InvalidFileError(
+            f"{url}: its weights do not fit the model its config.json describes ({wrong}): "
+            "the config does not belong to these weights"
+        )
     gen = os.path.join(config_dir, "generation_config.json")
     if os.path.exists(gen) and getattr(model, "can_generate", lambda: False)():
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_pretrained(config_dir)
-    return model
+    return (model, info) if wants_info else model
 
 
 def _wrap(cls: Any, models: bool) -> None:

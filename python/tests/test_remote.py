@@ -555,7 +555,8 @@ def test_a_model_folder_seals_into_a_bucket(proxy: FaultProxy, files: dict, shar
     names = sorted(p.name for p in src.iterdir())
     assert sorted({p.rsplit("/", 1)[1] for p in puts}) == names
     shards = [i for i, p in enumerate(puts) if p.endswith(".safetensors")]
-    assert max(shards) < puts.index(f"/{BUCKET}/sealed-up/model.safetensors.index.json")
+    assert shards == list(range(len(shards)))
+    assert puts[-1] == f"/{BUCKET}/sealed-up/model.safetensors.index.json"
     same(st.load_folder(target, identities=[files["ident"]]), st.load_folder(src))
     shard = next(n for n in names if n.endswith(".safetensors"))
     with pytest.raises(sealtensors.NoKeyError):
@@ -578,6 +579,23 @@ def test_a_stale_shard_in_the_folder_is_refused(
             sharded["dir"] / "plain", url("stale"), recipients=[files["recipient"]], overwrite=True
         )
     assert proxy.of("PUT", "/stale/") == []
+
+
+def test_a_folder_is_checked_before_anything_is_uploaded(
+    proxy: FaultProxy, files: dict, sharded: dict, tmp_path: Path
+) -> None:
+    """A file whose name a URL cannot hold, or a link leading out of the
+    folder, is refused before the first shard goes up."""
+    src = tmp_path / "model"
+    shutil.copytree(sharded["dir"] / "plain", src)
+    (src / "notes 100%.txt").write_text("x")
+    with pytest.raises(sealtensors.SealtensorsError, match="%"):
+        sealtensors.seal(src, url("pre"), recipients=[files["recipient"]])
+    (src / "notes 100%.txt").unlink()
+    (src / "outside").symlink_to(files["dir"] / "plain.safetensors")
+    with pytest.raises(sealtensors.SealtensorsError, match="link"):
+        sealtensors.seal(src, url("pre"), recipients=[files["recipient"]])
+    assert proxy.of("PUT", "/pre/") == [] and proxy.of("POST", "/pre/") == []
 
 
 def test_outputs_that_cannot_be_written_are_refused(
@@ -613,7 +631,11 @@ def test_a_cryptotensors_folder_converts_into_a_bucket(
 
 
 def test_from_pretrained_takes_a_folder_url(
-    proxy: FaultProxy, files: dict, sharded: dict, monkeypatch: pytest.MonkeyPatch
+    s3: dict,
+    proxy: FaultProxy,
+    files: dict,
+    sharded: dict,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With sealtensors.auto, `from_pretrained("s3://bucket/model")` works as
     for a local folder: the config fetched, the weights read in place as one
@@ -641,6 +663,21 @@ def test_from_pretrained_takes_a_folder_url(
         }
         with pytest.raises(FileNotFoundError, match="config.json"):
             AutoModelForCausalLM.from_pretrained(url("one"))
+        # The config is not authenticated: one that describes another model
+        # (a layer more, a layer less) than the sealed weights is refused.
+        cfg = json.loads((sharded["dir"] / "sealed" / "config.json").read_text())
+        c = s3["client"]
+        for key in c.list_objects_v2(Bucket=BUCKET, Prefix="model/")["Contents"]:
+            name = key["Key"].split("/", 1)[1]
+            if name.endswith(".safetensors"):
+                c.copy_object(
+                    Bucket=BUCKET, Key=f"badcfg/{name}", CopySource=f"{BUCKET}/{key['Key']}"
+                )
+        for layers in (cfg["num_hidden_layers"] + 1, cfg["num_hidden_layers"] - 1):
+            body = json.dumps({**cfg, "num_hidden_layers": layers}).encode()
+            c.put_object(Bucket=BUCKET, Key="badcfg/config.json", Body=body)
+            with pytest.raises(sealtensors.InvalidFileError, match="config"):
+                AutoModelForCausalLM.from_pretrained(url("badcfg"))
     finally:
         auto.disable()
 

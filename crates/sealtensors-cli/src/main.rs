@@ -70,11 +70,14 @@ fn run(cli: Cli) -> Result<()> {
 
 // ---- helpers ------------------------------------------------------------------------
 
-fn progress(quiet: bool, total: u64, what: &str) -> (ProgressBar, Option<Progress>) {
+/// A progress bar over the tensor bytes of `input` (a file or a folder), on
+/// a terminal only: the total is read (every header: one request a file at
+/// a URL) only when the bar is shown.
+fn progress(quiet: bool, input: &Path, what: &str) -> Result<(ProgressBar, Option<Progress>)> {
     if quiet || !std::io::stderr().is_terminal() {
-        return (ProgressBar::hidden(), None);
+        return Ok((ProgressBar::hidden(), None));
     }
-    let bar = ProgressBar::new(total);
+    let bar = ProgressBar::new(data_len(input)?);
     if let Ok(style) = ProgressStyle::with_template(
         "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
     ) {
@@ -82,7 +85,7 @@ fn progress(quiet: bool, total: u64, what: &str) -> (ProgressBar, Option<Progres
     }
     bar.set_message(what.to_string());
     let b = bar.clone();
-    (bar, Some(Arc::new(move |n| b.inc(n))))
+    Ok((bar, Some(Arc::new(move |n| b.inc(n)))))
 }
 
 fn read_passphrase(prompt: &str) -> Result<Passphrase> {
@@ -262,8 +265,7 @@ fn seal(a: cli::Seal, quiet: bool) -> Result<()> {
         recips.push(Box::new(read_passphrase("passphrase to seal with: ")?));
     }
     check_output(&a.output, a.force)?;
-    let total = data_len(&a.input)?;
-    let (bar, progress) = progress(quiet, total, "sealing");
+    let (bar, progress) = progress(quiet, &a.input, "sealing")?;
     let sealer = new_sealer(a.params, recips, a.force, progress)?;
     seal_path(&sealer, &a.input, &a.output, a.force)?;
     bar.finish_and_clear();
@@ -275,7 +277,7 @@ fn convert(a: cli::Convert, quiet: bool) -> Result<()> {
     let opts = keys.options(&a.keys);
     let recips = recipients(&a.params.recipients)?;
     check_output(&a.output, a.force)?;
-    let (bar, progress) = progress(quiet, data_len(&a.input)?, "converting");
+    let (bar, progress) = progress(quiet, &a.input, "converting")?;
     let sealer = new_sealer(a.params, recips, a.force, progress)?;
     convert_path(&sealer, &a.input, &a.output, &opts, a.force)?;
     bar.finish_and_clear();
@@ -332,7 +334,7 @@ fn unseal(a: cli::Unseal, quiet: bool) -> Result<()> {
     let keys = Keys::load(&a.keys)?;
     let mut opts = keys.options(&a.keys);
     check_output(&a.output, a.force)?;
-    let (bar, progress) = progress(quiet, data_len(&a.input)?, "unsealing");
+    let (bar, progress) = progress(quiet, &a.input, "unsealing")?;
     opts.progress = progress;
     unseal_path(&a.input, &a.output, &opts, a.force)?;
     bar.finish_and_clear();
@@ -360,7 +362,7 @@ fn verify(a: cli::Verify, quiet: bool) -> Result<()> {
         ));
     }
     let mut opts = keys.options(&a.keys);
-    let (bar, progress) = progress(quiet, data_len(&a.input)?, "verifying");
+    let (bar, progress) = progress(quiet, &a.input, "verifying")?;
     opts.progress = progress;
     // Without an identity, the files are opened locked: what can be checked
     // without a key is, and the encrypted tensors are reported unchecked.
@@ -448,10 +450,15 @@ fn sign(a: cli::Sign, quiet: bool) -> Result<()> {
     let key = load_signing_key(sign_key)?;
     let in_place = a.output.is_none();
     let output = a.output.clone().unwrap_or_else(|| a.input.clone());
+    if oms_key.is_some() && sealtensors::is_remote(&output) {
+        return Err(CliError::usage(
+            "--oms-key signs a local folder: sign into a local folder, then upload it with the bundle",
+        ));
+    }
     if !in_place {
         check_output(&output, a.force)?;
     }
-    let (bar, progress) = progress(quiet, data_len(&a.input)?, "signing");
+    let (bar, progress) = progress(quiet, &a.input, "signing")?;
     let sealer = Sealer::new(SealOptions {
         signing_key: Some(key),
         model_id: a.model_id,

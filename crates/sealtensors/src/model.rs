@@ -315,6 +315,19 @@ enum Entry {
 /// weight files directly in the folder are sealed, and it would be copied in
 /// clear.
 fn copy_others(input: &Path, out: &Path, weights: &[PathBuf], sealing: bool) -> Result<()> {
+    copy_others_as(input, out, weights, weights, sealing, false)
+}
+
+/// [`copy_others`], leaving out `skip` (the weights, and what else the
+/// caller writes itself); `dry`: every check, nothing copied.
+fn copy_others_as(
+    input: &Path,
+    out: &Path,
+    skip: &[PathBuf],
+    weights: &[PathBuf],
+    sealing: bool,
+    dry: bool,
+) -> Result<()> {
     let ids = weights
         .iter()
         .filter_map(|w| fs::metadata(w).ok())
@@ -324,14 +337,17 @@ fn copy_others(input: &Path, out: &Path, weights: &[PathBuf], sealing: bool) -> 
         roots: LinkRoots::of(input)?,
         weights: ids,
         sealing,
+        dry,
     };
-    c.copy_entries(input, out, weights, false)
+    c.copy_entries(input, out, skip, false)
 }
 
 struct Copier {
     roots: LinkRoots,
     weights: HashSet<(u64, u64)>,
     sealing: bool,
+    /// Check only: nothing is copied (a folder URL checked before upload).
+    dry: bool,
 }
 
 impl Copier {
@@ -364,14 +380,18 @@ impl Copier {
                     }
                     if source::is_remote(to) {
                         #[cfg(feature = "remote")]
-                        crate::remote::upload_file(&p, &dest.to_string_lossy(), true)?;
-                    } else {
+                        if self.dry {
+                            crate::remote::check_url(&dest.to_string_lossy())?;
+                        } else {
+                            crate::remote::upload_file(&p, &dest.to_string_lossy(), true)?;
+                        }
+                    } else if !self.dry {
                         fs::copy(&p, &dest).map_err(out("copying", &p))?;
                     }
                 }
                 Entry::Dir => {
                     // A folder URL is a prefix: nothing to create.
-                    if !source::is_remote(to) {
+                    if !source::is_remote(to) && !self.dry {
                         fs::create_dir(&dest).map_err(out("creating", &dest))?;
                     }
                     self.copy_entries(&p, &dest, &[], true)?;
@@ -547,8 +567,23 @@ fn write_model_folder(
         {
             let names: Vec<String> = weights.iter().map(|w| file_name(w)).collect();
             crate::remote::check_folder_output(&output.to_string_lossy(), &names, overwrite)?;
+            // Every other file is checked (links, names a URL can hold)
+            // before anything is uploaded, as a local folder is.
+            let index = input.join(INDEX_FILE);
+            let mut skip = weights.to_vec();
+            skip.push(index.clone());
+            copy_others_as(input, output, &skip, weights, sealing, true)?;
             write_weights(output)?;
-            return copy_others(input, output, weights, sealing);
+            copy_others_as(input, output, &skip, weights, sealing, false)?;
+            // The index last: a reader that finds it finds every shard.
+            if index.is_file() {
+                crate::remote::upload_file(
+                    &index,
+                    &source::join(output, INDEX_FILE).to_string_lossy(),
+                    true,
+                )?;
+            }
+            return Ok(());
         }
         #[cfg(not(feature = "remote"))]
         return Err(source::unsupported(output));
@@ -732,6 +767,9 @@ pub fn convert_path(
     let model = SealedModel::open(input, opts)?;
     if let Some(f) = model.files.iter().find(|f| f.cryptotensors().is_none()) {
         return Err(not_ct(f));
+    }
+    for f in &model.files {
+        sealer.check_convertible(f)?;
     }
     let shards = shard_numbers(model.files.len(), input)?;
     let weights: Vec<PathBuf> = model.files.iter().map(|f| f.path().to_path_buf()).collect();

@@ -982,6 +982,12 @@ impl Drop for RemoteUpload {
     }
 }
 
+/// Check that `url` names an object sealtensors can write and read back
+/// (no escapes, query or fragment; a known store), without a request.
+pub(crate) fn check_url(url: &str) -> Result<()> {
+    store_of(url).map(|_| ())
+}
+
 /// Upload a local file to `url` as it is (the other files of a model
 /// folder sealed to a bucket: config, tokenizer, index).
 pub(crate) fn upload_file(local: &std::path::Path, url: &str, overwrite: bool) -> Result<()> {

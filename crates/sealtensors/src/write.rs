@@ -298,15 +298,7 @@ impl Sealer {
         output: &Path,
         shard: Option<Shard>,
     ) -> Result<()> {
-        if let Some(t) = input.tensors().iter().find(|t| !self.encrypts(&t.name)) {
-            return Err(Error::Config(format!(
-                "converting would leave tensor {:?} unencrypted on disk: convert encrypts every tensor, give at least one recipient and no --encrypt selection",
-                crate::error::printable(&t.name, 256)
-            ))
-            .in_file(input.path()));
-        }
-        self.check_selection(input.tensors().iter().map(|t| t.name.as_str()))
-            .map_err(|e| e.in_file(input.path()))?;
+        self.check_convertible(input)?;
         let mut w = SealWriter::new(
             SealerRef::Borrowed(self),
             output,
@@ -317,6 +309,22 @@ impl Sealer {
         .map_err(|e| e.in_file(output))?;
         input.for_each_block(|b| w.write(b))?;
         w.finish()
+    }
+
+    /// Whether `input` (an opened CryptoTensors file) may be converted by
+    /// this sealer: every tensor encrypted (the input's data was; a
+    /// sign-only or partial seal would write it in plain), the selection
+    /// valid. A folder checks every file before writing any.
+    pub(crate) fn check_convertible(&self, input: &SealedFile) -> Result<()> {
+        if let Some(t) = input.tensors().iter().find(|t| !self.encrypts(&t.name)) {
+            return Err(Error::Config(format!(
+                "converting would leave tensor {:?} unencrypted on disk: convert encrypts every tensor, give at least one recipient and no --encrypt selection",
+                crate::error::printable(&t.name, 256)
+            ))
+            .in_file(input.path()));
+        }
+        self.check_selection(input.tensors().iter().map(|t| t.name.as_str()))
+            .map_err(|e| e.in_file(input.path()))
     }
 
     /// Seal one file; `shard` places it in a sharded model (SPEC §8.5).
