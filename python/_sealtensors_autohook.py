@@ -11,10 +11,11 @@ finder imports ``sealtensors.auto`` right after it, before any other module
 can take a reference to ``safetensors.safe_open``; when ``safetensors.torch``
 or ``safetensors.numpy`` are imported (or re-imported) later,
 ``sealtensors.auto`` patches their ``load`` as they arrive. When transformers'
-auto classes (``transformers.models.auto.modeling_auto``) or
-``transformers.modeling_utils`` arrive first, ``sealtensors.auto`` is imported
-then, so that their ``from_pretrained`` is wrapped before it is first called
-(a folder URL given to it, ``s3://bucket/model``, needs the wrapper).
+auto classes (``transformers.models.auto.modeling_auto``),
+``transformers.modeling_utils`` or ``peft.peft_model`` arrive first,
+``sealtensors.auto`` is imported then, so that their ``from_pretrained`` is
+wrapped before it is first called (a folder URL given to it,
+``s3://bucket/model``, needs the wrapper).
 
 The switch is on for any value but "", "0", "false", "no" and "off": a value
 it does not understand turns it on rather than silently leaving it off.
@@ -52,15 +53,17 @@ if TYPE_CHECKING:  # annotations only
     from typing import Any
 
 ENV = "SEALTENSORS_AUTO"
-# transformers.modeling_utils and the module that makes the auto classes:
-# sealtensors.auto makes each from_pretrained one load scope (one key release
-# per sealed model), and lets it take a folder URL, once those modules exist.
+# transformers.modeling_utils, the module that makes the auto classes, and
+# PEFT's: sealtensors.auto makes each from_pretrained one load scope (one key
+# release per sealed model), and lets it take a folder URL, once those
+# modules exist.
 WATCHED = (
     "safetensors",
     "safetensors.torch",
     "safetensors.numpy",
     "transformers.modeling_utils",
     "transformers.models.auto.modeling_auto",
+    "peft.peft_model",
 )
 _OFF = ("", "0", "false", "no", "off")
 
@@ -79,7 +82,7 @@ def env_enabled(environ: Any = None) -> bool:
 def _loaded(name: str) -> None:
     if _handler is not None:
         _handler(name)
-    elif name == "safetensors" or name.startswith("transformers."):
+    elif name == "safetensors" or name.startswith(("transformers.", "peft.")):
         __import__("sealtensors.auto")
 
 

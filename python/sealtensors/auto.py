@@ -251,21 +251,22 @@ _URL_OF_CONFIG: dict[str, str] = {}
 
 
 @contextlib.contextmanager
-def _config_of(url: str) -> Iterator[str]:
-    """A private local folder with the config files of the model folder at
-    `url`, known to the wrapped `from_pretrained` while it exists."""
+def _config_of(url: str, names: Sequence[str] = _CONFIG_FILES) -> Iterator[str]:
+    """A private local folder with the config files `names` (the first one
+    required) of the model (or adapter) folder at `url`, known to the
+    wrapped `from_pretrained` while it exists."""
     from sealtensors._native import read_small
 
     base = url.rstrip("/")
     with tempfile.TemporaryDirectory(prefix="sealtensors-config-") as tmp:
-        for name in _CONFIG_FILES:
+        for name in names:
             data = read_small(f"{base}/{name}", _MAX_CONFIG_BYTES)
             if data is not None:
                 with open(os.path.join(tmp, name), "wb") as fh:
                     fh.write(data)
-        if not os.path.exists(os.path.join(tmp, "config.json")):
+        if not os.path.exists(os.path.join(tmp, names[0])):
             raise FileNotFoundError(
-                f"{url} holds no config.json: from_pretrained needs the model's config beside its "
+                f"{url} holds no {names[0]}: from_pretrained needs the config beside the "
                 "weights (or build the model yourself and load "
                 "sealtensors.torch.load_folder(url) into it)"
             )
@@ -355,6 +356,72 @@ def _wrap(cls: Any, models: bool) -> None:
     cls.from_pretrained = classmethod(from_pretrained)
 
 
+# PEFT: `PeftModel.from_pretrained(model, "s3://bucket/adapter")`.
+_ADAPTER_CONFIG = ("adapter_config.json",)
+_ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_PEFT_LOAD_WEIGHTS: list[tuple[Any, Any]] = []
+
+
+def _wrap_peft() -> None:
+    """Let PEFT take an adapter folder URL (idempotent, once peft.peft_model
+    exists): `PeftModel.from_pretrained` fetches `adapter_config.json` into
+    a private folder, and PEFT's `load_peft_weights`, asked for that folder,
+    reads the adapter's weights in place from the URL through sealtensors
+    (keys and trust as for models). Other calls are PEFT's own."""
+    pm = sys.modules.get("peft.peft_model")
+    if pm is None:
+        return
+    cls = getattr(pm, "PeftModel", None)
+    current = cls.__dict__.get("from_pretrained") if cls is not None else None
+    func = getattr(current, "__func__", None)
+    if func is not None and not getattr(func, "_sealtensors_scoped", False):
+
+        @functools.wraps(func)
+        def from_pretrained(
+            klass: Any, model: Any, model_id: Any, *args: Any, **kwargs: Any
+        ) -> Any:
+            from sealtensors._native import is_remote
+
+            name = os.fspath(model_id) if isinstance(model_id, (str, os.PathLike)) else None
+            if name is None or not is_remote(name):
+                return func(klass, model, model_id, *args, **kwargs)
+            with _config_of(name, _ADAPTER_CONFIG) as config_dir:
+                return func(klass, model, config_dir, *args, **kwargs)
+
+        from_pretrained._sealtensors_scoped = True  # type: ignore[attr-defined]
+        _FROM_PRETRAINED.append((cls, current))
+        cls.from_pretrained = classmethod(from_pretrained)
+    original = getattr(pm, "load_peft_weights", None)
+    if original is None or getattr(original, "_sealtensors_scoped", False):
+        return
+
+    @functools.wraps(original)
+    def load_peft_weights(model_id: Any, device: Any = None, *args: Any, **kwargs: Any) -> Any:
+        url = _URL_OF_CONFIG.get(os.fspath(model_id)) if model_id is not None else None
+        if url is None:
+            return original(model_id, device, *args, **kwargs)
+        if args or kwargs.get("key_mapping") or kwargs.get("subfolder"):
+            raise ValueError("key_mapping= and subfolder= are not supported for an adapter URL")
+        from sealtensors.torch import load_file
+
+        if device is None:
+            from peft.utils import infer_device
+
+            device = infer_device()
+        return load_file(f"{url.rstrip('/')}/{_ADAPTER_WEIGHTS}", device=device, **_options())
+
+    load_peft_weights._sealtensors_scoped = True  # type: ignore[attr-defined]
+    _PEFT_LOAD_WEIGHTS.append((pm, original))
+    pm.load_peft_weights = load_peft_weights
+
+
+def _unwrap_peft() -> None:
+    while _PEFT_LOAD_WEIGHTS:
+        mod, original = _PEFT_LOAD_WEIGHTS.pop()
+        if getattr(getattr(mod, "load_peft_weights", None), "_sealtensors_scoped", False):
+            mod.load_peft_weights = original
+
+
 def _wrap_from_pretrained() -> None:
     """Wrap transformers' `from_pretrained` methods ([`_wrap`]) once their
     modules exist: the models' and the auto classes'."""
@@ -370,9 +437,11 @@ def _wrap_from_pretrained() -> None:
         c = todo.pop()
         todo.extend(c.__subclasses__())
         _wrap(c, False)
+    _wrap_peft()
 
 
 def _unwrap_from_pretrained() -> None:
+    _unwrap_peft()
     while _FROM_PRETRAINED:
         cls, original = _FROM_PRETRAINED.pop()
         current = getattr(cls.__dict__.get("from_pretrained"), "__func__", None)

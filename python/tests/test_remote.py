@@ -707,3 +707,48 @@ def test_from_pretrained_url_with_sealtensors_auto_in_the_environment(
     )
     assert r.returncode == 0, r.stderr[-3000:]
     same(torch.load(out), dict(sharded["model"].state_dict()))
+
+
+def test_a_peft_adapter_loads_from_a_bucket(
+    s3: dict, proxy: FaultProxy, files: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With sealtensors.auto, `PeftModel.from_pretrained(model, "s3://...")`
+    reads a sealed LoRA adapter in place: its config fetched, its weights
+    through sealtensors; the logits are the plain adapter's."""
+    import importlib
+
+    from conftest import tiny_llama
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(1)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    plain = tmp_path / "adapter"
+    get_peft_model(tiny_llama(2), cfg).save_pretrained(plain)
+    sealed = tmp_path / "adapter-sealed"
+    sealtensors.seal(plain, sealed, recipients=[files["recipient"]])
+    for p in sealed.iterdir():
+        s3["client"].upload_file(str(p), BUCKET, f"adapter/{p.name}")
+    ids = torch.arange(16).reshape(2, 8)
+
+    def logits(where: str | Path) -> torch.Tensor:
+        with torch.no_grad():
+            return PeftModel.from_pretrained(tiny_llama(2), where).eval()(input_ids=ids).logits
+
+    want = logits(plain)
+    monkeypatch.setenv("SEALTENSORS_IDENTITY", str(files["ident"]))
+    auto = importlib.import_module("sealtensors.auto")
+    auto.enable()
+    try:
+        assert torch.equal(logits(url("adapter")), want)
+        gets = proxy.gets("/adapter/")
+        assert any(g.path.endswith("/adapter_config.json") for g in gets)
+        assert all(g.range for g in gets if g.path.endswith(".safetensors"))
+        # Without the key, the sealed adapter is refused, never loaded as weights.
+        monkeypatch.delenv("SEALTENSORS_IDENTITY")
+        auto.enable(identities=[])
+        with pytest.raises(sealtensors.NoKeyError):
+            logits(url("adapter"))
+    finally:
+        auto.disable()
