@@ -10,12 +10,21 @@ from typing import Any
 
 import numpy as np
 
-from sealtensors._native import Writer
+from sealtensors._native import Writer, is_remote
 
 
-def seal_kwargs_given(kw: dict[str, Any]) -> bool:
-    """Whether any option asks for sealing (else the plain safetensors path)."""
-    return bool(kw.get("recipients") or kw.get("passphrase") or kw.get("sign_key"))
+def seal_kwargs_given(kw: dict[str, Any], filename: str | os.PathLike[str] = "") -> bool:
+    """Whether any option asks for sealing (else the plain safetensors path).
+    A plain file is written by safetensors, to a local path only: a URL
+    (`s3://...`, where a sealed file is uploaded) is refused for it."""
+    sealing = bool(kw.get("recipients") or kw.get("passphrase") or kw.get("sign_key"))
+    if not sealing and is_remote(os.fspath(filename)):
+        raise ValueError(
+            f"{os.fspath(filename)}: a plain file is written to a local path only (safetensors "
+            "writes local files); seal it (recipients=..., sign_key=...) to write it to a URL, "
+            "or save it locally and upload it"
+        )
+    return sealing
 
 
 def write_sealed(

@@ -25,7 +25,7 @@ def save_file(
     **seal: Any,
 ) -> None:
     """Save arrays; sealed when `recipients`, `passphrase` or `sign_key` is given."""
-    if not seal_kwargs_given(seal):
+    if not seal_kwargs_given(seal, filename):
         _st.save_file(tensors, filename, metadata=metadata)
         return
     write_sealed(

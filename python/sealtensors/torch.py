@@ -38,7 +38,7 @@ def save_file(
     sign_key (Ed25519 JWK path or pkcs11: URI), encrypt (name globs; default all), cipher,
     chunk_size, model_id, model_version, expires (Unix seconds), policy (Rego text).
     """
-    if not seal_kwargs_given(seal):
+    if not seal_kwargs_given(seal, filename):
         _st.save_file(tensors, filename, metadata=metadata)
         return
     # The same refusals as safetensors (shared or sparse tensors).
@@ -111,7 +111,7 @@ def save_model(
     **seal: Any,
 ) -> None:
     """Save a model's state dict (shared tensors stored once), like safetensors."""
-    if not seal_kwargs_given(seal):
+    if not seal_kwargs_given(seal, filename):
         _st.save_model(model, str(filename), metadata, force_contiguous)
         return
     state = model.state_dict()

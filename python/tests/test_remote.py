@@ -752,3 +752,15 @@ def test_a_peft_adapter_loads_from_a_bucket(
             logits(url("adapter"))
     finally:
         auto.disable()
+
+
+def test_save_file_seals_into_a_bucket(proxy: FaultProxy, files: dict) -> None:
+    """`sealtensors.torch.save_file(tensors, "s3://...", recipients=...)`
+    streams the sealed file into the bucket; a plain file is refused (it is
+    safetensors' to write, locally)."""
+    target = url("py/saved.safetensors")
+    st.save_file(files["tensors"], target, {"format": "pt"}, recipients=[files["recipient"]])
+    same(st.load_file(target, identities=[files["ident"]]), files["tensors"])
+    with pytest.raises(ValueError, match="local path only"):
+        st.save_file(files["tensors"], url("py/plain.safetensors"))
+    assert proxy.of("PUT", "/py/plain.safetensors") == []
