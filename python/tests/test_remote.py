@@ -396,6 +396,32 @@ def test_https_range_server(
     assert any('"bytes=' in line for line in https.log_lines())
 
 
+def test_an_https_folder_is_read_through_its_index_once(
+    cli: Path,
+    https: HttpsServer,
+    files: dict,
+    sharded: dict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store without listing: the shards are those the index names, and
+    opening the folder as one model (the CLI's verify) checks that same read
+    of the index (one version, one request)."""
+    monkeypatch.setenv("SEALTENSORS_CA_FILE", str(https.ca))
+    shutil.copytree(sharded["dir"] / "sealed", https.www / "model")
+    got = st.load_folder(https.url("model"), identities=[files["ident"]])
+    same(got, st.load_folder(sharded["dir"] / "plain"))
+    before = len(https.log_lines())
+    r = subprocess.run(
+        [str(cli), "--quiet", "verify", "-i", str(files["ident"]), https.url("model")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = https.log_lines()[before:]
+    assert sum("/model/model.safetensors.index.json" in line for line in lines) == 1, lines
+
+
 def test_https_refuses_an_unknown_certificate(
     https: HttpsServer, files: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

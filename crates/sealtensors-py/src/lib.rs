@@ -594,6 +594,7 @@ impl Writer {
     #[pyo3(signature = (path, tensors, metadata=None, recipients=Vec::new(), sign_key=None, passphrase=None, encrypt=None, cipher="aes-256-gcm".to_string(), chunk_size=1<<20, model_id=String::new(), model_version=String::new(), expires=None, overwrite=false, policy=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         path: PathBuf,
         tensors: Vec<(String, String, Vec<u64>)>,
         metadata: Option<BTreeMap<String, String>>,
@@ -630,8 +631,9 @@ impl Writer {
         let layout = sealtensors::format::official_layout(specs).map_err(to_py)?;
         let order = layout.iter().map(|t| t.name.clone()).collect();
         let sealer = std::sync::Arc::new(args.sealer().map_err(to_py)?);
-        let writer = sealer
-            .create_shared(Path::new(&path), layout, metadata)
+        // A URL costs a request here (whether the object exists).
+        let writer = py
+            .detach(|| sealer.create_shared(Path::new(&path), layout, metadata))
             .map_err(to_py)?;
         Ok(Writer {
             writer: Some(writer),
@@ -663,6 +665,16 @@ impl Writer {
             .take()
             .ok_or_else(|| ConfigError::new_err("the writer is finished"))?;
         py.detach(|| w.finish()).map_err(to_py)
+    }
+}
+
+impl Drop for Writer {
+    /// An unfinished writer removes its temporary file, or aborts its
+    /// upload (a request to the store): without holding the GIL.
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            Python::attach(|py| py.detach(move || drop(w)));
+        }
     }
 }
 

@@ -40,12 +40,18 @@ fn io<'a>(what: &str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a 
 /// A folder URL gives the objects directly under it (or, from a store
 /// without listing, the shards its index names).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    weight_files_and_index(dir).map(|(w, _)| w)
+}
+
+/// [`weight_files`], with the index when listing the folder read it (a
+/// store without listing): checked later in that same version.
+fn weight_files_and_index(dir: &Path) -> Result<(Vec<PathBuf>, source::IndexRead)> {
     if source::is_remote(dir) {
-        let out = source::remote_weight_files(dir)?;
+        let (out, index) = source::remote_weight_files(dir)?;
         if out.is_empty() {
             return Err(Error::container("the folder holds no .safetensors weights").in_file(dir));
         }
-        return Ok(out);
+        return Ok((out, index));
     }
     let mut out = Vec::new();
     for e in fs::read_dir(dir).map_err(io("listing the model folder", dir))? {
@@ -58,7 +64,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if out.is_empty() {
         return Err(Error::container("the folder holds no .safetensors weights").in_file(dir));
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// A path's last component as text (lossy; empty when it has none).
@@ -85,8 +91,22 @@ fn check_index(
     names_by_file: &BTreeMap<String, Vec<String>>,
     complete: bool,
 ) -> Result<()> {
+    check_index_read(dir, None, names_by_file, complete)
+}
+
+/// [`check_index`] of the index `read` while listing the folder, if it was.
+fn check_index_read(
+    dir: &Path,
+    read: source::IndexRead,
+    names_by_file: &BTreeMap<String, Vec<String>>,
+    complete: bool,
+) -> Result<()> {
     let p = source::join(dir, INDEX_FILE);
-    let Some(text) = source::read_small(&p, MAX_INDEX_BYTES)? else {
+    let text = match read {
+        Some(known) => known,
+        None => source::read_small(&p, MAX_INDEX_BYTES)?,
+    };
+    let Some(text) = text else {
         return Ok(());
     };
     let v: serde_json::Value = serde_json::from_slice(&text)
@@ -998,7 +1018,7 @@ impl SealedModel {
     /// Open all shards: the first one unwraps the model key, the others reuse
     /// it (each shard's signature, expiry and MAC are still checked).
     pub fn open(dir: &Path, opts: &OpenOptions<'_>) -> Result<SealedModel> {
-        let weights = weight_files(dir)?;
+        let (weights, index) = weight_files_and_index(dir)?;
         let mut files: Vec<SealedFile> = Vec::with_capacity(weights.len());
         let mut opts = opts.clone();
         for w in &weights {
@@ -1028,7 +1048,7 @@ impl SealedModel {
             })
             .collect();
         let sealed = files.first().is_some_and(|f| f.seal().is_some());
-        check_index(dir, &names_by_file, sealed)?;
+        check_index_read(dir, index, &names_by_file, sealed)?;
         Ok(SealedModel { files, by_tensor })
     }
 

@@ -247,19 +247,24 @@ pub fn read_small(p: &Path, max: usize) -> Result<Option<Vec<u8>>> {
         .map_err(|e| Error::io("reading", e).in_file(p))
 }
 
+/// A folder's index as read while listing it: `None` when it was not read
+/// (the caller reads it), `Some(None)` when it was found absent.
+pub(crate) type IndexRead = Option<Option<Vec<u8>>>;
+
 /// The `.safetensors` objects directly under a folder URL, sorted; for a
 /// store without listing (`https`), the shards its index names, or
-/// `model.safetensors`.
-pub(crate) fn remote_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// `model.safetensors`, with the index as read (so that the same version
+/// is checked later, [`IndexRead`]).
+pub(crate) fn remote_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, IndexRead)> {
     #[cfg(feature = "remote")]
     {
         let url = dir.to_string_lossy();
         if let Some(found) = crate::remote::list_weights(&url)? {
-            return Ok(found);
+            return Ok((found, None));
         }
         let index = join(dir, crate::model::INDEX_FILE);
         let Some(text) = read_small(&index, crate::model::MAX_INDEX_BYTES)? else {
-            return Ok(vec![join(dir, "model.safetensors")]);
+            return Ok((vec![join(dir, "model.safetensors")], Some(None)));
         };
         let v: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|e| Error::container(format!("the index is not JSON: {e}")).in_file(&index))?;
@@ -291,7 +296,10 @@ pub(crate) fn remote_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             ))
             .in_file(&index));
         }
-        Ok(names.iter().map(|n| join(dir, n)).collect())
+        Ok((
+            names.iter().map(|n| join(dir, n)).collect(),
+            Some(Some(text)),
+        ))
     }
     #[cfg(not(feature = "remote"))]
     Err(unsupported(dir))
