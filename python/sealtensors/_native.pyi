@@ -174,6 +174,9 @@ def is_remote(path: _Path) -> bool:
 def weight_files(folder: _Path) -> list[str]:
     """The weight files of a model folder, local or a folder URL, sorted."""
 
+def check_loaded(folder: _Path, loaded: Sequence[_Path]) -> None:
+    """In a load scope: refuse a load that missed one of the sealed model's weight files."""
+
 def read_small(path: _Path, max_bytes: int) -> bytes | None:
     """A small file (a model's config) read whole, local or at a URL; None when absent."""
 

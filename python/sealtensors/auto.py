@@ -360,6 +360,9 @@ def _wrap(cls: Any, models: bool) -> None:
 _ADAPTER_CONFIG = ("adapter_config.json",)
 _ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_LOAD_WEIGHTS: list[tuple[Any, Any]] = []
+# The weight names read for an adapter URL, by its config folder, while its
+# from_pretrained runs.
+_PEFT_LOADED: dict[str, set[str]] = {}
 
 
 def _wrap_peft() -> None:
@@ -385,8 +388,15 @@ def _wrap_peft() -> None:
             name = os.fspath(model_id) if isinstance(model_id, (str, os.PathLike)) else None
             if name is None or not is_remote(name):
                 return func(klass, model, model_id, *args, **kwargs)
+            if kwargs.get("subfolder"):
+                raise ValueError("subfolder= is not supported for an adapter URL: name the folder")
             with _config_of(name, _ADAPTER_CONFIG) as config_dir:
-                return func(klass, model, config_dir, *args, **kwargs)
+                try:
+                    out = func(klass, model, config_dir, *args, **kwargs)
+                    _check_adapter_fits(out, name, _PEFT_LOADED.get(config_dir), args, kwargs)
+                    return out
+                finally:
+                    _PEFT_LOADED.pop(config_dir, None)
 
         from_pretrained._sealtensors_scoped = True  # type: ignore[attr-defined]
         _FROM_PRETRAINED.append((cls, current))
@@ -408,11 +418,32 @@ def _wrap_peft() -> None:
             from peft.utils import infer_device
 
             device = infer_device()
-        return load_file(f"{url.rstrip('/')}/{_ADAPTER_WEIGHTS}", device=device, **_options())
+        weights = load_file(f"{url.rstrip('/')}/{_ADAPTER_WEIGHTS}", device=device, **_options())
+        _PEFT_LOADED[os.fspath(model_id)] = set(weights)
+        return weights
 
     load_peft_weights._sealtensors_scoped = True  # type: ignore[attr-defined]
     _PEFT_LOAD_WEIGHTS.append((pm, original))
     pm.load_peft_weights = load_peft_weights
+
+
+def _check_adapter_fits(
+    model: Any, url: str, loaded: set[str] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """The adapter config came from the store unauthenticated: the adapter
+    it describes must hold exactly the sealed weights read (no module left
+    on its initial weights, none of the sealed ones dropped)."""
+    from peft.utils import get_peft_model_state_dict
+
+    adapter = kwargs.get("adapter_name", args[0] if args else "default")
+    want = set(get_peft_model_state_dict(model, adapter_name=adapter))
+    if loaded is None or want != loaded:
+        missing = sorted(want - (loaded or set()))[:3]
+        extra = sorted((loaded or set()) - want)[:3]
+        raise InvalidFileError(
+            f"{url}: its adapter_config.json does not describe its sealed weights (not in the "
+            f"file: {missing}; not in the adapter: {extra}): the config does not belong to them"
+        )
 
 
 def _unwrap_peft() -> None:

@@ -14,7 +14,7 @@ import safetensors.torch as _st
 import torch
 
 from sealtensors import _convert
-from sealtensors._native import weight_files
+from sealtensors._native import check_loaded, weight_files
 from sealtensors._open import load_scope, safe_open
 from sealtensors._save import load_bytes, save_bytes, seal_kwargs_given, write_sealed
 
@@ -76,7 +76,8 @@ def load_folder(
     state_dict=load_folder(url))`: docs/object-storage.md."""
     out: dict[str, torch.Tensor] = {}
     with load_scope():
-        for name in weight_files(os.fspath(folder)):
+        names = weight_files(os.fspath(folder))
+        for name in names:
             with safe_open(name, framework="pt", device=device, **keys) as f:
                 got = f.get_tensors()
             twice = out.keys() & got.keys()
@@ -86,6 +87,9 @@ def load_folder(
                     "folder holds too: this is not one model"
                 )
             out.update(got)
+        # The listing above and the folder check of the first open are two
+        # reads: every shard the check found must have been loaded.
+        check_loaded(os.fspath(folder), names)
     return out
 
 

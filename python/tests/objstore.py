@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -154,7 +155,9 @@ class FaultProxy(ThreadingHTTPServer):
     connection closed before any answer), "cut" (the headers and half the
     body, then the connection closed), "norange" (the answer turned into a
     200 without Content-Range, as from a server that ignores Range),
-    "weak" (the answer's ETag made weak, W/"...").
+    "weak" (the answer's ETag made weak, W/"..."), "hide" (every `<Contents>`
+    entry of a listing whose key contains `hidden` taken out: a store that
+    serves two versions of a folder).
     """
 
     daemon_threads = True
@@ -165,6 +168,7 @@ class FaultProxy(ThreadingHTTPServer):
         self.faults: deque[str] = deque()
         self.fault_path = ""
         self.fault_method = "GET"
+        self.hidden = ""
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.port = int(self.server_address[1])
@@ -181,6 +185,7 @@ class FaultProxy(ThreadingHTTPServer):
             self.faults.clear()
             self.fault_path = ""
             self.fault_method = "GET"
+            self.hidden = ""
 
     def gets(self, path_part: str = "") -> list[Request]:
         with self.lock:
@@ -260,6 +265,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 # Answered as a server that ignores Range does: 200, no Content-Range.
                 status = 200
                 drop.add("content-range")
+            if fault == "hide" and status == 200 and self.server.hidden:
+                entry = (
+                    rb"<Contents>(?:(?!</Contents>).)*?"
+                    + re.escape(self.server.hidden.encode())
+                    + rb".*?</Contents>"
+                )
+                data = re.sub(entry, b"", data, flags=re.S)
             cut = fault == "cut" and len(data) > 1
             self._record(status, len(data) // 2 if cut else len(data))
             self.send_response(status)

@@ -335,6 +335,21 @@ def test_from_pretrained_with_weights_in_the_bucket(
         assert torch.equal(model(ids).logits, sharded["model"](ids).logits)
 
 
+def test_a_listing_that_changes_during_a_load_is_refused(
+    proxy: FaultProxy, files: dict, sharded: dict
+) -> None:
+    """A store that serves the folder's listing without its last shard once
+    (then whole, to the folder check): `load_folder` must not return the
+    model without that shard's tensors."""
+    last = sorted(p.name for p in (sharded["dir"] / "sealed").glob("*.safetensors"))[-1]
+    proxy.hidden = last
+    proxy.fault_path = "list-type=2"
+    proxy.faults.append("hide")
+    with pytest.raises(sealtensors.NotAuthenticError, match=last):
+        st.load_folder(url("model"), identities=[files["ident"]])
+    assert not proxy.faults  # the fault was used
+
+
 def test_a_folder_missing_a_shard_is_refused(
     s3: dict, proxy: FaultProxy, files: dict, sharded: dict
 ) -> None:
@@ -771,6 +786,17 @@ def test_a_peft_adapter_loads_from_a_bucket(
         gets = proxy.gets("/adapter/")
         assert any(g.path.endswith("/adapter_config.json") for g in gets)
         assert all(g.range for g in gets if g.path.endswith(".safetensors"))
+        # The adapter config is not authenticated: one that describes other
+        # modules than the sealed weights is refused.
+        bad = json.loads((sealed / "adapter_config.json").read_text())
+        bad["target_modules"] = ["q_proj"]
+        s3["client"].put_object(
+            Bucket=BUCKET, Key="adapter/adapter_config.json", Body=json.dumps(bad).encode()
+        )
+        with pytest.raises(sealtensors.InvalidFileError, match="adapter_config"):
+            logits(url("adapter"))
+        good = str(sealed / "adapter_config.json")
+        s3["client"].upload_file(good, BUCKET, "adapter/adapter_config.json")
         # Without the key, the sealed adapter is refused, never loaded as weights.
         monkeypatch.delenv("SEALTENSORS_IDENTITY")
         auto.enable(identities=[])

@@ -787,6 +787,18 @@ fn read_small<'py>(
     Ok(got.map(|b| pyo3::types::PyBytes::new(py, &b)))
 }
 
+/// Check, inside a load scope, that `loaded` are every weight file of the
+/// sealed model the scope's folder check found in `folder` (see
+/// `LoadScope::check_loaded`); nothing to check outside a scope.
+#[pyfunction]
+fn check_loaded(py: Python<'_>, folder: PathBuf, loaded: Vec<PathBuf>) -> PyResult<()> {
+    let Some(scope) = scope::current() else {
+        return Ok(());
+    };
+    py.detach(|| scope.check_loaded(&folder, &loaded))
+        .map_err(to_py)
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -809,6 +821,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_remote, m)?)?;
     m.add_function(wrap_pyfunction!(weight_files, m)?)?;
     m.add_function(wrap_pyfunction!(read_small, m)?)?;
+    m.add_function(wrap_pyfunction!(check_loaded, m)?)?;
     m.add("SealtensorsError", py.get_type::<SealtensorsError>())?;
     m.add("InvalidFileError", py.get_type::<InvalidFileError>())?;
     m.add("NotAuthenticError", py.get_type::<NotAuthenticError>())?;

@@ -1003,6 +1003,35 @@ impl LoadScope {
         Ok(file)
     }
 
+    /// Check that `loaded`, the files a caller read one at a time from the
+    /// folder `dir` (after listing it itself), are every weight file of the
+    /// model this scope's folder check found there. The caller's listing and
+    /// the check's are two reads: a folder that changed between them (or a
+    /// store that serves two versions of its listing or index) must not
+    /// yield a partial model. Nothing to check when no sealed shard of `dir`
+    /// was opened in this scope.
+    pub fn check_loaded(&self, dir: &Path, loaded: &[PathBuf]) -> Result<()> {
+        let dir = source::canonical(dir)?;
+        let members: Vec<PathBuf> = self
+            .lock()
+            .iter()
+            .filter(|((d, _), _)| *d == dir)
+            .flat_map(|(_, e)| e.members.iter().map(|(p, _)| p.clone()))
+            .collect();
+        let got = loaded
+            .iter()
+            .map(|p| source::canonical(p))
+            .collect::<Result<HashSet<PathBuf>>>()?;
+        if let Some(missing) = members.iter().find(|m| !got.contains(*m)) {
+            return Err(Error::IncompleteModel(format!(
+                "{} is one of the model's weight files, but the listing this load read did not name it: the folder changed during the load (or its store serves two versions of it); load again",
+                missing.display()
+            ))
+            .in_file(&dir));
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, [u8; 32]), ScopeEntry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
