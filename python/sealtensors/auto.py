@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import _sealtensors_autohook as _hook
@@ -325,6 +325,20 @@ def _model_from_url(func: Any, klass: Any, config_dir: str, args: Any, kwargs: A
     return (model, info) if wants_info else model
 
 
+def _replace_from_pretrained(cls: Any, make: Callable[[Any], Any]) -> None:
+    """Replace the `from_pretrained` classmethod that `cls` itself defines
+    by `make(original function)`, once (idempotent), recorded for
+    `disable()`."""
+    current = cls.__dict__.get("from_pretrained") if cls is not None else None
+    func = getattr(current, "__func__", None)
+    if func is None or getattr(func, "_sealtensors_scoped", False):
+        return
+    wrapper = functools.wraps(func)(make(func))
+    wrapper._sealtensors_scoped = True
+    _FROM_PRETRAINED.append((cls, current))
+    cls.from_pretrained = classmethod(wrapper)
+
+
 def _wrap(cls: Any, models: bool) -> None:
     """Wrap `cls.from_pretrained` (idempotent): one load scope (one key
     release for a sharded sealed model), and a model folder URL taken as the
@@ -332,28 +346,24 @@ def _wrap(cls: Any, models: bool) -> None:
     fetched into a private folder, its weights read in place. `models`: the
     class is transformers' PreTrainedModel (else an auto class, which
     resolves the config and calls the model class's)."""
-    current = cls.__dict__.get("from_pretrained") if cls is not None else None
-    func = getattr(current, "__func__", None)
-    if func is None or getattr(func, "_sealtensors_scoped", False):
-        return
 
-    @functools.wraps(func)
-    def from_pretrained(klass: Any, *args: Any, **kwargs: Any) -> Any:
-        from sealtensors._native import is_remote
+    def make(func: Any) -> Any:
+        def from_pretrained(klass: Any, *args: Any, **kwargs: Any) -> Any:
+            from sealtensors._native import is_remote
 
-        with _open.load_scope():
-            name = _name_of(args, kwargs)
-            if name is not None and is_remote(name):
-                with _config_of(name) as config_dir:
-                    args = _replace_name(args, kwargs, config_dir)
-                    return from_pretrained(klass, *args, **kwargs)
-            if models and name is not None and name in _URL_OF_CONFIG:
-                return _model_from_url(func, klass, name, args, kwargs)
-            return func(klass, *args, **kwargs)
+            with _open.load_scope():
+                name = _name_of(args, kwargs)
+                if name is not None and is_remote(name):
+                    with _config_of(name) as config_dir:
+                        args = _replace_name(args, kwargs, config_dir)
+                        return from_pretrained(klass, *args, **kwargs)
+                if models and name is not None and name in _URL_OF_CONFIG:
+                    return _model_from_url(func, klass, name, args, kwargs)
+                return func(klass, *args, **kwargs)
 
-    from_pretrained._sealtensors_scoped = True  # type: ignore[attr-defined]
-    _FROM_PRETRAINED.append((cls, current))
-    cls.from_pretrained = classmethod(from_pretrained)
+        return from_pretrained
+
+    _replace_from_pretrained(cls, make)
 
 
 # PEFT: `PeftModel.from_pretrained(model, "s3://bucket/adapter")`.
@@ -374,12 +384,8 @@ def _wrap_peft() -> None:
     pm = sys.modules.get("peft.peft_model")
     if pm is None:
         return
-    cls = getattr(pm, "PeftModel", None)
-    current = cls.__dict__.get("from_pretrained") if cls is not None else None
-    func = getattr(current, "__func__", None)
-    if func is not None and not getattr(func, "_sealtensors_scoped", False):
 
-        @functools.wraps(func)
+    def make(func: Any) -> Any:
         def from_pretrained(
             klass: Any, model: Any, model_id: Any, *args: Any, **kwargs: Any
         ) -> Any:
@@ -398,9 +404,9 @@ def _wrap_peft() -> None:
                 finally:
                     _PEFT_LOADED.pop(config_dir, None)
 
-        from_pretrained._sealtensors_scoped = True  # type: ignore[attr-defined]
-        _FROM_PRETRAINED.append((cls, current))
-        cls.from_pretrained = classmethod(from_pretrained)
+        return from_pretrained
+
+    _replace_from_pretrained(getattr(pm, "PeftModel", None), make)
     original = getattr(pm, "load_peft_weights", None)
     if original is None or getattr(original, "_sealtensors_scoped", False):
         return

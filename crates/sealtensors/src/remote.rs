@@ -746,6 +746,19 @@ pub(crate) fn exists(url: &str) -> Result<bool> {
 
 // ---- writing ---------------------------------------------------------------------------
 
+/// The multipart API of the store that serves `url`: outputs go to S3, GCS
+/// and Azure; `https://` is read-only.
+fn multipart_of(url: &str, store: &Store) -> Result<Arc<dyn MultipartStore>> {
+    store.multipart.clone().ok_or_else(|| {
+        remote_err(
+            url,
+            RemoteProblem::BadUrl(
+                "https:// URLs are read-only; write to an s3://, gs:// or az:// URL, or to a local path".into(),
+            ),
+        )
+    })
+}
+
 /// The smallest part a multipart upload takes (S3's rule; the last part may
 /// be shorter), and the most parts one upload may have (S3's 10,000, with
 /// room to spare).
@@ -808,14 +821,7 @@ impl RemoteUpload {
     pub(crate) fn create(url: &str, overwrite: bool, size: u64) -> Result<RemoteUpload> {
         let opts = RemoteOptions::from_env()?;
         let (store, path) = store_for(url, &opts)?;
-        let Some(multipart) = store.multipart.clone() else {
-            return Err(remote_err(
-                url,
-                RemoteProblem::BadUrl(
-                    "https:// URLs are read-only; write to an s3://, gs:// or az:// URL, or to a local path".into(),
-                ),
-            ));
-        };
+        let multipart = multipart_of(url, &store)?;
         if path.as_ref().is_empty() || url.ends_with('/') {
             return Err(remote_err(
                 url,
@@ -1013,14 +1019,7 @@ pub(crate) fn upload_file(local: &std::path::Path, url: &str, overwrite: bool) -
 /// two sealings; the loader would refuse it, but the writer says so first).
 pub(crate) fn check_folder_output(dir: &str, names: &[String], overwrite: bool) -> Result<()> {
     let (store, path) = store_of(dir)?;
-    if store.multipart.is_none() {
-        return Err(remote_err(
-            dir,
-            RemoteProblem::BadUrl(
-                "https:// URLs are read-only; write to an s3://, gs:// or az:// URL, or to a local folder".into(),
-            ),
-        ));
-    }
+    multipart_of(dir, &store)?;
     if path.as_ref().is_empty() {
         return Err(remote_err(
             dir,
